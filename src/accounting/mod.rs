@@ -1,0 +1,1 @@
+//! accounting: see the module map in `lib.rs`.

@@ -1,0 +1,1 @@
+//! admin: see the module map in `lib.rs`.

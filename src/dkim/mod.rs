@@ -1,0 +1,1 @@
+//! dkim: see the module map in `lib.rs`.

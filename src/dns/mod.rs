@@ -1,0 +1,1 @@
+//! dns: see the module map in `lib.rs`.

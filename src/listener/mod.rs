@@ -1,0 +1,1 @@
+//! listener: see the module map in `lib.rs`.

@@ -1,0 +1,1 @@
+//! queue: see the module map in `lib.rs`.

@@ -1,0 +1,1 @@
+//! session: see the module map in `lib.rs`.

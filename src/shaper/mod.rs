@@ -1,0 +1,1 @@
+//! shaper: see the module map in `lib.rs`.

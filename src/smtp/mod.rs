@@ -1,0 +1,1 @@
+//! smtp: see the module map in `lib.rs`.
