@@ -1,0 +1,237 @@
+//! Header processing at reception.
+//!
+//! Before a message is spooled spate reads and strips its control headers
+//! (`X-Virtual-MTA`, `X-Job`) when the source is allowed to use them, and
+//! prepends its `Received:` trace field. The message body is never touched
+//! and never copied more than once (into the spool record).
+
+use std::fmt::Write as _;
+
+/// Control headers found in a message.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ControlHeaders {
+    /// `X-Virtual-MTA`: a vMTA or pool name.
+    pub virtual_mta: Option<String>,
+    /// `X-Job`: campaign / job id for accounting.
+    pub job: Option<String>,
+}
+
+/// Byte length of the header section including its terminating empty line,
+/// or the whole message when there is no empty line (a body-less message).
+pub fn header_section_len(message: &[u8]) -> usize {
+    if message.starts_with(b"\r\n") {
+        return 2;
+    }
+    match message.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(p) => p + 4,
+        None => message.len(),
+    }
+}
+
+/// Splits the header section into fields (each with its folded
+/// continuation lines), as byte ranges into `message`.
+fn fields(message: &[u8], header_len: usize) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    let mut start: Option<usize> = None;
+    while pos < header_len {
+        let line_end = message[pos..header_len]
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .map_or(header_len, |p| pos + p + 2);
+        let line = &message[pos..line_end];
+        let continuation = matches!(line.first(), Some(b' ' | b'\t'));
+        if !continuation {
+            if let Some(s) = start.take() {
+                out.push((s, pos));
+            }
+            if line != b"\r\n" {
+                start = Some(pos);
+            }
+        }
+        pos = line_end;
+    }
+    if let Some(s) = start {
+        out.push((s, header_len));
+    }
+    out
+}
+
+fn field_name(field: &[u8]) -> &[u8] {
+    let colon = field.iter().position(|b| *b == b':').unwrap_or(0);
+    field[..colon].trim_ascii()
+}
+
+fn field_value(field: &[u8]) -> String {
+    let colon = field.iter().position(|b| *b == b':').map_or(field.len(), |p| p + 1);
+    let raw = String::from_utf8_lossy(&field[colon..]);
+    // Unfold: CRLF followed by whitespace is whitespace.
+    raw.split("\r\n").map(str::trim).filter(|s| !s.is_empty()).collect::<Vec<_>>().join(" ")
+}
+
+/// Reads the control headers and returns the message without those that
+/// `strip_*` says to remove. Only the first occurrence of each is honoured;
+/// every occurrence of a stripped header is removed.
+pub fn take_control_headers(
+    message: &[u8],
+    strip_virtual_mta: bool,
+    strip_job: bool,
+) -> (ControlHeaders, Vec<u8>) {
+    let header_len = header_section_len(message);
+    let mut found = ControlHeaders::default();
+    let mut out = Vec::with_capacity(message.len());
+    let mut copied_to = 0;
+    for (s, e) in fields(message, header_len) {
+        let name = field_name(&message[s..e]);
+        let is_vmta = name.eq_ignore_ascii_case(b"x-virtual-mta");
+        let is_job = name.eq_ignore_ascii_case(b"x-job");
+        if is_vmta && strip_virtual_mta {
+            if found.virtual_mta.is_none() {
+                found.virtual_mta = Some(field_value(&message[s..e]));
+            }
+        } else if is_job && strip_job {
+            if found.job.is_none() {
+                found.job = Some(field_value(&message[s..e]));
+            }
+        } else {
+            continue;
+        }
+        out.extend_from_slice(&message[copied_to..s]);
+        copied_to = e;
+    }
+    out.extend_from_slice(&message[copied_to..]);
+    (found, out)
+}
+
+/// What the `Received:` field records about the transaction.
+#[derive(Debug, Clone)]
+pub struct ReceivedInfo<'a> {
+    pub helo: &'a str,
+    pub peer_ip: std::net::IpAddr,
+    pub hostname: &'a str,
+    pub tls: bool,
+    pub authenticated: bool,
+    pub id: &'a str,
+    /// The single recipient, named only when there is exactly one (more
+    /// would leak the envelope of a multi-recipient message).
+    pub single_recipient: Option<&'a str>,
+    pub now_unix: u64,
+}
+
+/// Builds the `Received:` trace field (RFC 5321 §4.4), CRLF-terminated.
+pub fn received_field(info: &ReceivedInfo<'_>) -> String {
+    // RFC 3848 protocol names: ESMTP, ESMTPS (TLS), ESMTPA (AUTH), ESMTPSA.
+    let protocol = match (info.tls, info.authenticated) {
+        (false, false) => "ESMTP",
+        (true, false) => "ESMTPS",
+        (false, true) => "ESMTPA",
+        (true, true) => "ESMTPSA",
+    };
+    let helo: String =
+        info.helo.chars().filter(|c| c.is_ascii_graphic()).take(255).collect::<String>();
+    let mut s = String::with_capacity(160);
+    let _ = write!(
+        s,
+        "Received: from {helo} ([{ip}])\r\n\tby {host} (spate) with {protocol} id {id}",
+        ip = info.peer_ip,
+        host = info.hostname,
+        id = info.id,
+    );
+    if let Some(rcpt) = info.single_recipient {
+        let _ = write!(s, "\r\n\tfor <{rcpt}>");
+    }
+    let _ = write!(s, ";\r\n\t{}\r\n", rfc5322_date(info.now_unix));
+    s
+}
+
+/// Formats a unix time as an RFC 5322 date in UTC, e.g.
+/// `Fri, 27 Nov 2026 21:51:16 +0000`.
+pub fn rfc5322_date(unix_secs: u64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] =
+        ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let days = unix_secs / 86_400;
+    let secs = unix_secs % 86_400;
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{}, {:02} {} {} {:02}:{:02}:{:02} +0000",
+        DAYS[(days % 7) as usize],
+        d,
+        MONTHS[(m - 1) as usize],
+        y,
+        secs / 3600,
+        (secs / 60) % 60,
+        secs % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month 1..=12, day 1..=31), proleptic
+/// Gregorian (Howard Hinnant's civil calendar algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(rfc5322_date(0), "Thu, 01 Jan 1970 00:00:00 +0000");
+        assert_eq!(rfc5322_date(1_795_816_276), "Fri, 27 Nov 2026 21:51:16 +0000");
+        assert_eq!(rfc5322_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
+    }
+
+    #[test]
+    fn strips_control_headers_including_folded_and_repeated() {
+        let msg = b"From: a@b\r\nX-Virtual-MTA: ip1\r\nx-job:\r\n  camp-7\r\nSubject: hi\r\nX-Virtual-MTA: ip2\r\n\r\nX-Job: not-a-header\r\n";
+        let (found, out) = take_control_headers(msg, true, true);
+        assert_eq!(found.virtual_mta.as_deref(), Some("ip1"));
+        assert_eq!(found.job.as_deref(), Some("camp-7"));
+        assert_eq!(out, b"From: a@b\r\nSubject: hi\r\n\r\nX-Job: not-a-header\r\n");
+    }
+
+    #[test]
+    fn keeps_control_headers_when_not_processing() {
+        let msg = b"X-Virtual-MTA: ip1\r\nX-Job: j\r\n\r\nbody\r\n";
+        let (found, out) = take_control_headers(msg, false, true);
+        assert_eq!(found.virtual_mta, None);
+        assert_eq!(found.job.as_deref(), Some("j"));
+        assert_eq!(out, b"X-Virtual-MTA: ip1\r\n\r\nbody\r\n");
+    }
+
+    #[test]
+    fn message_without_body_or_headers() {
+        let (found, out) = take_control_headers(b"X-Job: j\r\n", true, true);
+        assert_eq!(found.job.as_deref(), Some("j"));
+        assert!(out.is_empty());
+        let (_, out) = take_control_headers(b"\r\nbody only\r\n", true, true);
+        assert_eq!(out, b"\r\nbody only\r\n");
+        assert_eq!(header_section_len(b""), 0);
+    }
+
+    #[test]
+    fn received_field_shape() {
+        let f = received_field(&ReceivedInfo {
+            helo: "client.example",
+            peer_ip: "127.0.0.1".parse().unwrap(),
+            hostname: "mta.example.com",
+            tls: true,
+            authenticated: true,
+            id: "00ab",
+            single_recipient: Some("x@y.test"),
+            now_unix: 0,
+        });
+        assert!(f.starts_with("Received: from client.example ([127.0.0.1])\r\n\tby mta.example.com (spate) with ESMTPSA id 00ab\r\n\tfor <x@y.test>;"));
+        assert!(f.ends_with("+0000\r\n"));
+    }
+}
