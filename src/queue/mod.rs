@@ -1,1 +1,3 @@
-//! queue: see the module map in `lib.rs`.
+//! Per-(destination, vMTA) queues of recipients and their retry timers.
+
+pub mod timer;
