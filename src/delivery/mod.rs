@@ -1,1 +1,4 @@
-//! delivery: see the module map in `lib.rs`.
+//! Outbound delivery: routing, connections from vMTA source IPs, the SMTP
+//! client driver, and the outcome of every recipient.
+
+pub mod connect;
