@@ -15,7 +15,7 @@ use super::walk::Ctx;
 pub(crate) fn cross_check(ctx: &mut Ctx, p: &Parsed, check_files: bool) {
     // Names of vMTAs and pools share one namespace (default_vmta, X-Virtual-MTA).
     for (name, (path, span)) in &p.refs.pool_spans {
-        if p.vmtas.contains_key(name) {
+        if p.refs.declared_vmtas.contains(name) {
             ctx.error(
                 span,
                 path,
@@ -25,7 +25,7 @@ pub(crate) fn cross_check(ctx: &mut Ctx, p: &Parsed, check_files: bool) {
         }
     }
     for r in &p.refs.targets {
-        if !p.vmtas.contains_key(&r.name) && !p.refs.pool_spans.contains_key(&r.name) {
+        if !p.refs.declared_vmtas.contains(&r.name) && !p.refs.pool_spans.contains_key(&r.name) {
             ctx.error(
                 &r.span,
                 &r.path,
@@ -35,7 +35,7 @@ pub(crate) fn cross_check(ctx: &mut Ctx, p: &Parsed, check_files: bool) {
         }
     }
     for r in &p.refs.vmtas {
-        if !p.vmtas.contains_key(&r.name) {
+        if !p.refs.declared_vmtas.contains(&r.name) {
             let extra = if p.refs.pool_spans.contains_key(&r.name) {
                 " (it is a pool; pools cannot contain pools)"
             } else {
@@ -50,7 +50,7 @@ pub(crate) fn cross_check(ctx: &mut Ctx, p: &Parsed, check_files: bool) {
         }
     }
     for r in &p.refs.pattern_lists {
-        if !p.pattern_lists.contains_key(&r.name) && !BUILTIN_PATTERN_LISTS.contains(&r.name.as_str()) {
+        if !p.refs.declared_pattern_lists.contains(&r.name) && !BUILTIN_PATTERN_LISTS.contains(&r.name.as_str()) {
             ctx.error(
                 &r.span,
                 &r.path,
@@ -64,7 +64,7 @@ pub(crate) fn cross_check(ctx: &mut Ctx, p: &Parsed, check_files: bool) {
         }
     }
     for r in &p.refs.dkim_domains {
-        if !p.dkim.contains_key(&r.name) {
+        if !p.refs.declared_dkim.contains(&r.name) {
             ctx.error(
                 &r.span,
                 &r.path,

@@ -51,6 +51,11 @@ pub(crate) struct Refs {
     pub pattern_lists: Vec<Ref>,
     pub dkim_domains: Vec<Ref>,
     pub files: Vec<FileRef>,
+    /// Every name declared, valid or not, so a reference to a declared but
+    /// broken entry is not reported a second time as unknown.
+    pub declared_vmtas: std::collections::BTreeSet<String>,
+    pub declared_pattern_lists: std::collections::BTreeSet<String>,
+    pub declared_dkim: std::collections::BTreeSet<String>,
     /// Spans of pool names (for vmta/pool collisions).
     pub pool_spans: BTreeMap<String, (String, Range<usize>)>,
     /// Spans of listener addresses.
@@ -170,6 +175,7 @@ pub(crate) fn parse_document(ctx: &mut Ctx, root: &DeTable<'_>, system_hostname:
     let mut vmtas = BTreeMap::new();
     let mut vmta_order = Vec::new();
     named_tables(ctx, &mut t, "vmta", |c, name, tbl| {
+        refs.declared_vmtas.insert(name.to_string());
         if let Some(v) = parse_vmta(c, tbl, name, &hostname, &mut refs) {
             vmta_order.push(name.to_string());
             vmtas.insert(name.to_string(), v);
@@ -188,7 +194,7 @@ pub(crate) fn parse_document(ctx: &mut Ctx, root: &DeTable<'_>, system_hostname:
         None => BTreeMap::new(),
     };
     let pattern_lists = match t.get("smtp_pattern_list") {
-        Some(it) => parse_pattern_lists(ctx, &it),
+        Some(it) => parse_pattern_lists(ctx, &it, &mut refs),
         None => BTreeMap::new(),
     };
     let dkim = match t.get("dkim") {

@@ -96,7 +96,7 @@ fn duration_or_never(ctx: &mut Ctx, it: &Item<'_, '_>) -> Option<Option<Duration
 }
 
 /// `[smtp_pattern_list.NAME]` tables.
-pub(crate) fn parse_pattern_lists(ctx: &mut Ctx, it: &Item<'_, '_>) -> BTreeMap<String, PatternList> {
+pub(crate) fn parse_pattern_lists(ctx: &mut Ctx, it: &Item<'_, '_>, refs: &mut Refs) -> BTreeMap<String, PatternList> {
     let mut out = BTreeMap::new();
     let Some(mut outer) = ctx.table(it, it.span()) else {
         return out;
@@ -116,6 +116,7 @@ pub(crate) fn parse_pattern_lists(ctx: &mut Ctx, it: &Item<'_, '_>) -> BTreeMap<
             );
             continue;
         }
+        refs.declared_pattern_lists.insert(name.to_string());
         let Some(mut t) = ctx.table(&item, k.span()) else {
             continue;
         };
@@ -232,7 +233,7 @@ pub(crate) fn parse_dkim(ctx: &mut Ctx, it: &Item<'_, '_>, refs: &mut Refs) -> B
                 continue;
             }
         };
-        if out.contains_key(&domain) {
+        if !refs.declared_dkim.insert(domain.clone()) {
             ctx.error(&k.span(), &item.path, ConfigErrorKind::Duplicate, "this signing domain is configured twice");
             continue;
         }
