@@ -13,7 +13,9 @@ fn spate_check(config: Option<&Path>) -> Output {
 }
 
 fn data(name: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/config").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/config")
+        .join(name)
 }
 
 #[test]
@@ -21,7 +23,10 @@ fn embedded_default_is_valid() {
     let out = spate_check(None);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.starts_with("ok: 1 vmtas, 0 pools, 0 domains, 1 listeners"), "{stdout}");
+    assert!(
+        stdout.starts_with("ok: 1 vmtas, 0 pools, 0 domains, 1 listeners"),
+        "{stdout}"
+    );
     assert_eq!(stdout.lines().count(), 1);
 }
 
@@ -40,7 +45,9 @@ fn example_reports_each_missing_file_and_exits_78() {
             format!("{p}:32: admin.token_file: file not found: /etc/spate/admin.token"),
             format!("{p}:46: listener[0].tls_cert: file not found: /etc/spate/tls/cert.pem"),
             format!("{p}:47: listener[0].tls_key: file not found: /etc/spate/tls/key.pem"),
-            format!("{p}:143: dkim.\"example.com\".key: file not found: /etc/spate/dkim/example.com.pem"),
+            format!(
+                "{p}:143: dkim.\"example.com\".key: file not found: /etc/spate/dkim/example.com.pem"
+            ),
             format!("{p}:152: accounting[0].path: directory not found: /var/log/spate"),
         ]
     );
@@ -53,7 +60,10 @@ fn unknown_key_exits_78_naming_its_line() {
     assert_eq!(out.status.code(), Some(78));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.starts_with(&format!("{}:7: domain.\"gmail.com\".max_smpt_out: unknown key", path.display())),
+        stderr.starts_with(&format!(
+            "{}:7: domain.\"gmail.com\".max_smpt_out: unknown key",
+            path.display()
+        )),
         "{stderr}"
     );
 }
@@ -80,5 +90,8 @@ fn valid_file_exits_0_with_summary_and_warnings_on_stderr() {
 fn missing_config_file_exits_78() {
     let out = spate_check(Some(Path::new("/nonexistent/spate.toml")));
     assert_eq!(out.status.code(), Some(78));
-    assert_eq!(String::from_utf8_lossy(&out.stderr).trim_end(), "/nonexistent/spate.toml: file not found");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim_end(),
+        "/nonexistent/spate.toml: file not found"
+    );
 }

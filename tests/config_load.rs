@@ -40,14 +40,22 @@ fn example_with_files(dir: &Path) -> String {
     for sub in ["tls", "dkim", "acct"] {
         std::fs::create_dir_all(dir.join(sub)).unwrap();
     }
-    for f in ["admin.token", "tls/cert.pem", "tls/key.pem", "dkim/example.com.pem"] {
+    for f in [
+        "admin.token",
+        "tls/cert.pem",
+        "tls/key.pem",
+        "dkim/example.com.pem",
+    ] {
         std::fs::write(dir.join(f), "x").unwrap();
     }
     let d = dir.display();
     EXAMPLE
         .replace("/etc/spate/admin.token", &format!("{d}/admin.token"))
         .replace("/etc/spate/tls/", &format!("{d}/tls/"))
-        .replace("/etc/spate/dkim/example.com.pem", &format!("{d}/dkim/example.com.pem"))
+        .replace(
+            "/etc/spate/dkim/example.com.pem",
+            &format!("{d}/dkim/example.com.pem"),
+        )
         .replace("/var/log/spate/", &format!("{d}/acct/"))
 }
 
@@ -70,8 +78,14 @@ fn example_fails_only_on_its_missing_files() {
         ]
     );
     let text = err.to_string();
-    assert!(text.contains("example.toml:32: admin.token_file: file not found: /etc/spate/admin.token"), "{text}");
-    assert!(text.contains("directory not found: /var/log/spate"), "{text}");
+    assert!(
+        text.contains("example.toml:32: admin.token_file: file not found: /etc/spate/admin.token"),
+        "{text}"
+    );
+    assert!(
+        text.contains("directory not found: /var/log/spate"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -83,68 +97,140 @@ fn example_with_its_files_loads_with_every_value() {
     assert_eq!(c.spool.segment_bytes, 64 << 20);
     assert_eq!(c.spool.sync, SpoolSync::Group);
     assert_eq!((c.runtime.shards, c.runtime.pin_cores), (None, true));
-    assert_eq!(c.admin.listen, "127.0.0.1:8025".parse::<SocketAddr>().unwrap());
+    assert_eq!(
+        c.admin.listen,
+        "127.0.0.1:8025".parse::<SocketAddr>().unwrap()
+    );
     assert!(c.admin.token_file.is_some());
-    assert_eq!(c.dns.nameservers, vec!["127.0.0.1:5353".parse::<SocketAddr>().unwrap()]);
-    assert_eq!((c.dns.timeout, c.dns.cache_size), (Duration::from_secs(5), 100_000));
+    assert_eq!(
+        c.dns.nameservers,
+        vec!["127.0.0.1:5353".parse::<SocketAddr>().unwrap()]
+    );
+    assert_eq!(
+        (c.dns.timeout, c.dns.cache_size),
+        (Duration::from_secs(5), 100_000)
+    );
 
     assert_eq!(c.listeners.len(), 2);
     let l = &c.listeners[0];
     assert_eq!(l.address.port(), 25);
     assert_eq!((l.max_connections, l.max_connections_per_ip), (20_000, 200));
-    assert_eq!((l.max_message_bytes, l.max_rcpt_per_message), (50 << 20, 1000));
+    assert_eq!(
+        (l.max_message_bytes, l.max_rcpt_per_message),
+        (50 << 20, 1000)
+    );
     assert!(l.tls() && !l.require_auth);
-    assert_eq!((l.command_timeout, l.data_timeout), (Duration::from_secs(300), Duration::from_secs(600)));
+    assert_eq!(
+        (l.command_timeout, l.data_timeout),
+        (Duration::from_secs(300), Duration::from_secs(600))
+    );
     assert!(c.listeners[1].require_auth && !c.listeners[1].tls());
     // The 587 listener asks for AUTH but has no certificate: a warning, not an error.
-    assert!(c.warnings.iter().any(|w| w.key == "listener[1].require_auth" && w.line == Some(53)));
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.key == "listener[1].require_auth" && w.line == Some(53))
+    );
 
     let ip = |s: &str| s.parse::<IpAddr>().unwrap();
     let s = c.source_for(ip("10.9.8.7")).unwrap();
     assert!(s.allow_relaying && s.process_x_virtual_mta && s.process_x_job);
     assert_eq!(s.default_vmta.as_deref(), Some("newsletters"));
     assert!(c.source_for(ip("192.0.2.1")).is_none());
-    assert_eq!(c.user("injector").unwrap().default_vmta.as_deref(), Some("transactional"));
+    assert_eq!(
+        c.user("injector").unwrap().default_vmta.as_deref(),
+        Some("transactional")
+    );
 
     assert_eq!(c.vmtas.len(), 3);
     assert_eq!(c.vmtas["ip2"].source_ip, ip("203.0.113.11"));
     assert_eq!(c.vmtas["ip2"].ehlo, "mta2.example.com");
     assert_eq!(c.default_vmta, "ip1");
     let p = c.pool("newsletters").unwrap();
-    assert_eq!((p.vmtas.clone(), p.weights.clone()), (vec!["ip1".to_string(), "ip2".to_string()], vec![3, 1]));
+    assert_eq!(
+        (p.vmtas.clone(), p.weights.clone()),
+        (vec!["ip1".to_string(), "ip2".to_string()], vec![3, 1])
+    );
     assert_eq!(c.pool("transactional").unwrap().weights, vec![1]);
-    assert!(matches!(c.target("transactional"), Some(TargetRef::Pool(_))));
+    assert!(matches!(
+        c.target("transactional"),
+        Some(TargetRef::Pool(_))
+    ));
 
     let star = c.domain_policy("example.org", "ip1");
     assert_eq!(star.max_smtp_out, 20);
     assert_eq!(star.retry_after.len(), 6);
-    assert_eq!(star.bounce_after, Duration::from_secs(4 * 86_400 + 12 * 3600));
+    assert_eq!(
+        star.bounce_after,
+        Duration::from_secs(4 * 86_400 + 12 * 3600)
+    );
     assert_eq!(star.starttls, StartTls::Opportunistic);
     assert_eq!(star.smtp_pattern_list.as_deref(), Some("standard"));
-    assert_eq!(star.backoff_max_msg_rate, Rate::Limited { count: 60, per: Duration::from_secs(3600) });
-    assert_eq!(star.backoff_to_normal_after, Some(Duration::from_secs(3600)));
+    assert_eq!(
+        star.backoff_max_msg_rate,
+        Rate::Limited {
+            count: 60,
+            per: Duration::from_secs(3600)
+        }
+    );
+    assert_eq!(
+        star.backoff_to_normal_after,
+        Some(Duration::from_secs(3600))
+    );
     let gmail = c.domain_policy("gmail.com", "ip1");
     assert!(gmail.mx_rollup);
-    assert_eq!((gmail.max_smtp_out, gmail.max_msg_per_connection), (10, 100));
+    assert_eq!(
+        (gmail.max_smtp_out, gmail.max_msg_per_connection),
+        (10, 100)
+    );
     let yahoo3 = c.domain_policy("yahoo.com", "ip3");
-    assert_eq!(yahoo3.max_msg_rate, Rate::Limited { count: 200, per: Duration::from_secs(3600) });
-    assert_eq!(c.domain_policy("yahoo.com", "ip1").max_msg_rate, Rate::Unlimited);
+    assert_eq!(
+        yahoo3.max_msg_rate,
+        Rate::Limited {
+            count: 200,
+            per: Duration::from_secs(3600)
+        }
+    );
+    assert_eq!(
+        c.domain_policy("yahoo.com", "ip1").max_msg_rate,
+        Rate::Unlimited
+    );
     let test = c.domain_policy("example.test", "ip1");
     assert_eq!(test.smtp_hosts.len(), 1);
-    assert_eq!((test.smtp_hosts[0].ip, test.smtp_hosts[0].port), (Some(ip("127.0.0.2")), 2526));
+    assert_eq!(
+        (test.smtp_hosts[0].ip, test.smtp_hosts[0].port),
+        (Some(ip("127.0.0.2")), 2526)
+    );
 
     let rules = &c.pattern_list("standard").unwrap().rules;
     assert_eq!(rules.len(), 5);
     assert_eq!(rules[0].mode, Some(QueueMode::Backoff));
-    assert!(rules[0].reply.is_match("421 4.7.0 [tss04] try later"), "case-insensitive");
-    assert_eq!(rules[3].bounce_category, Some(BounceCategory::PolicyRelated));
-    assert_eq!((rules[4].mode, rules[4].bounce_category), (None, Some(BounceCategory::SpamRelated)));
+    assert!(
+        rules[0].reply.is_match("421 4.7.0 [tss04] try later"),
+        "case-insensitive"
+    );
+    assert_eq!(
+        rules[3].bounce_category,
+        Some(BounceCategory::PolicyRelated)
+    );
+    assert_eq!(
+        (rules[4].mode, rules[4].bounce_category),
+        (None, Some(BounceCategory::SpamRelated))
+    );
 
     let k = &c.dkim["example.com"];
     assert_eq!((k.selector.as_str(), k.headers.len()), ("s2026", 7));
     let a = &c.accounting[0];
     assert_eq!(a.format, AccountingFormat::Csv);
-    assert_eq!(a.records, vec![RecordType::Delivered, RecordType::Bounced, RecordType::TransientFailure, RecordType::Received]);
+    assert_eq!(
+        a.records,
+        vec![
+            RecordType::Delivered,
+            RecordType::Bounced,
+            RecordType::TransientFailure,
+            RecordType::Received
+        ]
+    );
     assert_eq!(a.rotate, Some(Duration::from_secs(86_400)));
     assert_eq!(
         c.summary(),
@@ -157,8 +243,19 @@ fn unknown_key_fixture_names_its_line() {
     let err = config::load(Some(&data("unknown_key.toml"))).unwrap_err();
     assert_eq!(err.len(), 1, "{err}");
     let e = &err.errors[0];
-    assert_eq!((e.line, e.key.as_str(), e.kind), (Some(7), "domain.\"gmail.com\".max_smpt_out", ConfigErrorKind::UnknownKey));
-    assert!(e.reason.contains("did you mean \"max_smtp_out\""), "{}", e.reason);
+    assert_eq!(
+        (e.line, e.key.as_str(), e.kind),
+        (
+            Some(7),
+            "domain.\"gmail.com\".max_smpt_out",
+            ConfigErrorKind::UnknownKey
+        )
+    );
+    assert!(
+        e.reason.contains("did you mean \"max_smtp_out\""),
+        "{}",
+        e.reason
+    );
 }
 
 #[test]
@@ -171,16 +268,29 @@ fn wrong_types() {
         ("[runtime]\nshards = \"many\"", "runtime.shards"),
         ("[dns]\nnameservers = \"127.0.0.1\"", "dns.nameservers"),
         ("[[listener]]\naddress = 25", "listener[0].address"),
-        ("[domain.\"*\"]\nmax_smtp_out = \"20\"", "domain.\"*\".max_smtp_out"),
-        ("[domain.\"*\"]\nretry_after = \"5m\"", "domain.\"*\".retry_after"),
-        ("[domain.\"*\"]\nbounce_after = 3600", "domain.\"*\".bounce_after"),
+        (
+            "[domain.\"*\"]\nmax_smtp_out = \"20\"",
+            "domain.\"*\".max_smtp_out",
+        ),
+        (
+            "[domain.\"*\"]\nretry_after = \"5m\"",
+            "domain.\"*\".retry_after",
+        ),
+        (
+            "[domain.\"*\"]\nbounce_after = 3600",
+            "domain.\"*\".bounce_after",
+        ),
         ("[domain.\"*\"]\ndkim_sign = 1", "domain.\"*\".dkim_sign"),
         ("spool = 1", "spool"),
         ("[[source]]\nnetworks = [1]", "source[0].networks[0]"),
     ];
     for (text, key) in cases {
         let e = errs(text);
-        assert_eq!(e, vec![(2.min(text.lines().count()), key.to_string(), WrongType)], "{text}");
+        assert_eq!(
+            e,
+            vec![(2.min(text.lines().count()), key.to_string(), WrongType)],
+            "{text}"
+        );
     }
 }
 
@@ -188,29 +298,89 @@ fn wrong_types() {
 fn bad_values() {
     use ConfigErrorKind::BadValue;
     let cases: &[(&str, &str)] = &[
-        ("[domain.\"*\"]\nconnect_timeout = \"2 minutes\"", "domain.\"*\".connect_timeout"),
-        ("[domain.\"*\"]\nconnect_timeout = \"0s\"", "domain.\"*\".connect_timeout"),
-        ("[domain.\"*\"]\nbackoff_to_normal_after = \"sometime\"", "domain.\"*\".backoff_to_normal_after"),
-        ("[domain.\"*\"]\nmax_msg_rate = \"10/w\"", "domain.\"*\".max_msg_rate"),
-        ("[domain.\"*\"]\nmax_connect_rate = \"0/s\"", "domain.\"*\".max_connect_rate"),
-        ("[domain.\"*\"]\nstarttls = \"always\"", "domain.\"*\".starttls"),
-        ("[domain.\"*\"]\nmax_smtp_out = 0", "domain.\"*\".max_smtp_out"),
-        ("[domain.\"*\"]\nsmtp_hosts = [\"h:0\"]", "domain.\"*\".smtp_hosts[0]"),
-        ("[spool]\nsegment_size = \"64 furlongs\"", "spool.segment_size"),
+        (
+            "[domain.\"*\"]\nconnect_timeout = \"2 minutes\"",
+            "domain.\"*\".connect_timeout",
+        ),
+        (
+            "[domain.\"*\"]\nconnect_timeout = \"0s\"",
+            "domain.\"*\".connect_timeout",
+        ),
+        (
+            "[domain.\"*\"]\nbackoff_to_normal_after = \"sometime\"",
+            "domain.\"*\".backoff_to_normal_after",
+        ),
+        (
+            "[domain.\"*\"]\nmax_msg_rate = \"10/w\"",
+            "domain.\"*\".max_msg_rate",
+        ),
+        (
+            "[domain.\"*\"]\nmax_connect_rate = \"0/s\"",
+            "domain.\"*\".max_connect_rate",
+        ),
+        (
+            "[domain.\"*\"]\nstarttls = \"always\"",
+            "domain.\"*\".starttls",
+        ),
+        (
+            "[domain.\"*\"]\nmax_smtp_out = 0",
+            "domain.\"*\".max_smtp_out",
+        ),
+        (
+            "[domain.\"*\"]\nsmtp_hosts = [\"h:0\"]",
+            "domain.\"*\".smtp_hosts[0]",
+        ),
+        (
+            "[spool]\nsegment_size = \"64 furlongs\"",
+            "spool.segment_size",
+        ),
         ("[spool]\nsegment_size = 10", "spool.segment_size"),
-        ("[spool]\ncompact_live_ratio = 1.5", "spool.compact_live_ratio"),
+        (
+            "[spool]\ncompact_live_ratio = 1.5",
+            "spool.compact_live_ratio",
+        ),
         ("[[listener]]\naddress = \"0.0.0.0\"", "listener[0].address"),
-        ("[[listener]]\naddress = \"127.0.0.1:25\"\nmax_message_size = \"1XB\"", "listener[0].max_message_size"),
-        ("[[source]]\nnetworks = [\"10.0.0.0/33\"]", "source[0].networks[0]"),
-        ("[[source]]\nnetworks = [\"::1/129\"]", "source[0].networks[0]"),
+        (
+            "[[listener]]\naddress = \"127.0.0.1:25\"\nmax_message_size = \"1XB\"",
+            "listener[0].max_message_size",
+        ),
+        (
+            "[[source]]\nnetworks = [\"10.0.0.0/33\"]",
+            "source[0].networks[0]",
+        ),
+        (
+            "[[source]]\nnetworks = [\"::1/129\"]",
+            "source[0].networks[0]",
+        ),
         ("[vmta.a]\nsource_ip = \"1.2.3\"", "vmta.a.source_ip"),
-        ("[vmta.a]\nsource_ip = \"1.2.3.4\"\nehlo = \"bad name\"", "vmta.a.ehlo"),
-        ("[smtp_pattern_list.l]\nrules = [{ reply = '[z-a]' }]", "smtp_pattern_list.l.rules[0].reply"),
-        ("[smtp_pattern_list.l]\nrules = [{ reply = 'x', bounce_category = \"spam\" }]", "smtp_pattern_list.l.rules[0].bounce_category"),
-        ("[smtp_pattern_list.l]\nrules = [{ reply = 'x', reenable_after = \"1h\" }]", "smtp_pattern_list.l.rules[0].reenable_after"),
-        ("[[user]]\nname = \"u\"\npassword_hash = \"plain\"", "user[0].password_hash"),
-        ("[[accounting]]\npath = \"/tmp/a.csv\"\nformat = \"xml\"", "accounting[0].format"),
-        ("[dkim.\"a.com\"]\nselector = \"s\"\nkey = \"/tmp\"\ncanonicalization = \"loose\"", "dkim.\"a.com\".canonicalization"),
+        (
+            "[vmta.a]\nsource_ip = \"1.2.3.4\"\nehlo = \"bad name\"",
+            "vmta.a.ehlo",
+        ),
+        (
+            "[smtp_pattern_list.l]\nrules = [{ reply = '[z-a]' }]",
+            "smtp_pattern_list.l.rules[0].reply",
+        ),
+        (
+            "[smtp_pattern_list.l]\nrules = [{ reply = 'x', bounce_category = \"spam\" }]",
+            "smtp_pattern_list.l.rules[0].bounce_category",
+        ),
+        (
+            "[smtp_pattern_list.l]\nrules = [{ reply = 'x', reenable_after = \"1h\" }]",
+            "smtp_pattern_list.l.rules[0].reenable_after",
+        ),
+        (
+            "[[user]]\nname = \"u\"\npassword_hash = \"plain\"",
+            "user[0].password_hash",
+        ),
+        (
+            "[[accounting]]\npath = \"/tmp/a.csv\"\nformat = \"xml\"",
+            "accounting[0].format",
+        ),
+        (
+            "[dkim.\"a.com\"]\nselector = \"s\"\nkey = \"/tmp\"\ncanonicalization = \"loose\"",
+            "dkim.\"a.com\".canonicalization",
+        ),
     ];
     for (text, key) in cases {
         let e = errs(text);
@@ -229,7 +399,13 @@ fn every_error_is_reported_in_one_run() {
     let keys: Vec<&str> = e.iter().map(|(_, k, _)| k.as_str()).collect();
     assert_eq!(
         keys,
-        ["bogus", "spool.sync", "domain.\"*\".max_smtp_out", "domain.\"*\".retry_after[1]", "vmta.a.source_ip"]
+        [
+            "bogus",
+            "spool.sync",
+            "domain.\"*\".max_smtp_out",
+            "domain.\"*\".retry_after[1]",
+            "vmta.a.source_ip"
+        ]
     );
     let lines: Vec<usize> = e.iter().map(|(l, _, _)| *l).collect();
     assert_eq!(lines, [1, 3, 5, 6, 8]);
@@ -240,33 +416,155 @@ fn cross_checks() {
     use ConfigErrorKind::*;
     let v = "[vmta.a]\nsource_ip = \"127.0.0.2\"\n";
     let cases: Vec<(String, &str, ConfigErrorKind)> = vec![
-        (format!("{v}[pool.p]\nvmtas = [\"a\", \"b\"]\n"), "pool.p.vmtas[1]", UnknownReference),
-        (format!("{v}[pool.p]\nvmtas = [\"a\"]\nweights = [1, 2]\n"), "pool.p.weights", BadValue),
-        (format!("{v}[pool.p]\nvmtas = []\n"), "pool.p.vmtas", BadValue),
-        (format!("{v}[pool.p]\nvmtas = [\"a\", \"a\"]\n"), "pool.p.vmtas[1]", Duplicate),
-        (format!("{v}[pool.a]\nvmtas = [\"a\"]\n"), "pool.a", Duplicate),
-        (format!("{v}[pool.p]\nvmtas = [\"a\"]\n[pool.q]\nvmtas = [\"p\"]\n"), "pool.q.vmtas[0]", UnknownReference),
-        (format!("default_vmta = \"zz\"\n{v}"), "default_vmta", UnknownReference),
-        (format!("{v}[[source]]\nnetworks = [\"10.0.0.0/8\"]\ndefault_vmta = \"zz\"\n"), "source[0].default_vmta", UnknownReference),
-        (format!("{v}[[user]]\nname = \"u\"\npassword_hash = \"$argon2id$v=19$m=19456,t=2,p=1$Br0f7MiOm4kZg58KTDYYQQ$Det6SJOUWWGVWuKEIcAtQG891o2yo1KsVuVBUmTo60Q\"\ndefault_vmta = \"zz\"\n"), "user[0].default_vmta", UnknownReference),
-        (format!("{v}[domain.\"*\"]\nsmtp_pattern_list = \"nolist\"\n"), "domain.\"*\".smtp_pattern_list", UnknownReference),
-        (format!("{v}[vmta.a.domain.\"x.com\"]\nsmtp_pattern_list = \"nolist\"\n"), "vmta.a.domain.\"x.com\".smtp_pattern_list", UnknownReference),
-        (format!("{v}dkim_also_sign = [\"esp.example.net\"]\n"), "vmta.a.dkim_also_sign[0]", UnknownReference),
-        (format!("{v}[[listener]]\naddress = \"127.0.0.1:25\"\n[[listener]]\naddress = \"127.0.0.1:25\"\n"), "listener[1].address", Duplicate),
-        (format!("{v}[[listener]]\naddress = \"127.0.0.1:25\"\n[[listener]]\naddress = \"0.0.0.0:25\"\n"), "listener[1].address", Duplicate),
-        (format!("{v}[[source]]\nnetworks = [\"10.0.0.0/8\"]\n[[source]]\nnetworks = [\"10.0.0.0/8\"]\n"), "source[1].networks[0]", Duplicate),
-        (format!("{v}[domain.\"x.com\"]\n[domain.\"X.com\"]\n"), "domain.\"X.com\"", Duplicate),
-        (format!("{v}[admin]\nlisten = \"0.0.0.0:8025\"\n"), "admin.listen", BadValue),
-        (format!("{v}[admin]\ntoken_file = \"/nonexistent/token\"\n"), "admin.token_file", FileNotFound),
-        (format!("{v}[admin]\ntoken_file = \"/\"\n"), "admin.token_file", FileUnreadable),
-        (format!("{v}[[listener]]\naddress = \"127.0.0.1:25\"\ntls_cert = \"/nonexistent/c.pem\"\n"), "listener[0].tls_key", Missing),
-        (format!("{v}[[listener]]\naddress = \"127.0.0.1:25\"\nrequire_tls = true\n"), "listener[0].require_tls", BadValue),
-        (format!("{v}[dkim.\"a.com\"]\nselector = \"s\"\nkey = \"/nonexistent/k.pem\"\n"), "dkim.\"a.com\".key", FileNotFound),
-        (format!("{v}[[accounting]]\npath = \"/nonexistent/dir/a.csv\"\n"), "accounting[0].path", FileNotFound),
-        (format!("{v}[[accounting]]\npath = \"/tmp/a.csv\"\n[[accounting]]\npath = \"/tmp/a.csv\"\n"), "accounting[1].path", Duplicate),
-        (format!("{v}[[user]]\nname = \"u\"\npassword_hash = \"$argon2id$v=19$m=19456,t=2,p=1$Br0f7MiOm4kZg58KTDYYQQ$Det6SJOUWWGVWuKEIcAtQG891o2yo1KsVuVBUmTo60Q\"\n[[user]]\nname = \"u\"\npassword_hash = \"$argon2id$v=19$m=19456,t=2,p=1$Br0f7MiOm4kZg58KTDYYQQ$Det6SJOUWWGVWuKEIcAtQG891o2yo1KsVuVBUmTo60Q\"\n"), "user[1].name", Duplicate),
-        ("[smtp_pattern_list.none]\nrules = []\n".to_string(), "smtp_pattern_list.none", BadValue),
-        ("[vmta.\"a/b\"]\nsource_ip = \"1.2.3.4\"\n".to_string(), "vmta.\"a/b\"", BadValue),
+        (
+            format!("{v}[pool.p]\nvmtas = [\"a\", \"b\"]\n"),
+            "pool.p.vmtas[1]",
+            UnknownReference,
+        ),
+        (
+            format!("{v}[pool.p]\nvmtas = [\"a\"]\nweights = [1, 2]\n"),
+            "pool.p.weights",
+            BadValue,
+        ),
+        (
+            format!("{v}[pool.p]\nvmtas = []\n"),
+            "pool.p.vmtas",
+            BadValue,
+        ),
+        (
+            format!("{v}[pool.p]\nvmtas = [\"a\", \"a\"]\n"),
+            "pool.p.vmtas[1]",
+            Duplicate,
+        ),
+        (
+            format!("{v}[pool.a]\nvmtas = [\"a\"]\n"),
+            "pool.a",
+            Duplicate,
+        ),
+        (
+            format!("{v}[pool.p]\nvmtas = [\"a\"]\n[pool.q]\nvmtas = [\"p\"]\n"),
+            "pool.q.vmtas[0]",
+            UnknownReference,
+        ),
+        (
+            format!("default_vmta = \"zz\"\n{v}"),
+            "default_vmta",
+            UnknownReference,
+        ),
+        (
+            format!("{v}[[source]]\nnetworks = [\"10.0.0.0/8\"]\ndefault_vmta = \"zz\"\n"),
+            "source[0].default_vmta",
+            UnknownReference,
+        ),
+        (
+            format!(
+                "{v}[[user]]\nname = \"u\"\npassword_hash = \"$argon2id$v=19$m=19456,t=2,p=1$Br0f7MiOm4kZg58KTDYYQQ$Det6SJOUWWGVWuKEIcAtQG891o2yo1KsVuVBUmTo60Q\"\ndefault_vmta = \"zz\"\n"
+            ),
+            "user[0].default_vmta",
+            UnknownReference,
+        ),
+        (
+            format!("{v}[domain.\"*\"]\nsmtp_pattern_list = \"nolist\"\n"),
+            "domain.\"*\".smtp_pattern_list",
+            UnknownReference,
+        ),
+        (
+            format!("{v}[vmta.a.domain.\"x.com\"]\nsmtp_pattern_list = \"nolist\"\n"),
+            "vmta.a.domain.\"x.com\".smtp_pattern_list",
+            UnknownReference,
+        ),
+        (
+            format!("{v}dkim_also_sign = [\"esp.example.net\"]\n"),
+            "vmta.a.dkim_also_sign[0]",
+            UnknownReference,
+        ),
+        (
+            format!(
+                "{v}[[listener]]\naddress = \"127.0.0.1:25\"\n[[listener]]\naddress = \"127.0.0.1:25\"\n"
+            ),
+            "listener[1].address",
+            Duplicate,
+        ),
+        (
+            format!(
+                "{v}[[listener]]\naddress = \"127.0.0.1:25\"\n[[listener]]\naddress = \"0.0.0.0:25\"\n"
+            ),
+            "listener[1].address",
+            Duplicate,
+        ),
+        (
+            format!(
+                "{v}[[source]]\nnetworks = [\"10.0.0.0/8\"]\n[[source]]\nnetworks = [\"10.0.0.0/8\"]\n"
+            ),
+            "source[1].networks[0]",
+            Duplicate,
+        ),
+        (
+            format!("{v}[domain.\"x.com\"]\n[domain.\"X.com\"]\n"),
+            "domain.\"X.com\"",
+            Duplicate,
+        ),
+        (
+            format!("{v}[admin]\nlisten = \"0.0.0.0:8025\"\n"),
+            "admin.listen",
+            BadValue,
+        ),
+        (
+            format!("{v}[admin]\ntoken_file = \"/nonexistent/token\"\n"),
+            "admin.token_file",
+            FileNotFound,
+        ),
+        (
+            format!("{v}[admin]\ntoken_file = \"/\"\n"),
+            "admin.token_file",
+            FileUnreadable,
+        ),
+        (
+            format!(
+                "{v}[[listener]]\naddress = \"127.0.0.1:25\"\ntls_cert = \"/nonexistent/c.pem\"\n"
+            ),
+            "listener[0].tls_key",
+            Missing,
+        ),
+        (
+            format!("{v}[[listener]]\naddress = \"127.0.0.1:25\"\nrequire_tls = true\n"),
+            "listener[0].require_tls",
+            BadValue,
+        ),
+        (
+            format!("{v}[dkim.\"a.com\"]\nselector = \"s\"\nkey = \"/nonexistent/k.pem\"\n"),
+            "dkim.\"a.com\".key",
+            FileNotFound,
+        ),
+        (
+            format!("{v}[[accounting]]\npath = \"/nonexistent/dir/a.csv\"\n"),
+            "accounting[0].path",
+            FileNotFound,
+        ),
+        (
+            format!(
+                "{v}[[accounting]]\npath = \"/tmp/a.csv\"\n[[accounting]]\npath = \"/tmp/a.csv\"\n"
+            ),
+            "accounting[1].path",
+            Duplicate,
+        ),
+        (
+            format!(
+                "{v}[[user]]\nname = \"u\"\npassword_hash = \"$argon2id$v=19$m=19456,t=2,p=1$Br0f7MiOm4kZg58KTDYYQQ$Det6SJOUWWGVWuKEIcAtQG891o2yo1KsVuVBUmTo60Q\"\n[[user]]\nname = \"u\"\npassword_hash = \"$argon2id$v=19$m=19456,t=2,p=1$Br0f7MiOm4kZg58KTDYYQQ$Det6SJOUWWGVWuKEIcAtQG891o2yo1KsVuVBUmTo60Q\"\n"
+            ),
+            "user[1].name",
+            Duplicate,
+        ),
+        (
+            "[smtp_pattern_list.none]\nrules = []\n".to_string(),
+            "smtp_pattern_list.none",
+            BadValue,
+        ),
+        (
+            "[vmta.\"a/b\"]\nsource_ip = \"1.2.3.4\"\n".to_string(),
+            "vmta.\"a/b\"",
+            BadValue,
+        ),
     ];
     for (text, key, kind) in &cases {
         let e = errs(text);
@@ -281,11 +579,17 @@ fn cross_checks() {
 fn builtin_pattern_lists_are_valid_references() {
     for name in config::BUILTIN_PATTERN_LISTS {
         let c = load_text(&format!("[domain.\"*\"]\nsmtp_pattern_list = \"{name}\"\n")).unwrap();
-        assert_eq!(c.domain_policy("x.org", "default").smtp_pattern_list.as_deref(), Some(*name));
+        assert_eq!(
+            c.domain_policy("x.org", "default")
+                .smtp_pattern_list
+                .as_deref(),
+            Some(*name)
+        );
         assert!(c.pattern_list(name).is_none(), "the shaper provides it");
     }
     // A configured list of a built-in name replaces it.
-    let c = load_text("[smtp_pattern_list.gmail]\nrules = [{ reply = 'x', mode = \"backoff\" }]\n").unwrap();
+    let c = load_text("[smtp_pattern_list.gmail]\nrules = [{ reply = 'x', mode = \"backoff\" }]\n")
+        .unwrap();
     assert_eq!(c.pattern_list("gmail").unwrap().rules.len(), 1);
     // "none" means no list.
     let c = load_text("[domain.\"*\"]\nsmtp_pattern_list = \"none\"\n").unwrap();
@@ -356,13 +660,23 @@ rules = [
     let l = &c.listeners[0];
     assert!(l.allow_auth_without_tls && l.require_auth);
     assert_eq!(l.max_errors_per_session, 7);
-    assert!(!c.warnings.iter().any(|w| w.key.starts_with("listener")), "{:?}", c.warnings);
-    assert_eq!(c.vmtas["a"].dkim_also_sign, vec!["esp.example.net".to_string()]);
+    assert!(
+        !c.warnings.iter().any(|w| w.key.starts_with("listener")),
+        "{:?}",
+        c.warnings
+    );
+    assert_eq!(
+        c.vmtas["a"].dkim_also_sign,
+        vec!["esp.example.net".to_string()]
+    );
     let p = c.domain_policy("slow.example", "a");
     assert_eq!(p.idle_timeout, Duration::from_secs(30));
     assert_eq!(p.dsn_delay_after, Some(Duration::from_secs(7200)));
     assert_eq!(p.backoff_ramp_up, Duration::ZERO);
-    assert_eq!((p.command_timeout, p.max_rcpt_per_transaction), (Duration::from_secs(60), 50));
+    assert_eq!(
+        (p.command_timeout, p.max_rcpt_per_transaction),
+        (Duration::from_secs(60), 50)
+    );
     assert_eq!(p.smtp_hosts[0].host, "mx.slow.example");
     assert_eq!(c.domain_policy("other.example", "a").dsn_delay_after, None);
     let k = &c.dkim["esp.example.net"];
@@ -373,7 +687,11 @@ rules = [
     assert_eq!(rules[0].reenable_after, Some(Duration::from_secs(7200)));
     assert_eq!(rules[1].scope, config::RuleScope::Recipient);
     assert!(rules[2].defer_queue && rules[2].mode == Some(QueueMode::Normal));
-    assert_eq!(rules[3].reenable_after, Some(Duration::from_secs(3600)), "default re-enable");
+    assert_eq!(
+        rules[3].reenable_after,
+        Some(Duration::from_secs(3600)),
+        "default re-enable"
+    );
 }
 
 #[test]
@@ -381,16 +699,32 @@ fn embedded_default_matches_the_contract() {
     let c = config::load(None).unwrap();
     assert!(c.is_embedded_default());
     assert_eq!(c.listeners.len(), 1);
-    assert_eq!(c.listeners[0].address, "127.0.0.1:2525".parse::<SocketAddr>().unwrap());
+    assert_eq!(
+        c.listeners[0].address,
+        "127.0.0.1:2525".parse::<SocketAddr>().unwrap()
+    );
     assert_eq!(c.spool.path, PathBuf::from("./spate-spool"));
-    assert_eq!(c.admin.listen, "127.0.0.1:8025".parse::<SocketAddr>().unwrap());
+    assert_eq!(
+        c.admin.listen,
+        "127.0.0.1:8025".parse::<SocketAddr>().unwrap()
+    );
     assert_eq!(c.admin.token_file, None);
-    assert!(c.dns.nameservers.is_empty(), "real MX lookups via the system resolver");
-    assert!(c.domain_policy("example.com", "default").smtp_hosts.is_empty());
+    assert!(
+        c.dns.nameservers.is_empty(),
+        "real MX lookups via the system resolver"
+    );
+    assert!(
+        c.domain_policy("example.com", "default")
+            .smtp_hosts
+            .is_empty()
+    );
     let ip = |s: &str| s.parse::<IpAddr>().unwrap();
     assert!(c.source_for(ip("127.0.0.1")).unwrap().allow_relaying);
     assert!(c.source_for(ip("::1")).unwrap().allow_relaying);
-    assert!(c.source_for(ip("192.0.2.1")).is_none(), "never an open relay");
+    assert!(
+        c.source_for(ip("192.0.2.1")).is_none(),
+        "never an open relay"
+    );
     assert!(c.relay_domains.is_empty());
     assert_eq!(c.vmtas.len(), 1);
     let v = &c.vmtas["default"];
@@ -398,7 +732,12 @@ fn embedded_default_matches_the_contract() {
     assert_eq!(v.ehlo, config::system_hostname());
     assert_eq!(c.default_vmta, "default");
     // A file is never the embedded default, even with the same text.
-    let f = config::load_str("x.toml", config::EMBEDDED_DEFAULT, Some(PathBuf::from("x.toml"))).unwrap();
+    let f = config::load_str(
+        "x.toml",
+        config::EMBEDDED_DEFAULT,
+        Some(PathBuf::from("x.toml")),
+    )
+    .unwrap();
     assert!(!f.is_embedded_default());
 }
 
@@ -409,7 +748,10 @@ fn unreadable_inputs_are_errors() {
     let dir = tempfile::tempdir().unwrap();
     let bin = dir.path().join("bin.toml");
     std::fs::write(&bin, [0xff, 0xfe, b'a']).unwrap();
-    assert_eq!(config::load(Some(&bin)).unwrap_err().errors[0].kind, ConfigErrorKind::Io);
+    assert_eq!(
+        config::load(Some(&bin)).unwrap_err().errors[0].kind,
+        ConfigErrorKind::Io
+    );
     let e = errs("a = 1\na = 2\n[x\n");
     assert!(e.iter().all(|(_, _, k)| *k == ConfigErrorKind::Syntax));
     assert_eq!(e[0].0, 2);

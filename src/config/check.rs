@@ -50,7 +50,9 @@ pub(crate) fn cross_check(ctx: &mut Ctx, p: &Parsed, check_files: bool) {
         }
     }
     for r in &p.refs.pattern_lists {
-        if !p.refs.declared_pattern_lists.contains(&r.name) && !BUILTIN_PATTERN_LISTS.contains(&r.name.as_str()) {
+        if !p.refs.declared_pattern_lists.contains(&r.name)
+            && !BUILTIN_PATTERN_LISTS.contains(&r.name.as_str())
+        {
             ctx.error(
                 &r.span,
                 &r.path,
@@ -80,7 +82,12 @@ pub(crate) fn cross_check(ctx: &mut Ctx, p: &Parsed, check_files: bool) {
     let mut acct: HashMap<&std::path::Path, &str> = HashMap::new();
     for (a, (path, span)) in p.accounting.iter().zip(&p.refs.accounting_spans) {
         if let Some(first) = acct.insert(a.path.as_path(), path) {
-            ctx.error(span, path, ConfigErrorKind::Duplicate, format!("same file as {first}"));
+            ctx.error(
+                span,
+                path,
+                ConfigErrorKind::Duplicate,
+                format!("same file as {first}"),
+            );
         }
     }
     if check_files {
@@ -142,7 +149,12 @@ fn check_users(ctx: &mut Ctx, p: &Parsed) {
     // user_spans holds one (path, span) per user built, in order.
     for (user, (path, span)) in p.users.iter().zip(&p.refs.user_spans) {
         if let Some(first) = seen.insert(user.name.as_str(), path.as_str()) {
-            ctx.error(span, path, ConfigErrorKind::Duplicate, format!("user \"{}\" is already defined at {first}", user.name));
+            ctx.error(
+                span,
+                path,
+                ConfigErrorKind::Duplicate,
+                format!("user \"{}\" is already defined at {first}", user.name),
+            );
         }
     }
 }

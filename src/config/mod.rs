@@ -15,6 +15,7 @@ mod error;
 mod model;
 mod parse;
 mod parse_domain;
+mod parse_service;
 mod policy;
 pub mod values;
 mod walk;
@@ -186,8 +187,12 @@ pub fn load(path: Option<&Path>) -> Result<Config, ConfigErrors> {
         }],
     };
     let bytes = read_bounded(path).map_err(io_error)?;
-    let text = String::from_utf8(bytes)
-        .map_err(|e| io_error(format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to())))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        io_error(format!(
+            "not UTF-8 text (byte {})",
+            e.utf8_error().valid_up_to()
+        ))
+    })?;
     load_str(&name, &text, Some(path.to_path_buf()))
 }
 
@@ -210,14 +215,23 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
 /// Parses and validates configuration text. `file_name` is used in errors;
 /// `origin` is recorded in the result (`None` marks the embedded default).
 /// Files named by keys are checked against the real filesystem.
-pub fn load_str(file_name: &str, text: &str, origin: Option<PathBuf>) -> Result<Config, ConfigErrors> {
+pub fn load_str(
+    file_name: &str,
+    text: &str,
+    origin: Option<PathBuf>,
+) -> Result<Config, ConfigErrors> {
     let mut ctx = walk::Ctx::new(file_name.to_string(), text);
     let (doc, syntax) = toml::de::DeTable::parse_recoverable(text);
     if !syntax.is_empty() {
         for e in syntax {
             let span = e.span().unwrap_or(0..0);
             let reason = e.message().trim().to_string();
-            ctx.error(&span, "", ConfigErrorKind::Syntax, format!("TOML syntax: {reason}"));
+            ctx.error(
+                &span,
+                "",
+                ConfigErrorKind::Syntax,
+                format!("TOML syntax: {reason}"),
+            );
         }
         return Err(finish_errors(ctx));
     }
@@ -244,7 +258,12 @@ pub fn load_str(file_name: &str, text: &str, origin: Option<PathBuf>) -> Result<
     let default_vmta = parsed
         .default_vmta
         .clone()
-        .or_else(|| parsed.vmtas.contains_key("default").then(|| "default".to_string()))
+        .or_else(|| {
+            parsed
+                .vmtas
+                .contains_key("default")
+                .then(|| "default".to_string())
+        })
         .or_else(|| parsed.vmta_order.first().cloned())
         .unwrap_or_else(|| "default".to_string());
     let policies = policy::PolicyIndex::build(&parsed.domains, &parsed.vmtas);
@@ -302,7 +321,10 @@ pub fn system_hostname() -> String {
 pub fn check_command(path: Option<&Path>) -> i32 {
     match load(path) {
         Ok(config) => {
-            let file = path.map_or_else(|| EMBEDDED_DEFAULT_NAME.to_string(), |p| p.display().to_string());
+            let file = path.map_or_else(
+                || EMBEDDED_DEFAULT_NAME.to_string(),
+                |p| p.display().to_string(),
+            );
             for w in &config.warnings {
                 eprintln!("{file}: warning: {w}");
             }

@@ -21,11 +21,20 @@ pub const PATTERN_RULES_MAX: usize = 1000;
 pub const NO_PATTERN_LIST: &str = "none";
 
 /// Reads one `[domain."D"]` / `[vmta.X.domain."D"]` table.
-pub(crate) fn parse_domain_table(ctx: &mut Ctx, t: &mut Table<'_, '_>, refs: &mut Refs) -> DomainSettings {
+pub(crate) fn parse_domain_table(
+    ctx: &mut Ctx,
+    t: &mut Table<'_, '_>,
+    refs: &mut Refs,
+) -> DomainSettings {
     let retry_after = t.opt(ctx, "retry_after", |c, it| {
         let list = c.list(it, positive_duration)?;
         if list.is_empty() {
-            c.error(&it.span(), &it.path, ConfigErrorKind::BadValue, "needs at least one delay");
+            c.error(
+                &it.span(),
+                &it.path,
+                ConfigErrorKind::BadValue,
+                "needs at least one delay",
+            );
             return None;
         }
         Some(list)
@@ -49,7 +58,12 @@ pub(crate) fn parse_domain_table(ctx: &mut Ctx, t: &mut Table<'_, '_>, refs: &mu
     let smtp_hosts = t.opt(ctx, "smtp_hosts", |c, it| {
         let list = c.list(it, |c, it| c.parse(it, values::parse_smtp_host))?;
         if list.is_empty() {
-            c.error(&it.span(), &it.path, ConfigErrorKind::BadValue, "empty list: remove the key to use MX lookups");
+            c.error(
+                &it.span(),
+                &it.path,
+                ConfigErrorKind::BadValue,
+                "empty list: remove the key to use MX lookups",
+            );
             return None;
         }
         Some(list)
@@ -84,7 +98,11 @@ pub(crate) fn parse_domain_table(ctx: &mut Ctx, t: &mut Table<'_, '_>, refs: &mu
         backoff_max_msg_rate: t.opt(ctx, "backoff_max_msg_rate", rate),
         backoff_retry_after: t.opt(ctx, "backoff_retry_after", positive_duration),
         backoff_to_normal_after: t.opt(ctx, "backoff_to_normal_after", duration_or_never),
-        backoff_to_normal_after_delivery: t.opt(ctx, "backoff_to_normal_after_delivery", |c, it| c.bool(it)),
+        backoff_to_normal_after_delivery: t.opt(
+            ctx,
+            "backoff_to_normal_after_delivery",
+            |c, it| c.bool(it),
+        ),
         backoff_ramp_up: t.opt(ctx, "backoff_ramp_up", duration),
         mx_rollup: t.opt(ctx, "mx_rollup", |c, it| c.bool(it)),
         smtp_hosts,
@@ -96,7 +114,11 @@ fn duration_or_never(ctx: &mut Ctx, it: &Item<'_, '_>) -> Option<Option<Duration
 }
 
 /// `[smtp_pattern_list.NAME]` tables.
-pub(crate) fn parse_pattern_lists(ctx: &mut Ctx, it: &Item<'_, '_>, refs: &mut Refs) -> BTreeMap<String, PatternList> {
+pub(crate) fn parse_pattern_lists(
+    ctx: &mut Ctx,
+    it: &Item<'_, '_>,
+    refs: &mut Refs,
+) -> BTreeMap<String, PatternList> {
     let mut out = BTreeMap::new();
     let Some(mut outer) = ctx.table(it, it.span()) else {
         return out;
@@ -160,23 +182,39 @@ fn parse_rule(ctx: &mut Ctx, item: &Item<'_, '_>) -> Option<PatternRule> {
     let reply = t.req(ctx, "reply", |c, it| {
         let s = c.str(it)?;
         if s.is_empty() {
-            c.error(&it.span(), &it.path, ConfigErrorKind::BadValue, "empty pattern matches every reply");
+            c.error(
+                &it.span(),
+                &it.path,
+                ConfigErrorKind::BadValue,
+                "empty pattern matches every reply",
+            );
             return None;
         }
         c.parse(it, values::parse_pattern)
     });
     let mode = t.opt(ctx, "mode", |c, it| {
-        c.choice(it, &[("backoff", QueueMode::Backoff), ("normal", QueueMode::Normal)])
+        c.choice(
+            it,
+            &[
+                ("backoff", QueueMode::Backoff),
+                ("normal", QueueMode::Normal),
+            ],
+        )
     });
     let bounce_category = t.opt(ctx, "bounce_category", |c, it| {
         c.parse(it, |s| {
             BounceCategory::from_name(s).ok_or_else(|| {
                 let names: Vec<&str> = BounceCategory::ALL.iter().map(|(n, _)| *n).collect();
-                format!("unknown bounce category \"{s}\"; one of {}", names.join(", "))
+                format!(
+                    "unknown bounce category \"{s}\"; one of {}",
+                    names.join(", ")
+                )
             })
         })
     });
-    let disable_source_ip = t.opt(ctx, "disable_source_ip", |c, it| c.bool(it)).unwrap_or(false);
+    let disable_source_ip = t
+        .opt(ctx, "disable_source_ip", |c, it| c.bool(it))
+        .unwrap_or(false);
     let reenable_after = t.opt(ctx, "reenable_after", positive_duration);
     if reenable_after.is_some() && !disable_source_ip {
         if let Some(span) = t.key_span("reenable_after") {
@@ -188,10 +226,18 @@ fn parse_rule(ctx: &mut Ctx, item: &Item<'_, '_>) -> Option<PatternRule> {
             );
         }
     }
-    let defer_queue = t.opt(ctx, "defer_queue", |c, it| c.bool(it)).unwrap_or(false);
+    let defer_queue = t
+        .opt(ctx, "defer_queue", |c, it| c.bool(it))
+        .unwrap_or(false);
     let scope = t
         .opt(ctx, "scope", |c, it| {
-            c.choice(it, &[("queue", RuleScope::Queue), ("recipient", RuleScope::Recipient)])
+            c.choice(
+                it,
+                &[
+                    ("queue", RuleScope::Queue),
+                    ("recipient", RuleScope::Recipient),
+                ],
+            )
         })
         .unwrap_or(RuleScope::Queue);
     if scope == RuleScope::Recipient && (mode.is_some() || disable_source_ip || defer_queue) {
@@ -220,7 +266,11 @@ fn parse_rule(ctx: &mut Ctx, item: &Item<'_, '_>) -> Option<PatternRule> {
 }
 
 /// `[dkim."domain"]` tables.
-pub(crate) fn parse_dkim(ctx: &mut Ctx, it: &Item<'_, '_>, refs: &mut Refs) -> BTreeMap<String, DkimConfig> {
+pub(crate) fn parse_dkim(
+    ctx: &mut Ctx,
+    it: &Item<'_, '_>,
+    refs: &mut Refs,
+) -> BTreeMap<String, DkimConfig> {
     let mut out = BTreeMap::new();
     let Some(mut outer) = ctx.table(it, it.span()) else {
         return out;
@@ -234,7 +284,12 @@ pub(crate) fn parse_dkim(ctx: &mut Ctx, it: &Item<'_, '_>, refs: &mut Refs) -> B
             }
         };
         if !refs.declared_dkim.insert(domain.clone()) {
-            ctx.error(&k.span(), &item.path, ConfigErrorKind::Duplicate, "this signing domain is configured twice");
+            ctx.error(
+                &k.span(),
+                &item.path,
+                ConfigErrorKind::Duplicate,
+                "this signing domain is configured twice",
+            );
             continue;
         }
         let Some(mut t) = ctx.table(&item, k.span()) else {
@@ -262,14 +317,21 @@ pub(crate) fn parse_dkim(ctx: &mut Ctx, it: &Item<'_, '_>, refs: &mut Refs) -> B
                     })
                 })?;
                 if list.is_empty() {
-                    c.error(&it.span(), &it.path, ConfigErrorKind::BadValue, "empty header list (From is always signed; list it)");
+                    c.error(
+                        &it.span(),
+                        &it.path,
+                        ConfigErrorKind::BadValue,
+                        "empty header list (From is always signed; list it)",
+                    );
                     return None;
                 }
                 Some(list)
             })
             .unwrap_or_else(|| DKIM_DEFAULT_HEADERS.iter().map(|s| s.to_string()).collect());
         let canon = t
-            .opt(ctx, "canonicalization", |c, it| c.parse(it, parse_canonicalization))
+            .opt(ctx, "canonicalization", |c, it| {
+                c.parse(it, parse_canonicalization)
+            })
             .unwrap_or((Canonicalization::Relaxed, Canonicalization::Relaxed));
         let expire = t.opt(ctx, "expire", positive_duration);
         t.finish(ctx);
@@ -308,7 +370,11 @@ fn parse_canonicalization(s: &str) -> Result<(Canonicalization, Canonicalization
 }
 
 /// One `[[accounting]]` table.
-pub(crate) fn parse_accounting(ctx: &mut Ctx, t: &mut Table<'_, '_>, refs: &mut Refs) -> Option<AccountingConfig> {
+pub(crate) fn parse_accounting(
+    ctx: &mut Ctx,
+    t: &mut Table<'_, '_>,
+    refs: &mut Refs,
+) -> Option<AccountingConfig> {
     let path = t.req(ctx, "path", |c, it| {
         let p = path_buf(c, it)?;
         refs.files.push(FileRef {
@@ -322,7 +388,13 @@ pub(crate) fn parse_accounting(ctx: &mut Ctx, t: &mut Table<'_, '_>, refs: &mut 
     });
     let format = t
         .opt(ctx, "format", |c, it| {
-            c.choice(it, &[("csv", AccountingFormat::Csv), ("jsonl", AccountingFormat::Jsonl)])
+            c.choice(
+                it,
+                &[
+                    ("csv", AccountingFormat::Csv),
+                    ("jsonl", AccountingFormat::Jsonl),
+                ],
+            )
         })
         .unwrap_or(AccountingFormat::Csv);
     let records = t
@@ -342,7 +414,12 @@ pub(crate) fn parse_accounting(ctx: &mut Ctx, t: &mut Table<'_, '_>, refs: &mut 
                 );
                 match choice {
                     Some(r) if out.contains(&r) => {
-                        c.error(&item.span(), &item.path, ConfigErrorKind::Duplicate, "record type listed twice");
+                        c.error(
+                            &item.span(),
+                            &item.path,
+                            ConfigErrorKind::Duplicate,
+                            "record type listed twice",
+                        );
                         ok = false;
                     }
                     Some(r) => out.push(r),
@@ -350,7 +427,12 @@ pub(crate) fn parse_accounting(ctx: &mut Ctx, t: &mut Table<'_, '_>, refs: &mut 
                 }
             }
             if ok && out.is_empty() {
-                c.error(&it.span(), &it.path, ConfigErrorKind::BadValue, "no record types: remove the [[accounting]] entry instead");
+                c.error(
+                    &it.span(),
+                    &it.path,
+                    ConfigErrorKind::BadValue,
+                    "no record types: remove the [[accounting]] entry instead",
+                );
                 return None;
             }
             ok.then_some(out)
@@ -367,7 +449,12 @@ pub(crate) fn parse_accounting(ctx: &mut Ctx, t: &mut Table<'_, '_>, refs: &mut 
         .opt(ctx, "rotate", |c, it| {
             let r = c.parse(it, values::parse_duration_or_never)?;
             if r.is_some_and(|d| d < Duration::from_secs(60)) {
-                c.error(&it.span(), &it.path, ConfigErrorKind::BadValue, "rotate at most once a minute");
+                c.error(
+                    &it.span(),
+                    &it.path,
+                    ConfigErrorKind::BadValue,
+                    "rotate at most once a minute",
+                );
                 return None;
             }
             Some(r)
@@ -388,8 +475,14 @@ mod tests {
     #[test]
     fn canonicalization() {
         use Canonicalization::*;
-        assert_eq!(parse_canonicalization("relaxed/relaxed"), Ok((Relaxed, Relaxed)));
-        assert_eq!(parse_canonicalization("simple/relaxed"), Ok((Simple, Relaxed)));
+        assert_eq!(
+            parse_canonicalization("relaxed/relaxed"),
+            Ok((Relaxed, Relaxed))
+        );
+        assert_eq!(
+            parse_canonicalization("simple/relaxed"),
+            Ok((Simple, Relaxed))
+        );
         assert_eq!(parse_canonicalization("relaxed"), Ok((Relaxed, Simple)));
         assert!(parse_canonicalization("relaxed/strict").is_err());
         assert!(parse_canonicalization("").is_err());

@@ -41,13 +41,17 @@ fn error_carries_line_column_and_key() {
 fn missing_key_points_at_table_header() {
     let e = errors("[vmta.a]\nehlo = \"a.example\"\n");
     assert_eq!(e.len(), 1);
-    assert_eq!((e[0].line, e[0].key.as_str()), (Some(1), "vmta.a.source_ip"));
+    assert_eq!(
+        (e[0].line, e[0].key.as_str()),
+        (Some(1), "vmta.a.source_ip")
+    );
     assert_eq!(e[0].kind, ConfigErrorKind::Missing);
 }
 
 #[test]
 fn errors_are_in_file_order() {
-    let e = errors("[[source]]\nnetworks=[\"x\"]\ndefault_vmta=\"nope\"\n[spool]\nsync=\"x\"\nzzz=1\n");
+    let e =
+        errors("[[source]]\nnetworks=[\"x\"]\ndefault_vmta=\"nope\"\n[spool]\nsync=\"x\"\nzzz=1\n");
     let lines: Vec<_> = e.iter().map(|e| e.line.unwrap_or(0)).collect();
     let mut sorted = lines.clone();
     sorted.sort();
@@ -137,15 +141,22 @@ allow_relaying = false
 
 #[test]
 fn default_vmta_resolution() {
-    let c = load_text("[vmta.z]\nsource_ip=\"127.0.0.2\"\n[vmta.b]\nsource_ip=\"127.0.0.3\"\n").unwrap();
+    let c = load_text("[vmta.z]\nsource_ip=\"127.0.0.2\"\n[vmta.b]\nsource_ip=\"127.0.0.3\"\n")
+        .unwrap();
     assert_eq!(c.default_vmta, "z", "first vMTA in file order");
-    let c = load_text("default_vmta = \"p\"\n[vmta.b]\nsource_ip=\"127.0.0.3\"\n[pool.p]\nvmtas=[\"b\"]\n").unwrap();
+    let c = load_text(
+        "default_vmta = \"p\"\n[vmta.b]\nsource_ip=\"127.0.0.3\"\n[pool.p]\nvmtas=[\"b\"]\n",
+    )
+    .unwrap();
     assert_eq!(c.default_vmta, "p");
     assert!(matches!(c.target("p"), Some(TargetRef::Pool(_))));
     assert!(matches!(c.target("b"), Some(TargetRef::Vmta(_))));
     let c = load_text("").unwrap();
     assert_eq!(c.default_vmta, "default");
-    assert_eq!(c.vmtas["default"].source_ip, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    assert_eq!(
+        c.vmtas["default"].source_ip,
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    );
 }
 
 #[test]

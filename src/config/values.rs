@@ -84,7 +84,8 @@ pub fn parse_duration_or_never(text: &str) -> Result<Option<Duration>, String> {
     if text.trim().eq_ignore_ascii_case("never") {
         Ok(None)
     } else {
-        parse_duration(text).map_err(|e| format!("{e}, or \"never\""))
+        parse_duration(text)
+            .map_err(|e| format!("{e}, or \"never\""))
             .map(Some)
     }
 }
@@ -119,7 +120,9 @@ impl Rate {
             Rate::Unlimited => None,
             Rate::Limited { count, per } => {
                 let nanos = per.as_nanos() / u128::from(count.max(1));
-                Some(Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX)))
+                Some(Duration::from_nanos(
+                    u64::try_from(nanos).unwrap_or(u64::MAX),
+                ))
             }
         }
     }
@@ -221,9 +224,9 @@ pub fn parse_network(text: &str) -> Result<IpNet, String> {
     if let Ok(ip) = s.parse::<IpAddr>() {
         return Ok(IpNet::from(ip));
     }
-    let net: IpNet = s
-        .parse()
-        .map_err(|_| format!("bad network \"{text}\": expected CIDR like \"10.0.0.0/8\" or \"::1/128\""))?;
+    let net: IpNet = s.parse().map_err(|_| {
+        format!("bad network \"{text}\": expected CIDR like \"10.0.0.0/8\" or \"::1/128\"")
+    })?;
     if net.trunc() != net {
         return Err(format!(
             "bad network \"{text}\": host bits are set (did you mean \"{}\"?)",
@@ -266,7 +269,9 @@ pub fn is_valid_hostname(name: &str) -> bool {
     name.split('.').all(|label| {
         !label.is_empty()
             && label.len() <= 63
-            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
             && !label.starts_with('-')
             && !label.ends_with('-')
     })
@@ -331,9 +336,9 @@ pub fn parse_smtp_host(text: &str) -> Result<SmtpHost, String> {
     }
     let (host, port) = match s.rsplit_once(':') {
         Some((h, p)) => {
-            let port: u16 = p
-                .parse()
-                .map_err(|_| format!("bad host \"{text}\": port \"{p}\" is not a number 1-65535"))?;
+            let port: u16 = p.parse().map_err(|_| {
+                format!("bad host \"{text}\": port \"{p}\" is not a number 1-65535")
+            })?;
             (h, port)
         }
         None => (s, 25),
@@ -367,7 +372,11 @@ pub fn parse_pattern(text: &str) -> Result<Regex, String> {
         .map_err(|e| {
             // The regex crate's message spans several lines; keep one.
             let msg = e.to_string();
-            let last = msg.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or("");
+            let last = msg
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
             format!("bad regular expression '{text}': {}", last.trim())
         })
 }
@@ -410,7 +419,18 @@ mod tests {
 
     #[test]
     fn bad_durations() {
-        for bad in ["", "30", "s", "10x", "1.5h", "-1s", "1h 30m", "h1", "99999999999999999999999s", "600w"] {
+        for bad in [
+            "",
+            "30",
+            "s",
+            "10x",
+            "1.5h",
+            "-1s",
+            "1h 30m",
+            "h1",
+            "99999999999999999999999s",
+            "600w",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
         }
         assert!(parse_duration("30").unwrap_err().contains("missing unit"));
@@ -420,7 +440,10 @@ mod tests {
     #[test]
     fn never() {
         assert_eq!(parse_duration_or_never("never"), Ok(None));
-        assert_eq!(parse_duration_or_never("1h"), Ok(Some(Duration::from_secs(3600))));
+        assert_eq!(
+            parse_duration_or_never("1h"),
+            Ok(Some(Duration::from_secs(3600)))
+        );
         assert!(parse_duration_or_never("nope").is_err());
     }
 
@@ -428,7 +451,13 @@ mod tests {
     fn rates() {
         assert_eq!(parse_rate("unlimited"), Ok(Rate::Unlimited));
         let r = parse_rate("1000/h").unwrap();
-        assert_eq!(r, Rate::Limited { count: 1000, per: Duration::from_secs(3600) });
+        assert_eq!(
+            r,
+            Rate::Limited {
+                count: 1000,
+                per: Duration::from_secs(3600)
+            }
+        );
         assert_eq!(r.to_string(), "1000/h");
         assert_eq!(r.emission_interval(), Some(Duration::from_millis(3600)));
         assert!((parse_rate("60/m").unwrap().per_second() - 1.0).abs() < 1e-9);
@@ -440,7 +469,9 @@ mod tests {
 
     #[test]
     fn bad_rates() {
-        for bad in ["", "100", "0/h", "-1/h", "1.5/s", "10/w", "10/", "/h", "lots"] {
+        for bad in [
+            "", "100", "0/h", "-1/h", "1.5/s", "10/w", "10/", "/h", "lots",
+        ] {
             assert!(parse_rate(bad).is_err(), "{bad:?} accepted");
         }
     }
@@ -464,13 +495,23 @@ mod tests {
 
     #[test]
     fn networks() {
-        assert_eq!(parse_network("127.0.0.0/8").unwrap().to_string(), "127.0.0.0/8");
+        assert_eq!(
+            parse_network("127.0.0.0/8").unwrap().to_string(),
+            "127.0.0.0/8"
+        );
         assert_eq!(parse_network("::1/128").unwrap().to_string(), "::1/128");
-        assert_eq!(parse_network("10.1.2.3").unwrap().to_string(), "10.1.2.3/32");
+        assert_eq!(
+            parse_network("10.1.2.3").unwrap().to_string(),
+            "10.1.2.3/32"
+        );
         for bad in ["10.0.0.0/33", "10.0.0/8", "fe80::/129", "foo", "10.1.2.3/8"] {
             assert!(parse_network(bad).is_err(), "{bad:?} accepted");
         }
-        assert!(parse_network("10.1.2.3/8").unwrap_err().contains("10.0.0.0/8"));
+        assert!(
+            parse_network("10.1.2.3/8")
+                .unwrap_err()
+                .contains("10.0.0.0/8")
+        );
     }
 
     #[test]
@@ -490,7 +531,10 @@ mod tests {
         let h = parse_smtp_host("127.0.0.2:2526").unwrap();
         assert_eq!((h.ip.is_some(), h.port), (true, 2526));
         let h = parse_smtp_host("MX.Example.NET").unwrap();
-        assert_eq!((h.host.as_str(), h.port, h.ip), ("mx.example.net", 25, None));
+        assert_eq!(
+            (h.host.as_str(), h.port, h.ip),
+            ("mx.example.net", 25, None)
+        );
         assert_eq!(parse_smtp_host("mx.example.net:2525").unwrap().port, 2525);
         for bad in ["mx.example.net:0", "mx.example.net:x", "bad host:25", ""] {
             assert!(parse_smtp_host(bad).is_err(), "{bad:?} accepted");

@@ -110,7 +110,12 @@ impl Ctx {
         match parse(s) {
             Ok(v) => Some(v),
             Err(reason) => {
-                self.error(&item.value.span(), &item.path, ConfigErrorKind::BadValue, reason);
+                self.error(
+                    &item.value.span(),
+                    &item.path,
+                    ConfigErrorKind::BadValue,
+                    reason,
+                );
                 None
             }
         }
@@ -250,7 +255,11 @@ impl Ctx {
     }
 
     /// A table value (header table or inline table).
-    pub fn table<'a, 'i>(&mut self, item: &Item<'a, 'i>, key_span: Range<usize>) -> Option<Table<'a, 'i>> {
+    pub fn table<'a, 'i>(
+        &mut self,
+        item: &Item<'a, 'i>,
+        key_span: Range<usize>,
+    ) -> Option<Table<'a, 'i>> {
         match item.value.get_ref() {
             DeValue::Table(t) => Some(Table::new(t, item.path.clone(), key_span)),
             _ => {
@@ -284,7 +293,11 @@ pub(crate) fn join(path: &str, key: &str) -> String {
     } else {
         format!("\"{}\"", key.replace('\\', "\\\\").replace('"', "\\\""))
     };
-    if path.is_empty() { key } else { format!("{path}.{key}") }
+    if path.is_empty() {
+        key
+    } else {
+        format!("{path}.{key}")
+    }
 }
 
 /// A table being read. Every key asked for is remembered as known; `finish`
@@ -318,9 +331,7 @@ impl<'a, 'i> Table<'a, 'i> {
 
     /// The span of `key` itself (its line), if present.
     pub fn key_span(&self, key: &str) -> Option<Range<usize>> {
-        self.map
-            .get_key_value(key)
-            .map(|(k, _)| k.span())
+        self.map.get_key_value(key).map(|(k, _)| k.span())
     }
 
     /// Reads an optional key with `conv`.
@@ -427,7 +438,10 @@ mod tests {
     fn key_paths_quote_non_bare_keys() {
         assert_eq!(join("", "domain"), "domain");
         assert_eq!(join("domain", "gmail.com"), "domain.\"gmail.com\"");
-        assert_eq!(join("domain.\"*\"", "max_smtp_out"), "domain.\"*\".max_smtp_out");
+        assert_eq!(
+            join("domain.\"*\"", "max_smtp_out"),
+            "domain.\"*\".max_smtp_out"
+        );
     }
 
     #[test]
