@@ -3,8 +3,6 @@
 //! exist and can be read.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr};
 
 use super::BUILTIN_PATTERN_LISTS;
@@ -180,57 +178,6 @@ fn check_admin(ctx: &mut Ctx, p: &Parsed) {
 
 fn check_file_refs(ctx: &mut Ctx, p: &Parsed) {
     for f in &p.refs.files {
-        if f.readable_file {
-            match File::open(&f.file) {
-                Ok(file) => {
-                    if file.metadata().is_ok_and(|m| m.is_dir()) {
-                        ctx.error(
-                            &f.span,
-                            &f.path,
-                            ConfigErrorKind::FileUnreadable,
-                            format!("{} is a directory, not a file", f.file.display()),
-                        );
-                    }
-                }
-                Err(e) if e.kind() == ErrorKind::NotFound => ctx.error(
-                    &f.span,
-                    &f.path,
-                    ConfigErrorKind::FileNotFound,
-                    format!("file not found: {}", f.file.display()),
-                ),
-                Err(e) => ctx.error(
-                    &f.span,
-                    &f.path,
-                    ConfigErrorKind::FileUnreadable,
-                    format!("cannot read {}: {e}", f.file.display()),
-                ),
-            }
-        } else {
-            let dir = match f.file.parent() {
-                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-                _ => std::path::PathBuf::from("."),
-            };
-            match std::fs::metadata(&dir) {
-                Ok(m) if m.is_dir() => {}
-                Ok(_) => ctx.error(
-                    &f.span,
-                    &f.path,
-                    ConfigErrorKind::FileUnreadable,
-                    format!("{} is not a directory", dir.display()),
-                ),
-                Err(e) if e.kind() == ErrorKind::NotFound => ctx.error(
-                    &f.span,
-                    &f.path,
-                    ConfigErrorKind::FileNotFound,
-                    format!("directory not found: {}", dir.display()),
-                ),
-                Err(e) => ctx.error(
-                    &f.span,
-                    &f.path,
-                    ConfigErrorKind::FileUnreadable,
-                    format!("cannot access {}: {e}", dir.display()),
-                ),
-            }
-        }
+        super::files::check_file(ctx, f);
     }
 }

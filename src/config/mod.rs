@@ -12,6 +12,7 @@
 
 mod check;
 mod error;
+mod files;
 mod model;
 mod parse;
 mod parse_domain;

@@ -39,8 +39,23 @@ pub(crate) struct FileRef {
     pub file: PathBuf,
     pub path: String,
     pub span: Range<usize>,
-    /// true: `file` must be a readable file; false: its parent directory must exist.
-    pub readable_file: bool,
+    /// What the file must contain.
+    pub kind: FileKind,
+}
+
+/// What a referenced file must be; `check.rs` verifies each at load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FileKind {
+    /// A non-empty bearer token.
+    AdminToken,
+    /// At least one PEM certificate.
+    TlsCert,
+    /// One PEM private key.
+    TlsKey,
+    /// A PEM RSA (PKCS#1 or PKCS#8) or Ed25519 (PKCS#8) private key.
+    DkimKey,
+    /// A file that will be created: its directory must exist.
+    InExistingDir,
 }
 
 /// Names and files to verify after parsing.
@@ -137,14 +152,19 @@ pub(crate) fn path_buf(ctx: &mut Ctx, it: &Item<'_, '_>) -> Option<PathBuf> {
     Some(PathBuf::from(s))
 }
 
-/// A path that must name a readable file; recorded for the file check.
-pub(crate) fn file(ctx: &mut Ctx, refs: &mut Refs, it: &Item<'_, '_>) -> Option<PathBuf> {
+/// A path to a file of `kind`; recorded for the file check.
+pub(crate) fn file(
+    ctx: &mut Ctx,
+    refs: &mut Refs,
+    it: &Item<'_, '_>,
+    kind: FileKind,
+) -> Option<PathBuf> {
     let p = path_buf(ctx, it)?;
     refs.files.push(FileRef {
         file: p.clone(),
         path: it.path.clone(),
         span: it.span(),
-        readable_file: true,
+        kind,
     });
     Some(p)
 }

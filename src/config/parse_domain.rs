@@ -10,7 +10,9 @@ use super::model::{
     DkimConfig, DomainSettings, PatternList, PatternRule, QueueMode, RecordType, RuleScope,
     StartTls,
 };
-use super::parse::{FileRef, Ref, Refs, count, duration, file, path_buf, positive_duration, rate};
+use super::parse::{
+    FileKind, FileRef, Ref, Refs, count, duration, file, path_buf, positive_duration, rate,
+};
 use super::values;
 use super::walk::{Ctx, Item, Table};
 
@@ -304,7 +306,7 @@ pub(crate) fn parse_dkim(
                 }
             })
         });
-        let key = t.req(ctx, "key", |c, it| file(c, refs, it));
+        let key = t.req(ctx, "key", |c, it| file(c, refs, it, FileKind::DkimKey));
         let headers = t
             .opt(ctx, "headers", |c, it| {
                 let list = c.list(it, |c, it| {
@@ -381,7 +383,7 @@ pub(crate) fn parse_accounting(
             file: p.clone(),
             path: it.path.clone(),
             span: it.span(),
-            readable_file: false,
+            kind: FileKind::InExistingDir,
         });
         refs.accounting_spans.push((it.path.clone(), it.span()));
         Some(p)

@@ -10,7 +10,7 @@ use super::model::{
     AdminConfig, DnsConfig, IoDriver, ListenerConfig, RuntimeConfig, SourceConfig, SpoolConfig,
     SpoolSync, UserConfig,
 };
-use super::parse::{Refs, count, file, name_ref, path_buf, positive_duration, rate};
+use super::parse::{FileKind, Refs, count, file, name_ref, path_buf, positive_duration, rate};
 use super::values::{self, Rate};
 use super::walk::{Ctx, Table};
 
@@ -136,7 +136,9 @@ pub(crate) fn parse_admin(ctx: &mut Ctx, t: &mut Table<'_, '_>, refs: &mut Refs)
     });
     AdminConfig {
         listen: listen.unwrap_or(d.listen),
-        token_file: t.opt(ctx, "token_file", |c, it| file(c, refs, it)),
+        token_file: t.opt(ctx, "token_file", |c, it| {
+            file(c, refs, it, FileKind::AdminToken)
+        }),
     }
 }
 
@@ -181,8 +183,10 @@ pub(crate) fn parse_listener(
         refs.listener_spans.push((it.path.clone(), it.span()));
         Some(a)
     });
-    let tls_cert = t.opt(ctx, "tls_cert", |c, it| file(c, refs, it));
-    let tls_key = t.opt(ctx, "tls_key", |c, it| file(c, refs, it));
+    let tls_cert = t.opt(ctx, "tls_cert", |c, it| {
+        file(c, refs, it, FileKind::TlsCert)
+    });
+    let tls_key = t.opt(ctx, "tls_key", |c, it| file(c, refs, it, FileKind::TlsKey));
     if tls_cert.is_some() != tls_key.is_some() {
         let (present, missing) = if tls_cert.is_some() {
             ("tls_cert", "tls_key")
