@@ -83,7 +83,10 @@ fn valid_file_exits_0_with_summary_and_warnings_on_stderr() {
         String::from_utf8_lossy(&out.stdout).trim_end(),
         "ok: 1 vmtas, 1 pools, 0 domains, 0 listeners, 0 sources, 0 users, 0 pattern lists, 0 dkim keys, 0 accounting files"
     );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("warning: line 2: spool.sync"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains(&format!("{}:2: warning: spool.sync: ", path.display()))
+    );
 }
 
 #[test]

@@ -310,6 +310,11 @@ fn cross_checks() {
             FileUnreadable,
         ),
         (
+            format!("{v}[admin]\ntoken_file = \"/dev/null\"\n"),
+            "admin.token_file",
+            FileUnreadable,
+        ),
+        (
             format!(
                 "{v}[[listener]]\naddress = \"127.0.0.1:25\"\ntls_cert = \"/nonexistent/c.pem\"\n"
             ),

@@ -98,7 +98,7 @@ fn dkim_key_problem(pem: &[u8]) -> Option<String> {
 
 fn read_file(path: &Path) -> Result<Vec<u8>, (ConfigErrorKind, String)> {
     let shown = path.display();
-    let file = std::fs::File::open(path).map_err(|e| match e.kind() {
+    let io_error = |e: std::io::Error| match e.kind() {
         ErrorKind::NotFound => (
             ConfigErrorKind::FileNotFound,
             format!("file not found: {shown}"),
@@ -107,13 +107,22 @@ fn read_file(path: &Path) -> Result<Vec<u8>, (ConfigErrorKind, String)> {
             ConfigErrorKind::FileUnreadable,
             format!("cannot read {shown}: {e}"),
         ),
-    })?;
-    if file.metadata().is_ok_and(|m| m.is_dir()) {
+    };
+    // Look before opening: opening a FIFO would block `spate check` forever.
+    let meta = std::fs::metadata(path).map_err(io_error)?;
+    if meta.is_dir() {
         return Err((
             ConfigErrorKind::FileUnreadable,
             format!("{shown} is a directory, not a file"),
         ));
     }
+    if !meta.is_file() {
+        return Err((
+            ConfigErrorKind::FileUnreadable,
+            format!("{shown} is not a regular file"),
+        ));
+    }
+    let file = std::fs::File::open(path).map_err(io_error)?;
     let mut bytes = Vec::new();
     file.take(REFERENCED_FILE_BYTES_MAX + 1)
         .read_to_end(&mut bytes)

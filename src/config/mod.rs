@@ -153,6 +153,40 @@ impl Config {
         self.pattern_lists.get(name)
     }
 
+    /// Settings that differ between `self` (running) and `new` and cannot
+    /// change without a restart: listener addresses, the spool's path,
+    /// segment size and sync mode, `[runtime]`, and the admin address.
+    /// Everything else (vMTAs, pools, domains, pattern lists, DKIM, sources,
+    /// users, accounting, listener limits and certificates, DNS) is meant to
+    /// apply on reload.
+    pub fn restart_required(&self, new: &Config) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        let addrs = |c: &Config| {
+            let mut a: Vec<_> = c.listeners.iter().map(|l| l.address).collect();
+            a.sort();
+            a
+        };
+        if addrs(self) != addrs(new) {
+            out.push("listener.address");
+        }
+        if self.spool.path != new.spool.path {
+            out.push("spool.path");
+        }
+        if self.spool.segment_bytes != new.spool.segment_bytes {
+            out.push("spool.segment_size");
+        }
+        if self.spool.sync != new.spool.sync {
+            out.push("spool.sync");
+        }
+        if self.runtime != new.runtime {
+            out.push("runtime");
+        }
+        if self.admin.listen != new.admin.listen {
+            out.push("admin.listen");
+        }
+        out
+    }
+
     /// The one-line summary printed by `spate check` and returned by reload.
     pub fn summary(&self) -> String {
         format!(
@@ -199,10 +233,16 @@ pub fn load(path: Option<&Path>) -> Result<Config, ConfigErrors> {
 
 fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
     use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|e| match e.kind() {
+    let io_error = |e: std::io::Error| match e.kind() {
         std::io::ErrorKind::NotFound => "file not found".to_string(),
         _ => format!("cannot read: {e}"),
-    })?;
+    };
+    // Look before opening: opening a FIFO would block forever.
+    let meta = std::fs::metadata(path).map_err(io_error)?;
+    if !meta.is_file() {
+        return Err("not a regular file".to_string());
+    }
+    let file = std::fs::File::open(path).map_err(io_error)?;
     let mut bytes = Vec::new();
     file.take(CONFIG_FILE_BYTES_MAX + 1)
         .read_to_end(&mut bytes)
@@ -327,7 +367,10 @@ pub fn check_command(path: Option<&Path>) -> i32 {
                 |p| p.display().to_string(),
             );
             for w in &config.warnings {
-                eprintln!("{file}: warning: {w}");
+                match w.line {
+                    Some(line) => eprintln!("{file}:{line}: warning: {}: {}", w.key, w.reason),
+                    None => eprintln!("{file}: warning: {}: {}", w.key, w.reason),
+                }
             }
             println!("ok: {}", config.summary());
             0

@@ -166,3 +166,17 @@ fn relay_domains_case_insensitive() {
     assert!(c.is_relay_domain("EXAMPLE.com."));
     assert!(!c.is_relay_domain("other.com"));
 }
+
+#[test]
+fn restart_required_lists_only_fixed_settings() {
+    let old =
+        load_text("[[listener]]\naddress = \"127.0.0.1:25\"\n[domain.\"*\"]\nmax_smtp_out = 1\n")
+            .unwrap();
+    let same = load_text("[[listener]]\naddress = \"127.0.0.1:25\"\nmax_connections = 5\n[domain.\"*\"]\nmax_smtp_out = 9\n").unwrap();
+    assert!(old.restart_required(&same).is_empty());
+    let moved = load_text("[[listener]]\naddress = \"127.0.0.1:26\"\n[spool]\nsync = \"none\"\n[runtime]\nshards = 1\n").unwrap();
+    assert_eq!(
+        old.restart_required(&moved),
+        ["listener.address", "spool.sync", "runtime"]
+    );
+}
