@@ -29,7 +29,11 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { .. } | Command::Check { .. } => {
+        Command::Check { config } => {
+            let code = spate::config::check_command(config.as_deref());
+            ExitCode::from(u8::try_from(code).unwrap_or(1))
+        }
+        Command::Run { .. } => {
             eprintln!("spate: not yet implemented");
             ExitCode::from(70)
         }
