@@ -38,7 +38,11 @@ fn set_bind_address_no_port(socket: &TcpSocket) -> io::Result<()> {
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Connects to `peer` from `source_ip` (unspecified = let the kernel
@@ -51,8 +55,12 @@ pub async fn connect_from(
     if !source_ip.is_unspecified() && source_ip.is_ipv4() != peer.is_ipv4() {
         return Err(ConnectError::FamilyMismatch { source_ip, peer });
     }
-    let socket = if peer.is_ipv4() { TcpSocket::new_v4().await } else { TcpSocket::new_v6().await }
-        .map_err(|error| ConnectError::Refused { peer, error })?;
+    let socket = if peer.is_ipv4() {
+        TcpSocket::new_v4().await
+    } else {
+        TcpSocket::new_v6().await
+    }
+    .map_err(|error| ConnectError::Refused { peer, error })?;
     if !source_ip.is_unspecified() {
         // Best effort: older kernels lack the option and still work, with
         // ports reserved at bind time.
@@ -84,7 +92,9 @@ mod tests {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let addr = listener.local_addr().unwrap();
             let src: IpAddr = "127.0.0.7".parse().unwrap();
-            let stream = connect_from(src, addr, Duration::from_secs(2)).await.unwrap();
+            let stream = connect_from(src, addr, Duration::from_secs(2))
+                .await
+                .unwrap();
             let (_peer_side, peer_addr) = listener.accept().unwrap();
             assert_eq!(peer_addr.ip(), src);
             assert_eq!(stream.local_addr().unwrap().ip(), src);

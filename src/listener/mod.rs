@@ -85,13 +85,16 @@ impl Admission {
             max_connections: AtomicUsize::new(max_connections),
             max_per_ip: AtomicUsize::new(max_per_ip),
             total: AtomicUsize::new(0),
-            per_ip: (0..PER_IP_STRIPES).map(|_| Mutex::new(HashMap::new())).collect(),
+            per_ip: (0..PER_IP_STRIPES)
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
         })
     }
 
     /// New limits from a reload; connections already admitted stay.
     pub fn set_limits(&self, max_connections: usize, max_per_ip: usize) {
-        self.max_connections.store(max_connections, Ordering::Relaxed);
+        self.max_connections
+            .store(max_connections, Ordering::Relaxed);
         self.max_per_ip.store(max_per_ip, Ordering::Relaxed);
     }
 
@@ -124,13 +127,20 @@ impl Admission {
             return Err(Refusal::TooManyFromAddress);
         }
         *count += 1;
-        Ok(AdmissionGuard { admission: self.clone(), ip })
+        Ok(AdmissionGuard {
+            admission: self.clone(),
+            ip,
+        })
     }
 }
 
 impl Drop for AdmissionGuard {
     fn drop(&mut self) {
-        let mut table = self.admission.stripe(&self.ip).lock().unwrap_or_else(|p| p.into_inner());
+        let mut table = self
+            .admission
+            .stripe(&self.ip)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if let Some(count) = table.get_mut(&self.ip) {
             *count = count.saturating_sub(1);
             if *count == 0 {

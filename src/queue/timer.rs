@@ -28,7 +28,10 @@ pub struct TimerWheel<T> {
 
 impl<T> Default for TimerWheel<T> {
     fn default() -> Self {
-        Self { buckets: BTreeMap::new(), len: 0 }
+        Self {
+            buckets: BTreeMap::new(),
+            len: 0,
+        }
     }
 }
 

@@ -41,7 +41,9 @@ pub struct MeshSender<T> {
 
 impl<T> Clone for MeshSender<T> {
     fn clone(&self) -> Self {
-        Self { inboxes: self.inboxes.clone() }
+        Self {
+            inboxes: self.inboxes.clone(),
+        }
     }
 }
 
@@ -76,11 +78,22 @@ pub fn mesh<T>(shards: usize) -> (MeshSender<T>, Vec<MeshReceiver<T>>) {
     let mut receivers = Vec::with_capacity(shards);
     for _ in 0..shards {
         let (tx, rx) = bounded(MESH_INBOX_MESSAGES_MAX);
-        let inbox = Arc::new(Inbox { tx, waker: AtomicWaker::new() });
-        receivers.push(MeshReceiver { rx, inbox: inbox.clone() });
+        let inbox = Arc::new(Inbox {
+            tx,
+            waker: AtomicWaker::new(),
+        });
+        receivers.push(MeshReceiver {
+            rx,
+            inbox: inbox.clone(),
+        });
         inboxes.push(inbox);
     }
-    (MeshSender { inboxes: inboxes.into() }, receivers)
+    (
+        MeshSender {
+            inboxes: inboxes.into(),
+        },
+        receivers,
+    )
 }
 
 impl<T> MeshSender<T> {
@@ -150,7 +163,11 @@ impl<T> MeshReceiver<T> {
             self.inbox.waker.register(cx.waker());
             // A sender may have pushed between the drain and the register.
             self.drain(max, out);
-            if out.is_empty() { Poll::Pending } else { Poll::Ready(()) }
+            if out.is_empty() {
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
         })
         .await
     }

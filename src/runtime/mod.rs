@@ -33,7 +33,9 @@ pub fn shard_for_vmta(vmta: &str, shards: usize) -> usize {
 
 /// How many shards `shards = "auto"` means: one per core we may run on.
 pub fn auto_shards() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 /// Which I/O driver a shard's runtime got.
@@ -120,8 +122,9 @@ mod tests {
         // Pinned values: changing the hash moves queues between shards on
         // upgrade, which must be a deliberate decision.
         assert_eq!(shard_for_vmta("ip1", 2), shard_for_vmta("ip1", 2));
-        let spread: HashSet<usize> =
-            (0..64).map(|i| shard_for_vmta(&format!("ip{i}"), 4)).collect();
+        let spread: HashSet<usize> = (0..64)
+            .map(|i| shard_for_vmta(&format!("ip{i}"), 4))
+            .collect();
         assert_eq!(spread.len(), 4, "64 vMTAs should land on all 4 shards");
     }
 
@@ -182,7 +185,8 @@ mod tests {
             })
         });
         let (rt, _) = build_runtime(None).expect("runtime");
-        rt.block_on(tx.send(0, usize::MAX)).expect("send after drain");
+        rt.block_on(tx.send(0, usize::MAX))
+            .expect("send after drain");
         let all = drainer.join().expect("drainer");
         assert_eq!(all.len(), mesh::MESH_INBOX_MESSAGES_MAX + 1);
         assert_eq!(all.last(), Some(&usize::MAX));

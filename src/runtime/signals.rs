@@ -36,7 +36,11 @@ pub fn block_handled_signals() -> io::Result<()> {
     // SAFETY: pthread_sigmask reads the set we built and changes only this
     // thread's mask; a null old-set pointer is allowed.
     let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    if rc == 0 { Ok(()) } else { Err(io::Error::from_raw_os_error(rc)) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(rc))
+    }
 }
 
 /// Waits for the next handled signal. Only meaningful after
@@ -50,5 +54,9 @@ pub fn wait() -> io::Result<SignalEvent> {
     if rc != 0 {
         return Err(io::Error::from_raw_os_error(rc));
     }
-    Ok(if sig == libc::SIGHUP { SignalEvent::Reload } else { SignalEvent::Shutdown })
+    Ok(if sig == libc::SIGHUP {
+        SignalEvent::Reload
+    } else {
+        SignalEvent::Shutdown
+    })
 }

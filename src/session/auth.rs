@@ -9,8 +9,8 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 
 /// Failed AUTH attempts one address may make per window before every
 /// further attempt is refused until the window ends.
@@ -35,7 +35,9 @@ pub fn hash_password(password: &str) -> Result<String, String> {
 /// refusal, never a panic (config validation reports it at load).
 pub fn verify_password(password: &str, phc: &str) -> bool {
     match PasswordHash::new(phc) {
-        Ok(hash) => Argon2::default().verify_password(password.as_bytes(), &hash).is_ok(),
+        Ok(hash) => Argon2::default()
+            .verify_password(password.as_bytes(), &hash)
+            .is_ok(),
         Err(_) => false,
     }
 }
@@ -78,7 +80,10 @@ impl FailureLimiter {
 
     /// A success clears the address's record.
     pub fn record_success(&self, ip: IpAddr) {
-        self.table.lock().unwrap_or_else(|p| p.into_inner()).remove(&ip);
+        self.table
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&ip);
     }
 }
 

@@ -63,10 +63,17 @@ fn field_name(field: &[u8]) -> &[u8] {
 }
 
 fn field_value(field: &[u8]) -> String {
-    let colon = field.iter().position(|b| *b == b':').map_or(field.len(), |p| p + 1);
+    let colon = field
+        .iter()
+        .position(|b| *b == b':')
+        .map_or(field.len(), |p| p + 1);
     let raw = String::from_utf8_lossy(&field[colon..]);
     // Unfold: CRLF followed by whitespace is whitespace.
-    raw.split("\r\n").map(str::trim).filter(|s| !s.is_empty()).collect::<Vec<_>>().join(" ")
+    raw.split("\r\n")
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Reads the control headers and returns the message without those that
@@ -127,8 +134,12 @@ pub fn received_field(info: &ReceivedInfo<'_>) -> String {
         (false, true) => "ESMTPA",
         (true, true) => "ESMTPSA",
     };
-    let helo: String =
-        info.helo.chars().filter(|c| c.is_ascii_graphic()).take(255).collect::<String>();
+    let helo: String = info
+        .helo
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(255)
+        .collect::<String>();
     let mut s = String::with_capacity(160);
     let _ = write!(
         s,
@@ -148,8 +159,9 @@ pub fn received_field(info: &ReceivedInfo<'_>) -> String {
 /// `Fri, 27 Nov 2026 21:51:16 +0000`.
 pub fn rfc5322_date(unix_secs: u64) -> String {
     const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] =
-        ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
     let days = unix_secs / 86_400;
     let secs = unix_secs % 86_400;
     let (y, m, d) = civil_from_days(days as i64);
@@ -187,7 +199,10 @@ mod tests {
     #[test]
     fn dates() {
         assert_eq!(rfc5322_date(0), "Thu, 01 Jan 1970 00:00:00 +0000");
-        assert_eq!(rfc5322_date(1_795_816_276), "Fri, 27 Nov 2026 21:51:16 +0000");
+        assert_eq!(
+            rfc5322_date(1_795_816_276),
+            "Fri, 27 Nov 2026 21:51:16 +0000"
+        );
         assert_eq!(rfc5322_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
     }
 
@@ -197,7 +212,10 @@ mod tests {
         let (found, out) = take_control_headers(msg, true, true);
         assert_eq!(found.virtual_mta.as_deref(), Some("ip1"));
         assert_eq!(found.job.as_deref(), Some("camp-7"));
-        assert_eq!(out, b"From: a@b\r\nSubject: hi\r\n\r\nX-Job: not-a-header\r\n");
+        assert_eq!(
+            out,
+            b"From: a@b\r\nSubject: hi\r\n\r\nX-Job: not-a-header\r\n"
+        );
     }
 
     #[test]

@@ -20,7 +20,11 @@ pub enum TlsSetupError {
     #[error("{path}: cannot read private key: {reason}")]
     Key { path: String, reason: String },
     #[error("certificate {cert} and key {key} do not form a usable pair: {reason}")]
-    Pair { cert: String, key: String, reason: String },
+    Pair {
+        cert: String,
+        key: String,
+        reason: String,
+    },
 }
 
 /// The provider spate uses everywhere (inbound and outbound TLS).
@@ -37,21 +41,32 @@ pub fn warm_provider() {
 }
 
 /// Loads a PEM certificate chain and key into a server configuration.
-pub fn server_config(cert_path: &Path, key_path: &Path) -> Result<Arc<ServerConfig>, TlsSetupError> {
+pub fn server_config(
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<Arc<ServerConfig>, TlsSetupError> {
     let cert_name = cert_path.display().to_string();
     let key_name = key_path.display().to_string();
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
-        .map_err(|e| TlsSetupError::Certificate { path: cert_name.clone(), reason: e.to_string() })?
+        .map_err(|e| TlsSetupError::Certificate {
+            path: cert_name.clone(),
+            reason: e.to_string(),
+        })?
         .collect::<Result<_, _>>()
-        .map_err(|e| TlsSetupError::Certificate { path: cert_name.clone(), reason: e.to_string() })?;
+        .map_err(|e| TlsSetupError::Certificate {
+            path: cert_name.clone(),
+            reason: e.to_string(),
+        })?;
     if certs.is_empty() {
         return Err(TlsSetupError::Certificate {
             path: cert_name,
             reason: "no CERTIFICATE block found".into(),
         });
     }
-    let key = PrivateKeyDer::from_pem_file(key_path)
-        .map_err(|e| TlsSetupError::Key { path: key_name.clone(), reason: e.to_string() })?;
+    let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| TlsSetupError::Key {
+        path: key_name.clone(),
+        reason: e.to_string(),
+    })?;
     let config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsSetupError::Pair {
@@ -61,7 +76,11 @@ pub fn server_config(cert_path: &Path, key_path: &Path) -> Result<Arc<ServerConf
         })?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| TlsSetupError::Pair { cert: cert_name, key: key_name, reason: e.to_string() })?;
+        .map_err(|e| TlsSetupError::Pair {
+            cert: cert_name,
+            key: key_name,
+            reason: e.to_string(),
+        })?;
     Ok(Arc::new(config))
 }
 
