@@ -1,1 +1,3 @@
 //! delivery: see the module map in `lib.rs`.
+
+pub mod bounce;
