@@ -1,3 +1,4 @@
 //! delivery: see the module map in `lib.rs`.
 
 pub mod bounce;
+pub mod route;
