@@ -2,3 +2,4 @@
 
 pub mod bounce;
 pub mod route;
+pub mod dsn;
