@@ -6,7 +6,8 @@
 //! rotates at interval boundaries aligned to the unix epoch (a `1d` rotation
 //! happens at 00:00 UTC) by renaming the file to `<path>.<YYYYmmdd-HHMMSS>`
 //! (the boundary time) and opening a new one, and reopens the file on
-//! request (after an external logrotate). A CSV file gets the header line
+//! request (after an external logrotate). A file that received no record
+//! since it was opened is not rotated. A CSV file gets the header line
 //! whenever it is created or found empty.
 
 use std::fs::{File, OpenOptions};
@@ -50,6 +51,9 @@ pub(super) struct FileWriter {
     /// Unix second of the next rotation boundary.
     next_rotation_unix: Option<u64>,
     dropped_reported: u64,
+    /// Records written to the current file since it was opened; an
+    /// untouched file is not rotated (no trail of header-only files).
+    records_in_file: u64,
 }
 
 fn now_unix() -> u64 {
@@ -75,6 +79,7 @@ impl FileWriter {
             stats,
             next_rotation_unix,
             dropped_reported: 0,
+            records_in_file: 0,
         })
     }
 
@@ -123,6 +128,7 @@ impl FileWriter {
             AccountingFormat::Jsonl => record.write_jsonl(&mut self.buffer),
         }
         self.stats.written.fetch_add(1, Ordering::Relaxed);
+        self.records_in_file += 1;
     }
 
     fn write_out(&mut self) {
@@ -161,6 +167,10 @@ impl FileWriter {
         if now < boundary {
             return;
         }
+        self.next_rotation_unix = next_boundary(now, self.options.rotate);
+        if self.records_in_file == 0 {
+            return;
+        }
         self.write_out();
         let target = rotated_name(&self.options.path, boundary);
         if let Err(e) = std::fs::rename(&self.options.path, &target) {
@@ -169,12 +179,14 @@ impl FileWriter {
                 "accounting rotation failed; continuing in the same file");
         }
         self.reopen();
-        self.next_rotation_unix = next_boundary(now, self.options.rotate);
     }
 
     fn reopen(&mut self) {
         match open_file(&self.options.path, self.options.format) {
-            Ok(file) => self.file = file,
+            Ok(file) => {
+                self.file = file;
+                self.records_in_file = 0;
+            }
             Err(e) => {
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(path = %self.options.path.display(), error = %e,
