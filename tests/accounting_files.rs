@@ -132,7 +132,8 @@ fn flushed_within_a_second_without_asking() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("acct.csv");
     let acct = Accounting::start(vec![AccountingOptions::new(&path)]).unwrap();
-    acct.sink().log(record(RecordKind::Delivered, "d@dest.test"));
+    acct.sink()
+        .log(record(RecordKind::Delivered, "d@dest.test"));
     std::thread::sleep(Duration::from_millis(1300));
     assert_eq!(parse_csv(&read(&path)).len(), 2);
 }
@@ -159,7 +160,11 @@ fn rotation_renames_and_restarts_with_header() {
         .filter(|p| p != &path)
         .collect();
     assert_eq!(rotated.len(), 1, "{rotated:?}");
-    let name = rotated[0].file_name().unwrap().to_string_lossy().to_string();
+    let name = rotated[0]
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .to_string();
     assert!(name.starts_with("acct.csv.20"), "{name}");
     let old = parse_csv(&read(&rotated[0]));
     let new = parse_csv(&read(&path));
@@ -212,10 +217,17 @@ fn full_buffer_drops_are_counted_never_silent() {
     );
     sink.flush_blocking();
     let stats = sink.stats().remove(0);
-    assert!(stats.dropped > 0, "a one-slot buffer must overflow: {stats:?}");
+    assert!(
+        stats.dropped > 0,
+        "a one-slot buffer must overflow: {stats:?}"
+    );
     assert_eq!(stats.written + stats.dropped, total, "{stats:?}");
     let lines = parse_csv(&read(&path)).len() as u64;
-    assert_eq!(lines, stats.written + 1, "every counted record is in the file");
+    assert_eq!(
+        lines,
+        stats.written + 1,
+        "every counted record is in the file"
+    );
 }
 
 #[test]

@@ -91,7 +91,10 @@ fn mx_preference_order_random_among_equals_and_v4_first() {
         let mut mid = n[1..4].to_vec();
         firsts.insert(mid[0].to_string());
         mid.sort_unstable();
-        assert_eq!(mid, ["mx-a1.pref.test", "mx-a2.pref.test", "mx-a3.pref.test"]);
+        assert_eq!(
+            mid,
+            ["mx-a1.pref.test", "mx-a2.pref.test", "mx-a3.pref.test"]
+        );
         assert_eq!(
             r.hosts[0].addrs,
             vec![
@@ -102,7 +105,10 @@ fn mx_preference_order_random_among_equals_and_v4_first() {
         );
         assert_eq!(r.hosts[0].preference, 5);
     }
-    assert!(firsts.len() >= 2, "equal preferences are shuffled: {firsts:?}");
+    assert!(
+        firsts.len() >= 2,
+        "equal preferences are shuffled: {firsts:?}"
+    );
     // A seeded RNG gives the same order every time.
     let a = route(&svc, "pref.test", None, 99).expect("route");
     let b = route(&svc, "pref.test", None, 99).expect("route");
@@ -141,7 +147,10 @@ fn null_mx_nxdomain_implicit_mx_and_temporary_failures() {
         route(&svc, "silent.test", None, 1),
         Err(RouteError::Temporary { .. })
     ));
-    assert!(started.elapsed() < Duration::from_secs(3), "timeout is bounded");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "timeout is bounded"
+    );
     let m = svc.metrics();
     assert!(m.failures >= 2, "{m:?}");
     // Temporary failures are not cached: asking again queries again.
@@ -181,10 +190,18 @@ fn ttl_expiry_negative_caching_and_cache_bound() {
     }]);
     assert_eq!(c.mx_blocking("TTL.test."), Ok(want.clone()));
     assert_eq!(c.mx_blocking("ttl.test"), Ok(want.clone()));
-    assert_eq!(dns.count("ttl.test", RecordType::MX), 1, "second answer cached");
+    assert_eq!(
+        dns.count("ttl.test", RecordType::MX),
+        1,
+        "second answer cached"
+    );
     std::thread::sleep(Duration::from_millis(1100));
     assert_eq!(c.mx_blocking("ttl.test"), Ok(want));
-    assert_eq!(dns.count("ttl.test", RecordType::MX), 2, "expired after TTL");
+    assert_eq!(
+        dns.count("ttl.test", RecordType::MX),
+        2,
+        "expired after TTL"
+    );
 
     // NXDOMAIN is cached per the SOA (300 s here).
     assert_eq!(c.mx_blocking("gone.test"), Ok(Answer::NxDomain));
@@ -216,7 +233,10 @@ fn invalid_names_and_shutdown() {
     let dns = TestDns::start(base_zone());
     let svc = service(&dns, 10);
     let c = svc.client();
-    assert!(matches!(c.mx_blocking("bad name"), Err(DnsError::InvalidName(_))));
+    assert!(matches!(
+        c.mx_blocking("bad name"),
+        Err(DnsError::InvalidName(_))
+    ));
     drop(svc);
     assert!(matches!(
         c.mx_blocking("pref.test"),

@@ -3,8 +3,8 @@
 use mail_parser::{Message, MessageParser, MessagePart, MimeHeaders, PartType};
 use spate::delivery::bounce::EnhancedStatus;
 use spate::delivery::dsn::{
-    DSN_RETURN_DEFAULT_BYTES_MAX, Dsn, DsnAction, DsnEnvelope, DsnInput, Notify,
-    RecipientOutcome, Ret, build_dsn,
+    DSN_RETURN_DEFAULT_BYTES_MAX, Dsn, DsnAction, DsnEnvelope, DsnInput, Notify, RecipientOutcome,
+    Ret, build_dsn,
 };
 
 const NOW: i64 = 1_795_817_098; // Fri, 27 Nov 2026 22:04:58 +0000
@@ -94,7 +94,10 @@ fn status_groups(part: &MessagePart<'_>) -> Vec<Vec<(String, String)>> {
 }
 
 fn field<'a>(group: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    group.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    group
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }
 
 #[test]
@@ -106,7 +109,9 @@ fn failure_dsn_structure_and_fields() {
     assert_eq!(dsn.recipient, "sender@origin.test");
     assert_eq!(dsn.reported, 1);
 
-    let msg = MessageParser::default().parse(&dsn.message).expect("parses");
+    let msg = MessageParser::default()
+        .parse(&dsn.message)
+        .expect("parses");
     let ct = msg.content_type().expect("content type");
     assert_eq!(ct.ctype(), "multipart");
     assert_eq!(ct.subtype(), Some("report"));
@@ -115,20 +120,34 @@ fn failure_dsn_structure_and_fields() {
         msg.from().and_then(|f| f.first()).and_then(|a| a.address()),
         Some("MAILER-DAEMON@mta.spate.test")
     );
-    assert_eq!(msg.header_raw("Auto-Submitted").map(str::trim), Some("auto-replied"));
-    assert!(msg.message_id().is_some_and(|id| id.ends_with("@mta.spate.test")));
+    assert_eq!(
+        msg.header_raw("Auto-Submitted").map(str::trim),
+        Some("auto-replied")
+    );
+    assert!(
+        msg.message_id()
+            .is_some_and(|id| id.ends_with("@mta.spate.test"))
+    );
     assert_eq!(msg.date().map(|d| d.to_timestamp()), Some(NOW));
 
     let parts = sub_parts(&msg);
     assert_eq!(parts.len(), 3);
     assert_eq!(ctype(parts[0]), "text/plain");
-    assert!(parts[0].text_contents().is_some_and(|t| t.contains("rcpt@dest.test")));
+    assert!(
+        parts[0]
+            .text_contents()
+            .is_some_and(|t| t.contains("rcpt@dest.test"))
+    );
     assert_eq!(ctype(parts[1]), "message/delivery-status");
     assert_eq!(ctype(parts[2]), "message/rfc822");
     match &parts[2].body {
         PartType::Message(inner) => {
             assert_eq!(inner.subject(), Some("Hello there"));
-            assert!(inner.body_text(0).is_some_and(|b| b.contains("original body")));
+            assert!(
+                inner
+                    .body_text(0)
+                    .is_some_and(|b| b.contains("original body"))
+            );
         }
         other => panic!("returned content not a message: {other:?}"),
     }
@@ -140,7 +159,10 @@ fn failure_dsn_structure_and_fields() {
     assert_eq!(field(per_msg, "Original-Envelope-Id"), Some("ENV-42"));
     assert!(field(per_msg, "Arrival-Date").is_some_and(|d| d.contains("21:04:58 +0000")));
     let r = &groups[1];
-    assert_eq!(field(r, "Original-Recipient"), Some("rfc822;rcpt@dest.test"));
+    assert_eq!(
+        field(r, "Original-Recipient"),
+        Some("rfc822;rcpt@dest.test")
+    );
     assert_eq!(field(r, "Final-Recipient"), Some("rfc822; rcpt@dest.test"));
     assert_eq!(field(r, "Action"), Some("failed"));
     assert_eq!(field(r, "Status"), Some("5.1.1"));
@@ -158,24 +180,44 @@ fn failure_dsn_structure_and_fields() {
 #[test]
 fn ret_hdrs_full_and_default_size_cap() {
     let small = original(2000);
-    let hdrs = build(&envelope(Some(Ret::Hdrs)), &[failed("a@d.test", None)], &small)
-        .expect("dsn");
-    let msg = MessageParser::default().parse(&hdrs.message).expect("parses");
+    let hdrs = build(
+        &envelope(Some(Ret::Hdrs)),
+        &[failed("a@d.test", None)],
+        &small,
+    )
+    .expect("dsn");
+    let msg = MessageParser::default()
+        .parse(&hdrs.message)
+        .expect("parses");
     let parts = sub_parts(&msg);
     assert_eq!(ctype(parts[2]), "text/rfc822-headers");
     let returned = String::from_utf8_lossy(parts[2].contents()).to_string();
     assert!(returned.contains("Subject: Hello there"));
-    assert!(!returned.contains("original body"), "RET=HDRS returns no body");
+    assert!(
+        !returned.contains("original body"),
+        "RET=HDRS returns no body"
+    );
 
     let big = original(DSN_RETURN_DEFAULT_BYTES_MAX + 1000);
     let default = build(&envelope(None), &[failed("a@d.test", None)], &big).expect("dsn");
-    let msg = MessageParser::default().parse(&default.message).expect("parses");
+    let msg = MessageParser::default()
+        .parse(&default.message)
+        .expect("parses");
     assert_eq!(ctype(sub_parts(&msg)[2]), "text/rfc822-headers");
-    assert!(default.message.len() < 10_000, "large message not returned whole");
+    assert!(
+        default.message.len() < 10_000,
+        "large message not returned whole"
+    );
 
-    let full = build(&envelope(Some(Ret::Full)), &[failed("a@d.test", None)], &big)
-        .expect("dsn");
-    let msg = MessageParser::default().parse(&full.message).expect("parses");
+    let full = build(
+        &envelope(Some(Ret::Full)),
+        &[failed("a@d.test", None)],
+        &big,
+    )
+    .expect("dsn");
+    let msg = MessageParser::default()
+        .parse(&full.message)
+        .expect("parses");
     assert_eq!(ctype(sub_parts(&msg)[2]), "message/rfc822");
     assert!(full.message.len() > big.len());
 }
@@ -195,9 +237,18 @@ fn notify_rules_and_null_reverse_path() {
     assert!(build(&env, &[failed("a@d.test", fail_delay)], &orig).is_some());
     // Delays are reported only when asked for.
     assert!(build(&env, &[delayed("a@d.test", None)], &orig).is_none());
-    assert!(build(&env, &[delayed("a@d.test", Notify::parse("FAILURE"))], &orig).is_none());
+    assert!(
+        build(
+            &env,
+            &[delayed("a@d.test", Notify::parse("FAILURE"))],
+            &orig
+        )
+        .is_none()
+    );
     let delay = build(&env, &[delayed("a@d.test", delay_only)], &orig).expect("delay dsn");
-    let msg = MessageParser::default().parse(&delay.message).expect("parses");
+    let msg = MessageParser::default()
+        .parse(&delay.message)
+        .expect("parses");
     let groups = status_groups(sub_parts(&msg)[1]);
     assert_eq!(field(&groups[1], "Action"), Some("delayed"));
     assert_eq!(field(&groups[1], "Status"), Some("4.2.2"));
@@ -215,10 +266,15 @@ fn notify_rules_and_null_reverse_path() {
     )
     .expect("dsn");
     assert_eq!(mixed.reported, 1);
-    let msg = MessageParser::default().parse(&mixed.message).expect("parses");
+    let msg = MessageParser::default()
+        .parse(&mixed.message)
+        .expect("parses");
     let groups = status_groups(sub_parts(&msg)[1]);
     assert_eq!(groups.len(), 2);
-    assert_eq!(field(&groups[1], "Final-Recipient"), Some("rfc822; loud@d.test"));
+    assert_eq!(
+        field(&groups[1], "Final-Recipient"),
+        Some("rfc822; loud@d.test")
+    );
 
     // Never a DSN to the null reverse path.
     let null = DsnEnvelope {
@@ -233,7 +289,9 @@ fn boundary_never_collides_with_content() {
     let mut orig = original(200);
     orig.extend_from_slice(format!("--spate-dsn-{NOW}-q1\r\n").as_bytes());
     let dsn = build(&envelope(None), &[failed("a@d.test", None)], &orig).expect("dsn");
-    let msg = MessageParser::default().parse(&dsn.message).expect("parses");
+    let msg = MessageParser::default()
+        .parse(&dsn.message)
+        .expect("parses");
     let parts = sub_parts(&msg);
     assert_eq!(parts.len(), 3);
     assert_eq!(ctype(parts[2]), "message/rfc822");

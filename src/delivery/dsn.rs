@@ -186,7 +186,10 @@ pub fn build_dsn(input: &DsnInput<'_>) -> Option<Dsn> {
 
     let mut m = String::with_capacity(2048);
     // Header. `writeln!` into a String cannot fail.
-    let _ = write!(m, "From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\n");
+    let _ = write!(
+        m,
+        "From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\n"
+    );
     let _ = write!(m, "To: <{}>\r\n", clean(&env.reverse_path));
     let _ = write!(
         m,
@@ -331,11 +334,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// A boundary that does not occur in the returned content.
 fn pick_boundary(input: &DsnInput<'_>) -> String {
-    let base = format!(
-        "spate-dsn-{}-{}",
-        input.now_unix,
-        clean_token(input.unique)
-    );
+    let base = format!("spate-dsn-{}-{}", input.now_unix, clean_token(input.unique));
     let mut candidate = base.clone();
     let mut n = 0u32;
     while find(input.original, candidate.as_bytes()).is_some() {
@@ -446,7 +445,10 @@ mod tests {
 
     #[test]
     fn header_block_cut() {
-        assert_eq!(header_block(b"A: 1\r\nB: 2\r\n\r\nbody"), b"A: 1\r\nB: 2\r\n");
+        assert_eq!(
+            header_block(b"A: 1\r\nB: 2\r\n\r\nbody"),
+            b"A: 1\r\nB: 2\r\n"
+        );
         assert_eq!(header_block(b"A: 1\n\nbody"), b"A: 1\n");
         assert_eq!(header_block(b"A: 1\r\n"), b"A: 1\r\n");
     }

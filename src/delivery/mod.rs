@@ -1,5 +1,5 @@
 //! delivery: see the module map in `lib.rs`.
 
 pub mod bounce;
-pub mod route;
 pub mod dsn;
+pub mod route;

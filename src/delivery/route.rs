@@ -75,10 +75,7 @@ impl RouteError {
                 text: format!("{context}: {error}"),
             }
         } else {
-            Self::permanent(
-                EnhancedStatus::new(5, 1, 2),
-                format!("{context}: {error}"),
-            )
+            Self::permanent(EnhancedStatus::new(5, 1, 2), format!("{context}: {error}"))
         }
     }
 }
@@ -195,13 +192,11 @@ pub async fn resolve_route<R: Rng + ?Sized>(
     rng: &mut R,
 ) -> Result<Route, RouteError> {
     if let Some(list) = smtp_hosts.filter(|l| !l.is_empty()) {
-        let targets = list.iter().take(ROUTE_HOSTS_MAX).enumerate().map(|(i, h)| {
-            (
-                h.host.clone(),
-                u16::try_from(i).unwrap_or(u16::MAX),
-                h.port,
-            )
-        });
+        let targets = list
+            .iter()
+            .take(ROUTE_HOSTS_MAX)
+            .enumerate()
+            .map(|(i, h)| (h.host.clone(), u16::try_from(i).unwrap_or(u16::MAX), h.port));
         return resolve_hosts(dns, domain, targets.collect()).await;
     }
     let plan = order_mx(domain, dns.mx(domain).await, rng)?;
@@ -380,7 +375,11 @@ mod tests {
             mid.sort();
             assert_eq!(mid, ["a1", "a2", "a3"]);
         }
-        assert_eq!(seen_first.len(), 3, "every equal host comes first sometimes");
+        assert_eq!(
+            seen_first.len(),
+            3,
+            "every equal host comes first sometimes"
+        );
         // Same seed, same order.
         let a = hosts(order_mx("d", answer(), &mut StdRng::seed_from_u64(7)).unwrap());
         let b = hosts(order_mx("d", answer(), &mut StdRng::seed_from_u64(7)).unwrap());
@@ -395,7 +394,11 @@ mod tests {
             other => panic!("expected permanent, got {other:?}"),
         };
         assert_eq!(
-            perm(order_mx("d", Ok(Answer::Records(vec![mx(0, "")])), &mut rng)),
+            perm(order_mx(
+                "d",
+                Ok(Answer::Records(vec![mx(0, "")])),
+                &mut rng
+            )),
             "5.1.10"
         );
         assert_eq!(perm(order_mx("d", Ok(Answer::NxDomain), &mut rng)), "5.1.2");
@@ -408,7 +411,11 @@ mod tests {
             Err(RouteError::Temporary { .. })
         ));
         assert!(matches!(
-            order_mx("d", Err(DnsError::ServerFailure("SERVFAIL".into())), &mut rng),
+            order_mx(
+                "d",
+                Err(DnsError::ServerFailure("SERVFAIL".into())),
+                &mut rng
+            ),
             Err(RouteError::Temporary { .. })
         ));
         // A root exchange beside real ones is ignored, duplicates merged.

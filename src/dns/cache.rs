@@ -93,7 +93,9 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
         }
         let stamp = self.stamp();
         // An absurd TTL saturates rather than overflowing the Instant.
-        let expires_at = now.checked_add(ttl).unwrap_or(now + Duration::from_secs(86_400 * 365));
+        let expires_at = now
+            .checked_add(ttl)
+            .unwrap_or(now + Duration::from_secs(86_400 * 365));
         self.recency.insert(stamp, key.clone());
         self.slots.insert(
             key,

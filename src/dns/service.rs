@@ -36,8 +36,14 @@ use super::{
 type Reply<T> = oneshot::Sender<Result<Answer<T>, DnsError>>;
 
 enum Request {
-    Mx { name: String, reply: Reply<MxRecord> },
-    Ip { name: String, reply: Reply<IpAddr> },
+    Mx {
+        name: String,
+        reply: Reply<MxRecord>,
+    },
+    Ip {
+        name: String,
+        reply: Reply<IpAddr>,
+    },
 }
 
 #[derive(Default)]

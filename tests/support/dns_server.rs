@@ -45,8 +45,17 @@ impl Zone {
     }
 
     pub fn mx(&mut self, domain: &str, preference: u16, exchange: &str, ttl: u32) -> &mut Self {
-        let exchange = if exchange == "." { Name::root() } else { name(exchange) };
-        self.add(domain, RecordType::MX, ttl, RData::MX(MX::new(preference, exchange)))
+        let exchange = if exchange == "." {
+            Name::root()
+        } else {
+            name(exchange)
+        };
+        self.add(
+            domain,
+            RecordType::MX,
+            ttl,
+            RData::MX(MX::new(preference, exchange)),
+        )
     }
 
     pub fn a(&mut self, host: &str, ip: Ipv4Addr, ttl: u32) -> &mut Self {
@@ -70,7 +79,10 @@ impl Zone {
     }
 
     fn add(&mut self, owner: &str, rtype: RecordType, ttl: u32, data: RData) -> &mut Self {
-        self.records.entry((key(owner), rtype)).or_default().push((ttl, data));
+        self.records
+            .entry((key(owner), rtype))
+            .or_default()
+            .push((ttl, data));
         self
     }
 
