@@ -243,3 +243,43 @@ fn invalid_names_and_shutdown() {
         Err(DnsError::Shutdown)
     ));
 }
+
+#[test]
+fn full_request_queue_answers_busy_without_blocking() {
+    let dns = TestDns::start(base_zone());
+    let svc = DnsService::start(DnsOptions {
+        nameservers: Some(vec![dns.addr]),
+        timeout: Duration::from_millis(300),
+        attempts: 0,
+        cache_size: 10,
+        request_queue_len: 1,
+    })
+    .expect("start resolver");
+    let total = spate::dns::DNS_IN_FLIGHT_MAX + 64;
+    let runtime = compio::runtime::Runtime::new().expect("compio runtime");
+    let results: Vec<Result<Answer<MxRecord>, DnsError>> = runtime.block_on(async {
+        let tasks: Vec<_> = (0..total)
+            .map(|_| {
+                let c = svc.client();
+                compio::runtime::spawn(async move { c.mx("silent.test").await })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.expect("task"));
+        }
+        out
+    });
+    let busy = results
+        .iter()
+        .filter(|r| matches!(r, Err(DnsError::Busy)))
+        .count();
+    assert!(
+        busy > 0,
+        "a one-slot queue behind {total} stalled lookups must overflow"
+    );
+    assert!(results.iter().all(|r| r.is_err()));
+    let m = svc.metrics();
+    assert_eq!(m.rejected, busy as u64);
+    assert_eq!(m.failures, total as u64);
+}

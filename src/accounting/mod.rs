@@ -243,3 +243,9 @@ impl AccountingSink {
             .collect()
     }
 }
+
+// Every shard holds a sink.
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<AccountingSink>();
+};

@@ -215,29 +215,35 @@ pub fn build_dsn(input: &DsnInput<'_>) -> Option<Dsn> {
     );
     m.push_str("\r\nThis is a MIME-encapsulated delivery status notification.\r\n");
 
-    // Part 1: human-readable.
-    let _ = write!(m, "\r\n--{boundary}\r\n");
-    m.push_str("Content-Type: text/plain; charset=utf-8\r\n");
-    m.push_str("Content-Transfer-Encoding: 8bit\r\n\r\n");
-    let _ = write!(m, "This is the mail system at host {hostname}.\r\n\r\n");
+    // Part 1: human-readable. Declared 8bit only if an address needs it.
+    let mut human = String::with_capacity(512);
+    let _ = write!(human, "This is the mail system at host {hostname}.\r\n\r\n");
     if any_failed {
-        m.push_str(
+        human.push_str(
             "Your message could not be delivered to one or more recipients.\r\n\
-             It is attached below.\r\n\r\n",
+             The original message (or its header) is attached below.\r\n\r\n",
         );
     } else {
-        m.push_str(
+        human.push_str(
             "Your message has not been delivered yet to one or more recipients.\r\n\
              Delivery will be retried; you do not need to resend it.\r\n\r\n",
         );
     }
     for r in &reported {
-        let _ = write!(m, "<{}>: {}", clean(&r.recipient), r.action.as_str());
+        let _ = write!(human, "<{}>: {}", clean(&r.recipient), r.action.as_str());
         if let Some(d) = &r.diagnostic {
-            let _ = write!(m, ": {}", diagnostic_text(d));
+            let _ = write!(human, ": {}", diagnostic_text(d));
         }
-        m.push_str("\r\n");
+        human.push_str("\r\n");
     }
+    let _ = write!(m, "\r\n--{boundary}\r\n");
+    if human.is_ascii() {
+        m.push_str("Content-Type: text/plain; charset=us-ascii\r\n\r\n");
+    } else {
+        m.push_str("Content-Type: text/plain; charset=utf-8\r\n");
+        m.push_str("Content-Transfer-Encoding: 8bit\r\n\r\n");
+    }
+    m.push_str(&human);
 
     // Part 2: machine-readable.
     let _ = write!(m, "\r\n--{boundary}\r\n");

@@ -193,3 +193,10 @@ mod tests {
         assert_eq!(positive_ttl(u32::MAX), Duration::from_secs(86_400));
     }
 }
+
+// Shards on many threads share one client and one service.
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<DnsClient>();
+    assert_send_sync::<DnsService>();
+};
