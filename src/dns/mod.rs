@@ -169,6 +169,13 @@ pub fn v4_first(addrs: &mut [IpAddr]) {
     addrs.sort_by_key(|a| a.is_ipv6());
 }
 
+// Shards on many threads share one client and one service.
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<DnsClient>();
+    assert_send_sync::<DnsService>();
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,10 +200,3 @@ mod tests {
         assert_eq!(positive_ttl(u32::MAX), Duration::from_secs(86_400));
     }
 }
-
-// Shards on many threads share one client and one service.
-const _: () = {
-    const fn assert_send_sync<T: Send + Sync>() {}
-    assert_send_sync::<DnsClient>();
-    assert_send_sync::<DnsService>();
-};
