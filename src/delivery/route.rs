@@ -199,6 +199,9 @@ pub async fn resolve_route<R: Rng + ?Sized>(
             .map(|(i, h)| (h.host.clone(), u16::try_from(i).unwrap_or(u16::MAX), h.port));
         return resolve_hosts(dns, domain, targets.collect()).await;
     }
+    if let Some(literal) = domain.strip_prefix('[').and_then(|d| d.strip_suffix(']')) {
+        return address_literal_route(literal);
+    }
     let plan = order_mx(domain, dns.mx(domain).await, rng)?;
     match plan {
         MxPlan::Hosts(hosts) => {
@@ -226,6 +229,38 @@ pub async fn resolve_route<R: Rng + ?Sized>(
             )),
         },
     }
+}
+
+/// A domain written as an address literal (`[192.0.2.1]`, `[IPv6:::1]`,
+/// RFC 5321 §4.1.3) is delivered to that address without DNS.
+pub fn address_literal_route(literal: &str) -> Result<Route, RouteError> {
+    let text = literal
+        .strip_prefix("IPv6:")
+        .or_else(|| literal.strip_prefix("ipv6:"))
+        .unwrap_or(literal);
+    let ip: IpAddr = text.parse().map_err(|_| {
+        RouteError::permanent(
+            EnhancedStatus::new(5, 1, 2),
+            format!(
+                "invalid address literal [{}]",
+                literal.chars().take(64).collect::<String>()
+            ),
+        )
+    })?;
+    // An IPv6 address must carry the tag, an IPv4 one must not.
+    if ip.is_ipv6() == (text.len() == literal.len()) {
+        return Err(RouteError::permanent(
+            EnhancedStatus::new(5, 1, 2),
+            format!("invalid address literal [{literal}]"),
+        ));
+    }
+    Ok(Route {
+        hosts: vec![RouteHost {
+            name: format!("[{literal}]"),
+            addrs: vec![SocketAddr::new(ip, SMTP_PORT)],
+            preference: 0,
+        }],
+    })
 }
 
 fn socket_addrs(ips: &[IpAddr], port: u16) -> Vec<SocketAddr> {
@@ -425,6 +460,16 @@ mod tests {
             &mut rng,
         );
         assert_eq!(plan, Ok(MxPlan::Hosts(vec![("a".into(), 5)])));
+    }
+
+    #[test]
+    fn address_literals() {
+        let addr = |l: &str| address_literal_route(l).map(|r| r.addrs().collect::<Vec<_>>());
+        assert_eq!(addr("192.0.2.1"), Ok(vec!["192.0.2.1:25".parse().unwrap()]));
+        assert_eq!(addr("IPv6:::1"), Ok(vec!["[::1]:25".parse().unwrap()]));
+        assert!(addr("::1").is_err());
+        assert!(addr("IPv6:192.0.2.1").is_err());
+        assert!(addr("example.com").is_err());
     }
 
     #[test]
