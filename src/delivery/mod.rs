@@ -1,4 +1,7 @@
 //! Outbound delivery: routing, connections from vMTA source IPs, the SMTP
 //! client driver, and the outcome of every recipient.
 
+pub mod bounce;
 pub mod connect;
+pub mod dsn;
+pub mod route;
