@@ -1,1 +1,31 @@
-//! smtp: see the module map in `lib.rs`.
+//! The SMTP protocol without I/O: command and reply codecs, DATA/BDAT
+//! framing, and the server and client session state machines.
+//!
+//! Nothing here opens a socket, reads a clock or draws a random number. The
+//! sessions take bytes in and hand back bytes to write plus events that need
+//! a decision; the listener/session layer and the delivery engine own the
+//! sockets, TLS, timeouts and policy.
+//!
+//! | file | owns |
+//! | --- | --- |
+//! | [`reply`] | `Reply`, `EnhancedStatus`, reply encoder and incremental parser |
+//! | [`command`] | `Command` with ESMTP parameters, line parser and encoder |
+//! | [`address`] | mailboxes, reverse/forward paths, xtext |
+//! | [`data`] | DATA decoder (unstuffing, smuggling defence), zero-copy body encoder |
+//! | [`server`] | the inbound session state machine |
+//! | [`client`] | the outbound session state machine |
+//! | [`limits`] | protocol bounds |
+
+pub mod address;
+// pub mod client;
+pub mod command;
+pub mod data;
+pub mod limits;
+pub mod reply;
+pub mod server;
+
+pub use address::{AddressError, ForwardPath, Mailbox, ReversePath};
+pub use command::{Command, CommandError, MailFrom, MailParams, RcptParams, RcptTo};
+pub use data::{BodyEncoder, BodyMode, DataDecoder, DataFault, Piece};
+pub use reply::{EnhancedStatus, Reply, ReplyError, ReplyParser};
+pub use server::{ServerConfig, ServerEvent, ServerSession};

@@ -1,0 +1,2 @@
+//! Server session tests.
+use super::*;
