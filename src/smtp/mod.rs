@@ -17,7 +17,7 @@
 //! | [`limits`] | protocol bounds |
 
 pub mod address;
-// pub mod client;
+pub mod client;
 pub mod command;
 pub mod data;
 pub mod limits;
@@ -25,7 +25,11 @@ pub mod reply;
 pub mod server;
 
 pub use address::{AddressError, ForwardPath, Mailbox, ReversePath};
+pub use client::{
+    Capabilities, ClientConfig, ClientEvent, ClientFailure, ClientSession, Envelope,
+    EnvelopeRecipient, RecipientOutcome, StartTlsPolicy, TransactionResult,
+};
 pub use command::{Command, CommandError, MailFrom, MailParams, RcptParams, RcptTo};
 pub use data::{BodyEncoder, BodyMode, DataDecoder, DataFault, Piece};
 pub use reply::{EnhancedStatus, Reply, ReplyError, ReplyParser};
-pub use server::{ServerConfig, ServerEvent, ServerSession};
+pub use server::{AuthRequest, Received, ServerConfig, ServerEvent, ServerSession, UsageError};

@@ -1,0 +1,2 @@
+//! Client session tests.
+use super::*;
