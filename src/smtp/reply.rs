@@ -131,7 +131,8 @@ impl Reply {
             let has_text = !text.is_empty() || self.enhanced.is_some();
             if !last {
                 out.push(b'-');
-            } else if has_text {
+            } else if has_text || self.code == 334 {
+                // RFC 4954 §4: a 334 challenge always has the space.
                 out.push(b' ');
             }
             if let Some(status) = self.enhanced {

@@ -516,8 +516,12 @@ impl ServerSession {
                     let step = decoder.decode(rest);
                     pos += step.consumed;
                     let fault = decoder.fault();
-                    let event = self.after_data_step(step.chunk, step.end, fault_before, fault);
+                    let event = self.after_data_step(step.end, fault_before, fault);
                     if event.is_some() {
+                        return Ok(Received { consumed: pos, event });
+                    }
+                    if fault.is_none() && !step.chunk.is_empty() {
+                        let event = Some(ServerEvent::Data(step.chunk));
                         return Ok(Received { consumed: pos, event });
                     }
                 }
@@ -598,14 +602,13 @@ impl ServerSession {
     }
 
     /// Handles one DATA decoder step.
+    /// Handles the end of data and new faults; chunks are the caller's.
     fn after_data_step(
         &mut self,
-        chunk: &'_ [u8],
         end: bool,
         fault_before: Option<DataFault>,
         fault: Option<DataFault>,
     ) -> Option<ServerEvent<'static>> {
-        let _ = chunk;
         if end {
             self.phase = Phase::Command;
             if let Some(fault) = fault {
