@@ -31,7 +31,7 @@
 //! let mut to_client = server.take_output();
 //! let mut received = Vec::new();
 //! let mut result = None;
-//! for _round in 0..20 {
+//! while !client.is_finished() {
 //!     // client side: consume server bytes, react to events
 //!     let used = client.receive(&to_client);
 //!     to_client.drain(..used);
@@ -55,6 +55,7 @@
 //!                 }
 //!             }
 //!             ClientEvent::TransactionDone(done) => result = Some(done),
+//!             ClientEvent::Closed => {}
 //!             other => panic!("{other:?}"),
 //!         }
 //!     }

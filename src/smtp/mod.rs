@@ -15,11 +15,14 @@
 //! | [`server`] | the inbound session state machine |
 //! | [`client`] | the outbound session state machine |
 //! | [`limits`] | protocol bounds |
+//! | `fuzzing` | entry points for the fuzz targets and the corpus replay test |
 
 pub mod address;
 pub mod client;
 pub mod command;
 pub mod data;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod limits;
 pub mod reply;
 pub mod server;
