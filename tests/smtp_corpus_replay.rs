@@ -18,7 +18,9 @@ const TARGETS: [(&str, Target); 3] = [
 ];
 
 fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/fuzz/corpus").join(target);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tools/fuzz/corpus")
+        .join(target);
     let mut files: Vec<_> = fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|entry| entry.expect("readable corpus entry").path())
@@ -38,7 +40,11 @@ fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
 fn replay_every_corpus_file() {
     for (target, run) in TARGETS {
         let files = corpus(target);
-        assert!(files.len() >= 8, "{target}: corpus has only {} files", files.len());
+        assert!(
+            files.len() >= 8,
+            "{target}: corpus has only {} files",
+            files.len()
+        );
         for (path, data) in files {
             let outcome = std::panic::catch_unwind(|| run(&data));
             assert!(outcome.is_ok(), "{target} failed on {}", path.display());
@@ -97,7 +103,11 @@ fn deterministic_mutation_smoke() {
             let seed = &seeds[round % seeds.len()];
             let data = mutate(&mut rng, seed);
             let outcome = std::panic::catch_unwind(|| run(&data));
-            assert!(outcome.is_ok(), "{target} failed on mutation {round}: {:?}", String::from_utf8_lossy(&data));
+            assert!(
+                outcome.is_ok(),
+                "{target} failed on mutation {round}: {:?}",
+                String::from_utf8_lossy(&data)
+            );
         }
     }
 }

@@ -379,7 +379,9 @@ fn valid_address_literal(literal: &str) -> bool {
         return false;
     };
     if let Some(v6) = inner.get(..5).filter(|p| p.eq_ignore_ascii_case("IPv6:")) {
-        return inner.get(v6.len()..).is_some_and(|a| a.parse::<Ipv6Addr>().is_ok());
+        return inner
+            .get(v6.len()..)
+            .is_some_and(|a| a.parse::<Ipv6Addr>().is_ok());
     }
     inner.parse::<Ipv4Addr>().is_ok()
 }
@@ -394,7 +396,10 @@ pub fn xtext_decode(text: &str) -> Option<String> {
         match b {
             b'+' => {
                 let hex = text.get(i + 1..i + 3)?;
-                if !hex.bytes().all(|h| h.is_ascii_digit() || (b'A'..=b'F').contains(&h)) {
+                if !hex
+                    .bytes()
+                    .all(|h| h.is_ascii_digit() || (b'A'..=b'F').contains(&h))
+                {
                     return None;
                 }
                 out.push(u8::from_str_radix(hex, 16).ok()?);
@@ -437,7 +442,10 @@ mod tests {
             parse_reverse_path("<a.b@example.com> SIZE=1", false).unwrap(),
             (ReversePath::Mailbox(mb("a.b", "example.com")), " SIZE=1")
         );
-        assert_eq!(parse_reverse_path("<>", false).unwrap(), (ReversePath::Null, ""));
+        assert_eq!(
+            parse_reverse_path("<>", false).unwrap(),
+            (ReversePath::Null, "")
+        );
         assert_eq!(
             parse_forward_path("<POSTMASTER>", false).unwrap(),
             (ForwardPath::Postmaster, "")
@@ -451,7 +459,9 @@ mod tests {
             (ForwardPath::Mailbox(mb("john doe\"x", "[192.0.2.1]")), "")
         );
         assert_eq!(
-            parse_forward_path("<x@[IPv6:2001:db8::1]>", false).unwrap().0,
+            parse_forward_path("<x@[IPv6:2001:db8::1]>", false)
+                .unwrap()
+                .0,
             ForwardPath::Mailbox(mb("x", "[IPv6:2001:db8::1]"))
         );
     }
@@ -500,7 +510,10 @@ mod tests {
         assert_eq!(mb(".x", "c").to_string(), "\".x\"@c");
         for m in [mb("a b", "c.d"), mb("q\"x", "e"), mb("a..b", "[10.0.0.1]")] {
             let text = format!("<{m}>");
-            assert_eq!(parse_forward_path(&text, false).unwrap().0, ForwardPath::Mailbox(m));
+            assert_eq!(
+                parse_forward_path(&text, false).unwrap().0,
+                ForwardPath::Mailbox(m)
+            );
         }
     }
 

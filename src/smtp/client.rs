@@ -341,7 +341,10 @@ impl ClientSession {
     pub fn receive(&mut self, input: &[u8]) -> usize {
         let mut pos = 0;
         while pos < input.len() {
-            if matches!(self.state, State::AwaitingTls | State::Closed | State::Failed) {
+            if matches!(
+                self.state,
+                State::AwaitingTls | State::Closed | State::Failed
+            ) {
                 break;
             }
             match self.parser.parse(input.get(pos..).unwrap_or_default()) {
@@ -391,7 +394,11 @@ impl ClientSession {
 
     /// Starts a transaction for `envelope`; `body` is the stored message
     /// (bare LFs allowed), only scanned here, never copied.
-    pub fn send_transaction(&mut self, envelope: &Envelope, body: &[u8]) -> Result<(), TransactionError> {
+    pub fn send_transaction(
+        &mut self,
+        envelope: &Envelope,
+        body: &[u8],
+    ) -> Result<(), TransactionError> {
         if self.state != State::Ready {
             return Err(TransactionError::NotReady);
         }
@@ -487,7 +494,8 @@ impl ClientSession {
     fn fail(&mut self, failure: ClientFailure) {
         if let Some(mut transaction) = self.transaction.take() {
             transaction.result.connection_failed = true;
-            self.events.push_back(ClientEvent::TransactionDone(transaction.result));
+            self.events
+                .push_back(ClientEvent::TransactionDone(transaction.result));
         }
         self.expect.clear();
         self.state = State::Failed;
@@ -551,7 +559,11 @@ impl ClientSession {
             Expect::Rset if reply.is_positive_completion() => self.ready(),
             Expect::Rset => self.fail(ClientFailure::Rset(reply)),
             Expect::Quit => self.close(),
-            Expect::Mail | Expect::Rcpt(_) | Expect::Data | Expect::BodyEnd | Expect::EmptyBodyEnd => {
+            Expect::Mail
+            | Expect::Rcpt(_)
+            | Expect::Data
+            | Expect::BodyEnd
+            | Expect::EmptyBodyEnd => {
                 self.transaction_reply(expect, reply);
             }
         }
@@ -629,7 +641,11 @@ impl ClientSession {
                 }
             }
             Expect::Data if reply.code == 354 => {
-                let mail_ok = t.result.mail.as_ref().is_some_and(Reply::is_positive_completion);
+                let mail_ok = t
+                    .result
+                    .mail
+                    .as_ref()
+                    .is_some_and(Reply::is_positive_completion);
                 if mail_ok && t.accepted > 0 {
                     self.expect.push_back(Expect::BodyEnd);
                     self.events.push_back(ClientEvent::SendBody(BodyMode::Data));
@@ -649,9 +665,18 @@ impl ClientSession {
     }
 
     fn finish_transaction(&mut self, t: Transaction) {
-        let mail_ok = t.result.mail.as_ref().is_some_and(Reply::is_positive_completion);
-        let delivered = t.result.data.as_ref().is_some_and(Reply::is_positive_completion);
-        self.events.push_back(ClientEvent::TransactionDone(t.result));
+        let mail_ok = t
+            .result
+            .mail
+            .as_ref()
+            .is_some_and(Reply::is_positive_completion);
+        let delivered = t
+            .result
+            .data
+            .as_ref()
+            .is_some_and(Reply::is_positive_completion);
+        self.events
+            .push_back(ClientEvent::TransactionDone(t.result));
         if mail_ok && !delivered {
             self.state = State::Busy;
             self.send(&Command::Rset, Expect::Rset);

@@ -9,8 +9,8 @@
 use std::fmt;
 
 use super::address::{
-    AddressError, ForwardPath, ReversePath, parse_forward_path, parse_reverse_path,
-    xtext_decode, xtext_encode,
+    AddressError, ForwardPath, ReversePath, parse_forward_path, parse_reverse_path, xtext_decode,
+    xtext_encode,
 };
 use super::limits::{SMTP_ENVID_BYTES_MAX, SMTP_ORCPT_BYTES_MAX, SMTP_PARAMS_MAX};
 use super::reply::Reply;
@@ -205,9 +205,7 @@ impl CommandError {
             Self::BadRecipient(_) => {
                 Reply::with_status(501, (5, 1, 3), "Bad recipient address syntax")
             }
-            Self::UnknownParameter => {
-                Reply::with_status(555, (5, 5, 4), "Unsupported parameter")
-            }
+            Self::UnknownParameter => Reply::with_status(555, (5, 5, 4), "Unsupported parameter"),
             Self::BadParameter => Reply::with_status(501, (5, 5, 4), "Invalid parameter value"),
         }
     }
@@ -257,7 +255,8 @@ fn parse_mail(arg: &str) -> Result<Command, CommandError> {
         .split(' ')
         .skip(1)
         .any(|word| word.eq_ignore_ascii_case("SMTPUTF8"));
-    let (reverse_path, tail) = parse_reverse_path(rest, smtputf8).map_err(CommandError::BadSender)?;
+    let (reverse_path, tail) =
+        parse_reverse_path(rest, smtputf8).map_err(CommandError::BadSender)?;
     let mut p = MailParams::default();
     for (key, value) in params(tail)? {
         let upper = key.to_ascii_uppercase();
@@ -344,7 +343,8 @@ fn parse_rcpt(arg: &str) -> Result<Command, CommandError> {
     let rest = rest.trim_start_matches(' ');
     // Non-ASCII is allowed here syntactically; the session checks it against
     // the transaction's SMTPUTF8 flag.
-    let (forward_path, tail) = parse_forward_path(rest, true).map_err(CommandError::BadRecipient)?;
+    let (forward_path, tail) =
+        parse_forward_path(rest, true).map_err(CommandError::BadRecipient)?;
     let mut p = RcptParams::default();
     for (key, value) in params(tail)? {
         let upper = key.to_ascii_uppercase();
@@ -354,7 +354,9 @@ fn parse_rcpt(arg: &str) -> Result<Command, CommandError> {
                 let (addr_type, xtext) = v.split_once(';').ok_or(CommandError::BadParameter)?;
                 let address = xtext_decode(xtext).ok_or(CommandError::BadParameter)?;
                 let type_ok = !addr_type.is_empty()
-                    && addr_type.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+                    && addr_type
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-');
                 if !type_ok || address.is_empty() || v.len() > SMTP_ORCPT_BYTES_MAX {
                     return Err(CommandError::BadParameter);
                 }
@@ -521,16 +523,22 @@ impl fmt::Display for RcptParams {
                 failure,
                 delay,
             }) => {
-                let words: Vec<&str> = [(success, "SUCCESS"), (failure, "FAILURE"), (delay, "DELAY")]
-                    .into_iter()
-                    .filter_map(|(on, w)| on.then_some(w))
-                    .collect();
+                let words: Vec<&str> =
+                    [(success, "SUCCESS"), (failure, "FAILURE"), (delay, "DELAY")]
+                        .into_iter()
+                        .filter_map(|(on, w)| on.then_some(w))
+                        .collect();
                 write!(f, " NOTIFY={}", words.join(","))?;
             }
             None => {}
         }
         if let Some(orcpt) = &self.orcpt {
-            write!(f, " ORCPT={};{}", orcpt.addr_type, xtext_encode(&orcpt.address))?;
+            write!(
+                f,
+                " ORCPT={};{}",
+                orcpt.addr_type,
+                xtext_encode(&orcpt.address)
+            )?;
         }
         Ok(())
     }

@@ -481,8 +481,14 @@ mod tests {
 
     #[test]
     fn enhanced_status_parse() {
-        assert_eq!(EnhancedStatus::parse("4.7.0"), Some(EnhancedStatus::new(4, 7, 0)));
-        assert_eq!(EnhancedStatus::parse("5.123.999"), Some(EnhancedStatus::new(5, 123, 999)));
+        assert_eq!(
+            EnhancedStatus::parse("4.7.0"),
+            Some(EnhancedStatus::new(4, 7, 0))
+        );
+        assert_eq!(
+            EnhancedStatus::parse("5.123.999"),
+            Some(EnhancedStatus::new(5, 123, 999))
+        );
         for bad in ["3.0.0", "5.1", "5.1.1.1", "5..1", "5.1234.1", "5.a.1", ""] {
             assert_eq!(EnhancedStatus::parse(bad), None, "{bad}");
         }

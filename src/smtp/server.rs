@@ -223,7 +223,11 @@ enum Phase {
     Command,
     AuthResponse(auth::AuthStep),
     Data(DataDecoder),
-    Bdat { remaining_bytes: u64, last: bool, discard: Option<Reply> },
+    Bdat {
+        remaining_bytes: u64,
+        last: bool,
+        discard: Option<Reply>,
+    },
     AwaitingTls,
     /// A shutdown event is owed to the caller on the next `receive`.
     Closing(ShutdownReason),
@@ -319,7 +323,9 @@ impl ServerSession {
 
     /// The recipients accepted so far in this transaction.
     pub fn recipients(&self) -> &[RcptTo] {
-        self.transaction.as_ref().map_or(&[], |t| t.recipients.as_slice())
+        self.transaction
+            .as_ref()
+            .map_or(&[], |t| t.recipients.as_slice())
     }
 
     /// Ends the session with `reply` (e.g. `421 4.4.2` on a timeout).
@@ -350,9 +356,9 @@ impl ServerSession {
         let pending = self.pending.take().ok_or(UsageError::NothingPending)?;
         let reply = match &pending {
             Pending::Helo { extended: true, .. } => self.ehlo_reply(),
-            Pending::Helo { extended: false, .. } => {
-                Reply::new(250, None, self.config.hostname.clone())
-            }
+            Pending::Helo {
+                extended: false, ..
+            } => Reply::new(250, None, self.config.hostname.clone()),
             Pending::Mail(_) => Reply::with_status(250, (2, 1, 0), "OK"),
             Pending::Rcpt(_) => Reply::with_status(250, (2, 1, 5), "OK"),
             Pending::Message => Reply::with_status(250, (2, 0, 0), "OK queued"),
@@ -493,24 +499,36 @@ impl ServerSession {
             match &mut self.phase {
                 Phase::Closing(_) => {
                     let event = self.take_closing();
-                    return Ok(Received { consumed: pos, event });
+                    return Ok(Received {
+                        consumed: pos,
+                        event,
+                    });
                 }
                 Phase::Closed => {
                     if pos == 0 {
                         return Err(UsageError::Closed);
                     }
-                    return Ok(Received { consumed: pos, event: None });
+                    return Ok(Received {
+                        consumed: pos,
+                        event: None,
+                    });
                 }
                 Phase::AwaitingTls => {
                     if pos == 0 {
                         return Err(UsageError::TlsPending);
                     }
-                    return Ok(Received { consumed: pos, event: None });
+                    return Ok(Received {
+                        consumed: pos,
+                        event: None,
+                    });
                 }
                 Phase::Data(decoder) => {
                     let rest = input.get(pos..).unwrap_or_default();
                     if rest.is_empty() {
-                        return Ok(Received { consumed: pos, event: None });
+                        return Ok(Received {
+                            consumed: pos,
+                            event: None,
+                        });
                     }
                     let fault_before = decoder.fault();
                     let step = decoder.decode(rest);
@@ -518,42 +536,71 @@ impl ServerSession {
                     let fault = decoder.fault();
                     let event = self.after_data_step(step.end, fault_before, fault);
                     if event.is_some() {
-                        return Ok(Received { consumed: pos, event });
+                        return Ok(Received {
+                            consumed: pos,
+                            event,
+                        });
                     }
                     if fault.is_none() && !step.chunk.is_empty() {
                         let event = Some(ServerEvent::Data(step.chunk));
-                        return Ok(Received { consumed: pos, event });
+                        return Ok(Received {
+                            consumed: pos,
+                            event,
+                        });
                     }
                 }
-                Phase::Bdat { remaining_bytes, .. } if *remaining_bytes == 0 => {
+                Phase::Bdat {
+                    remaining_bytes, ..
+                } if *remaining_bytes == 0 => {
                     if let Some(event) = self.finish_bdat_chunk() {
-                        return Ok(Received { consumed: pos, event: Some(event) });
+                        return Ok(Received {
+                            consumed: pos,
+                            event: Some(event),
+                        });
                     }
                 }
-                Phase::Bdat { remaining_bytes, discard, .. } => {
+                Phase::Bdat {
+                    remaining_bytes,
+                    discard,
+                    ..
+                } => {
                     let rest = input.get(pos..).unwrap_or_default();
                     if rest.is_empty() {
-                        return Ok(Received { consumed: pos, event: None });
+                        return Ok(Received {
+                            consumed: pos,
+                            event: None,
+                        });
                     }
-                    let take = usize::try_from(*remaining_bytes).unwrap_or(usize::MAX).min(rest.len());
+                    let take = usize::try_from(*remaining_bytes)
+                        .unwrap_or(usize::MAX)
+                        .min(rest.len());
                     *remaining_bytes -= take as u64;
                     pos += take;
                     if discard.is_none() {
                         let chunk = rest.get(..take).unwrap_or_default();
-                        return Ok(Received { consumed: pos, event: Some(ServerEvent::Data(chunk)) });
+                        return Ok(Received {
+                            consumed: pos,
+                            event: Some(ServerEvent::Data(chunk)),
+                        });
                     }
                 }
                 Phase::Command | Phase::AuthResponse(_) => {
                     let rest = input.get(pos..).unwrap_or_default();
                     let Some(lf) = rest.iter().position(|&b| b == b'\n') else {
                         self.buffer_partial_line(rest);
-                        return Ok(Received { consumed: input.len(), event: None });
+                        return Ok(Received {
+                            consumed: input.len(),
+                            event: None,
+                        });
                     };
                     pos += lf + 1;
                     let piece = rest.get(..lf).unwrap_or_default();
                     let event = self.complete_line(piece);
                     if event.is_some() {
-                        return Ok(Received { consumed: pos, event });
+                        return Ok(Received {
+                            consumed: pos,
+                            event,
+                        });
                     }
                 }
             }
@@ -574,7 +621,8 @@ impl ServerSession {
 
     /// A whole line arrived (`piece` is its tail in the current input).
     fn complete_line(&mut self, piece: &[u8]) -> Option<ServerEvent<'static>> {
-        let too_long = self.line_overflow || self.line.len() + piece.len() > SMTP_COMMAND_LINE_BYTES_MAX;
+        let too_long =
+            self.line_overflow || self.line.len() + piece.len() > SMTP_COMMAND_LINE_BYTES_MAX;
         self.line_overflow = false;
         let mut buffered = std::mem::take(&mut self.line);
         if too_long {
@@ -630,7 +678,8 @@ impl ServerSession {
 
     /// A BDAT chunk was fully read.
     fn finish_bdat_chunk(&mut self) -> Option<ServerEvent<'static>> {
-        let Phase::Bdat { last, discard, .. } = std::mem::replace(&mut self.phase, Phase::Command) else {
+        let Phase::Bdat { last, discard, .. } = std::mem::replace(&mut self.phase, Phase::Command)
+        else {
             return None;
         };
         if let Some(reply) = discard {
@@ -644,7 +693,11 @@ impl ServerSession {
             self.pending = Some(Pending::Message);
             return Some(ServerEvent::MessageComplete);
         }
-        self.reply(&Reply::with_status(250, (2, 0, 0), format!("{received} octets received")));
+        self.reply(&Reply::with_status(
+            250,
+            (2, 0, 0),
+            format!("{received} octets received"),
+        ));
         None
     }
 }

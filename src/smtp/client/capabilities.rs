@@ -42,12 +42,15 @@ impl Capabilities {
         };
         for line in reply.lines.iter().skip(1) {
             let mut words = line.split_ascii_whitespace();
-            let Some(keyword) = words.next() else { continue };
+            let Some(keyword) = words.next() else {
+                continue;
+            };
             match keyword.to_ascii_uppercase().as_str() {
                 "PIPELINING" => caps.pipelining = true,
                 "SIZE" => {
                     caps.size_offered = true;
-                    caps.size_max_bytes = words.next().and_then(|n| n.parse().ok()).filter(|&n| n > 0);
+                    caps.size_max_bytes =
+                        words.next().and_then(|n| n.parse().ok()).filter(|&n| n > 0);
                 }
                 "8BITMIME" => caps.eight_bit_mime = true,
                 "SMTPUTF8" => caps.smtputf8 = true,
@@ -158,6 +161,7 @@ impl TransactionResult {
 
     /// True when the message was accepted for at least one recipient.
     pub fn any_delivered(&self) -> bool {
-        (0..self.recipients.len()).any(|i| matches!(self.outcome(i), RecipientOutcome::Delivered(_)))
+        (0..self.recipients.len())
+            .any(|i| matches!(self.outcome(i), RecipientOutcome::Delivered(_)))
     }
 }

@@ -150,21 +150,41 @@ fn reject_local(local: &'static str, reply: Reply) -> Policy {
 fn pipelined_transactions_reuse_the_connection() {
     let body = b"Subject: t\r\n\r\n.dot\r\nbare\nlf\r\n".to_vec();
     let jobs = vec![
-        (envelope(&["a@mx.example", "nobody@mx.example", "c@mx.example"]), body.clone()),
+        (
+            envelope(&["a@mx.example", "nobody@mx.example", "c@mx.example"]),
+            body.clone(),
+        ),
         (envelope(&["d@mx.example"]), b"second".to_vec()),
     ];
-    let mut pair = Pair::new(ClientConfig::new("mta.example"), ServerConfig::new("mx.example"), jobs);
+    let mut pair = Pair::new(
+        ClientConfig::new("mta.example"),
+        ServerConfig::new("mx.example"),
+        jobs,
+    );
     pair.policy = reject_local("nobody", Reply::with_status(550, (5, 1, 1), "No such user"));
     pair.run();
-    assert!(pair.closed && pair.failures.is_empty(), "{:?}", pair.failures);
+    assert!(
+        pair.closed && pair.failures.is_empty(),
+        "{:?}",
+        pair.failures
+    );
     assert_eq!(pair.results.len(), 2);
     let first = &pair.results[0];
     assert!(matches!(first.outcome(0), RecipientOutcome::Delivered(r) if r.code == 250));
     assert!(matches!(first.outcome(1), RecipientOutcome::Refused(r) if r.code == 550));
     assert!(matches!(first.outcome(2), RecipientOutcome::Delivered(_)));
-    assert_eq!(pair.received, [b"Subject: t\r\n\r\n.dot\r\nbare\r\nlf\r\n".to_vec(), b"second\r\n".to_vec()]);
+    assert_eq!(
+        pair.received,
+        [
+            b"Subject: t\r\n\r\n.dot\r\nbare\r\nlf\r\n".to_vec(),
+            b"second\r\n".to_vec()
+        ]
+    );
     let wire = pair.wire();
-    assert!(!wire.contains("RSET"), "no RSET after a successful transaction");
+    assert!(
+        !wire.contains("RSET"),
+        "no RSET after a successful transaction"
+    );
     // one write for MAIL + RCPTs + DATA
     let batch = pair.writes.iter().find(|w| w.starts_with(b"MAIL")).unwrap();
     assert_eq!(
@@ -180,13 +200,23 @@ fn pipelined_transactions_reuse_the_connection() {
 fn lock_step_without_pipelining() {
     let mut config = ClientConfig::new("mta.example");
     config.use_pipelining = false;
-    let jobs = vec![(envelope(&["a@mx.example", "b@mx.example"]), b"x\r\n".to_vec())];
+    let jobs = vec![(
+        envelope(&["a@mx.example", "b@mx.example"]),
+        b"x\r\n".to_vec(),
+    )];
     let mut pair = Pair::new(config, ServerConfig::new("mx.example"), jobs);
     pair.run();
     assert_eq!(pair.received, [b"x\r\n".to_vec()]);
     for write in &pair.writes {
-        let commands = write.split(|&b| b == b'\n').filter(|l| !l.is_empty()).count();
-        assert!(commands == 1 || write.ends_with(b".\r\n"), "{:?}", String::from_utf8_lossy(write));
+        let commands = write
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count();
+        assert!(
+            commands == 1 || write.ends_with(b".\r\n"),
+            "{:?}",
+            String::from_utf8_lossy(write)
+        );
     }
     assert!(pair.results[0].any_delivered());
 }
@@ -196,8 +226,15 @@ fn bdat_when_chunking_is_offered() {
     let mut config = ClientConfig::new("mta.example");
     config.use_chunking = true;
     let body = b"a\n.\nb\xff".to_vec();
-    let jobs = vec![(envelope(&["a@mx.example"]), body.clone()), (envelope(&["b@mx.example"]), Vec::new())];
-    let mut pair = Pair::new(config.clone(), ServerConfig::new("mx.example"), jobs.clone());
+    let jobs = vec![
+        (envelope(&["a@mx.example"]), body.clone()),
+        (envelope(&["b@mx.example"]), Vec::new()),
+    ];
+    let mut pair = Pair::new(
+        config.clone(),
+        ServerConfig::new("mx.example"),
+        jobs.clone(),
+    );
     pair.run();
     assert_eq!(pair.received, [b"a\r\n.\r\nb\xff\r\n".to_vec(), Vec::new()]);
     let wire = pair.wire();
@@ -218,7 +255,11 @@ fn rset_after_a_failed_transaction_only() {
         (envelope(&["nobody@mx.example"]), b"1".to_vec()),
         (envelope(&["a@mx.example"]), b"2".to_vec()),
     ];
-    let mut pair = Pair::new(ClientConfig::new("mta.example"), ServerConfig::new("mx.example"), jobs);
+    let mut pair = Pair::new(
+        ClientConfig::new("mta.example"),
+        ServerConfig::new("mx.example"),
+        jobs,
+    );
     pair.policy = reject_local("nobody", Reply::with_status(550, (5, 1, 1), "No such user"));
     pair.run();
     let wire = pair.wire();
@@ -233,7 +274,11 @@ fn rset_after_a_failed_transaction_only() {
 #[test]
 fn mail_refused_needs_no_rset() {
     let jobs = vec![(envelope(&["a@mx.example", "b@mx.example"]), b"1".to_vec())];
-    let mut pair = Pair::new(ClientConfig::new("mta.example"), ServerConfig::new("mx.example"), jobs);
+    let mut pair = Pair::new(
+        ClientConfig::new("mta.example"),
+        ServerConfig::new("mx.example"),
+        jobs,
+    );
     pair.policy = Box::new(|event| {
         matches!(event, ServerEvent::MailFrom(_))
             .then(|| Reply::with_status(452, (4, 3, 1), "Insufficient system storage"))
@@ -302,10 +347,17 @@ fn dsn_and_smtputf8_parameters_when_offered() {
     env.ret = Some(Ret::Headers);
     env.envid = Some("id 1".into());
     env.recipients[0].notify = Some(Notify::Never);
-    let mut pair = Pair::new(ClientConfig::new("mta.example"), ServerConfig::new("mx.example"), vec![(env, b"x".to_vec())]);
+    let mut pair = Pair::new(
+        ClientConfig::new("mta.example"),
+        ServerConfig::new("mx.example"),
+        vec![(env, b"x".to_vec())],
+    );
     pair.run();
     let wire = pair.wire();
-    assert!(wire.contains("MAIL FROM:<sender@spate.example> SIZE=3 SMTPUTF8 RET=HDRS ENVID=id+201\r\n"), "{wire}");
+    assert!(
+        wire.contains("MAIL FROM:<sender@spate.example> SIZE=3 SMTPUTF8 RET=HDRS ENVID=id+201\r\n"),
+        "{wire}"
+    );
     assert!(wire.contains("RCPT TO:<jö@mx.example> NOTIFY=NEVER\r\n"));
     assert!(pair.results[0].any_delivered());
 }
@@ -332,13 +384,19 @@ fn scripted(
 
 fn send_one(client: &mut ClientSession, event: &ClientEvent) {
     if *event == ClientEvent::Ready {
-        client.send_transaction(&envelope(&["a@b.example", "c@b.example"]), b"x").unwrap();
+        client
+            .send_transaction(&envelope(&["a@b.example", "c@b.example"]), b"x")
+            .unwrap();
     }
 }
 
 #[test]
 fn helo_fallback_after_ehlo_5xx() {
-    let (events, wire) = scripted(ClientConfig::new("m"), &[b"220 hi\r\n502 5.5.1 no EHLO\r\n250 ok\r\n"], |_, _| {});
+    let (events, wire) = scripted(
+        ClientConfig::new("m"),
+        &[b"220 hi\r\n502 5.5.1 no EHLO\r\n250 ok\r\n"],
+        |_, _| {},
+    );
     assert_eq!(events, [ClientEvent::Ready]);
     assert_eq!(wire, "EHLO m\r\nHELO m\r\n");
 }
@@ -346,18 +404,33 @@ fn helo_fallback_after_ehlo_5xx() {
 #[test]
 fn greeting_refusal_and_malformed_replies() {
     let (events, wire) = scripted(ClientConfig::new("m"), &[b"554 go away\r\n"], |_, _| {});
-    assert!(matches!(&events[..], [ClientEvent::Failed(ClientFailure::Greeting(r))] if r.code == 554));
+    assert!(
+        matches!(&events[..], [ClientEvent::Failed(ClientFailure::Greeting(r))] if r.code == 554)
+    );
     assert_eq!(wire, "QUIT\r\n");
     let (events, _) = scripted(ClientConfig::new("m"), &[b"220 hi\r\nhello\r\n"], |_, _| {});
-    assert_eq!(events, [ClientEvent::Failed(ClientFailure::MalformedReply(ReplyError::BadCode))]);
+    assert_eq!(
+        events,
+        [ClientEvent::Failed(ClientFailure::MalformedReply(
+            ReplyError::BadCode
+        ))]
+    );
 }
 
 #[test]
 fn service_closing_mid_transaction() {
-    let server: [&[u8]; 2] = [b"220 hi\r\n250-x\r\n250 PIPELINING\r\n", b"250 ok\r\n421 4.3.2 bye\r\n"];
+    let server: [&[u8]; 2] = [
+        b"220 hi\r\n250-x\r\n250 PIPELINING\r\n",
+        b"250 ok\r\n421 4.3.2 bye\r\n",
+    ];
     let (events, wire) = scripted(ClientConfig::new("m"), &server, send_one);
     assert!(wire.contains("MAIL FROM:<sender@spate.example>\r\nRCPT TO:<a@b.example>\r\nRCPT TO:<c@b.example>\r\nDATA\r\n"));
-    let [ClientEvent::Ready, ClientEvent::TransactionDone(result), ClientEvent::Failed(ClientFailure::ServiceClosing(r))] = &events[..] else {
+    let [
+        ClientEvent::Ready,
+        ClientEvent::TransactionDone(result),
+        ClientEvent::Failed(ClientFailure::ServiceClosing(r)),
+    ] = &events[..]
+    else {
         panic!("{events:?}")
     };
     assert_eq!(r.code, 421);
@@ -370,12 +443,22 @@ fn peer_close_mid_transaction_and_after_quit() {
     let mut client = ClientSession::new(ClientConfig::new("m"));
     client.receive(b"220 hi\r\n250 ok\r\n");
     assert_eq!(client.next_event(), Some(ClientEvent::Ready));
-    client.send_transaction(&envelope(&["a@b.example"]), b"x").unwrap();
-    assert_eq!(client.send_transaction(&envelope(&["a@b.example"]), b"x"), Err(TransactionError::NotReady));
+    client
+        .send_transaction(&envelope(&["a@b.example"]), b"x")
+        .unwrap();
+    assert_eq!(
+        client.send_transaction(&envelope(&["a@b.example"]), b"x"),
+        Err(TransactionError::NotReady)
+    );
     client.receive(b"250 ok\r\n");
     client.connection_closed();
-    assert!(matches!(client.next_event(), Some(ClientEvent::TransactionDone(r)) if r.connection_failed && r.mail.is_some()));
-    assert_eq!(client.next_event(), Some(ClientEvent::Failed(ClientFailure::ConnectionClosed)));
+    assert!(
+        matches!(client.next_event(), Some(ClientEvent::TransactionDone(r)) if r.connection_failed && r.mail.is_some())
+    );
+    assert_eq!(
+        client.next_event(),
+        Some(ClientEvent::Failed(ClientFailure::ConnectionClosed))
+    );
 
     let mut client = ClientSession::new(ClientConfig::new("m"));
     client.receive(b"220 hi\r\n250 ok\r\n");
@@ -387,8 +470,18 @@ fn peer_close_mid_transaction_and_after_quit() {
 
 #[test]
 fn unsolicited_reply_fails_and_starttls_drops_injected_bytes() {
-    let (events, _) = scripted(ClientConfig::new("m"), &[b"220 hi\r\n250 ok\r\n250 extra\r\n"], |_, _| {});
-    assert!(matches!(&events[..], [ClientEvent::Ready, ClientEvent::Failed(ClientFailure::UnexpectedReply(_))]));
+    let (events, _) = scripted(
+        ClientConfig::new("m"),
+        &[b"220 hi\r\n250 ok\r\n250 extra\r\n"],
+        |_, _| {},
+    );
+    assert!(matches!(
+        &events[..],
+        [
+            ClientEvent::Ready,
+            ClientEvent::Failed(ClientFailure::UnexpectedReply(_))
+        ]
+    ));
 
     let mut client = ClientSession::new(ClientConfig::new("m"));
     let server = b"220 hi\r\n250-x\r\n250 STARTTLS\r\n220 go\r\n250 injected\r\n";
@@ -396,7 +489,10 @@ fn unsolicited_reply_fails_and_starttls_drops_injected_bytes() {
     assert_eq!(&server[used..], b"250 injected\r\n");
     assert_eq!(client.next_event(), Some(ClientEvent::StartTls));
     client.tls_established();
-    assert_eq!(String::from_utf8(client.take_output()).unwrap(), "EHLO m\r\nSTARTTLS\r\nEHLO m\r\n");
+    assert_eq!(
+        String::from_utf8(client.take_output()).unwrap(),
+        "EHLO m\r\nSTARTTLS\r\nEHLO m\r\n"
+    );
 }
 
 #[test]
@@ -406,12 +502,29 @@ fn refuses_what_the_server_cannot_take() {
     assert_eq!(client.next_event(), Some(ClientEvent::Ready));
     assert_eq!(
         client.send_transaction(&envelope(&["a@b.example"]), b"123456"),
-        Err(TransactionError::TooBig { size_bytes: 8, max_bytes: 5 })
+        Err(TransactionError::TooBig {
+            size_bytes: 8,
+            max_bytes: 5
+        })
     );
-    assert_eq!(client.send_transaction(&envelope(&["ü@b.example"]), b"1"), Err(TransactionError::SmtpUtf8NotOffered));
-    assert_eq!(client.send_transaction(&envelope(&[]), b"1"), Err(TransactionError::NoRecipients));
-    client.send_transaction(&envelope(&["a@b.example"]), b"1").unwrap();
-    assert_eq!(String::from_utf8(client.take_output()).unwrap().lines().nth(1), Some("MAIL FROM:<sender@spate.example> SIZE=3"));
+    assert_eq!(
+        client.send_transaction(&envelope(&["ü@b.example"]), b"1"),
+        Err(TransactionError::SmtpUtf8NotOffered)
+    );
+    assert_eq!(
+        client.send_transaction(&envelope(&[]), b"1"),
+        Err(TransactionError::NoRecipients)
+    );
+    client
+        .send_transaction(&envelope(&["a@b.example"]), b"1")
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(client.take_output())
+            .unwrap()
+            .lines()
+            .nth(1),
+        Some("MAIL FROM:<sender@spate.example> SIZE=3")
+    );
 }
 
 #[test]
@@ -421,13 +534,26 @@ fn replies_split_at_every_byte_give_the_same_events() {
         b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n550 5.1.1 no\r\n354 go\r\n250 2.0.0 queued\r\n";
     let reference = scripted(ClientConfig::new("m"), &[greeting, transaction], send_one);
     assert!(matches!(reference.0.last(), Some(ClientEvent::Ready)));
-    assert!(reference.0.iter().any(|e| matches!(e, ClientEvent::SendBody(BodyMode::Data))));
+    assert!(
+        reference
+            .0
+            .iter()
+            .any(|e| matches!(e, ClientEvent::SendBody(BodyMode::Data)))
+    );
     for split in 0..=greeting.len() {
         let parts = [&greeting[..split], &greeting[split..], transaction];
-        assert_eq!(scripted(ClientConfig::new("m"), &parts, send_one), reference, "greeting split {split}");
+        assert_eq!(
+            scripted(ClientConfig::new("m"), &parts, send_one),
+            reference,
+            "greeting split {split}"
+        );
     }
     for split in 0..=transaction.len() {
         let parts = [greeting, &transaction[..split], &transaction[split..]];
-        assert_eq!(scripted(ClientConfig::new("m"), &parts, send_one), reference, "split {split}");
+        assert_eq!(
+            scripted(ClientConfig::new("m"), &parts, send_one),
+            reference,
+            "split {split}"
+        );
     }
 }

@@ -14,7 +14,10 @@ fn mailbox(local: &str, domain: &str) -> Mailbox {
 
 #[test]
 fn simple_verbs_are_case_insensitive() {
-    assert_eq!(parse("ehlo client.example").unwrap(), Command::Ehlo("client.example".into()));
+    assert_eq!(
+        parse("ehlo client.example").unwrap(),
+        Command::Ehlo("client.example".into())
+    );
     assert_eq!(parse("HELO x").unwrap(), Command::Helo("x".into()));
     assert_eq!(parse("data").unwrap(), Command::Data);
     assert_eq!(parse("Rset").unwrap(), Command::Rset);
@@ -45,8 +48,13 @@ fn mail_with_every_parameter() {
         "MAIL FROM:<jöe@exämple.com> SIZE=1000 BODY=8BITMIME SMTPUTF8 RET=HDRS ENVID=QQ+2B314 AUTH=<>",
     )
     .unwrap();
-    let Command::Mail(mail) = cmd else { panic!("not MAIL") };
-    assert_eq!(mail.reverse_path, ReversePath::Mailbox(mailbox("jöe", "exämple.com")));
+    let Command::Mail(mail) = cmd else {
+        panic!("not MAIL")
+    };
+    assert_eq!(
+        mail.reverse_path,
+        ReversePath::Mailbox(mailbox("jöe", "exämple.com"))
+    );
     assert_eq!(
         mail.params,
         MailParams {
@@ -69,7 +77,10 @@ fn rcpt_with_dsn_parameters() {
     else {
         panic!("not RCPT")
     };
-    assert_eq!(rcpt.forward_path, ForwardPath::Mailbox(mailbox("a", "b.example")));
+    assert_eq!(
+        rcpt.forward_path,
+        ForwardPath::Mailbox(mailbox("a", "b.example"))
+    );
     assert_eq!(
         rcpt.params.notify,
         Some(Notify::On {
@@ -128,9 +139,16 @@ fn refusals_map_to_the_right_replies() {
         let error = parse(line).unwrap_err();
         let reply = error.reply();
         assert_eq!(reply.code, *code, "{line}: {error:?}");
-        assert_eq!(reply.enhanced.map(|e| e.to_string()).as_deref(), Some(*status), "{line}");
+        assert_eq!(
+            reply.enhanced.map(|e| e.to_string()).as_deref(),
+            Some(*status),
+            "{line}"
+        );
     }
-    assert_eq!(Command::parse(b"NOOP \xff").unwrap_err(), CommandError::BadCharacters);
+    assert_eq!(
+        Command::parse(b"NOOP \xff").unwrap_err(),
+        CommandError::BadCharacters
+    );
 }
 
 #[test]

@@ -7,7 +7,11 @@ use super::*;
 
 /// Decodes `input` fed in the given pieces; returns (body, fault, consumed
 /// up to and including the end marker, or None if no end).
-fn decode_split(input: &[u8], split: &[usize], max: u64) -> (Vec<u8>, Option<DataFault>, Option<usize>) {
+fn decode_split(
+    input: &[u8],
+    split: &[usize],
+    max: u64,
+) -> (Vec<u8>, Option<DataFault>, Option<usize>) {
     let mut decoder = DataDecoder::new(max);
     let mut body = Vec::new();
     let mut bounds = vec![0];
@@ -60,9 +64,17 @@ fn every_split_point_gives_the_same_result() {
     for input in inputs {
         let expected = decode_all(input);
         for a in 0..=input.len() {
-            assert_eq!(decode_split(input, &[a], u64::MAX), expected, "{input:?} split {a}");
+            assert_eq!(
+                decode_split(input, &[a], u64::MAX),
+                expected,
+                "{input:?} split {a}"
+            );
             for b in a..=input.len() {
-                assert_eq!(decode_split(input, &[a, b], u64::MAX), expected, "{input:?} {a},{b}");
+                assert_eq!(
+                    decode_split(input, &[a, b], u64::MAX),
+                    expected,
+                    "{input:?} {a},{b}"
+                );
             }
         }
     }
@@ -90,8 +102,18 @@ fn smuggling_probes_never_end_the_message_early() {
         let mut input = probe.to_vec();
         input.extend_from_slice(b"\r\n.\r\n");
         let (_, fault, end) = decode_all(&input);
-        assert_eq!(end, Some(input.len()), "ended early: {:?}", String::from_utf8_lossy(probe));
-        assert_eq!(fault, Some(DataFault::BareLineEnding), "{:?}", String::from_utf8_lossy(probe));
+        assert_eq!(
+            end,
+            Some(input.len()),
+            "ended early: {:?}",
+            String::from_utf8_lossy(probe)
+        );
+        assert_eq!(
+            fault,
+            Some(DataFault::BareLineEnding),
+            "{:?}",
+            String::from_utf8_lossy(probe)
+        );
     }
 }
 
@@ -131,9 +153,15 @@ fn encoder_stuffs_normalises_and_terminates() {
     ];
     for (body, wire) in cases {
         assert_eq!(BodyEncoder::to_vec(body, BodyMode::Data), *wire, "{body:?}");
-        assert_eq!(BodyEncoder::encoded_len(body, BodyMode::Data), wire.len() as u64);
+        assert_eq!(
+            BodyEncoder::encoded_len(body, BodyMode::Data),
+            wire.len() as u64
+        );
     }
-    assert_eq!(BodyEncoder::to_vec(b".a\nb", BodyMode::Bdat), b".a\r\nb\r\n");
+    assert_eq!(
+        BodyEncoder::to_vec(b".a\nb", BodyMode::Bdat),
+        b".a\r\nb\r\n"
+    );
     assert_eq!(BodyEncoder::to_vec(b"", BodyMode::Bdat), b"");
 }
 

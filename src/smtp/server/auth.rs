@@ -49,10 +49,18 @@ impl ServerSession {
         initial: Option<String>,
     ) -> Option<ServerEvent<'static>> {
         if !self.config.auth_available {
-            return self.error(&Reply::with_status(502, (5, 5, 1), "Command not implemented"));
+            return self.error(&Reply::with_status(
+                502,
+                (5, 5, 1),
+                "Command not implemented",
+            ));
         }
         if !self.tls_active && !self.config.auth_without_tls {
-            return self.error(&Reply::with_status(538, (5, 7, 11), "Encryption required for authentication"));
+            return self.error(&Reply::with_status(
+                538,
+                (5, 7, 11),
+                "Encryption required for authentication",
+            ));
         }
         if self.authenticated.is_some() {
             return self.error(&Reply::with_status(503, (5, 5, 1), "Already authenticated"));
@@ -61,10 +69,16 @@ impl ServerSession {
             return self.error(&Reply::with_status(503, (5, 5, 1), "Send EHLO first"));
         }
         if self.transaction.is_some() {
-            return self.error(&Reply::with_status(503, (5, 5, 1), "AUTH inside a transaction"));
+            return self.error(&Reply::with_status(
+                503,
+                (5, 5, 1),
+                "AUTH inside a transaction",
+            ));
         }
         match (mechanism, initial) {
-            (AuthMechanism::Plain, Some(initial)) => self.auth_response(AuthStep::Plain, initial.as_bytes()),
+            (AuthMechanism::Plain, Some(initial)) => {
+                self.auth_response(AuthStep::Plain, initial.as_bytes())
+            }
             (AuthMechanism::Plain, None) => {
                 self.reply(&Reply::new(334, None, ""));
                 self.phase = Phase::AuthResponse(AuthStep::Plain);
@@ -87,10 +101,18 @@ impl ServerSession {
     }
 
     /// One client response line (CRLF removed) for `step`.
-    pub(super) fn auth_response(&mut self, step: AuthStep, line: &[u8]) -> Option<ServerEvent<'static>> {
+    pub(super) fn auth_response(
+        &mut self,
+        step: AuthStep,
+        line: &[u8],
+    ) -> Option<ServerEvent<'static>> {
         self.phase = Phase::Command;
         if line == b"*" {
-            return self.error(&Reply::with_status(501, (5, 7, 0), "Authentication cancelled"));
+            return self.error(&Reply::with_status(
+                501,
+                (5, 7, 0),
+                "Authentication cancelled",
+            ));
         }
         let Some(decoded) = decode(line) else {
             return self.error(&malformed());
@@ -109,7 +131,8 @@ impl ServerSession {
                 }))
             }
             AuthStep::LoginUsername => {
-                let Some(username) = String::from_utf8(decoded).ok().filter(|u| !u.is_empty()) else {
+                let Some(username) = String::from_utf8(decoded).ok().filter(|u| !u.is_empty())
+                else {
                     return self.error(&malformed());
                 };
                 self.reply(&Reply::new(334, None, "UGFzc3dvcmQ6"));

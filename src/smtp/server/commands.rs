@@ -19,8 +19,26 @@ impl ServerSession {
             Err(error) => return self.error(&error.reply()),
         };
         match command {
-            Command::Ehlo(name) => self.decide(Pending::Helo { name: name.clone(), extended: true }, ServerEvent::Helo { name, extended: true }),
-            Command::Helo(name) => self.decide(Pending::Helo { name: name.clone(), extended: false }, ServerEvent::Helo { name, extended: false }),
+            Command::Ehlo(name) => self.decide(
+                Pending::Helo {
+                    name: name.clone(),
+                    extended: true,
+                },
+                ServerEvent::Helo {
+                    name,
+                    extended: true,
+                },
+            ),
+            Command::Helo(name) => self.decide(
+                Pending::Helo {
+                    name: name.clone(),
+                    extended: false,
+                },
+                ServerEvent::Helo {
+                    name,
+                    extended: false,
+                },
+            ),
             Command::Mail(mail) => self.mail(mail),
             Command::Rcpt(rcpt) => self.rcpt(rcpt),
             Command::Data => self.data(),
@@ -59,7 +77,11 @@ impl ServerSession {
         }
     }
 
-    fn decide(&mut self, pending: Pending, event: ServerEvent<'static>) -> Option<ServerEvent<'static>> {
+    fn decide(
+        &mut self,
+        pending: Pending,
+        event: ServerEvent<'static>,
+    ) -> Option<ServerEvent<'static>> {
         self.pending = Some(pending);
         Some(event)
     }
@@ -72,14 +94,22 @@ impl ServerSession {
             return self.error(&bad_sequence("Nested MAIL command"));
         }
         if self.config.require_auth && self.authenticated.is_none() {
-            return self.error(&Reply::with_status(530, (5, 7, 0), "Authentication required"));
+            return self.error(&Reply::with_status(
+                530,
+                (5, 7, 0),
+                "Authentication required",
+            ));
         }
         if mail
             .params
             .size_bytes
             .is_some_and(|size| size > self.config.max_message_bytes)
         {
-            return self.error(&Reply::with_status(552, (5, 3, 4), "Message size exceeds limit"));
+            return self.error(&Reply::with_status(
+                552,
+                (5, 3, 4),
+                "Message size exceeds limit",
+            ));
         }
         self.decide(Pending::Mail(mail.clone()), ServerEvent::MailFrom(mail))
     }
@@ -98,7 +128,11 @@ impl ServerSession {
             return None;
         }
         if !transaction.mail.params.smtputf8 && !rcpt.forward_path.is_ascii() {
-            return self.error(&Reply::with_status(553, (5, 6, 7), "Non-ASCII address requires SMTPUTF8"));
+            return self.error(&Reply::with_status(
+                553,
+                (5, 6, 7),
+                "Non-ASCII address requires SMTPUTF8",
+            ));
         }
         self.decide(Pending::Rcpt(rcpt.clone()), ServerEvent::RcptTo(rcpt))
     }
@@ -122,7 +156,11 @@ impl ServerSession {
         let max = self.config.max_message_bytes;
         if size_bytes > max {
             // We will not sink an arbitrarily large chunk to stay in sync.
-            self.reply(&Reply::with_status(552, (5, 3, 4), "Chunk size exceeds limit"));
+            self.reply(&Reply::with_status(
+                552,
+                (5, 3, 4),
+                "Chunk size exceeds limit",
+            ));
             self.transaction = None;
             self.phase = Phase::Closing(ShutdownReason::ChunkTooBig);
             return self.take_closing();
@@ -164,7 +202,11 @@ impl ServerSession {
 
     fn starttls(&mut self) -> Option<ServerEvent<'static>> {
         if !self.config.starttls_available {
-            return self.error(&Reply::with_status(502, (5, 5, 1), "Command not implemented"));
+            return self.error(&Reply::with_status(
+                502,
+                (5, 5, 1),
+                "Command not implemented",
+            ));
         }
         if self.tls_active {
             return self.error(&bad_sequence("TLS already active"));

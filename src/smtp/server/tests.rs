@@ -60,7 +60,10 @@ fn drive(session: &mut ServerSession, parts: &[&[u8]], policy: Policy<'_>) -> (S
             offset += step.consumed;
             let Some(event) = step.event else { break };
             let ev = own(&event);
-            let decision = matches!(ev, Ev::Helo(..) | Ev::Mail(_) | Ev::Rcpt(_) | Ev::Complete | Ev::Auth(..));
+            let decision = matches!(
+                ev,
+                Ev::Helo(..) | Ev::Mail(_) | Ev::Rcpt(_) | Ev::Complete | Ev::Auth(..)
+            );
             if decision {
                 match policy(&ev) {
                     None => session.accept().unwrap(),
@@ -112,7 +115,9 @@ fn rfc5321_d1_dialogue() {
     let input = b"EHLO bar.com\r\nMAIL FROM:<Smith@bar.com>\r\nRCPT TO:<Jones@foo.com>\r\n\
 RCPT TO:<Green@foo.com>\r\nRCPT TO:<Brown@foo.com>\r\nDATA\r\nBlah blah blah...\r\n...etc. etc. etc.\r\n.\r\nQUIT\r\n";
     let mut policy = |ev: &Ev| match ev {
-        Ev::Rcpt(r) if r.contains("Green") => Some(Reply::with_status(550, (5, 1, 1), "No such user here")),
+        Ev::Rcpt(r) if r.contains("Green") => {
+            Some(Reply::with_status(550, (5, 1, 1), "No such user here"))
+        }
         _ => None,
     };
     let (out, events) = drive(&mut session(), &[input], &mut policy);
@@ -141,7 +146,17 @@ RCPT TO:<Green@foo.com>\r\nRCPT TO:<Brown@foo.com>\r\nDATA\r\nBlah blah blah...\
 fn whole_pipelined_batch_in_one_packet() {
     let input = b"EHLO c\r\nMAIL FROM:<a@c>\r\nRCPT TO:<b@d>\r\nRCPT TO:<e@d>\r\nDATA\r\n";
     let (out, events) = run(input);
-    assert_eq!(codes(&out), ["220 mx.example", "250 HELP", "250 2.1.0", "250 2.1.5", "250 2.1.5", "354 End"]);
+    assert_eq!(
+        codes(&out),
+        [
+            "220 mx.example",
+            "250 HELP",
+            "250 2.1.0",
+            "250 2.1.5",
+            "250 2.1.5",
+            "354 End"
+        ]
+    );
     assert_eq!(events.last(), Some(&Ev::DataStart));
 }
 
@@ -161,8 +176,17 @@ fn every_split_point_gives_identical_replies_and_events() {
         let expected = run(&input);
         assert!(expected.1.contains(&Ev::Quit), "{expected:?}");
         for split in 0..=input.len() {
-            let got = drive(&mut session(), &[&input[..split], &input[split..]], &mut accept_all);
-            assert_eq!(got, expected, "split at {split} of {:?}", String::from_utf8_lossy(&input));
+            let got = drive(
+                &mut session(),
+                &[&input[..split], &input[split..]],
+                &mut accept_all,
+            );
+            assert_eq!(
+                got,
+                expected,
+                "split at {split} of {:?}",
+                String::from_utf8_lossy(&input)
+            );
         }
         // and byte by byte
         let bytes: Vec<&[u8]> = input.chunks(1).collect();
@@ -179,24 +203,44 @@ fn decision_blocks_pipelined_input() {
     assert_eq!(step.consumed, 8);
     assert!(matches!(step.event, Some(ServerEvent::Helo { .. })));
     assert_eq!(s.receive(&input[8..]), Err(UsageError::DecisionPending));
-    assert!(s.take_output().is_empty(), "nothing answered before the decision");
+    assert!(
+        s.take_output().is_empty(),
+        "nothing answered before the decision"
+    );
     s.accept().unwrap();
     let step = s.receive(&input[8..]).unwrap();
     assert_eq!(step.consumed, "MAIL FROM:<a@c>\r\n".len());
     // spool full
-    s.reject(Reply::with_status(452, (4, 3, 1), "Insufficient system storage")).unwrap();
+    s.reject(Reply::with_status(
+        452,
+        (4, 3, 1),
+        "Insufficient system storage",
+    ))
+    .unwrap();
     let rest = &input[8 + step.consumed..];
     let step = s.receive(rest).unwrap();
-    assert_eq!(step.event, None, "RCPT without MAIL is answered by the session");
+    assert_eq!(
+        step.event, None,
+        "RCPT without MAIL is answered by the session"
+    );
     let out = String::from_utf8(s.take_output()).unwrap();
-    assert!(out.ends_with("452 4.3.1 Insufficient system storage\r\n503 5.5.1 Need MAIL before RCPT\r\n"), "{out}");
+    assert!(
+        out.ends_with(
+            "452 4.3.1 Insufficient system storage\r\n503 5.5.1 Need MAIL before RCPT\r\n"
+        ),
+        "{out}"
+    );
     assert_eq!(s.accept(), Err(UsageError::NothingPending));
 }
 
 #[test]
 fn message_answer_may_arrive_later_and_holds_pipelined_commands() {
     let mut s = session();
-    let (_, events) = drive(&mut s, &[b"EHLO c\r\nMAIL FROM:<a@c>\r\nRCPT TO:<b@d>\r\nDATA\r\n"], &mut accept_all);
+    let (_, events) = drive(
+        &mut s,
+        &[b"EHLO c\r\nMAIL FROM:<a@c>\r\nRCPT TO:<b@d>\r\nDATA\r\n"],
+        &mut accept_all,
+    );
     assert_eq!(events.last(), Some(&Ev::DataStart));
     let input = b"hello\r\n.\r\nQUIT\r\n";
     let mut offset = 0;
@@ -209,14 +253,27 @@ fn message_answer_may_arrive_later_and_holds_pipelined_commands() {
     }
     assert_eq!(offset, b"hello\r\n.\r\n".len());
     // The spool commit is in progress: no more input is processed.
-    assert_eq!(s.receive(&input[offset..]), Err(UsageError::DecisionPending));
-    assert_eq!(s.accept_with(Reply::new(550, None, "x")), Err(UsageError::WrongReplyClass));
-    assert_eq!(s.reject(Reply::new(250, None, "x")), Err(UsageError::WrongReplyClass));
-    s.accept_with(Reply::with_status(250, (2, 0, 0), "queued as ABC")).unwrap();
+    assert_eq!(
+        s.receive(&input[offset..]),
+        Err(UsageError::DecisionPending)
+    );
+    assert_eq!(
+        s.accept_with(Reply::new(550, None, "x")),
+        Err(UsageError::WrongReplyClass)
+    );
+    assert_eq!(
+        s.reject(Reply::new(250, None, "x")),
+        Err(UsageError::WrongReplyClass)
+    );
+    s.accept_with(Reply::with_status(250, (2, 0, 0), "queued as ABC"))
+        .unwrap();
     let step = s.receive(&input[offset..]).unwrap();
     assert_eq!(step.event, Some(ServerEvent::Quit));
     let out = String::from_utf8(s.take_output()).unwrap();
-    assert!(out.ends_with("250 2.0.0 queued as ABC\r\n221 2.0.0 Bye\r\n"), "{out}");
+    assert!(
+        out.ends_with("250 2.0.0 queued as ABC\r\n221 2.0.0 Bye\r\n"),
+        "{out}"
+    );
     assert_eq!(s.receive(b"NOOP\r\n"), Err(UsageError::Closed));
 }
 
@@ -245,7 +302,16 @@ fn misc_commands() {
     let (out, _) = run(b"VRFY joe\r\nHELP\r\nNOOP\r\nRSET\r\nSTARTTLS\r\nAUTH PLAIN\r\nQUIT\r\n");
     assert_eq!(
         codes(&out),
-        ["220 mx.example", "252 2.5.0", "214 2.0.0", "250 2.0.0", "250 2.0.0", "502 5.5.1", "502 5.5.1", "221 2.0.0"]
+        [
+            "220 mx.example",
+            "252 2.5.0",
+            "214 2.0.0",
+            "250 2.0.0",
+            "250 2.0.0",
+            "502 5.5.1",
+            "502 5.5.1",
+            "221 2.0.0"
+        ]
     );
 }
 
@@ -259,7 +325,18 @@ fn recipient_cap_and_size_limits() {
     let (out, events) = drive(&mut s, &[input], &mut accept_all);
     assert_eq!(
         codes(&out),
-        ["220 mx.example", "250 HELP", "552 5.3.4", "250 2.1.0", "250 2.1.5", "250 2.1.5", "452 4.5.3", "354 End", "552 5.3.4", "221 2.0.0"]
+        [
+            "220 mx.example",
+            "250 HELP",
+            "552 5.3.4",
+            "250 2.1.0",
+            "250 2.1.5",
+            "250 2.1.5",
+            "452 4.5.3",
+            "354 End",
+            "552 5.3.4",
+            "221 2.0.0"
+        ]
     );
     assert!(out.contains("250-SIZE 20\r\n"));
     assert!(events.contains(&Ev::Aborted(DataFault::TooBig)));
@@ -271,16 +348,32 @@ fn long_lines() {
     let mut input = b"EHLO c\r\nNOOP ".to_vec();
     input.resize(input.len() + SMTP_COMMAND_LINE_BYTES_MAX + 10, b'x');
     input.extend_from_slice(b"\r\nMAIL FROM:<a@c>\r\nRCPT TO:<b@d>\r\nDATA\r\n");
-    input.resize(input.len() + crate::limits::SMTP_DATA_LINE_BYTES_MAX + 1, b'y');
+    input.resize(
+        input.len() + crate::limits::SMTP_DATA_LINE_BYTES_MAX + 1,
+        b'y',
+    );
     input.extend_from_slice(b"\r\n.\r\nQUIT\r\n");
     let (out, events) = run(&input);
     assert_eq!(
         codes(&out),
-        ["220 mx.example", "250 HELP", "500 5.5.2", "250 2.1.0", "250 2.1.5", "354 End", "500 5.5.2", "221 2.0.0"]
+        [
+            "220 mx.example",
+            "250 HELP",
+            "500 5.5.2",
+            "250 2.1.0",
+            "250 2.1.5",
+            "354 End",
+            "500 5.5.2",
+            "221 2.0.0"
+        ]
     );
     assert!(events.contains(&Ev::Aborted(DataFault::LineTooLong)));
     // split inside the long command line too
-    let (out2, _) = drive(&mut session(), &[&input[..100], &input[100..3000], &input[3000..]], &mut accept_all);
+    let (out2, _) = drive(
+        &mut session(),
+        &[&input[..100], &input[100..3000], &input[3000..]],
+        &mut accept_all,
+    );
     assert_eq!(out2, out);
 }
 
@@ -290,7 +383,16 @@ fn error_cap_closes_with_421() {
     config.max_errors = 3;
     let mut s = ServerSession::new(config);
     let (out, events) = drive(&mut s, &[b"FOO\r\nBAR\r\nBAZ\r\nNOOP\r\n"], &mut accept_all);
-    assert_eq!(codes(&out), ["220 mx.example", "500 5.5.1", "500 5.5.1", "500 5.5.1", "421 4.7.0"]);
+    assert_eq!(
+        codes(&out),
+        [
+            "220 mx.example",
+            "500 5.5.1",
+            "500 5.5.1",
+            "500 5.5.1",
+            "421 4.7.0"
+        ]
+    );
     assert_eq!(events, [Ev::Shutdown(ShutdownReason::TooManyErrors)]);
     assert_eq!(s.receive(b"NOOP\r\n"), Err(UsageError::Closed));
 }
@@ -302,35 +404,63 @@ fn caller_421_closes() {
         Ev::Mail(_) => Some(Reply::with_status(421, (4, 3, 2), "shutting down")),
         _ => None,
     };
-    let (out, events) = drive(&mut s, &[b"EHLO c\r\nMAIL FROM:<a@c>\r\nNOOP\r\n"], &mut policy);
+    let (out, events) = drive(
+        &mut s,
+        &[b"EHLO c\r\nMAIL FROM:<a@c>\r\nNOOP\r\n"],
+        &mut policy,
+    );
     assert!(out.ends_with("421 4.3.2 shutting down\r\n"));
-    assert_eq!(events.last(), Some(&Ev::Shutdown(ShutdownReason::ServiceClosing)));
+    assert_eq!(
+        events.last(),
+        Some(&Ev::Shutdown(ShutdownReason::ServiceClosing))
+    );
 }
 
 #[test]
 fn smuggling_probes_in_a_session() {
     // Each probe tries to end DATA early and smuggle a second message.
-    let probes: &[&[u8]] = &[b"\n.\n", b"\r.\r", b"\n.\r\n", b"\r\n.\n", b"\r\n.\r", b"\r.\r\n", b"\0\n.\n"];
+    let probes: &[&[u8]] = &[
+        b"\n.\n", b"\r.\r", b"\n.\r\n", b"\r\n.\n", b"\r\n.\r", b"\r.\r\n", b"\0\n.\n",
+    ];
     for probe in probes {
         let mut input = b"EHLO c\r\nMAIL FROM:<a@c>\r\nRCPT TO:<b@d>\r\nDATA\r\nhello".to_vec();
         input.extend_from_slice(probe);
-        input.extend_from_slice(b"MAIL FROM:<evil@x>\r\nRCPT TO:<victim@d>\r\nDATA\r\nforged\r\n.\r\nQUIT\r\n");
+        input.extend_from_slice(
+            b"MAIL FROM:<evil@x>\r\nRCPT TO:<victim@d>\r\nDATA\r\nforged\r\n.\r\nQUIT\r\n",
+        );
         let (out, events) = run(&input);
         let name = String::from_utf8_lossy(probe);
         assert_eq!(
             codes(&out),
-            ["220 mx.example", "250 HELP", "250 2.1.0", "250 2.1.5", "354 End", "554 5.6.0", "221 2.0.0"],
+            [
+                "220 mx.example",
+                "250 HELP",
+                "250 2.1.0",
+                "250 2.1.5",
+                "354 End",
+                "554 5.6.0",
+                "221 2.0.0"
+            ],
             "{name:?}"
         );
-        assert!(!events.iter().any(|e| matches!(e, Ev::Mail(m) if m.contains("evil"))), "{name:?}");
-        assert!(events.contains(&Ev::Aborted(DataFault::BareLineEnding)), "{name:?}");
+        assert!(
+            !events
+                .iter()
+                .any(|e| matches!(e, Ev::Mail(m) if m.contains("evil"))),
+            "{name:?}"
+        );
+        assert!(
+            events.contains(&Ev::Aborted(DataFault::BareLineEnding)),
+            "{name:?}"
+        );
         assert!(!events.contains(&Ev::Complete), "{name:?}");
     }
 }
 
 #[test]
 fn nul_in_data_is_content() {
-    let (out, events) = run(b"EHLO c\r\nMAIL FROM:<a@c>\r\nRCPT TO:<b@d>\r\nDATA\r\na\0b\r\n.\r\nQUIT\r\n");
+    let (out, events) =
+        run(b"EHLO c\r\nMAIL FROM:<a@c>\r\nRCPT TO:<b@d>\r\nDATA\r\na\0b\r\n.\r\nQUIT\r\n");
     assert!(out.contains("250 2.0.0 OK queued"));
     assert!(events.contains(&Ev::Data(b"a\0b\r\n".to_vec())));
 }
@@ -341,10 +471,22 @@ fn bdat_chunks() {
     let (out, events) = run(input);
     assert_eq!(
         codes(&out),
-        ["220 mx.example", "250 HELP", "250 2.1.0", "250 2.1.5", "250 2.0.0", "250 2.0.0", "503 5.5.1", "221 2.0.0"]
+        [
+            "220 mx.example",
+            "250 HELP",
+            "250 2.1.0",
+            "250 2.1.5",
+            "250 2.0.0",
+            "250 2.0.0",
+            "503 5.5.1",
+            "221 2.0.0"
+        ]
     );
     assert!(out.contains("250 2.0.0 9 octets received\r\n"));
-    assert!(events.contains(&Ev::Data(b"ab\r\n.\r\n\nxyz".to_vec())), "{events:?}");
+    assert!(
+        events.contains(&Ev::Data(b"ab\r\n.\r\n\nxyz".to_vec())),
+        "{events:?}"
+    );
     assert_eq!(events.iter().filter(|e| **e == Ev::Complete).count(), 1);
 }
 
@@ -356,10 +498,23 @@ fn bdat_refusals_stay_in_sync() {
     let (out, events) = drive(&mut ServerSession::new(config), &[input], &mut accept_all);
     assert_eq!(
         codes(&out),
-        ["220 mx.example", "250 HELP", "503 5.5.1", "250 2.1.0", "250 2.1.5", "250 2.0.0", "552 5.3.4", "250 2.0.0", "552 5.3.4"]
+        [
+            "220 mx.example",
+            "250 HELP",
+            "503 5.5.1",
+            "250 2.1.0",
+            "250 2.1.5",
+            "250 2.0.0",
+            "552 5.3.4",
+            "250 2.0.0",
+            "552 5.3.4"
+        ]
     );
     assert!(events.contains(&Ev::Aborted(DataFault::TooBig)));
-    assert_eq!(events.last(), Some(&Ev::Shutdown(ShutdownReason::ChunkTooBig)));
+    assert_eq!(
+        events.last(),
+        Some(&Ev::Shutdown(ShutdownReason::ChunkTooBig))
+    );
 }
 
 fn tls_config() -> ServerConfig {
@@ -396,8 +551,15 @@ fn starttls_discards_pipelined_bytes_and_resets() {
     s.take_output();
     s.tls_established().unwrap();
     assert!(s.tls_active());
-    let (out, _) = drive(&mut s, &[b"MAIL FROM:<a@c>\r\nEHLO c\r\nSTARTTLS\r\n"], &mut accept_all);
-    assert!(out.starts_with("503 5.5.1 Send EHLO/HELO first\r\n"), "{out}");
+    let (out, _) = drive(
+        &mut s,
+        &[b"MAIL FROM:<a@c>\r\nEHLO c\r\nSTARTTLS\r\n"],
+        &mut accept_all,
+    );
+    assert!(
+        out.starts_with("503 5.5.1 Send EHLO/HELO first\r\n"),
+        "{out}"
+    );
     assert!(!out.contains("250-STARTTLS"));
     assert!(out.contains("250-AUTH PLAIN LOGIN\r\n"));
     assert!(out.ends_with("503 5.5.1 TLS already active\r\n"));
@@ -423,7 +585,18 @@ fn auth_plain_and_login() {
     let (out, events) = drive(&mut s, &[input], &mut policy);
     assert_eq!(
         codes(&out),
-        ["220 mx.example", "250 HELP", "530 5.7.0", "535 5.7.8", "334 VXNlcm5hbWU6", "334 UGFzc3dvcmQ6", "235 2.7.0", "503 5.5.1", "250 2.1.0", "221 2.0.0"]
+        [
+            "220 mx.example",
+            "250 HELP",
+            "530 5.7.0",
+            "535 5.7.8",
+            "334 VXNlcm5hbWU6",
+            "334 UGFzc3dvcmQ6",
+            "235 2.7.0",
+            "503 5.5.1",
+            "250 2.1.0",
+            "221 2.0.0"
+        ]
     );
     assert!(events.contains(&Ev::Auth("bob".into(), "wrong".into())));
     assert_eq!(s.authenticated_user(), Some("bob"));
@@ -435,7 +608,17 @@ fn auth_cancel_and_garbage() {
     let (out, _) = drive(&mut s, &[b"EHLO c\r\nAUTH PLAIN\r\n*\r\nAUTH PLAIN\r\n!!!\r\nAUTH PLAIN AGJvYg==\r\nAUTH CRAM-MD5\r\nQUIT\r\n"], &mut accept_all);
     assert_eq!(
         codes(&out),
-        ["220 mx.example", "250 HELP", "334 ", "501 5.7.0", "334 ", "501 5.5.2", "501 5.5.2", "504 5.5.4", "221 2.0.0"]
+        [
+            "220 mx.example",
+            "250 HELP",
+            "334 ",
+            "501 5.7.0",
+            "334 ",
+            "501 5.5.2",
+            "501 5.5.2",
+            "504 5.5.4",
+            "221 2.0.0"
+        ]
     );
 }
 
@@ -455,7 +638,16 @@ fn smtputf8_recipient_needs_smtputf8_mail() {
     let (out, events) = run("EHLO c\r\nMAIL FROM:<a@c>\r\nRCPT TO:<jö@d>\r\nRSET\r\nMAIL FROM:<a@c> SMTPUTF8\r\nRCPT TO:<jö@d>\r\nQUIT\r\n".as_bytes());
     assert_eq!(
         codes(&out),
-        ["220 mx.example", "250 HELP", "250 2.1.0", "553 5.6.7", "250 2.0.0", "250 2.1.0", "250 2.1.5", "221 2.0.0"]
+        [
+            "220 mx.example",
+            "250 HELP",
+            "250 2.1.0",
+            "553 5.6.7",
+            "250 2.0.0",
+            "250 2.1.0",
+            "250 2.1.5",
+            "221 2.0.0"
+        ]
     );
     assert!(events.contains(&Ev::Rcpt("<jö@d>".into())));
 }
@@ -466,22 +658,51 @@ fn helo_rejected_by_caller_keeps_state() {
         Ev::Helo(name, _) if name == "bad" => Some(Reply::with_status(550, (5, 7, 1), "bad HELO")),
         _ => None,
     };
-    let (out, _) = drive(&mut session(), &[b"HELO bad\r\nMAIL FROM:<a@b>\r\nHELO good\r\nMAIL FROM:<a@b>\r\n"], &mut policy);
-    assert_eq!(codes(&out), ["220 mx.example", "550 5.7.1", "503 5.5.1", "250 mx.example", "250 2.1.0"]);
+    let (out, _) = drive(
+        &mut session(),
+        &[b"HELO bad\r\nMAIL FROM:<a@b>\r\nHELO good\r\nMAIL FROM:<a@b>\r\n"],
+        &mut policy,
+    );
+    assert_eq!(
+        codes(&out),
+        [
+            "220 mx.example",
+            "550 5.7.1",
+            "503 5.5.1",
+            "250 mx.example",
+            "250 2.1.0"
+        ]
+    );
 }
 
 #[test]
 fn accepted_envelope_is_visible() {
     let mut s = session();
     let mut policy = |ev: &Ev| match ev {
-        Ev::Rcpt(r) if r.contains("no") => Some(Reply::with_status(550, (5, 7, 1), "Relaying denied")),
+        Ev::Rcpt(r) if r.contains("no") => {
+            Some(Reply::with_status(550, (5, 7, 1), "Relaying denied"))
+        }
         _ => None,
     };
-    drive(&mut s, &[b"EHLO c\r\nMAIL FROM:<a@c> BODY=8BITMIME\r\nRCPT TO:<yes@d>\r\nRCPT TO:<no@e>\r\n"], &mut policy);
+    drive(
+        &mut s,
+        &[b"EHLO c\r\nMAIL FROM:<a@c> BODY=8BITMIME\r\nRCPT TO:<yes@d>\r\nRCPT TO:<no@e>\r\n"],
+        &mut policy,
+    );
     let mail = s.mail_from().unwrap();
-    assert_eq!(mail.params.body, Some(crate::smtp::command::BodyType::EightBitMime));
-    let recipients: Vec<_> = s.recipients().iter().map(|r| r.forward_path.clone()).collect();
-    assert_eq!(recipients, [ForwardPath::Mailbox(crate::smtp::Mailbox::new("yes", "d"))]);
+    assert_eq!(
+        mail.params.body,
+        Some(crate::smtp::command::BodyType::EightBitMime)
+    );
+    let recipients: Vec<_> = s
+        .recipients()
+        .iter()
+        .map(|r| r.forward_path.clone())
+        .collect();
+    assert_eq!(
+        recipients,
+        [ForwardPath::Mailbox(crate::smtp::Mailbox::new("yes", "d"))]
+    );
 }
 
 #[test]
@@ -489,5 +710,9 @@ fn shutdown_by_caller() {
     let mut s = session();
     s.shutdown(&Reply::with_status(421, (4, 4, 2), "Timeout"));
     assert!(s.is_closed());
-    assert!(String::from_utf8(s.take_output()).unwrap().ends_with("421 4.4.2 Timeout\r\n"));
+    assert!(
+        String::from_utf8(s.take_output())
+            .unwrap()
+            .ends_with("421 4.4.2 Timeout\r\n")
+    );
 }
