@@ -494,3 +494,51 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn reply() -> impl Strategy<Value = Reply> {
+        (
+            2u16..=5,
+            0u16..=5,
+            0u16..=9,
+            any::<bool>(),
+            0u16..=7,
+            0u16..=20,
+        )
+            .prop_flat_map(|(c, s, d, with_status, subject, detail)| {
+                let code = c * 100 + s * 10 + d;
+                let enhanced =
+                    (with_status && c != 3).then(|| EnhancedStatus::new(c as u8, subject, detail));
+                prop::collection::vec("[a-zA-Z ,;:!-]{0,30}", 1..6).prop_map(move |lines| Reply {
+                    code,
+                    enhanced,
+                    lines,
+                })
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn encode_then_parse_is_identity(reply in reply(), split in 0usize..400) {
+            let wire = reply.to_bytes();
+            let split = split.min(wire.len());
+            let mut parser = ReplyParser::new();
+            let (used, first) = parser.parse(&wire[..split]).unwrap();
+            prop_assert_eq!(used, split);
+            let parsed = match first {
+                Some(r) => r,
+                None => {
+                    let (used, second) = parser.parse(&wire[split..]).unwrap();
+                    prop_assert_eq!(split + used, wire.len());
+                    second.unwrap()
+                }
+            };
+            prop_assert_eq!(parsed, reply);
+        }
+    }
+}

@@ -557,3 +557,46 @@ fn replies_split_at_every_byte_give_the_same_events() {
         );
     }
 }
+
+#[test]
+fn opportunistic_tls_refused_goes_on_in_cleartext() {
+    let greeting: &[u8] = b"220 hi\r\n250-x\r\n250 STARTTLS\r\n454 4.7.0 TLS not available\r\n";
+    let (events, wire) = scripted(ClientConfig::new("m"), &[greeting], |_, _| {});
+    assert_eq!(events, [ClientEvent::Ready]);
+    assert_eq!(wire, "EHLO m\r\nSTARTTLS\r\n");
+}
+
+#[test]
+fn pipelined_354_without_recipients_ends_empty_data() {
+    let greeting: &[u8] = b"220 hi\r\n250-x\r\n250 PIPELINING\r\n";
+    // MAIL refused, RCPTs refused, yet the server says 354 to DATA.
+    let replies: &[u8] = b"550 5.7.1 no\r\n503 5.5.1 no\r\n503 5.5.1 no\r\n354 go\r\n";
+    let (events, wire) = scripted(
+        ClientConfig::new("m"),
+        &[greeting, replies, b"250 ok\r\n"],
+        send_one,
+    );
+    assert!(wire.contains("DATA\r\n.\r\nMAIL"), "{wire}");
+    assert!(!wire.contains("RSET"), "MAIL failed: no open transaction");
+    let [
+        ClientEvent::Ready,
+        ClientEvent::TransactionDone(result),
+        ClientEvent::Ready,
+    ] = &events[..]
+    else {
+        panic!("{events:?}")
+    };
+    assert_eq!(result.data, None);
+    assert!(matches!(result.outcome(1), RecipientOutcome::Refused(r) if r.code == 550));
+}
+
+#[test]
+fn rset_refused_fails_the_connection() {
+    let greeting: &[u8] = b"220 hi\r\n250-x\r\n250 PIPELINING\r\n";
+    let replies: &[u8] = b"250 ok\r\n550 no\r\n550 no\r\n554 no valid recipients\r\n500 what\r\n";
+    let (events, wire) = scripted(ClientConfig::new("m"), &[greeting, replies], send_one);
+    assert!(wire.ends_with("RSET\r\n"));
+    assert!(
+        matches!(events.last(), Some(ClientEvent::Failed(ClientFailure::Rset(r))) if r.code == 500)
+    );
+}

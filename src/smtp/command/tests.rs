@@ -249,3 +249,102 @@ fn encode_parse_round_trip() {
         assert_eq!(Command::parse(line).unwrap(), command, "{command}");
     }
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::smtp::command::{Notify, Orcpt};
+
+    fn local_part() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-zA-Z0-9!#$%&'*+/=?^_`{|}~-]{1,10}(\\.[a-z0-9]{1,5}){0,2}",
+            "[ -~]{0,20}",
+        ]
+    }
+
+    fn domain() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?(\\.[a-z0-9]{1,8}){0,3}",
+            Just("[192.0.2.7]".to_owned()),
+            Just("[IPv6:2001:db8::7]".to_owned()),
+        ]
+    }
+
+    fn mailbox() -> impl Strategy<Value = Mailbox> {
+        (local_part(), domain()).prop_map(|(l, d)| Mailbox::new(l, d))
+    }
+
+    fn mail() -> impl Strategy<Value = Command> {
+        (
+            prop::option::of(mailbox()),
+            prop::option::of(any::<u64>()),
+            prop::option::of(prop_oneof![
+                Just(BodyType::SevenBit),
+                Just(BodyType::EightBitMime)
+            ]),
+            any::<bool>(),
+            prop::option::of(prop_oneof![Just(Ret::Full), Just(Ret::Headers)]),
+            prop::option::of("[ -~]{1,40}"),
+            prop::option::of("[ -~]{0,40}"),
+        )
+            .prop_map(|(from, size_bytes, body, smtputf8, ret, envid, auth)| {
+                Command::Mail(MailFrom {
+                    reverse_path: from.map_or(ReversePath::Null, ReversePath::Mailbox),
+                    params: MailParams {
+                        size_bytes,
+                        body,
+                        smtputf8,
+                        ret,
+                        envid,
+                        auth,
+                    },
+                })
+            })
+    }
+
+    fn rcpt() -> impl Strategy<Value = Command> {
+        let notify = prop_oneof![
+            Just(Notify::Never),
+            (any::<bool>(), any::<bool>(), any::<bool>())
+                .prop_filter("one flag", |(s, f, d)| *s || *f || *d)
+                .prop_map(|(success, failure, delay)| Notify::On {
+                    success,
+                    failure,
+                    delay
+                }),
+        ];
+        (
+            prop::option::of(mailbox()),
+            prop::option::of(notify),
+            prop::option::of("[ -~]{1,60}"),
+        )
+            .prop_map(|(to, notify, orcpt)| {
+                Command::Rcpt(RcptTo {
+                    forward_path: to.map_or(ForwardPath::Postmaster, ForwardPath::Mailbox),
+                    params: RcptParams {
+                        notify,
+                        orcpt: orcpt.map(|address| Orcpt {
+                            addr_type: "rfc822".into(),
+                            address,
+                        }),
+                    },
+                })
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn mail_and_rcpt_round_trip(command in prop_oneof![mail(), rcpt()]) {
+            let mut wire = Vec::new();
+            command.encode(&mut wire);
+            let line = &wire[..wire.len() - 2];
+            prop_assert_eq!(Command::parse(line), Ok(command));
+        }
+
+        #[test]
+        fn parse_never_panics(line in prop::collection::vec(any::<u8>(), 0..200)) {
+            let _ = Command::parse(&line);
+        }
+    }
+}
