@@ -108,7 +108,7 @@ impl DataDecoder {
                 State::Done => break,
                 State::Mid => {
                     let rest = input.get(i..).unwrap_or_default();
-                    match rest.iter().position(|&b| b == b'\r' || b == b'\n') {
+                    match memchr::memchr2(b'\r', b'\n', rest) {
                         None => {
                             self.line_bytes += rest.len();
                             i = input.len();
@@ -304,7 +304,7 @@ impl Iterator for BodyEncoder<'_> {
         let mut k = start;
         loop {
             let rest = body.get(k..).unwrap_or_default();
-            let Some(p) = rest.iter().position(|&b| b == b'\r' || b == b'\n') else {
+            let Some(p) = memchr::memchr2(b'\r', b'\n', rest) else {
                 if !rest.is_empty() {
                     self.line_start = false;
                 }

@@ -229,7 +229,7 @@ impl ReplyParser {
         let mut consumed = 0;
         while consumed < input.len() {
             let rest = input.get(consumed..).unwrap_or_default();
-            let (take, complete) = match rest.iter().position(|&b| b == b'\n') {
+            let (take, complete) = match memchr::memchr(b'\n', rest) {
                 Some(lf) => (lf + 1, true),
                 None => (rest.len(), false),
             };

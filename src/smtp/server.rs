@@ -586,7 +586,7 @@ impl ServerSession {
                 }
                 Phase::Command | Phase::AuthResponse(_) => {
                     let rest = input.get(pos..).unwrap_or_default();
-                    let Some(lf) = rest.iter().position(|&b| b == b'\n') else {
+                    let Some(lf) = memchr::memchr(b'\n', rest) else {
                         self.buffer_partial_line(rest);
                         return Ok(Received {
                             consumed: input.len(),
