@@ -200,6 +200,7 @@ impl ClientSession {
     /// Feeds bytes from the server; returns how many were used. Fewer than
     /// given only after StartTls (drop the rest: it arrived before TLS) or
     /// once the session is finished.
+    #[must_use = "bytes beyond the consumed count must be dropped"]
     pub fn receive(&mut self, input: &[u8]) -> usize {
         let mut pos = 0;
         while pos < input.len() {

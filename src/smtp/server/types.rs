@@ -123,6 +123,7 @@ pub enum ServerEvent<'a> {
 }
 
 /// The result of one `receive` call.
+#[must_use = "an event may need a decision and `consumed` says what to keep"]
 #[derive(Debug, PartialEq, Eq)]
 pub struct Received<'a> {
     /// Input bytes used. Call `receive` again with the rest (even when

@@ -4,6 +4,11 @@
 use super::*;
 use crate::smtp::reply::ReplyError;
 
+/// Feeds bytes that must be consumed completely.
+fn feed(client: &mut ClientSession, bytes: &[u8]) {
+    assert_eq!(client.receive(bytes), bytes.len());
+}
+
 /// Feeds scripted server bytes part by part, acting on events after each
 /// part; returns the events and what the client wrote.
 fn scripted(
@@ -83,7 +88,7 @@ fn service_closing_mid_transaction() {
 #[test]
 fn peer_close_mid_transaction_and_after_quit() {
     let mut client = ClientSession::new(ClientConfig::new("m"));
-    client.receive(b"220 hi\r\n250 ok\r\n");
+    feed(&mut client, b"220 hi\r\n250 ok\r\n");
     assert_eq!(client.next_event(), Some(ClientEvent::Ready));
     client
         .send_transaction(&envelope(&["a@b.example"]), b"x")
@@ -92,7 +97,7 @@ fn peer_close_mid_transaction_and_after_quit() {
         client.send_transaction(&envelope(&["a@b.example"]), b"x"),
         Err(TransactionError::NotReady)
     );
-    client.receive(b"250 ok\r\n");
+    feed(&mut client, b"250 ok\r\n");
     client.connection_closed();
     assert!(
         matches!(client.next_event(), Some(ClientEvent::TransactionDone(r)) if r.connection_failed && r.mail.is_some())
@@ -103,7 +108,7 @@ fn peer_close_mid_transaction_and_after_quit() {
     );
 
     let mut client = ClientSession::new(ClientConfig::new("m"));
-    client.receive(b"220 hi\r\n250 ok\r\n");
+    feed(&mut client, b"220 hi\r\n250 ok\r\n");
     client.next_event();
     client.quit();
     client.connection_closed();
@@ -140,7 +145,7 @@ fn unsolicited_reply_fails_and_starttls_drops_injected_bytes() {
 #[test]
 fn refuses_what_the_server_cannot_take() {
     let mut client = ClientSession::new(ClientConfig::new("m"));
-    client.receive(b"220 hi\r\n250-x\r\n250 SIZE 5\r\n");
+    feed(&mut client, b"220 hi\r\n250-x\r\n250 SIZE 5\r\n");
     assert_eq!(client.next_event(), Some(ClientEvent::Ready));
     assert_eq!(
         client.send_transaction(&envelope(&["a@b.example"]), b"123456"),
