@@ -518,6 +518,12 @@ impl ClientSession {
                     self.expect.push_back(Expect::EmptyBodyEnd);
                 }
             }
+            Expect::Data if reply.is_positive() => {
+                // Only 354 may answer DATA; a 2xx would claim a delivery
+                // whose body was never sent.
+                self.transaction = Some(t);
+                return self.fail(ClientFailure::UnexpectedReply(reply));
+            }
             Expect::Data | Expect::BodyEnd => {
                 t.result.data = Some(reply);
                 return self.finish_transaction(t);

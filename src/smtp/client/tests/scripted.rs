@@ -247,3 +247,20 @@ fn rset_refused_fails_the_connection() {
         matches!(events.last(), Some(ClientEvent::Failed(ClientFailure::Rset(r))) if r.code == 500)
     );
 }
+
+#[test]
+fn a_2xx_to_data_is_not_a_delivery() {
+    let greeting: &[u8] = b"220 hi\r\n250-x\r\n250 PIPELINING\r\n";
+    let replies: &[u8] = b"250 ok\r\n250 ok\r\n250 ok\r\n250 ok\r\n";
+    let (events, _) = scripted(ClientConfig::new("m"), &[greeting, replies], send_one);
+    let [
+        ClientEvent::Ready,
+        ClientEvent::TransactionDone(result),
+        ClientEvent::Failed(ClientFailure::UnexpectedReply(_)),
+    ] = &events[..]
+    else {
+        panic!("{events:?}")
+    };
+    assert!(!result.any_delivered());
+    assert!(result.connection_failed);
+}
