@@ -602,3 +602,47 @@ fn shutdown_by_caller() {
 }
 
 mod tls_auth;
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::smtp::reply::parse_replies;
+
+    const PIECES: &[&[u8]] = &[
+        b"EHLO c\r\n",
+        b"HELO c\n",
+        b"MAIL FROM:<a@b>\r\n",
+        b"MAIL FROM:<> SIZE=10\r\n",
+        b"RCPT TO:<c@d>\r\n",
+        b"RCPT TO:<Postmaster>\r\n",
+        b"DATA\r\nx\r\n..y\r\n.\r\n",
+        b"DATA\r\nbare\nlf\r\n.\r\n",
+        b"BDAT 3\r\nabc",
+        b"BDAT 2 LAST\r\n\r\n",
+        b"RSET\r\n",
+        b"NOOP\r\n",
+        b"VRFY x\r\n",
+        b"FOO\r\n",
+        b"AUTH PLAIN\r\n",
+        b"\r\n",
+    ];
+
+    proptest! {
+        #[test]
+        fn random_pipelines_split_anywhere_give_the_same_dialogue(
+            picks in prop::collection::vec(0..PIECES.len(), 1..16),
+            split in any::<prop::sample::Index>(),
+        ) {
+            let mut input: Vec<u8> = picks.iter().flat_map(|&i| PIECES[i].iter().copied()).collect();
+            input.extend_from_slice(b"QUIT\r\n");
+            let whole = run(&input);
+            let at = split.index(input.len() + 1);
+            let parts = drive(&mut session(), &[&input[..at], &input[at..]], &mut accept_all);
+            prop_assert_eq!(&parts, &whole);
+            let (replies, incomplete) = parse_replies(whole.0.as_bytes()).unwrap();
+            prop_assert!(!incomplete);
+            prop_assert!(replies.len() >= 2);
+        }
+    }
+}
