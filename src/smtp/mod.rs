@@ -29,10 +29,16 @@ pub mod server;
 
 pub use address::{AddressError, ForwardPath, Mailbox, ReversePath};
 pub use client::{
-    Capabilities, ClientConfig, ClientEvent, ClientFailure, ClientSession, Envelope,
-    EnvelopeRecipient, RecipientOutcome, StartTlsPolicy, TransactionResult,
+    Capabilities, ClientConfig, ClientCredentials, ClientEvent, ClientFailure, ClientSession,
+    Envelope, EnvelopeRecipient, RecipientOutcome, StartTlsPolicy, TransactionError,
+    TransactionResult,
 };
-pub use command::{Command, CommandError, MailFrom, MailParams, RcptParams, RcptTo};
+pub use command::{
+    AuthMechanism, BodyType, Command, CommandError, MailFrom, MailParams, Notify, Orcpt,
+    RcptParams, RcptTo, Ret,
+};
 pub use data::{BodyEncoder, BodyMode, DataDecoder, DataFault, Piece};
 pub use reply::{EnhancedStatus, Reply, ReplyError, ReplyParser};
-pub use server::{AuthRequest, Received, ServerConfig, ServerEvent, ServerSession, UsageError};
+pub use server::{
+    AuthRequest, Received, ServerConfig, ServerEvent, ServerSession, ShutdownReason, UsageError,
+};
