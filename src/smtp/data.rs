@@ -1,0 +1,335 @@
+//! DATA framing in both directions.
+//!
+//! [`DataDecoder`] (server side) removes dot-stuffing and finds the end of
+//! the message, which is only ever `CRLF.CRLF` (or `.CRLF` as the very first
+//! line). Bare CR or bare LF anywhere makes the message faulty
+//! ([`DataFault::BareLineEnding`], answered `554 5.6.0`) while the decoder
+//! keeps consuming to the real end so the session stays in sync: this is
+//! what makes SMTP smuggling (`LF.LF`, `CR.CR`, `LF.CRLF` ...) impossible.
+//! Chunks borrow the caller's input; nothing is copied.
+//!
+//! [`BodyEncoder`] (client side) turns a stored body into the wire form
+//! without copying it: a sequence of [`Piece`]s that are either ranges of the
+//! body or small static inserts (`.` for stuffing, CRLF for a bare line end,
+//! the final `.CRLF`), ready for a vectored write.
+
+use std::ops::Range;
+
+use super::limits::SMTP_DATA_LINE_BYTES_MAX;
+
+/// Why a message being received is refused. It is still consumed to its end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataFault {
+    /// A CR not followed by LF, or an LF not preceded by CR.
+    BareLineEnding,
+    /// A line longer than `SMTP_DATA_LINE_BYTES_MAX`.
+    LineTooLong,
+    /// More body bytes than the allowed maximum.
+    TooBig,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// After CRLF (or at the start of the data): a dot here is special.
+    LineStart,
+    /// Inside a line.
+    Mid,
+    /// After a CR that was emitted as content.
+    Cr,
+    /// After a line-start dot that was consumed but not emitted.
+    Dot,
+    /// After a line-start `.CR`, neither emitted.
+    DotCr,
+    /// The end marker was seen.
+    Done,
+}
+
+/// One step of [`DataDecoder::decode`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct Decoded<'a> {
+    /// Input bytes used by this step.
+    pub consumed: usize,
+    /// Unstuffed message bytes (a sub-slice of the input; may be empty).
+    pub chunk: &'a [u8],
+    /// True when the end-of-data marker was consumed.
+    pub end: bool,
+}
+
+/// Server-side DATA decoder: dot-unstuffing, end detection, limits.
+#[derive(Debug)]
+pub struct DataDecoder {
+    state: State,
+    line_bytes: usize,
+    body_bytes: u64,
+    max_body_bytes: u64,
+    fault: Option<DataFault>,
+}
+
+impl DataDecoder {
+    /// A decoder for one message of at most `max_body_bytes` unstuffed bytes.
+    pub fn new(max_body_bytes: u64) -> Self {
+        Self {
+            state: State::LineStart,
+            line_bytes: 0,
+            body_bytes: 0,
+            max_body_bytes,
+            fault: None,
+        }
+    }
+
+    /// The first fault seen, if any. A faulty message must be refused; its
+    /// chunks should be dropped.
+    pub fn fault(&self) -> Option<DataFault> {
+        self.fault
+    }
+
+    /// Unstuffed body bytes so far.
+    pub fn body_bytes(&self) -> u64 {
+        self.body_bytes
+    }
+
+    /// True once the end marker was consumed.
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    fn set_fault(&mut self, fault: DataFault) {
+        self.fault.get_or_insert(fault);
+    }
+
+    /// Decodes from `input` until the end of the input, a removed dot, or
+    /// the end marker. Call again with the unconsumed rest until it has all
+    /// been consumed or `end` is set; never reads past the end marker.
+    pub fn decode<'a>(&mut self, input: &'a [u8]) -> Decoded<'a> {
+        let mut i = 0;
+        let mut start = 0;
+        while let Some(&byte) = input.get(i) {
+            match self.state {
+                State::Done => break,
+                State::Mid => {
+                    let rest = input.get(i..).unwrap_or_default();
+                    match memchr::memchr2(b'\r', b'\n', rest) {
+                        None => {
+                            self.line_bytes += rest.len();
+                            i = input.len();
+                        }
+                        Some(p) => {
+                            self.line_bytes += p + 1;
+                            i += p;
+                            if input.get(i) == Some(&b'\r') {
+                                self.state = State::Cr;
+                            } else {
+                                self.set_fault(DataFault::BareLineEnding);
+                            }
+                            i += 1;
+                        }
+                    }
+                    if self.line_bytes > SMTP_DATA_LINE_BYTES_MAX {
+                        self.set_fault(DataFault::LineTooLong);
+                    }
+                }
+                State::LineStart => {
+                    if byte == b'.' {
+                        self.state = State::Dot;
+                        return self.emit(input, start, i, i + 1, false);
+                    }
+                    self.state = State::Mid;
+                }
+                State::Cr => {
+                    if byte == b'\n' {
+                        self.state = State::LineStart;
+                        self.line_bytes = 0;
+                        i += 1;
+                    } else {
+                        self.set_fault(DataFault::BareLineEnding);
+                        self.state = State::Mid;
+                    }
+                }
+                State::Dot => match byte {
+                    b'\r' => {
+                        self.state = State::DotCr;
+                        i += 1;
+                        start = i;
+                    }
+                    _ => self.state = State::Mid,
+                },
+                State::DotCr => {
+                    if byte == b'\n' {
+                        self.state = State::Done;
+                        return self.emit(input, start, i, i + 1, true);
+                    }
+                    self.set_fault(DataFault::BareLineEnding);
+                    self.state = State::Mid;
+                }
+            }
+        }
+        self.emit(input, start, i, i, self.state == State::Done)
+    }
+
+    fn emit<'a>(
+        &mut self,
+        input: &'a [u8],
+        start: usize,
+        end: usize,
+        consumed: usize,
+        done: bool,
+    ) -> Decoded<'a> {
+        let chunk = input.get(start..end).unwrap_or_default();
+        self.body_bytes = self.body_bytes.saturating_add(chunk.len() as u64);
+        if self.body_bytes > self.max_body_bytes {
+            self.set_fault(DataFault::TooBig);
+        }
+        Decoded {
+            consumed,
+            chunk,
+            end: done,
+        }
+    }
+}
+
+/// How a body goes on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyMode {
+    /// After DATA: dot-stuffed, line ends normalised, `.CRLF` appended.
+    Data,
+    /// After BDAT: line ends normalised, nothing stuffed or appended except
+    /// a final CRLF when the body lacks one.
+    Bdat,
+}
+
+/// A piece of an encoded body: a range of the caller's body or a static
+/// insert.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Piece {
+    /// These bytes of the body, unchanged.
+    Body(Range<usize>),
+    /// An insert: `.`, `\r\n` or `\r\n.\r\n` / `.\r\n`.
+    Static(&'static [u8]),
+}
+
+impl Piece {
+    /// The bytes of this piece, borrowed from `body` or static.
+    pub fn bytes<'a>(&self, body: &'a [u8]) -> &'a [u8] {
+        match self {
+            Self::Body(range) => body.get(range.clone()).unwrap_or_default(),
+            Self::Static(bytes) => bytes,
+        }
+    }
+}
+
+/// Client-side body encoder: an iterator of [`Piece`]s. Bare CR and bare LF
+/// in the stored body become CRLF; a line-start dot gets another dot (DATA).
+#[derive(Debug, Clone)]
+pub struct BodyEncoder<'a> {
+    body: &'a [u8],
+    pos: usize,
+    mode: BodyMode,
+    line_start: bool,
+    finished: bool,
+}
+
+impl<'a> BodyEncoder<'a> {
+    /// Encodes `body` for `mode`.
+    pub fn new(body: &'a [u8], mode: BodyMode) -> Self {
+        Self {
+            body,
+            pos: 0,
+            mode,
+            line_start: true,
+            finished: false,
+        }
+    }
+
+    /// The same sequence as byte slices (for `write_vectored`).
+    pub fn slices(self) -> impl Iterator<Item = &'a [u8]> {
+        let body = self.body;
+        self.map(move |piece| piece.bytes(body))
+    }
+
+    /// Total encoded length (what BDAT must announce). Scans, never copies.
+    pub fn encoded_len(body: &[u8], mode: BodyMode) -> u64 {
+        BodyEncoder::new(body, mode)
+            .map(|piece| match piece {
+                Piece::Body(range) => range.len() as u64,
+                Piece::Static(bytes) => bytes.len() as u64,
+            })
+            .sum()
+    }
+
+    /// Copies the encoding into one buffer (tests and small messages).
+    pub fn to_vec(body: &[u8], mode: BodyMode) -> Vec<u8> {
+        let mut out = Vec::with_capacity(body.len() + 8);
+        for slice in BodyEncoder::new(body, mode).slices() {
+            out.extend_from_slice(slice);
+        }
+        out
+    }
+}
+
+/// True when the body has bytes above 127 (needs BODY=8BITMIME).
+pub fn is_8bit(body: &[u8]) -> bool {
+    !body.is_ascii()
+}
+
+impl Iterator for BodyEncoder<'_> {
+    type Item = Piece;
+
+    fn next(&mut self) -> Option<Piece> {
+        let body = self.body;
+        let Some(&first) = body.get(self.pos) else {
+            if self.finished {
+                return None;
+            }
+            self.finished = true;
+            return match (self.mode, self.line_start) {
+                (BodyMode::Data, true) => Some(Piece::Static(b".\r\n")),
+                (BodyMode::Data, false) => Some(Piece::Static(b"\r\n.\r\n")),
+                (BodyMode::Bdat, true) => None,
+                (BodyMode::Bdat, false) => Some(Piece::Static(b"\r\n")),
+            };
+        };
+        if self.line_start && first == b'.' && self.mode == BodyMode::Data {
+            self.line_start = false;
+            return Some(Piece::Static(b"."));
+        }
+        if first == b'\r' && body.get(self.pos + 1) != Some(&b'\n') || first == b'\n' {
+            // a bare line ending becomes CRLF
+            self.pos += 1;
+            self.line_start = true;
+            return Some(Piece::Static(b"\r\n"));
+        }
+        // A run of unchanged bytes: up to a bare line ending, a line-start
+        // dot (DATA), or the end.
+        let start = self.pos;
+        let mut k = start;
+        loop {
+            let rest = body.get(k..).unwrap_or_default();
+            let Some(p) = memchr::memchr2(b'\r', b'\n', rest) else {
+                if !rest.is_empty() {
+                    self.line_start = false;
+                }
+                k = body.len();
+                break;
+            };
+            let at = k + p;
+            let proper = body.get(at) == Some(&b'\r') && body.get(at + 1) == Some(&b'\n');
+            if !proper {
+                k = at;
+                self.line_start = false;
+                break;
+            }
+            k = at + 2;
+            self.line_start = true;
+            if self.mode == BodyMode::Data && body.get(k) == Some(&b'.') {
+                break;
+            }
+        }
+        // `k > start` always: `first` is neither a bare line ending nor a
+        // line-start dot, so the run holds at least one byte.
+        self.pos = k;
+        Some(Piece::Body(start..k))
+    }
+}
+
+#[cfg(test)]
+mod tests;
