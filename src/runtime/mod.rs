@@ -8,6 +8,7 @@
 
 pub mod mesh;
 pub mod signals;
+pub mod stream;
 
 use std::collections::HashSet;
 use std::future::Future;
