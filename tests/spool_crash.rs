@@ -103,7 +103,7 @@ fn sigkill_at_random_moments_loses_nothing_committed() {
     let started = Instant::now();
     let mut rounds = 0;
     let mut torn_tails = 0;
-    while rounds < 40 && started.elapsed() < Duration::from_secs(6) {
+    while rounds < 40 && started.elapsed() < Duration::from_secs(4) {
         rounds += 1;
         let mut child = Command::new(&exe)
             .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
@@ -150,7 +150,10 @@ fn sigkill_at_random_moments_loses_nothing_committed() {
             assert!(!finished.contains(&m.message.id()), "finished message {} came back", m.message.id());
         }
         for (id, (key, len)) in &committed {
-            if finished.contains(id) {
+            // Every third message of a writer gets a final state; the kill may
+            // land between that commit and its report, so those may be gone.
+            let may_be_finished = (key & 0xff_ffff) % 3 == 0;
+            if finished.contains(id) || (may_be_finished && !live.contains_key(id)) {
                 continue;
             }
             let m = live.get(id).unwrap_or_else(|| panic!("round {rounds}: committed message {id} lost"));
