@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
-#[command(name = "spate", version, about = "A durable, thread-per-core mail transfer agent")]
+#[command(
+    name = "spate",
+    version,
+    about = "A durable, thread-per-core mail transfer agent"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

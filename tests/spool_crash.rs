@@ -11,7 +11,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use spate::spool::{MessageId, NewMessage, NewRecipient, RecipientState, Ret, Spool, SpoolOptions, recover};
+use spate::spool::{
+    MessageId, NewMessage, NewRecipient, RecipientState, Ret, Spool, SpoolOptions, recover,
+};
 
 const CHILD_ENV: &str = "SPATE_SPOOL_CRASH_CHILD";
 
@@ -45,7 +47,9 @@ fn parse_key(content: &[u8]) -> Option<(u64, usize)> {
 /// The child: runs only when re-executed by the parent.
 #[test]
 fn crash_child() {
-    let Some(dir) = std::env::var_os(CHILD_ENV) else { return };
+    let Some(dir) = std::env::var_os(CHILD_ENV) else {
+        return;
+    };
     let opts = options(std::path::Path::new(&dir));
     let rec = recover(&opts, 1).expect("child recovery");
     let rt = compio::runtime::Runtime::new().unwrap();
@@ -62,7 +66,11 @@ fn crash_child() {
                     let key = (std::process::id() as u64) << 32 | w << 24 | n;
                     let len = 50 + (key.wrapping_mul(2654435761) % 6000) as usize;
                     let content = content_for(key, len);
-                    let r = [NewRecipient { forward_path: "rcpt@example.com", orcpt: "", notify: 0 }];
+                    let r = [NewRecipient {
+                        forward_path: "rcpt@example.com",
+                        orcpt: "",
+                        notify: 0,
+                    }];
                     let msg = NewMessage {
                         received_unix_ms: 0,
                         reverse_path: "s@example.com",
@@ -74,9 +82,16 @@ fn crash_child() {
                         job_id: "",
                         content: &content,
                     };
-                    let Ok(m) = spool.append_message(&msg).await else { continue };
+                    let Ok(m) = spool.append_message(&msg).await else {
+                        continue;
+                    };
                     println!("C {} {key} {len}", m.id());
-                    if n % 3 == 0 && spool.record_states(&m, &[(0, RecipientState::Delivered)], "250").await.is_ok() {
+                    if n % 3 == 0
+                        && spool
+                            .record_states(&m, &[(0, RecipientState::Delivered)], "250")
+                            .await
+                            .is_ok()
+                    {
                         println!("F {}", m.id());
                     }
                     if w == 0 && n % 40 == 0 {
@@ -130,7 +145,10 @@ fn sigkill_at_random_moments_loses_nothing_committed() {
             let parts: Vec<&str> = line.split(' ').collect();
             match parts.as_slice() {
                 ["C", id, key, len] => {
-                    committed.insert(id.parse().unwrap(), (key.parse().unwrap(), len.parse().unwrap()));
+                    committed.insert(
+                        id.parse().unwrap(),
+                        (key.parse().unwrap(), len.parse().unwrap()),
+                    );
                 }
                 ["F", id] => {
                     finished.insert(id.parse().unwrap());
@@ -140,14 +158,28 @@ fn sigkill_at_random_moments_loses_nothing_committed() {
         }
         // Recover as the next server start would, and check.
         let rec = recover(&opts, 1).unwrap();
-        assert!(rec.report.corrupt.is_empty(), "round {rounds}: corruption after kill: {:?}", rec.report.corrupt);
+        assert!(
+            rec.report.corrupt.is_empty(),
+            "round {rounds}: corruption after kill: {:?}",
+            rec.report.corrupt
+        );
         torn_tails += rec.report.torn_tails.len();
         let live: HashMap<MessageId, &spate::spool::RecoveredMessage> =
             rec.messages.iter().map(|m| (m.message.id(), m)).collect();
         for m in &rec.messages {
-            let (key, len) = parse_key(m.message.content()).expect("recovered content is one we wrote");
-            assert_eq!(m.message.content(), content_for(key, len).as_slice(), "content of {} corrupt", m.message.id());
-            assert!(!finished.contains(&m.message.id()), "finished message {} came back", m.message.id());
+            let (key, len) =
+                parse_key(m.message.content()).expect("recovered content is one we wrote");
+            assert_eq!(
+                m.message.content(),
+                content_for(key, len).as_slice(),
+                "content of {} corrupt",
+                m.message.id()
+            );
+            assert!(
+                !finished.contains(&m.message.id()),
+                "finished message {} came back",
+                m.message.id()
+            );
         }
         for (id, (key, len)) in &committed {
             // Every third message of a writer gets a final state; the kill may
@@ -156,7 +188,9 @@ fn sigkill_at_random_moments_loses_nothing_committed() {
             if finished.contains(id) || (may_be_finished && !live.contains_key(id)) {
                 continue;
             }
-            let m = live.get(id).unwrap_or_else(|| panic!("round {rounds}: committed message {id} lost"));
+            let m = live
+                .get(id)
+                .unwrap_or_else(|| panic!("round {rounds}: committed message {id} lost"));
             assert_eq!(m.message.content(), content_for(*key, *len).as_slice());
         }
     }
@@ -165,5 +199,8 @@ fn sigkill_at_random_moments_loses_nothing_committed() {
         committed.len(),
         finished.len()
     );
-    assert!(rounds >= 5 && committed.len() > 50, "test did too little to mean anything");
+    assert!(
+        rounds >= 5 && committed.len() > 50,
+        "test did too little to mean anything"
+    );
 }

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use spate::spool::{MessageId, NewMessage, NewRecipient, Ret, Spool, SpoolError, SpoolOptions, recover};
+use spate::spool::{
+    MessageId, NewMessage, NewRecipient, Ret, Spool, SpoolError, SpoolOptions, recover,
+};
 
 struct Mount(PathBuf);
 
@@ -25,7 +27,10 @@ fn mount_tmpfs(dir: &Path) -> Result<Mount, String> {
         .output()
         .map_err(|e| format!("cannot run mount: {e}"))?;
     if !out.status.success() {
-        return Err(format!("mount failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        return Err(format!(
+            "mount failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
     }
     Ok(Mount(dir.to_path_buf()))
 }
@@ -58,7 +63,11 @@ fn disk_full_gives_452_loses_nothing_and_recovers() {
         let rt = compio::runtime::Runtime::new().unwrap();
         rt.block_on(async {
             let s = Spool::open(rec.shared.clone(), 0).unwrap();
-            let r = [NewRecipient { forward_path: "a@example.com", orcpt: "", notify: 0 }];
+            let r = [NewRecipient {
+                forward_path: "a@example.com",
+                orcpt: "",
+                notify: 0,
+            }];
             let mut acked = Vec::new();
             let mut full = None;
             for i in 0..400 {
@@ -85,8 +94,15 @@ fn disk_full_gives_452_loses_nothing_and_recovers() {
             let (err, at) = full.expect("the 4 MiB filesystem never filled up");
             assert_eq!(err, SpoolError::DiskFull, "distinct error for ENOSPC");
             assert_eq!(err.smtp_reply(), (452, "4.3.1 insufficient system storage"));
-            assert!(acked.len() > 50, "only {} messages before disk full", acked.len());
-            eprintln!("disk full after {} acknowledged messages (attempt {at})", acked.len());
+            assert!(
+                acked.len() > 50,
+                "only {} messages before disk full",
+                acked.len()
+            );
+            eprintln!(
+                "disk full after {} acknowledged messages (attempt {at})",
+                acked.len()
+            );
 
             // While the disk stays full, appends keep failing fast and cleanly.
             let c = content(1000);
@@ -101,12 +117,18 @@ fn disk_full_gives_452_loses_nothing_and_recovers() {
                 job_id: "",
                 content: &c,
             };
-            assert_eq!(s.append_message(&msg).await.unwrap_err(), SpoolError::DiskFull);
+            assert_eq!(
+                s.append_message(&msg).await.unwrap_err(),
+                SpoolError::DiskFull
+            );
 
             // Free space; after the retry delay the spool creates a segment again.
             std::fs::remove_file(&ballast).unwrap();
             compio::time::sleep(Duration::from_millis(150)).await;
-            let m = s.append_message(&msg).await.expect("service resumes once space returns");
+            let m = s
+                .append_message(&msg)
+                .await
+                .expect("service resumes once space returns");
             acked.push((m.id(), 1000));
             s.close().await;
             acked
@@ -117,7 +139,9 @@ fn disk_full_gives_452_loses_nothing_and_recovers() {
     let by_id: std::collections::HashMap<MessageId, &spate::spool::RecoveredMessage> =
         rec.messages.iter().map(|m| (m.message.id(), m)).collect();
     for (id, i) in &acked {
-        let m = by_id.get(id).unwrap_or_else(|| panic!("acknowledged message {id} lost"));
+        let m = by_id
+            .get(id)
+            .unwrap_or_else(|| panic!("acknowledged message {id} lost"));
         assert_eq!(m.message.content(), content(*i).as_slice());
     }
     drop(rec);

@@ -3,16 +3,24 @@
 //! and a replay of the fuzz corpus.
 
 use spate::spool::record::{
-    self, NewMessage, NewRecipient, RECORD_HEADER_BYTES, RecipientState, RecordError, Ret, SEGMENT_HEADER_BYTES,
-    SegmentHeader, StateRecord,
+    self, NewMessage, NewRecipient, RECORD_HEADER_BYTES, RecipientState, RecordError, Ret,
+    SEGMENT_HEADER_BYTES, SegmentHeader, StateRecord,
 };
 use spate::spool::scan::scan_records;
 use spate::spool::{MessageId, SegmentId};
 
 fn sample_message(content: &[u8]) -> Vec<u8> {
     let rcpts = [
-        NewRecipient { forward_path: "a@example.com", orcpt: "rfc822;a@example.com", notify: record::NOTIFY_FAILURE },
-        NewRecipient { forward_path: "b@exämple.org", orcpt: "", notify: 0 },
+        NewRecipient {
+            forward_path: "a@example.com",
+            orcpt: "rfc822;a@example.com",
+            notify: record::NOTIFY_FAILURE,
+        },
+        NewRecipient {
+            forward_path: "b@exämple.org",
+            orcpt: "",
+            notify: 0,
+        },
     ];
     let msg = NewMessage {
         received_unix_ms: 1_700_000_000_123,
@@ -34,9 +42,15 @@ fn sample_state() -> Vec<u8> {
     let mut out = Vec::new();
     let rec = StateRecord {
         message: MessageId(77),
-        home: SegmentId { shard: 1, number: 9 },
+        home: SegmentId {
+            shard: 1,
+            number: 9,
+        },
         recipient: 1,
-        state: RecipientState::Deferred { attempts: 3, next_attempt_unix_s: 1_700_000_600 },
+        state: RecipientState::Deferred {
+            attempts: 3,
+            next_attempt_unix_s: 1_700_000_600,
+        },
         reply: "451 4.7.1 try later",
     };
     record::encode_state(&mut out, 78, &rec).unwrap();
@@ -57,7 +71,10 @@ fn message_round_trip() {
     assert_eq!(m.received_unix_ms, 1_700_000_000_123);
     assert_eq!(m.reverse_path, "bounce@sender.example");
     assert_eq!(m.ret, Ret::Hdrs);
-    assert_eq!((m.envid, m.vmta_or_pool, m.vmta, m.job_id), ("env-1", "pool1", "ip1", "job42"));
+    assert_eq!(
+        (m.envid, m.vmta_or_pool, m.vmta, m.job_id),
+        ("env-1", "pool1", "ip1", "job42")
+    );
     assert_eq!(m.content, content);
     let r: Vec<_> = m.recipients().collect();
     assert_eq!(r.len(), 2);
@@ -72,7 +89,11 @@ fn message_round_trip() {
 
 #[test]
 fn message_with_states_round_trip() {
-    let rcpts = [NewRecipient { forward_path: "x@y.z", orcpt: "", notify: 0 }; 2];
+    let rcpts = [NewRecipient {
+        forward_path: "x@y.z",
+        orcpt: "",
+        notify: 0,
+    }; 2];
     let msg = NewMessage {
         received_unix_ms: 1,
         reverse_path: "",
@@ -84,7 +105,16 @@ fn message_with_states_round_trip() {
         job_id: "",
         content: b"",
     };
-    let states = [(RecipientState::Delivered, 5), (RecipientState::Deferred { attempts: 9, next_attempt_unix_s: 99 }, 6)];
+    let states = [
+        (RecipientState::Delivered, 5),
+        (
+            RecipientState::Deferred {
+                attempts: 9,
+                next_attempt_unix_s: 99,
+            },
+            6,
+        ),
+    ];
     let mut out = Vec::new();
     record::encode_message(&mut out, 10, MessageId(3), &msg, Some(&states)).unwrap();
     let raw = record::decode_raw(&out).unwrap();
@@ -99,13 +129,19 @@ fn state_round_trip_every_state() {
         RecipientState::Queued,
         RecipientState::Delivered,
         RecipientState::Bounced { category: 7 },
-        RecipientState::Deferred { attempts: u32::MAX, next_attempt_unix_s: u64::MAX },
+        RecipientState::Deferred {
+            attempts: u32::MAX,
+            next_attempt_unix_s: u64::MAX,
+        },
         RecipientState::Expired,
         RecipientState::AdminDeleted,
     ] {
         let rec = StateRecord {
             message: MessageId(u64::MAX),
-            home: SegmentId { shard: u16::MAX, number: u32::MAX },
+            home: SegmentId {
+                shard: u16::MAX,
+                number: u32::MAX,
+            },
             recipient: 12,
             state,
             reply: "550 5.1.1 no such user",
@@ -121,7 +157,11 @@ fn state_round_trip_every_state() {
 #[test]
 fn encode_rejects_out_of_bounds_fields() {
     let long = "x".repeat(70_000);
-    let rcpts = [NewRecipient { forward_path: &long, orcpt: "", notify: 0 }];
+    let rcpts = [NewRecipient {
+        forward_path: &long,
+        orcpt: "",
+        notify: 0,
+    }];
     let msg = NewMessage {
         received_unix_ms: 1,
         reverse_path: "",
@@ -135,8 +175,15 @@ fn encode_rejects_out_of_bounds_fields() {
     };
     let mut out = vec![1, 2, 3];
     assert!(record::encode_message(&mut out, 1, MessageId(1), &msg, None).is_err());
-    assert_eq!(out, vec![1, 2, 3], "a failed encode leaves the buffer as it was");
-    let none = NewMessage { recipients: &[], ..msg };
+    assert_eq!(
+        out,
+        vec![1, 2, 3],
+        "a failed encode leaves the buffer as it was"
+    );
+    let none = NewMessage {
+        recipients: &[],
+        ..msg
+    };
     assert!(record::encode_message(&mut out, 1, MessageId(1), &none, None).is_err());
 }
 
@@ -147,7 +194,8 @@ fn every_truncation_is_detected() {
             let short = &bytes[..cut];
             // A cut inside the padding still holds the full payload: that one
             // decodes (the padding carries no data); any shorter cut must fail.
-            let payload_end = RECORD_HEADER_BYTES + u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
+            let payload_end =
+                RECORD_HEADER_BYTES + u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
             match record::decode_raw(short) {
                 Ok(_) => assert!(cut >= payload_end, "cut at {cut} decoded"),
                 Err(RecordError::Truncated { .. }) => {}
@@ -164,7 +212,10 @@ fn every_single_byte_corruption_is_detected() {
             for flip in [0x01u8, 0x80, 0xff] {
                 let mut bad = bytes.clone();
                 bad[i] ^= flip;
-                assert!(record::decode_raw(&bad).is_err(), "flip {flip:#x} at byte {i} not detected");
+                assert!(
+                    record::decode_raw(&bad).is_err(),
+                    "flip {flip:#x} at byte {i} not detected"
+                );
             }
         }
     }
@@ -172,7 +223,12 @@ fn every_single_byte_corruption_is_detected() {
 
 #[test]
 fn segment_header_round_trip_and_corruption() {
-    let h = SegmentHeader { id: SegmentId { shard: 3, number: 12 } };
+    let h = SegmentHeader {
+        id: SegmentId {
+            shard: 3,
+            number: 12,
+        },
+    };
     let bytes = h.encode();
     assert_eq!(SegmentHeader::decode(&bytes).unwrap(), h);
     for i in 0..bytes.len() {
@@ -185,7 +241,14 @@ fn segment_header_round_trip_and_corruption() {
 
 /// A segment image: header, `n` records, then `zeros` bytes of preallocation.
 fn segment_image(n: usize, zeros: usize) -> (Vec<u8>, Vec<usize>) {
-    let mut seg = SegmentHeader { id: SegmentId { shard: 0, number: 1 } }.encode().to_vec();
+    let mut seg = SegmentHeader {
+        id: SegmentId {
+            shard: 0,
+            number: 1,
+        },
+    }
+    .encode()
+    .to_vec();
     let mut offsets = Vec::new();
     for i in 0..n {
         offsets.push(seg.len());
@@ -233,14 +296,31 @@ fn torn_tail_at_every_cut_point() {
             .collect();
         // Records entirely before the cut survive (a cut only inside a final
         // record's zero padding may keep that record too).
-        assert!(seen.starts_with(&complete), "cut {cut}: saw {seen:?}, expected at least {complete:?}");
-        assert!(rep.corrupt.is_empty(), "cut {cut}: tail reported as corruption: {:?}", rep.corrupt);
+        assert!(
+            seen.starts_with(&complete),
+            "cut {cut}: saw {seen:?}, expected at least {complete:?}"
+        );
+        assert!(
+            rep.corrupt.is_empty(),
+            "cut {cut}: tail reported as corruption: {:?}",
+            rep.corrupt
+        );
         // The record the cut falls in is torn unless every byte the cut
         // removed from it was zero padding.
-        let b = offsets.iter().copied().filter(|&o| o <= cut).max().unwrap_or(end);
+        let b = offsets
+            .iter()
+            .copied()
+            .filter(|&o| o <= cut)
+            .max()
+            .unwrap_or(end);
         let next = offsets.iter().copied().find(|&o| o > cut).unwrap_or(end);
         let torn = cut > b && full[cut..next].iter().any(|&x| x != 0);
-        assert_eq!(rep.torn_tail.is_some(), torn, "cut {cut}: torn tail report {:?}", rep.torn_tail);
+        assert_eq!(
+            rep.torn_tail.is_some(),
+            torn,
+            "cut {cut}: torn tail report {:?}",
+            rep.torn_tail
+        );
     }
 }
 
@@ -277,15 +357,22 @@ fn scan_never_panics_on_any_single_byte_corruption_of_a_segment() {
         let rep = scan_records(&bad, |_, _| n += 1);
         // Corruption in a record loses at most that record.
         if i >= SEGMENT_HEADER_BYTES && i < seg.len() - 64 {
-            assert!(n >= offsets.len() - 1, "byte {i}: only {n} records survived");
-            assert!(!rep.corrupt.is_empty() || rep.torn_tail.is_some(), "byte {i}: corruption unreported");
+            assert!(
+                n >= offsets.len() - 1,
+                "byte {i}: only {n} records survived"
+            );
+            assert!(
+                !rep.corrupt.is_empty() || rep.torn_tail.is_some(),
+                "byte {i}: corruption unreported"
+            );
         }
     }
 }
 
 #[test]
 fn fuzz_corpus_replays_without_panic() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/fuzz/corpus/spool_record");
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/fuzz/corpus/spool_record");
     let mut files = 0;
     if let Ok(entries) = std::fs::read_dir(&dir) {
         for e in entries.flatten() {
@@ -308,7 +395,8 @@ fn write_corpus_seeds() {
     if std::env::var_os("SPOOL_WRITE_CORPUS").is_none() {
         return;
     }
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/fuzz/corpus/spool_record");
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/fuzz/corpus/spool_record");
     std::fs::create_dir_all(&dir).unwrap();
     let (seg, _) = segment_image(4, 64);
     let (mut bad, offsets) = segment_image(3, 0);
@@ -318,7 +406,17 @@ fn write_corpus_seeds() {
         ("state", sample_state()),
         ("segment", seg),
         ("segment-corrupt", bad),
-        ("header", SegmentHeader { id: SegmentId { shard: 2, number: 5 } }.encode().to_vec()),
+        (
+            "header",
+            SegmentHeader {
+                id: SegmentId {
+                    shard: 2,
+                    number: 5,
+                },
+            }
+            .encode()
+            .to_vec(),
+        ),
     ] {
         std::fs::write(dir.join(name), bytes).unwrap();
     }

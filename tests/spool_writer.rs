@@ -7,7 +7,8 @@ use std::path::Path;
 
 use spate::spool::record::RECORD_HEADER_BYTES;
 use spate::spool::{
-    MessageId, MessageRef, NewMessage, NewRecipient, RecipientState, Ret, Spool, SpoolOptions, SyncMode, recover,
+    MessageId, MessageRef, NewMessage, NewRecipient, RecipientState, Ret, Spool, SpoolOptions,
+    SyncMode, recover,
 };
 
 fn rt() -> compio::runtime::Runtime {
@@ -30,9 +31,17 @@ fn content_for(i: usize, size: usize) -> Vec<u8> {
 }
 
 async fn append(spool: &Spool, i: usize, size: usize, rcpts: usize) -> MessageRef {
-    let addrs: Vec<String> = (0..rcpts).map(|r| format!("user{r}@dest{}.example", i % 3)).collect();
-    let recipients: Vec<NewRecipient<'_>> =
-        addrs.iter().map(|a| NewRecipient { forward_path: a, orcpt: "", notify: 0 }).collect();
+    let addrs: Vec<String> = (0..rcpts)
+        .map(|r| format!("user{r}@dest{}.example", i % 3))
+        .collect();
+    let recipients: Vec<NewRecipient<'_>> = addrs
+        .iter()
+        .map(|a| NewRecipient {
+            forward_path: a,
+            orcpt: "",
+            notify: 0,
+        })
+        .collect();
     let content = content_for(i, size);
     let msg = NewMessage {
         received_unix_ms: 1_700_000_000_000 + i as u64,
@@ -75,8 +84,15 @@ fn append_then_recover_everything_concurrently() {
         })
     };
     let rec = recover(&opts, 1).unwrap();
-    assert!(rec.report.segments > 1, "small segments should have rotated");
-    assert!(rec.report.corrupt.is_empty() && rec.report.torn_tails.is_empty(), "{:?}", rec.report);
+    assert!(
+        rec.report.segments > 1,
+        "small segments should have rotated"
+    );
+    assert!(
+        rec.report.corrupt.is_empty() && rec.report.torn_tails.is_empty(),
+        "{:?}",
+        rec.report
+    );
     let by_id: HashMap<MessageId, &spate::spool::RecoveredMessage> =
         rec.messages.iter().map(|m| (m.message.id(), m)).collect();
     assert_eq!(by_id.len(), 200);
@@ -103,10 +119,18 @@ fn states_survive_restart_and_last_state_wins_across_shards() {
             let a = append(&s0, 1, 500, 3).await;
             let b = append(&s0, 2, 500, 1).await;
             let c = append(&s1, 3, 500, 1).await;
-            s1.record_states(&a, &[(0, RecipientState::Delivered)], "250 ok").await.unwrap();
+            s1.record_states(&a, &[(0, RecipientState::Delivered)], "250 ok")
+                .await
+                .unwrap();
             s1.record_states(
                 &a,
-                &[(1, RecipientState::Deferred { attempts: 1, next_attempt_unix_s: 100 })],
+                &[(
+                    1,
+                    RecipientState::Deferred {
+                        attempts: 1,
+                        next_attempt_unix_s: 100,
+                    },
+                )],
                 "451 later",
             )
             .await
@@ -114,12 +138,24 @@ fn states_survive_restart_and_last_state_wins_across_shards() {
             // A later state from the other shard overrides the earlier one.
             s0.record_states(
                 &a,
-                &[(1, RecipientState::Deferred { attempts: 2, next_attempt_unix_s: 200 })],
+                &[(
+                    1,
+                    RecipientState::Deferred {
+                        attempts: 2,
+                        next_attempt_unix_s: 200,
+                    },
+                )],
                 "451 later",
             )
             .await
             .unwrap();
-            s0.record_states(&b, &[(0, RecipientState::Bounced { category: 3 })], "550 no").await.unwrap();
+            s0.record_states(
+                &b,
+                &[(0, RecipientState::Bounced { category: 3 })],
+                "550 no",
+            )
+            .await
+            .unwrap();
             assert_eq!(a.live_recipients(), 2);
             assert_eq!(b.live_recipients(), 0);
             s0.close().await;
@@ -131,10 +167,22 @@ fn states_survive_restart_and_last_state_wins_across_shards() {
     let by_id: HashMap<MessageId, &spate::spool::RecoveredMessage> =
         rec.messages.iter().map(|m| (m.message.id(), m)).collect();
     assert!(!by_id.contains_key(&b), "bounced message must not be live");
-    assert_eq!(by_id[&c].recipients.as_ref(), &[(0, RecipientState::Queued)]);
+    assert_eq!(
+        by_id[&c].recipients.as_ref(),
+        &[(0, RecipientState::Queued)]
+    );
     assert_eq!(
         by_id[&a].recipients.as_ref(),
-        &[(1, RecipientState::Deferred { attempts: 2, next_attempt_unix_s: 200 }), (2, RecipientState::Queued)]
+        &[
+            (
+                1,
+                RecipientState::Deferred {
+                    attempts: 2,
+                    next_attempt_unix_s: 200
+                }
+            ),
+            (2, RecipientState::Queued)
+        ]
     );
     assert_eq!(rec.report.messages_finished, 1);
 }
@@ -173,8 +221,6 @@ fn torn_tail_is_truncated_and_mid_corruption_is_skipped() {
     // Simulate a crash mid-append: half a record after the last one, inside
     // the preallocated zeros.
     let bytes = std::fs::read(path).unwrap();
-    let last_end = refs[4].1 as usize + bytes[refs[4].1 as usize + 8..][..4].iter().fold(0usize, |a, _| a) + 0;
-    let _ = last_end;
     let valid_end = {
         let raw = spate::spool::record::decode_raw(&bytes[refs[4].1 as usize..]).unwrap();
         refs[4].1 as usize + raw.stored_len
@@ -185,7 +231,8 @@ fn torn_tail_is_truncated_and_mid_corruption_is_skipped() {
         let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
         f.write_all_at(partial, valid_end as u64).unwrap();
         // And corrupt message 2's content (mid-segment).
-        f.write_all_at(b"X", refs[2].1 + RECORD_HEADER_BYTES as u64 + 60).unwrap();
+        f.write_all_at(b"X", refs[2].1 + RECORD_HEADER_BYTES as u64 + 60)
+            .unwrap();
     }
     let rec = recover(&opts, 1).unwrap();
     assert_eq!(rec.report.torn_tails.len(), 1, "{:?}", rec.report);
@@ -198,7 +245,11 @@ fn torn_tail_is_truncated_and_mid_corruption_is_skipped() {
         v
     };
     assert_eq!(got, vec![refs[0].0, refs[1].0, refs[3].0, refs[4].0]);
-    assert_eq!(std::fs::metadata(path).unwrap().len(), valid_end as u64, "tail truncated");
+    assert_eq!(
+        std::fs::metadata(path).unwrap().len(),
+        valid_end as u64,
+        "tail truncated"
+    );
     drop(rec);
     // A second recovery sees a clean tail (the corruption stays reported).
     let rec = recover(&opts, 1).unwrap();
@@ -217,7 +268,9 @@ fn reclamation_deletes_finished_segments_and_carries_states_forward() {
             let s1 = Spool::open(rec.shared.clone(), 1).unwrap();
             // One message with two recipients; recipient 0 is delivered by shard 1.
             let partial = append(&s0, 0, 2000, 2).await;
-            s1.record_states(&partial, &[(0, RecipientState::Delivered)], "250").await.unwrap();
+            s1.record_states(&partial, &[(0, RecipientState::Delivered)], "250")
+                .await
+                .unwrap();
             // Fill shard 1's segments with messages it then delivers, so its
             // segment holding the state above becomes reclaimable.
             let mut done = Vec::new();
@@ -225,13 +278,18 @@ fn reclamation_deletes_finished_segments_and_carries_states_forward() {
                 done.push(append(&s1, i, 3000, 1).await);
             }
             for m in &done {
-                s1.record_states(m, &[(0, RecipientState::Delivered)], "250").await.unwrap();
+                s1.record_states(m, &[(0, RecipientState::Delivered)], "250")
+                    .await
+                    .unwrap();
             }
             let keep = append(&s1, 999, 3000, 1).await;
             let before = segment_files(&opts.path).len();
             let r1 = s1.reclaim().await.unwrap();
             assert!(!r1.deleted.is_empty(), "nothing reclaimed");
-            assert!(r1.carried_records >= 1, "the delivered state for the live message must be carried");
+            assert!(
+                r1.carried_records >= 1,
+                "the delivered state for the live message must be carried"
+            );
             let after = segment_files(&opts.path).len();
             assert_eq!(after, before - r1.deleted.len());
             // Shard 0's segment still holds a live message: not deleted.
@@ -244,7 +302,11 @@ fn reclamation_deletes_finished_segments_and_carries_states_forward() {
     let by_id: HashMap<MessageId, &spate::spool::RecoveredMessage> =
         rec.messages.iter().map(|m| (m.message.id(), m)).collect();
     assert_eq!(by_id.len(), 2, "only the two live messages remain");
-    assert_eq!(by_id[&partial].recipients.as_ref(), &[(1, RecipientState::Queued)], "recipient 0 stays delivered");
+    assert_eq!(
+        by_id[&partial].recipients.as_ref(),
+        &[(1, RecipientState::Queued)],
+        "recipient 0 stays delivered"
+    );
     assert!(by_id.contains_key(&keep));
 }
 
@@ -253,7 +315,10 @@ fn compaction_rewrites_a_long_deferred_message_and_it_never_resurrects() {
     let dir = tempfile::tempdir().unwrap();
     let mut opts = options(dir.path(), 64 * 1024);
     opts.compact_live_fraction = 0.5;
-    let deferred = RecipientState::Deferred { attempts: 7, next_attempt_unix_s: 12345 };
+    let deferred = RecipientState::Deferred {
+        attempts: 7,
+        next_attempt_unix_s: 12345,
+    };
     let id = {
         let rec = recover(&opts, 1).unwrap();
         rt().block_on(async {
@@ -267,17 +332,34 @@ fn compaction_rewrites_a_long_deferred_message_and_it_never_resurrects() {
                 others.push(append(&s, i, 3000, 1).await);
             }
             for m in &others {
-                s.record_states(m, &[(0, RecipientState::Delivered)], "").await.unwrap();
+                s.record_states(m, &[(0, RecipientState::Delivered)], "")
+                    .await
+                    .unwrap();
             }
-            s.record_states(&long, &[(0, RecipientState::Delivered), (1, deferred)], "451").await.unwrap();
-            assert!(s.needs_rewrite(&long), "first segment is mostly dead and sealed");
+            s.record_states(
+                &long,
+                &[(0, RecipientState::Delivered), (1, deferred)],
+                "451",
+            )
+            .await
+            .unwrap();
+            assert!(
+                s.needs_rewrite(&long),
+                "first segment is mostly dead and sealed"
+            );
             let old_segment = long.segment();
-            let moved = s.rewrite_message(&long, &[RecipientState::Delivered, deferred], Some("ip2")).await.unwrap();
+            let moved = s
+                .rewrite_message(&long, &[RecipientState::Delivered, deferred], Some("ip2"))
+                .await
+                .unwrap();
             assert_ne!(moved.segment(), old_segment);
             assert_eq!(moved.content(), long.content());
             assert_eq!(moved.envelope().unwrap().vmta, "ip2");
             let r = s.reclaim().await.unwrap();
-            assert!(!r.deleted.contains(&old_segment), "pinned segment must stay: {r:?}");
+            assert!(
+                !r.deleted.contains(&old_segment),
+                "pinned segment must stay: {r:?}"
+            );
             s.close().await;
             moved.id()
         })
@@ -295,11 +377,15 @@ fn compaction_rewrites_a_long_deferred_message_and_it_never_resurrects() {
     drop(rec);
     rt().block_on(async {
         let s = Spool::open(shared.clone(), 0).unwrap();
-        s.record_states(&msg, &[(1, RecipientState::Delivered)], "").await.unwrap();
+        s.record_states(&msg, &[(1, RecipientState::Delivered)], "")
+            .await
+            .unwrap();
         // Seal the current segment by filling it, then reclaim.
         for i in 0..30 {
             let x = append(&s, 100 + i, 3000, 1).await;
-            s.record_states(&x, &[(0, RecipientState::Expired)], "").await.unwrap();
+            s.record_states(&x, &[(0, RecipientState::Expired)], "")
+                .await
+                .unwrap();
         }
         s.reclaim().await.unwrap();
         s.close().await;
@@ -309,7 +395,10 @@ fn compaction_rewrites_a_long_deferred_message_and_it_never_resurrects() {
     let rec = recover(&opts, 1).unwrap();
     let live: Vec<MessageId> = rec.messages.iter().map(|m| m.message.id()).collect();
     assert_eq!(live.len(), 1, "only the pin stays live: {live:?}");
-    assert!(!live.contains(&id), "finished message came back from its old copy");
+    assert!(
+        !live.contains(&id),
+        "finished message came back from its old copy"
+    );
 }
 
 #[test]
@@ -325,7 +414,9 @@ fn sync_none_and_each_record_modes_work() {
                 let mut t = Vec::new();
                 for i in 0..20 {
                     let s = s.clone();
-                    t.push(compio::runtime::spawn(async move { append(&s, i, 500, 1).await.id() }));
+                    t.push(compio::runtime::spawn(async move {
+                        append(&s, i, 500, 1).await.id()
+                    }));
                 }
                 for x in t {
                     x.await.unwrap();
@@ -342,11 +433,18 @@ fn oversized_message_is_refused_and_second_server_is_locked_out() {
     let dir = tempfile::tempdir().unwrap();
     let opts = options(dir.path(), 64 * 1024);
     let rec = recover(&opts, 1).unwrap();
-    assert!(recover(&opts, 1).is_err(), "the spool lock must keep a second server out");
+    assert!(
+        recover(&opts, 1).is_err(),
+        "the spool lock must keep a second server out"
+    );
     rt().block_on(async {
         let s = Spool::open(rec.shared.clone(), 0).unwrap();
         let big = vec![b'x'; 70 * 1024];
-        let r = [NewRecipient { forward_path: "a@b", orcpt: "", notify: 0 }];
+        let r = [NewRecipient {
+            forward_path: "a@b",
+            orcpt: "",
+            notify: 0,
+        }];
         let msg = NewMessage {
             received_unix_ms: 0,
             reverse_path: "",

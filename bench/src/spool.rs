@@ -60,13 +60,15 @@ struct Row {
 }
 
 pub fn run(args: SpoolArgs) -> anyhow::Result<()> {
-    let base = args
-        .dir
-        .clone()
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("spate-bench-spool-{}", std::process::id())));
+    let base = args.dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("spate-bench-spool-{}", std::process::id()))
+    });
     std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
     if !args.json {
-        println!("spool append benchmark in {} (one compio runtime, one shard)", base.display());
+        println!(
+            "spool append benchmark in {} (one compio runtime, one shard)",
+            base.display()
+        );
         println!(
             "{:<7} {:>8} {:>8} {:>10} {:>12} {:>9} {:>9} {:>9}",
             "sync", "size", "writers", "messages", "msgs/s", "MB/s", "p50 µs", "p99 µs"
@@ -109,7 +111,14 @@ fn print_row(r: &Row, json: bool) {
     }
 }
 
-fn scenario(base: &Path, args: &SpoolArgs, mode: SyncMode, name: &'static str, size: usize, writers: usize) -> anyhow::Result<Row> {
+fn scenario(
+    base: &Path,
+    args: &SpoolArgs,
+    mode: SyncMode,
+    name: &'static str,
+    size: usize,
+    writers: usize,
+) -> anyhow::Result<Row> {
     let dir = base.join(format!("{name}-{size}-{writers}"));
     let mut opts = SpoolOptions::new(&dir);
     opts.sync = mode;
@@ -120,15 +129,22 @@ fn scenario(base: &Path, args: &SpoolArgs, mode: SyncMode, name: &'static str, s
     let (messages, secs, hist) = rt.block_on(async {
         let spool = Spool::open(rec.shared.clone(), 0)?;
         let content: Rc<[u8]> = vec![b'x'; size].into();
-        let hist = Rc::new(RefCell::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
+        let hist = Rc::new(RefCell::new(Histogram::<u64>::new_with_bounds(
+            1, 60_000_000, 3,
+        )?));
         let count = Rc::new(Cell::new(0u64));
         let started = Instant::now();
         let deadline = started + duration;
         let mut tasks = Vec::new();
         for _ in 0..writers {
-            let (spool, content, hist, count) = (spool.clone(), content.clone(), hist.clone(), count.clone());
+            let (spool, content, hist, count) =
+                (spool.clone(), content.clone(), hist.clone(), count.clone());
             tasks.push(compio::runtime::spawn(async move {
-                let r = [NewRecipient { forward_path: "user@example.com", orcpt: "", notify: 0 }];
+                let r = [NewRecipient {
+                    forward_path: "user@example.com",
+                    orcpt: "",
+                    notify: 0,
+                }];
                 while Instant::now() < deadline {
                     let msg = NewMessage {
                         received_unix_ms: 0,
@@ -143,14 +159,17 @@ fn scenario(base: &Path, args: &SpoolArgs, mode: SyncMode, name: &'static str, s
                     };
                     let t = Instant::now();
                     spool.append_message(&msg).await?;
-                    let _ = hist.borrow_mut().record(t.elapsed().as_micros().max(1) as u64);
+                    let _ = hist
+                        .borrow_mut()
+                        .record(t.elapsed().as_micros().max(1) as u64);
                     count.set(count.get() + 1);
                 }
                 anyhow::Ok(())
             }));
         }
         for t in tasks {
-            t.await.map_err(|_| anyhow::anyhow!("writer task panicked"))??;
+            t.await
+                .map_err(|_| anyhow::anyhow!("writer task panicked"))??;
         }
         let secs = started.elapsed().as_secs_f64();
         spool.close().await;
@@ -208,7 +227,11 @@ fn recovery(base: &Path, args: &SpoolArgs) -> anyhow::Result<()> {
                         }
                         next.set(i + 1);
                         let rcpt = format!("user{}@domain{}.example", i, i % 100);
-                        let r = [NewRecipient { forward_path: &rcpt, orcpt: "", notify: 0 }];
+                        let r = [NewRecipient {
+                            forward_path: &rcpt,
+                            orcpt: "",
+                            notify: 0,
+                        }];
                         let msg = NewMessage {
                             received_unix_ms: i,
                             reverse_path: "sender@example.com",
@@ -226,7 +249,8 @@ fn recovery(base: &Path, args: &SpoolArgs) -> anyhow::Result<()> {
                 }));
             }
             for t in tasks {
-                t.await.map_err(|_| anyhow::anyhow!("writer task panicked"))??;
+                t.await
+                    .map_err(|_| anyhow::anyhow!("writer task panicked"))??;
             }
             spool.close().await;
             anyhow::Ok(())
@@ -234,7 +258,13 @@ fn recovery(base: &Path, args: &SpoolArgs) -> anyhow::Result<()> {
     }
     let built_s = build.elapsed().as_secs_f64();
     let anon_before = rss_anon_bytes();
-    let rec = recover(&SpoolOptions { sync: SyncMode::Group, ..opts.clone() }, 1)?;
+    let rec = recover(
+        &SpoolOptions {
+            sync: SyncMode::Group,
+            ..opts.clone()
+        },
+        1,
+    )?;
     let anon_after = rss_anon_bytes();
     let r = &rec.report;
     let per_msg = anon_after.saturating_sub(anon_before) as f64 / rec.messages.len().max(1) as f64;
@@ -260,7 +290,11 @@ fn recovery(base: &Path, args: &SpoolArgs) -> anyhow::Result<()> {
             built_s
         );
     }
-    anyhow::ensure!(rec.messages.len() as u64 == n, "recovered {} of {n} messages", rec.messages.len());
+    anyhow::ensure!(
+        rec.messages.len() as u64 == n,
+        "recovered {} of {n} messages",
+        rec.messages.len()
+    );
     drop(rec);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

@@ -92,14 +92,19 @@ pub fn inventory(dir: &Path) -> std::io::Result<Inventory> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
-        if let Some(id) = entry.file_name().to_str().and_then(segment::parse_file_name) {
+        if let Some(id) = entry
+            .file_name()
+            .to_str()
+            .and_then(segment::parse_file_name)
+        {
             files.push((id, entry.path()));
         }
     }
     files.sort();
     let mut collector = Collector::default();
     // Envelope per (segment index, record offset), filled while each segment is in memory.
-    let mut envelopes: std::collections::HashMap<(u32, u64), Envelope> = std::collections::HashMap::new();
+    let mut envelopes: std::collections::HashMap<(u32, u64), Envelope> =
+        std::collections::HashMap::new();
     for (id, path) in files {
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
@@ -129,7 +134,10 @@ pub fn inventory(dir: &Path) -> std::io::Result<Inventory> {
                     vmta_or_pool: m.vmta_or_pool.to_owned(),
                     vmta: m.vmta.to_owned(),
                     job_id: m.job_id.to_owned(),
-                    recipients: m.recipients().map(|r| (r.forward_path.to_owned(), r.orcpt.to_owned(), r.notify)).collect(),
+                    recipients: m
+                        .recipients()
+                        .map(|r| (r.forward_path.to_owned(), r.orcpt.to_owned(), r.notify))
+                        .collect(),
                 })
                 .unwrap_or_default();
             envelopes.insert((index, c.record_offset), env);
@@ -150,14 +158,23 @@ pub fn inventory(dir: &Path) -> std::io::Result<Inventory> {
     let segments = &mut inv.segments;
     inv.orphan_states = merge(collector, |m| {
         let c = m.copy;
-        let env = envelopes.remove(&(c.seg, c.record_offset)).unwrap_or_default();
+        let env = envelopes
+            .remove(&(c.seg, c.record_offset))
+            .unwrap_or_default();
         let recipients: Vec<RecipientInfo> = env
             .recipients
             .into_iter()
             .zip(m.states.iter())
-            .map(|((forward_path, orcpt, notify), state)| RecipientInfo { forward_path, orcpt, notify, state: *state })
+            .map(|((forward_path, orcpt, notify), state)| RecipientInfo {
+                forward_path,
+                orcpt,
+                notify,
+                state: *state,
+            })
             .collect();
-        let Some(seg) = segments.get_mut(c.seg as usize) else { return };
+        let Some(seg) = segments.get_mut(c.seg as usize) else {
+            return;
+        };
         let info = MessageInfo {
             id: MessageId(c.id),
             segment: seg.id,
@@ -187,7 +204,8 @@ pub fn inventory(dir: &Path) -> std::io::Result<Inventory> {
 pub fn read_content(dir: &Path, msg: &MessageInfo) -> std::io::Result<Vec<u8>> {
     use std::os::unix::fs::FileExt;
     let file = std::fs::File::open(dir.join(segment::file_name(msg.segment)))?;
-    let len = usize::try_from(msg.content_len).map_err(|_| std::io::Error::other("content too large"))?;
+    let len =
+        usize::try_from(msg.content_len).map_err(|_| std::io::Error::other("content too large"))?;
     let mut buf = vec![0u8; len];
     file.read_exact_at(&mut buf, msg.content_offset)?;
     Ok(buf)

@@ -144,7 +144,11 @@ pub enum SpoolError {
     /// Any other I/O failure, including a failed fsync (never retried and
     /// assumed good: the segment is sealed): 451 4.3.0.
     #[error("spool i/o error during {op}: {kind}{}", errno.map(|e| format!(" (errno {e})")).unwrap_or_default())]
-    Io { op: &'static str, kind: std::io::ErrorKind, errno: Option<i32> },
+    Io {
+        op: &'static str,
+        kind: std::io::ErrorKind,
+        errno: Option<i32>,
+    },
     /// The record does not fit in one segment: 552 5.3.4.
     #[error("message too large for a spool segment")]
     TooLarge,
@@ -165,7 +169,11 @@ impl SpoolError {
         if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT) {
             return SpoolError::DiskFull;
         }
-        SpoolError::Io { op, kind: e.kind(), errno: e.raw_os_error() }
+        SpoolError::Io {
+            op,
+            kind: e.kind(),
+            errno: e.raw_os_error(),
+        }
     }
 
     /// The SMTP reply (code, enhanced status and text) for a transaction that

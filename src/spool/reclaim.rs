@@ -41,7 +41,11 @@ impl Spool {
     pub async fn reclaim(&self) -> Result<ReclaimReport, SpoolError> {
         let candidates: Vec<Arc<SegmentShared>> = {
             let st = self.inner.st.borrow();
-            st.own_sealed.iter().filter(|s| s.live_messages() == 0).cloned().collect()
+            st.own_sealed
+                .iter()
+                .filter(|s| s.live_messages() == 0)
+                .cloned()
+                .collect()
         };
         let mut report = ReclaimReport::default();
         for seg in candidates {
@@ -56,7 +60,11 @@ impl Spool {
             sync_dir(&self.inner.shared.options.path)?;
             seg.deleted.store(true, Ordering::Release);
             self.inner.shared.unregister(seg.id);
-            self.inner.st.borrow_mut().own_sealed.retain(|s| !Arc::ptr_eq(s, &seg));
+            self.inner
+                .st
+                .borrow_mut()
+                .own_sealed
+                .retain(|s| !Arc::ptr_eq(s, &seg));
             report.freed_bytes += seg.used_bytes();
             report.deleted.push(seg.id);
         }
@@ -73,20 +81,30 @@ fn carry_forward(shared: &SpoolShared, seg: &SegmentShared) -> (Vec<u8>, u64) {
         if raw.kind != KIND_STATE {
             return;
         }
-        let Ok(rec) = decode_state(raw.payload) else { return };
+        let Ok(rec) = decode_state(raw.payload) else {
+            return;
+        };
         if rec.home == seg.id {
             return;
         }
-        let alive = *exists.entry(rec.home).or_insert_with(|| shared.segment_exists(rec.home));
+        let alive = *exists
+            .entry(rec.home)
+            .or_insert_with(|| shared.segment_exists(rec.home));
         if !alive {
             return;
         }
-        let e = latest.entry((rec.message.0, rec.recipient)).or_insert((raw.seq, off, raw.stored_len));
+        let e =
+            latest
+                .entry((rec.message.0, rec.recipient))
+                .or_insert((raw.seq, off, raw.stored_len));
         if raw.seq >= e.0 {
             *e = (raw.seq, off, raw.stored_len);
         }
     });
-    let mut keep: Vec<(usize, usize)> = latest.into_values().map(|(_, off, len)| (off, len)).collect();
+    let mut keep: Vec<(usize, usize)> = latest
+        .into_values()
+        .map(|(_, off, len)| (off, len))
+        .collect();
     keep.sort_unstable();
     let mut out = Vec::new();
     for (off, len) in &keep {

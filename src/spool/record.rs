@@ -96,10 +96,12 @@ impl SegmentHeader {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
-        let h = bytes.get(..SEGMENT_HEADER_BYTES).ok_or(RecordError::Truncated {
-            needed: SEGMENT_HEADER_BYTES,
-            available: bytes.len(),
-        })?;
+        let h = bytes
+            .get(..SEGMENT_HEADER_BYTES)
+            .ok_or(RecordError::Truncated {
+                needed: SEGMENT_HEADER_BYTES,
+                available: bytes.len(),
+            })?;
         if h[0..8] != SEGMENT_MAGIC {
             return Err(RecordError::BadMagic);
         }
@@ -110,9 +112,13 @@ impl SegmentHeader {
         if version != FORMAT_VERSION {
             return Err(RecordError::BadVersion(version));
         }
-        let shard = u16::try_from(le_u32(&h[12..16])).map_err(|_| RecordError::Malformed("shard"))?;
-        let number = u32::try_from(le_u64(&h[16..24])).map_err(|_| RecordError::Malformed("segment number"))?;
-        Ok(SegmentHeader { id: SegmentId { shard, number } })
+        let shard =
+            u16::try_from(le_u32(&h[12..16])).map_err(|_| RecordError::Malformed("shard"))?;
+        let number = u32::try_from(le_u64(&h[16..24]))
+            .map_err(|_| RecordError::Malformed("segment number"))?;
+        Ok(SegmentHeader {
+            id: SegmentId { shard, number },
+        })
     }
 }
 
@@ -138,10 +144,12 @@ pub fn is_zero_header(bytes: &[u8]) -> bool {
 
 /// Decodes the framing of the record at the start of `bytes` and checks its CRC.
 pub fn decode_raw(bytes: &[u8]) -> Result<RawRecord<'_>, RecordError> {
-    let h = bytes.get(..RECORD_HEADER_BYTES).ok_or(RecordError::Truncated {
-        needed: RECORD_HEADER_BYTES,
-        available: bytes.len(),
-    })?;
+    let h = bytes
+        .get(..RECORD_HEADER_BYTES)
+        .ok_or(RecordError::Truncated {
+            needed: RECORD_HEADER_BYTES,
+            available: bytes.len(),
+        })?;
     if le_u32(&h[0..4]) != RECORD_MAGIC {
         return Err(RecordError::BadMagic);
     }
@@ -150,10 +158,12 @@ pub fn decode_raw(bytes: &[u8]) -> Result<RawRecord<'_>, RecordError> {
     let total = RECORD_HEADER_BYTES
         .checked_add(len)
         .ok_or(RecordError::Malformed("length"))?;
-    let payload = bytes.get(RECORD_HEADER_BYTES..total).ok_or(RecordError::Truncated {
-        needed: total,
-        available: bytes.len(),
-    })?;
+    let payload = bytes
+        .get(RECORD_HEADER_BYTES..total)
+        .ok_or(RecordError::Truncated {
+            needed: total,
+            available: bytes.len(),
+        })?;
     let mut crc = crc32c::crc32c(&h[0..12]);
     crc = crc32c::crc32c_append(crc, &h[16..24]);
     crc = crc32c::crc32c_append(crc, payload);
@@ -164,13 +174,21 @@ pub fn decode_raw(bytes: &[u8]) -> Result<RawRecord<'_>, RecordError> {
         return Err(RecordError::Malformed("reserved header bytes"));
     }
     let padded = stored_len(len);
-    if bytes.get(total..padded.min(bytes.len())).is_some_and(|p| p.iter().any(|&b| b != 0)) {
+    if bytes
+        .get(total..padded.min(bytes.len()))
+        .is_some_and(|p| p.iter().any(|&b| b != 0))
+    {
         return Err(RecordError::Malformed("non-zero padding"));
     }
     if kind != KIND_MESSAGE && kind != KIND_STATE {
         return Err(RecordError::BadKind(kind));
     }
-    Ok(RawRecord { kind, seq: le_u64(&h[16..24]), payload, stored_len: stored_len(len) })
+    Ok(RawRecord {
+        kind,
+        seq: le_u64(&h[16..24]),
+        payload,
+        stored_len: stored_len(len),
+    })
 }
 
 /// RET parameter of MAIL FROM (RFC 3461).
@@ -194,15 +212,23 @@ pub enum RecipientState {
     Queued,
     Delivered,
     /// `category` is the delivery module's bounce category code, stored opaquely.
-    Bounced { category: u8 },
-    Deferred { attempts: u32, next_attempt_unix_s: u64 },
+    Bounced {
+        category: u8,
+    },
+    Deferred {
+        attempts: u32,
+        next_attempt_unix_s: u64,
+    },
     Expired,
     AdminDeleted,
 }
 
 impl RecipientState {
     pub fn is_final(&self) -> bool {
-        !matches!(self, RecipientState::Queued | RecipientState::Deferred { .. })
+        !matches!(
+            self,
+            RecipientState::Queued | RecipientState::Deferred { .. }
+        )
     }
 
     pub fn name(&self) -> &'static str {
@@ -221,7 +247,10 @@ impl RecipientState {
             RecipientState::Queued => out.push(0),
             RecipientState::Delivered => out.push(1),
             RecipientState::Bounced { category } => out.extend_from_slice(&[2, category]),
-            RecipientState::Deferred { attempts, next_attempt_unix_s } => {
+            RecipientState::Deferred {
+                attempts,
+                next_attempt_unix_s,
+            } => {
                 out.push(3);
                 out.extend_from_slice(&attempts.to_le_bytes());
                 out.extend_from_slice(&next_attempt_unix_s.to_le_bytes());
@@ -236,7 +265,10 @@ impl RecipientState {
             0 => RecipientState::Queued,
             1 => RecipientState::Delivered,
             2 => RecipientState::Bounced { category: r.u8()? },
-            3 => RecipientState::Deferred { attempts: r.u32()?, next_attempt_unix_s: r.u64()? },
+            3 => RecipientState::Deferred {
+                attempts: r.u32()?,
+                next_attempt_unix_s: r.u64()?,
+            },
             4 => RecipientState::Expired,
             5 => RecipientState::AdminDeleted,
             _ => return Err(RecordError::Malformed("recipient state")),
@@ -367,7 +399,11 @@ pub struct StateRecord<'a> {
 }
 
 /// Appends a state record to `out`; returns the stored length.
-pub fn encode_state(out: &mut Vec<u8>, seq: u64, rec: &StateRecord<'_>) -> Result<usize, EncodeError> {
+pub fn encode_state(
+    out: &mut Vec<u8>,
+    seq: u64,
+    rec: &StateRecord<'_>,
+) -> Result<usize, EncodeError> {
     check_len("reply", rec.reply)?;
     let start = out.len();
     out.extend_from_slice(&[0u8; RECORD_HEADER_BYTES]);
@@ -383,14 +419,26 @@ pub fn encode_state(out: &mut Vec<u8>, seq: u64, rec: &StateRecord<'_>) -> Resul
 
 /// Decodes a state record payload.
 pub fn decode_state(payload: &[u8]) -> Result<StateRecord<'_>, RecordError> {
-    let mut r = Reader { buf: payload, pos: 0 };
+    let mut r = Reader {
+        buf: payload,
+        pos: 0,
+    };
     let message = MessageId(r.u64()?);
-    let home = SegmentId { shard: r.u16()?, number: r.u32()? };
+    let home = SegmentId {
+        shard: r.u16()?,
+        number: r.u32()?,
+    };
     let recipient = r.u32()?;
     let state = RecipientState::decode(&mut r)?;
     let reply = r.str()?;
     r.end()?;
-    Ok(StateRecord { message, home, recipient, state, reply })
+    Ok(StateRecord {
+        message,
+        home,
+        recipient,
+        state,
+        reply,
+    })
 }
 
 /// A decoded message record, borrowing from the segment bytes.
@@ -427,7 +475,10 @@ impl<'a> MessageRecord<'a> {
     /// The recipients, in RCPT order (state records refer to them by index).
     /// The list was validated by [`decode_message`], so this never yields an error.
     pub fn recipients(&self) -> impl Iterator<Item = RecipientRecord<'a>> + 'a {
-        let mut r = Reader { buf: self.recipients, pos: 0 };
+        let mut r = Reader {
+            buf: self.recipients,
+            pos: 0,
+        };
         std::iter::from_fn(move || decode_recipient(&mut r).ok())
     }
 }
@@ -444,7 +495,10 @@ fn decode_recipient<'a>(r: &mut Reader<'a>) -> Result<RecipientRecord<'a>, Recor
 
 /// Decodes a message record payload, validating every field.
 pub fn decode_message(payload: &[u8]) -> Result<MessageRecord<'_>, RecordError> {
-    let mut r = Reader { buf: payload, pos: 0 };
+    let mut r = Reader {
+        buf: payload,
+        pos: 0,
+    };
     let id = MessageId(r.u64()?);
     let received_unix_ms = r.u64()?;
     let ret = match r.u8()? {
@@ -466,8 +520,11 @@ pub fn decode_message(payload: &[u8]) -> Result<MessageRecord<'_>, RecordError> 
     for _ in 0..count {
         decode_recipient(&mut r)?;
     }
-    let recipients = payload.get(rcpt_start..r.pos).ok_or(RecordError::Malformed("recipients"))?;
-    let content_len = usize::try_from(r.u64()?).map_err(|_| RecordError::Malformed("content length"))?;
+    let recipients = payload
+        .get(rcpt_start..r.pos)
+        .ok_or(RecordError::Malformed("recipients"))?;
+    let content_len =
+        usize::try_from(r.u64()?).map_err(|_| RecordError::Malformed("content length"))?;
     let content_offset_in_payload = r.pos;
     let content = r.take(content_len)?;
     r.end()?;
@@ -541,8 +598,14 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], RecordError> {
-        let end = self.pos.checked_add(n).ok_or(RecordError::Malformed("length"))?;
-        let s = self.buf.get(self.pos..end).ok_or(RecordError::Malformed("field runs past the payload"))?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .ok_or(RecordError::Malformed("length"))?;
+        let s = self
+            .buf
+            .get(self.pos..end)
+            .ok_or(RecordError::Malformed("field runs past the payload"))?;
         self.pos = end;
         Ok(s)
     }
@@ -561,7 +624,8 @@ impl<'a> Reader<'a> {
     }
     fn str(&mut self) -> Result<&'a str, RecordError> {
         let n = self.u16()? as usize;
-        std::str::from_utf8(self.take(n)?).map_err(|_| RecordError::Malformed("string is not UTF-8"))
+        std::str::from_utf8(self.take(n)?)
+            .map_err(|_| RecordError::Malformed("string is not UTF-8"))
     }
     fn end(&self) -> Result<(), RecordError> {
         if self.pos != self.buf.len() {

@@ -25,8 +25,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::record::{
-    KIND_MESSAGE, KIND_STATE, RECIPIENT_SUPERSEDED, RecipientState, SEGMENT_HEADER_BYTES, SegmentHeader, decode_message,
-    decode_state,
+    KIND_MESSAGE, KIND_STATE, RECIPIENT_SUPERSEDED, RecipientState, SEGMENT_HEADER_BYTES,
+    SegmentHeader, decode_message, decode_state,
 };
 use super::scan::{ScanReport, scan_records};
 use super::segment::{self, MessageRef, SegmentShared, SpoolShared};
@@ -102,11 +102,18 @@ impl Collector {
     pub fn collect(&mut self, seg: u32, bytes: &[u8]) -> ScanReport {
         scan_records(bytes, |off, raw| match raw.kind {
             KIND_MESSAGE => {
-                let Ok(m) = decode_message(raw.payload) else { return };
+                let Ok(m) = decode_message(raw.payload) else {
+                    return;
+                };
                 let record_offset = off as u64;
                 for (i, r) in m.recipients().enumerate() {
                     if r.state != RecipientState::Queued || r.state_seq != raw.seq {
-                        self.states.push(StateAcc { id: m.id.0, rcpt: i as u32, seq: r.state_seq, state: r.state });
+                        self.states.push(StateAcc {
+                            id: m.id.0,
+                            rcpt: i as u32,
+                            seq: r.state_seq,
+                            state: r.state,
+                        });
                     }
                 }
                 self.copies.push(CopyAcc {
@@ -123,12 +130,19 @@ impl Collector {
                 });
             }
             KIND_STATE => {
-                let Ok(s) = decode_state(raw.payload) else { return };
+                let Ok(s) = decode_state(raw.payload) else {
+                    return;
+                };
                 if s.recipient == RECIPIENT_SUPERSEDED {
                     let t = self.tombs.entry(s.message.0).or_insert(raw.seq);
                     *t = (*t).max(raw.seq);
                 } else {
-                    self.states.push(StateAcc { id: s.message.0, rcpt: s.recipient, seq: raw.seq, state: s.state });
+                    self.states.push(StateAcc {
+                        id: s.message.0,
+                        rcpt: s.recipient,
+                        seq: raw.seq,
+                        state: s.state,
+                    });
                 }
             }
             _ => {}
@@ -179,7 +193,8 @@ pub(crate) fn merge(mut c: Collector, mut each: impl FnMut(Merged<'_>)) -> u64 {
         best.resize(copy.recipients as usize, copy.seq);
         while si < c.states.len() && c.states[si].id == id {
             let s = &c.states[si];
-            if let (Some(slot), Some(b)) = (buf.get_mut(s.rcpt as usize), best.get_mut(s.rcpt as usize))
+            if let (Some(slot), Some(b)) =
+                (buf.get_mut(s.rcpt as usize), best.get_mut(s.rcpt as usize))
                 && s.seq >= *b
             {
                 *slot = s.state;
@@ -188,7 +203,11 @@ pub(crate) fn merge(mut c: Collector, mut each: impl FnMut(Merged<'_>)) -> u64 {
             si += 1;
         }
         let superseded = c.tombs.get(&id).is_some_and(|&t| t > copy.seq);
-        each(Merged { copy, states: &buf, superseded });
+        each(Merged {
+            copy,
+            states: &buf,
+            superseded,
+        });
         ci = last + 1;
     }
     orphans + (c.states.len() - si) as u64
@@ -203,13 +222,18 @@ pub fn recover(options: &SpoolOptions, shards: u16) -> Result<Recovery, SpoolErr
         return Err(SpoolError::Unusable("zero shards".into()));
     }
     if options.segment_bytes < super::SEGMENT_BYTES_MIN {
-        return Err(SpoolError::Unusable(format!("segment size below {} bytes", super::SEGMENT_BYTES_MIN)));
+        return Err(SpoolError::Unusable(format!(
+            "segment size below {} bytes",
+            super::SEGMENT_BYTES_MIN
+        )));
     }
-    std::fs::create_dir_all(&options.path).map_err(|e| SpoolError::io("create spool directory", &e))?;
+    std::fs::create_dir_all(&options.path)
+        .map_err(|e| SpoolError::io("create spool directory", &e))?;
     let lock = lock_dir(&options.path)?;
     let mut report = RecoveryReport::default();
     let mut files: Vec<(SegmentId, PathBuf)> = Vec::new();
-    let dir = std::fs::read_dir(&options.path).map_err(|e| SpoolError::io("read spool directory", &e))?;
+    let dir =
+        std::fs::read_dir(&options.path).map_err(|e| SpoolError::io("read spool directory", &e))?;
     for entry in dir {
         let entry = entry.map_err(|e| SpoolError::io("read spool directory", &e))?;
         let name = entry.file_name();
@@ -249,7 +273,9 @@ pub fn recover(options: &SpoolOptions, shards: u16) -> Result<Recovery, SpoolErr
                 .map(|(i, s)| (i as u32, *s))
                 .collect()
         };
-        let Some(seg) = segs.get(m.copy.seg as usize) else { return };
+        let Some(seg) = segs.get(m.copy.seg as usize) else {
+            return;
+        };
         if live.is_empty() {
             report.messages_finished += 1;
             return;
@@ -266,7 +292,10 @@ pub fn recover(options: &SpoolOptions, shards: u16) -> Result<Recovery, SpoolErr
             c.content_len,
             live.len() as u32,
         );
-        messages.push(RecoveredMessage { message, recipients: live });
+        messages.push(RecoveredMessage {
+            message,
+            recipients: live,
+        });
     });
 
     let shared = Arc::new(SpoolShared {
@@ -278,7 +307,11 @@ pub fn recover(options: &SpoolOptions, shards: u16) -> Result<Recovery, SpoolErr
         _lock: Some(lock),
     });
     report.elapsed = started.elapsed();
-    Ok(Recovery { shared, messages, report })
+    Ok(Recovery {
+        shared,
+        messages,
+        report,
+    })
 }
 
 /// Opens, checks, scans, trims and maps one segment. `Err` is a reason to skip it.
@@ -289,25 +322,42 @@ fn open_segment(
     index: u32,
     report: &mut RecoveryReport,
 ) -> Result<SegmentShared, String> {
-    let file = OpenOptions::new().read(true).write(true).open(path).map_err(|e| e.to_string())?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| e.to_string())?;
     let len = file.metadata().map_err(|e| e.to_string())?.len();
     if len < SEGMENT_HEADER_BYTES as u64 {
         return Err("shorter than a segment header".into());
     }
-    let probe = SegmentShared::map(id, path.to_path_buf(), &file, len, true).map_err(|e| e.to_string())?;
+    let probe =
+        SegmentShared::map(id, path.to_path_buf(), &file, len, true).map_err(|e| e.to_string())?;
     // A damaged header must not cost the acknowledged records behind it:
     // report it and scan on, trusting the file name.
     match SegmentHeader::decode(probe.bytes()) {
         Ok(h) if h.id == id => {}
-        Ok(h) => report.corrupt.push((id, 0, SEGMENT_HEADER_BYTES as u64, format!("header names {}", h.id))),
-        Err(e) => report.corrupt.push((id, 0, SEGMENT_HEADER_BYTES as u64, format!("segment header: {e}"))),
+        Ok(h) => report.corrupt.push((
+            id,
+            0,
+            SEGMENT_HEADER_BYTES as u64,
+            format!("header names {}", h.id),
+        )),
+        Err(e) => report.corrupt.push((
+            id,
+            0,
+            SEGMENT_HEADER_BYTES as u64,
+            format!("segment header: {e}"),
+        )),
     }
     let scan = collector.collect(index, probe.bytes());
     drop(probe);
     report.records += scan.records;
     report.bytes_scanned += scan.valid_end as u64;
     for c in &scan.corrupt {
-        report.corrupt.push((id, c.offset as u64, c.len as u64, c.error.to_string()));
+        report
+            .corrupt
+            .push((id, c.offset as u64, c.len as u64, c.error.to_string()));
     }
     if let Some((off, e)) = &scan.torn_tail {
         report.torn_tails.push((id, *off as u64, e.to_string()));
@@ -316,8 +366,10 @@ fn open_segment(
     if len > valid_end {
         // Drop the torn tail and the unused preallocation of the segment that
         // was current when we stopped. Nothing past valid_end was acknowledged.
-        file.set_len(valid_end).map_err(|e| format!("truncate: {e}"))?;
-        file.sync_all().map_err(|e| format!("fsync after truncate: {e}"))?;
+        file.set_len(valid_end)
+            .map_err(|e| format!("truncate: {e}"))?;
+        file.sync_all()
+            .map_err(|e| format!("fsync after truncate: {e}"))?;
     }
     SegmentShared::map(id, path.to_path_buf(), &file, valid_end, true).map_err(|e| e.to_string())
 }
@@ -335,7 +387,9 @@ fn lock_dir(dir: &std::path::Path) -> Result<File, SpoolError> {
     // SAFETY: flock on a descriptor we own; no pointers.
     let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {
-        return Err(SpoolError::Unusable("spool directory is locked by another spate process".into()));
+        return Err(SpoolError::Unusable(
+            "spool directory is locked by another spate process".into(),
+        ));
     }
     Ok(f)
 }

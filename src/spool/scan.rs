@@ -49,8 +49,14 @@ pub struct ScanReport {
 
 /// Calls `visit(offset, record)` for every valid record after the segment
 /// header, in order, and reports the rest.
-pub fn scan_records<'a>(bytes: &'a [u8], mut visit: impl FnMut(usize, RawRecord<'a>)) -> ScanReport {
-    let mut report = ScanReport { valid_end: SEGMENT_HEADER_BYTES.min(bytes.len()), ..Default::default() };
+pub fn scan_records<'a>(
+    bytes: &'a [u8],
+    mut visit: impl FnMut(usize, RawRecord<'a>),
+) -> ScanReport {
+    let mut report = ScanReport {
+        valid_end: SEGMENT_HEADER_BYTES.min(bytes.len()),
+        ..Default::default()
+    };
     let mut pos = SEGMENT_HEADER_BYTES;
     while pos < bytes.len() {
         let rest = &bytes[pos..];
@@ -58,6 +64,11 @@ pub fn scan_records<'a>(bytes: &'a [u8], mut visit: impl FnMut(usize, RawRecord<
             break;
         }
         let error = if is_zero_header(rest) && rest.len() >= RECORD_HEADER_BYTES {
+            // The usual end of data: only preallocated zeros follow (checked
+            // in one vectorised pass before the slower resync search).
+            if rest.iter().all(|&b| b == 0) {
+                break;
+            }
             None
         } else {
             match decode_raw(rest) {
@@ -76,7 +87,8 @@ pub fn scan_records<'a>(bytes: &'a [u8], mut visit: impl FnMut(usize, RawRecord<
                 report.corrupt.push(Corruption {
                     offset: pos,
                     len: next - pos,
-                    error: error.unwrap_or(RecordError::Malformed("zeroed region before valid records")),
+                    error: error
+                        .unwrap_or(RecordError::Malformed("zeroed region before valid records")),
                 });
                 pos = next;
             }
@@ -84,7 +96,10 @@ pub fn scan_records<'a>(bytes: &'a [u8], mut visit: impl FnMut(usize, RawRecord<
                 if let Some(e) = error {
                     report.torn_tail = Some((pos, e));
                 } else if rest.iter().any(|&b| b != 0) {
-                    report.torn_tail = Some((pos, RecordError::Malformed("stray bytes after the end of data")));
+                    report.torn_tail = Some((
+                        pos,
+                        RecordError::Malformed("stray bytes after the end of data"),
+                    ));
                 }
                 break;
             }

@@ -27,7 +27,10 @@ pub fn file_name(id: SegmentId) -> String {
 pub fn parse_file_name(name: &str) -> Option<SegmentId> {
     let rest = name.strip_prefix("shard-")?.strip_suffix(".seg")?;
     let (shard, number) = rest.split_once('-')?;
-    Some(SegmentId { shard: shard.parse().ok()?, number: number.parse().ok()? })
+    Some(SegmentId {
+        shard: shard.parse().ok()?,
+        number: number.parse().ok()?,
+    })
 }
 
 /// One segment as every shard sees it: a read-only map plus counters.
@@ -49,14 +52,21 @@ pub struct SegmentShared {
 
 impl SegmentShared {
     /// Maps `file` read-only.
-    pub(crate) fn map(id: SegmentId, path: PathBuf, file: &File, used_bytes: u64, sealed: bool) -> Result<Self, SpoolError> {
+    pub(crate) fn map(
+        id: SegmentId,
+        path: PathBuf,
+        file: &File,
+        used_bytes: u64,
+        sealed: bool,
+    ) -> Result<Self, SpoolError> {
         // SAFETY: the map is read-only. The file is only ever written by our own
         // appender at offsets past the committed end (readers only look below
         // `used_bytes` or at records whose commit they observed), it is never
         // truncated while mapped (recovery truncates before mapping), and
         // unlinking it keeps the pages valid until the map is dropped.
         // Modification by other processes is outside the spool's contract.
-        let map = unsafe { memmap2::MmapOptions::new().map(file) }.map_err(|e| SpoolError::io("mmap", &e))?;
+        let map = unsafe { memmap2::MmapOptions::new().map(file) }
+            .map_err(|e| SpoolError::io("mmap", &e))?;
         Ok(SegmentShared {
             id,
             path,
@@ -97,10 +107,16 @@ impl SegmentShared {
     }
 
     pub(crate) fn remove_live(&self, stored_len: u64) {
-        let _ = self.live_messages.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub(1)));
+        let _ = self
+            .live_messages
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(1))
+            });
         let _ = self
             .live_bytes
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub(stored_len)));
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(stored_len))
+            });
     }
 }
 
@@ -171,10 +187,15 @@ impl MessageRef {
     pub fn envelope(&self) -> Result<MessageRecord<'_>, RecordError> {
         let start = self.0.record_offset as usize;
         let end = start + self.0.stored_len as usize;
-        let bytes = self.0.segment.map.get(start..end).ok_or(RecordError::Truncated {
-            needed: end,
-            available: self.0.segment.map.len(),
-        })?;
+        let bytes = self
+            .0
+            .segment
+            .map
+            .get(start..end)
+            .ok_or(RecordError::Truncated {
+                needed: end,
+                available: self.0.segment.map.len(),
+            })?;
         let raw = record::decode_raw(bytes)?;
         record::decode_message(raw.payload)
     }
@@ -192,7 +213,9 @@ impl MessageRef {
         let prev = self
             .0
             .live_recipients
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| Some(v.saturating_sub(finals)))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some(v.saturating_sub(finals))
+            })
             .unwrap_or(0);
         if prev > 0 && prev <= finals {
             self.0.segment.remove_live(u64::from(self.0.stored_len));
@@ -239,12 +262,18 @@ impl SpoolShared {
     }
 
     pub fn segment_exists(&self, id: SegmentId) -> bool {
-        self.segments.lock().map(|m| m.contains_key(&id)).unwrap_or(true)
+        self.segments
+            .lock()
+            .map(|m| m.contains_key(&id))
+            .unwrap_or(true)
     }
 
     /// Every existing segment.
     pub fn all_segments(&self) -> Vec<Arc<SegmentShared>> {
-        self.segments.lock().map(|m| m.values().cloned().collect()).unwrap_or_default()
+        self.segments
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     pub(crate) fn register(&self, seg: Arc<SegmentShared>) {
@@ -263,7 +292,11 @@ impl SpoolShared {
 /// Creates and preallocates a new segment file, writes and syncs its header
 /// and syncs the directory. Blocking; called on segment rotation only. On any
 /// failure the partial file is removed (so a full disk gets its space back).
-pub(crate) fn create_segment(dir: &Path, id: SegmentId, segment_bytes: u64) -> Result<(File, PathBuf), SpoolError> {
+pub(crate) fn create_segment(
+    dir: &Path,
+    id: SegmentId,
+    segment_bytes: u64,
+) -> Result<(File, PathBuf), SpoolError> {
     let path = dir.join(file_name(id));
     let file = OpenOptions::new()
         .read(true)
@@ -277,11 +310,15 @@ pub(crate) fn create_segment(dir: &Path, id: SegmentId, segment_bytes: u64) -> R
         // SAFETY: fallocate on a file descriptor we own, with no pointers passed.
         let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
         if rc != 0 {
-            return Err(SpoolError::io("fallocate", &std::io::Error::last_os_error()));
+            return Err(SpoolError::io(
+                "fallocate",
+                &std::io::Error::last_os_error(),
+            ));
         }
         file.write_all_at(&SegmentHeader { id }.encode(), 0)
             .map_err(|e| SpoolError::io("write segment header", &e))?;
-        file.sync_all().map_err(|e| SpoolError::io("fsync new segment", &e))?;
+        file.sync_all()
+            .map_err(|e| SpoolError::io("fsync new segment", &e))?;
         sync_dir(dir)
     })();
     match result {

@@ -32,7 +32,8 @@ use compio::BufResult;
 use compio::io::AsyncWriteAtExt;
 
 use super::record::{
-    self, NewMessage, NewRecipient, RECIPIENT_SUPERSEDED, RecipientState, SEGMENT_HEADER_BYTES, StateRecord,
+    self, NewMessage, NewRecipient, RECIPIENT_SUPERSEDED, RecipientState, SEGMENT_HEADER_BYTES,
+    StateRecord,
 };
 use super::segment::{self, MessageRef, SegmentShared, SpoolShared};
 use super::{MessageId, PENDING_BYTES_MAX, SegmentId, SpoolError, SyncMode};
@@ -46,7 +47,9 @@ pub struct Spool {
 
 impl std::fmt::Debug for Spool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Spool").field("shard", &self.inner.shard).finish()
+        f.debug_struct("Spool")
+            .field("shard", &self.inner.shard)
+            .finish()
     }
 }
 
@@ -96,7 +99,10 @@ enum Effect {
         retire: Option<MessageRef>,
     },
     /// State records; `finals` of them finish a recipient of `message`.
-    States { message: Option<MessageRef>, finals: u32 },
+    States {
+        message: Option<MessageRef>,
+        finals: u32,
+    },
 }
 
 enum Committed {
@@ -202,10 +208,19 @@ impl Spool {
         let finals = states.iter().filter(|(_, s)| s.is_final()).count() as u32;
         let slot = self.push(|out| {
             for (i, &(recipient, state)) in states.iter().enumerate() {
-                let rec = StateRecord { message: msg.id(), home: msg.segment(), recipient, state, reply };
+                let rec = StateRecord {
+                    message: msg.id(),
+                    home: msg.segment(),
+                    recipient,
+                    state,
+                    reply,
+                };
                 record::encode_state(out, first + i as u64, &rec)?;
             }
-            Ok(Effect::States { message: Some(msg.clone()), finals })
+            Ok(Effect::States {
+                message: Some(msg.clone()),
+                finals,
+            })
         })?;
         wait_commit(slot).await.map(|_| ())
     }
@@ -234,13 +249,19 @@ impl Spool {
         vmta: Option<&str>,
     ) -> Result<MessageRef, SpoolError> {
         self.wait_room().await?;
-        let env = msg.envelope().map_err(|e| SpoolError::Unusable(format!("message {}: {e}", msg.id())))?;
+        let env = msg
+            .envelope()
+            .map_err(|e| SpoolError::Unusable(format!("message {}: {e}", msg.id())))?;
         if states.len() != env.recipient_count as usize {
             return Err(SpoolError::Encode(record::EncodeError::TooManyRecipients));
         }
         let recipients: Vec<NewRecipient<'_>> = env
             .recipients()
-            .map(|r| NewRecipient { forward_path: r.forward_path, orcpt: r.orcpt, notify: r.notify })
+            .map(|r| NewRecipient {
+                forward_path: r.forward_path,
+                orcpt: r.orcpt,
+                notify: r.notify,
+            })
             .collect();
         let tomb_seq = self.inner.shared.next_seqs(2);
         let seq = tomb_seq + 1;
@@ -293,7 +314,10 @@ impl Spool {
         self.wait_room().await?;
         let slot = self.push(|out| {
             out.extend_from_slice(bytes);
-            Ok(Effect::States { message: None, finals: 0 })
+            Ok(Effect::States {
+                message: None,
+                finals: 0,
+            })
         })?;
         wait_commit(slot).await.map(|_| ())
     }
@@ -313,7 +337,10 @@ impl Spool {
         .await;
     }
 
-    fn push(&self, encode: impl FnOnce(&mut Vec<u8>) -> Result<Effect, SpoolError>) -> Result<Rc<Slot>, SpoolError> {
+    fn push(
+        &self,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<Effect, SpoolError>,
+    ) -> Result<Rc<Slot>, SpoolError> {
         let capacity = self.inner.shared.options.segment_bytes - SEGMENT_HEADER_BYTES as u64;
         let slot = Rc::new(Slot::default());
         {
@@ -334,7 +361,11 @@ impl Spool {
                 st.pending.truncate(start);
                 return Err(SpoolError::TooLarge);
             }
-            st.entries.push_back(Entry { len, slot: slot.clone(), effect });
+            st.entries.push_back(Entry {
+                len,
+                slot: slot.clone(),
+                effect,
+            });
         }
         self.inner.wake_flusher();
         Ok(slot)
@@ -412,11 +443,15 @@ impl Inner {
             .get(usize::from(self.shard))
             .map(|n| n.fetch_add(1, Ordering::Relaxed))
             .ok_or(SpoolError::Closed)?;
-        let id = SegmentId { shard: self.shard, number };
-        let created = segment::create_segment(&opts.path, id, opts.segment_bytes).and_then(|(file, path)| {
-            let seg = SegmentShared::map(id, path, &file, SEGMENT_HEADER_BYTES as u64, false)?;
-            Ok((file, seg))
-        });
+        let id = SegmentId {
+            shard: self.shard,
+            number,
+        };
+        let created =
+            segment::create_segment(&opts.path, id, opts.segment_bytes).and_then(|(file, path)| {
+                let seg = SegmentShared::map(id, path, &file, SEGMENT_HEADER_BYTES as u64, false)?;
+                Ok((file, seg))
+            });
         match created {
             Ok((file, seg)) => {
                 let seg = Arc::new(seg);
@@ -425,12 +460,18 @@ impl Inner {
                 // SAFETY: `into_raw_fd` hands us sole ownership of an open
                 // descriptor; compio's attach is a no-op on Linux drivers.
                 let file = unsafe { compio::fs::File::from_raw_fd(file.into_raw_fd()) };
-                st.current = Some(Current { seg, file, write_pos: SEGMENT_HEADER_BYTES as u64, capacity: opts.segment_bytes });
+                st.current = Some(Current {
+                    seg,
+                    file,
+                    write_pos: SEGMENT_HEADER_BYTES as u64,
+                    capacity: opts.segment_bytes,
+                });
                 st.disk_full_until = None;
                 Ok(())
             }
             Err(e) => {
-                st.disk_full_until = Some(Instant::now() + Duration::from_millis(opts.disk_full_retry_ms));
+                st.disk_full_until =
+                    Some(Instant::now() + Duration::from_millis(opts.disk_full_retry_ms));
                 Err(e)
             }
         }
@@ -456,15 +497,22 @@ impl Inner {
     async fn flush_once(&self) {
         let (file, seg, pos, bytes, batch) = {
             let mut st = self.st.borrow_mut();
-            let Some(first) = st.entries.front().map(|e| e.len as u64) else { return };
-            let fits = st.current.as_ref().is_some_and(|c| c.write_pos + first <= c.capacity);
+            let Some(first) = st.entries.front().map(|e| e.len as u64) else {
+                return;
+            };
+            let fits = st
+                .current
+                .as_ref()
+                .is_some_and(|c| c.write_pos + first <= c.capacity);
             if !fits && let Err(e) = self.rotate(&mut st) {
                 let room = st.current.as_ref().map_or(0, |c| c.capacity - c.write_pos);
                 self.fail_oversized(&mut st, room, &e);
                 return;
             }
             let st = &mut *st;
-            let Some(cur) = st.current.as_mut() else { return };
+            let Some(cur) = st.current.as_mut() else {
+                return;
+            };
             let room = cur.capacity - cur.write_pos;
             let one = self.shared.options.sync == SyncMode::EachRecord;
             let mut n = 0;
@@ -478,7 +526,8 @@ impl Inner {
             }
             let batch: Vec<Entry> = st.entries.drain(..n).collect();
             let mut buf = std::mem::replace(&mut st.pending, std::mem::take(&mut st.spare));
-            st.pending.extend_from_slice(buf.get(bytes..).unwrap_or(&[]));
+            st.pending
+                .extend_from_slice(buf.get(bytes..).unwrap_or(&[]));
             buf.truncate(bytes);
             let pos = cur.write_pos;
             cur.write_pos += bytes as u64;
@@ -491,9 +540,10 @@ impl Inner {
         let res = match res {
             Err(e) => Err(SpoolError::io("write", &e)),
             Ok(()) => match self.shared.options.sync {
-                SyncMode::Group | SyncMode::EachRecord => {
-                    file.sync_data().await.map_err(|e| SpoolError::io("fdatasync", &e))
-                }
+                SyncMode::Group | SyncMode::EachRecord => file
+                    .sync_data()
+                    .await
+                    .map_err(|e| SpoolError::io("fdatasync", &e)),
                 SyncMode::None => Ok(()),
             },
         };
@@ -503,7 +553,11 @@ impl Inner {
         }
         if let Err(e) = res {
             // Never retried and assumed good: seal, fail the batch, move on.
-            if st.current.as_ref().is_some_and(|c| Arc::ptr_eq(&c.seg, &seg)) {
+            if st
+                .current
+                .as_ref()
+                .is_some_and(|c| Arc::ptr_eq(&c.seg, &seg))
+            {
                 self.seal_current(&mut st);
             }
             drop(st);
@@ -517,7 +571,14 @@ impl Inner {
         let mut off = pos;
         for entry in batch {
             let result = match entry.effect {
-                Effect::Message { id, record_len, content_offset_in_record, content_len, live, retire } => {
+                Effect::Message {
+                    id,
+                    record_len,
+                    content_offset_in_record,
+                    content_len,
+                    live,
+                    retire,
+                } => {
                     let m = MessageRef::new(
                         id,
                         seg.clone(),

@@ -22,7 +22,10 @@ use spate::spool::MessageId;
 use spate::spool::inspect::{self, Inventory, MessageInfo};
 
 #[derive(Parser)]
-#[command(name = "spate-spool", about = "Read-only inspector for spate spool directories")]
+#[command(
+    name = "spate-spool",
+    about = "Read-only inspector for spate spool directories"
+)]
 struct Cli {
     /// Spool directory.
     #[arg(long, default_value = "./spate-spool")]
@@ -67,16 +70,25 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
-    let inv = inspect::inventory(&cli.spool).with_context(|| format!("reading {}", cli.spool.display()))?;
+    let inv = inspect::inventory(&cli.spool)
+        .with_context(|| format!("reading {}", cli.spool.display()))?;
     let mut out = std::io::stdout().lock();
     match &cli.command {
         Cmd::Ls { all } => {
-            let msgs: Vec<&MessageInfo> = inv.messages.iter().filter(|m| *all || m.is_live()).collect();
+            let msgs: Vec<&MessageInfo> = inv
+                .messages
+                .iter()
+                .filter(|m| *all || m.is_live())
+                .collect();
             if cli.json {
                 let v: Vec<_> = msgs.iter().map(|m| message_json(m)).collect();
                 writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
             } else {
-                writeln!(out, "{:<16}  {:<24}  {:>9}  {:>5}  {:<12}  FROM", "ID", "SEGMENT", "SIZE", "LIVE", "VMTA")?;
+                writeln!(
+                    out,
+                    "{:<16}  {:<24}  {:>9}  {:>5}  {:<12}  FROM",
+                    "ID", "SEGMENT", "SIZE", "LIVE", "VMTA"
+                )?;
                 for m in msgs {
                     let live = m.recipients.iter().filter(|r| !r.state.is_final()).count();
                     writeln!(
@@ -94,9 +106,17 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Cmd::Show { id, body } => {
-            let id: MessageId = id.parse().with_context(|| format!("{id:?} is not a spool id (16 hex digits)"))?;
-            let Some(m) = inv.messages.iter().find(|m| m.id == id) else { bail!("no message {id} in the spool") };
-            let content = if *body { Some(inspect::read_content(&cli.spool, m)?) } else { None };
+            let id: MessageId = id
+                .parse()
+                .with_context(|| format!("{id:?} is not a spool id (16 hex digits)"))?;
+            let Some(m) = inv.messages.iter().find(|m| m.id == id) else {
+                bail!("no message {id} in the spool")
+            };
+            let content = if *body {
+                Some(inspect::read_content(&cli.spool, m)?)
+            } else {
+                None
+            };
             if cli.json {
                 let mut v = message_json(m);
                 if let Some(c) = &content {
@@ -108,12 +128,21 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
                 writeln!(out, "segment:      {} @ {}", m.segment, m.record_offset)?;
                 writeln!(out, "received:     {} (unix ms)", m.received_unix_ms)?;
                 writeln!(out, "from:         <{}>", m.reverse_path)?;
-                writeln!(out, "vmta:         {} (submitted to {})", m.vmta, m.vmta_or_pool)?;
+                writeln!(
+                    out,
+                    "vmta:         {} (submitted to {})",
+                    m.vmta, m.vmta_or_pool
+                )?;
                 writeln!(out, "job:          {}", m.job_id)?;
                 writeln!(out, "envid:        {}", m.envid)?;
                 writeln!(out, "size:         {} bytes", m.content_len)?;
                 for (i, r) in m.recipients.iter().enumerate() {
-                    writeln!(out, "rcpt {i:<7}  <{}>  {}", r.forward_path, state_text(&r.state))?;
+                    writeln!(
+                        out,
+                        "rcpt {i:<7}  <{}>  {}",
+                        r.forward_path,
+                        state_text(&r.state)
+                    )?;
                 }
                 if let Some(c) = content {
                     writeln!(out)?;
@@ -131,7 +160,10 @@ fn state_text(s: &spate::spool::RecipientState) -> String {
     use spate::spool::RecipientState as S;
     match s {
         S::Bounced { category } => format!("bounced (category {category})"),
-        S::Deferred { attempts, next_attempt_unix_s } => {
+        S::Deferred {
+            attempts,
+            next_attempt_unix_s,
+        } => {
             format!("deferred ({attempts} attempts, next at unix {next_attempt_unix_s})")
         }
         other => other.name().to_string(),
@@ -171,10 +203,18 @@ fn stats(inv: &Inventory, as_json: bool, out: &mut impl Write) -> anyhow::Result
     let live_messages = inv.messages.iter().filter(|m| m.is_live()).count();
     for m in &inv.messages {
         for r in &m.recipients {
-            let name = if m.superseded { "finished" } else { r.state.name() };
+            let name = if m.superseded {
+                "finished"
+            } else {
+                r.state.name()
+            };
             *by_state.entry(name).or_default() += 1;
             if m.is_live() && !r.state.is_final() {
-                let domain = r.forward_path.rsplit_once('@').map_or("", |(_, d)| d).to_ascii_lowercase();
+                let domain = r
+                    .forward_path
+                    .rsplit_once('@')
+                    .map_or("", |(_, d)| d)
+                    .to_ascii_lowercase();
                 *queues.entry(format!("{domain}/{}", m.vmta)).or_default() += 1;
             }
         }
@@ -194,7 +234,11 @@ fn stats(inv: &Inventory, as_json: bool, out: &mut impl Write) -> anyhow::Result
         writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
         return Ok(());
     }
-    writeln!(out, "{:<26} {:>12} {:>12} {:>12} {:>9} {:>9}", "SEGMENT", "FILE", "USED", "LIVE", "RECORDS", "LIVE MSG")?;
+    writeln!(
+        out,
+        "{:<26} {:>12} {:>12} {:>12} {:>9} {:>9}",
+        "SEGMENT", "FILE", "USED", "LIVE", "RECORDS", "LIVE MSG"
+    )?;
     for s in &inv.segments {
         writeln!(
             out,
@@ -207,7 +251,12 @@ fn stats(inv: &Inventory, as_json: bool, out: &mut impl Write) -> anyhow::Result
             s.live_messages
         )?;
     }
-    writeln!(out, "\nmessages on disk: {}, queued: {}", inv.messages.len(), live_messages)?;
+    writeln!(
+        out,
+        "\nmessages on disk: {}, queued: {}",
+        inv.messages.len(),
+        live_messages
+    )?;
     writeln!(out, "recipients by state:")?;
     for (k, v) in &by_state {
         writeln!(out, "  {k:<14} {v}")?;
@@ -234,25 +283,48 @@ fn verify(inv: &Inventory, as_json: bool, out: &mut impl Write) -> anyhow::Resul
         }
     }
     for (file, e) in &inv.unreadable {
-        problems.push(json!({"segment": file, "offset": 0, "length": 0, "error": format!("unreadable: {e}")}));
+        problems.push(
+            json!({"segment": file, "offset": 0, "length": 0, "error": format!("unreadable: {e}")}),
+        );
     }
     if as_json {
         let v = json!({"ok": problems.is_empty(), "segments": inv.segments.len(), "corrupt": problems, "notes": notes});
         writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
     } else {
         for p in &problems {
-            writeln!(out, "CORRUPT {} offset {} length {}: {}", p["segment"].as_str().unwrap_or("?"), p["offset"], p["length"], p["error"].as_str().unwrap_or(""))?;
+            writeln!(
+                out,
+                "CORRUPT {} offset {} length {}: {}",
+                p["segment"].as_str().unwrap_or("?"),
+                p["offset"],
+                p["length"],
+                p["error"].as_str().unwrap_or("")
+            )?;
         }
         for n in &notes {
-            writeln!(out, "note {} offset {}: {}", n["segment"].as_str().unwrap_or("?"), n["offset"], n["note"].as_str().unwrap_or(""))?;
+            writeln!(
+                out,
+                "note {} offset {}: {}",
+                n["segment"].as_str().unwrap_or("?"),
+                n["offset"],
+                n["note"].as_str().unwrap_or("")
+            )?;
         }
         writeln!(
             out,
             "{} segments, {} records checked: {}",
             inv.segments.len(),
             inv.segments.iter().map(|s| s.records).sum::<u64>(),
-            if problems.is_empty() { "ok".to_string() } else { format!("{} corrupt regions", problems.len()) }
+            if problems.is_empty() {
+                "ok".to_string()
+            } else {
+                format!("{} corrupt regions", problems.len())
+            }
         )?;
     }
-    Ok(if problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
