@@ -463,3 +463,46 @@ fn oversized_message_is_refused_and_second_server_is_locked_out() {
         s.close().await;
     });
 }
+
+#[test]
+fn failed_fsync_fails_the_batch_with_451_and_seals_the_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = options(dir.path(), 1024 * 1024);
+    let rec = recover(&opts, 1).unwrap();
+    rt().block_on(async {
+        let s = Spool::open(rec.shared.clone(), 0).unwrap();
+        let before = append(&s, 0, 500, 1).await;
+        s.inject_sync_failures(1);
+        let addrs = [NewRecipient {
+            forward_path: "a@b.c",
+            orcpt: "",
+            notify: 0,
+        }];
+        let content = content_for(1, 500);
+        let msg = NewMessage {
+            received_unix_ms: 0,
+            reverse_path: "",
+            recipients: &addrs,
+            ret: Ret::Unspecified,
+            envid: "",
+            vmta_or_pool: "",
+            vmta: "",
+            job_id: "",
+            content: &content,
+        };
+        let err = s.append_message(&msg).await.unwrap_err();
+        assert!(
+            matches!(err, spate::spool::SpoolError::Io { .. }),
+            "{err:?}"
+        );
+        assert_eq!(err.smtp_reply().0, 451);
+        // Never retried and assumed good: the next append goes to a new segment.
+        let after = append(&s, 2, 500, 1).await;
+        assert_ne!(
+            after.segment(),
+            before.segment(),
+            "segment with a failed fsync must be sealed"
+        );
+        s.close().await;
+    });
+}

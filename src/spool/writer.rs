@@ -60,6 +60,8 @@ pub(crate) struct Inner {
     flusher: Cell<Option<Waker>>,
     room: RefCell<Vec<Waker>>,
     closed: RefCell<Vec<Waker>>,
+    /// Test hook: the next N syncs report EIO (see [`Spool::inject_sync_failures`]).
+    inject_sync_failures: Cell<u32>,
 }
 
 pub(crate) struct State {
@@ -155,9 +157,17 @@ impl Spool {
             flusher: Cell::new(None),
             room: RefCell::new(Vec::new()),
             closed: RefCell::new(Vec::new()),
+            inject_sync_failures: Cell::new(0),
         });
         compio::runtime::spawn(flush_loop(inner.clone())).detach();
         Ok(Spool { inner })
+    }
+
+    /// Test hook: make the next `n` fdatasyncs fail with EIO after the data
+    /// was written, to exercise the "failed fsync seals the segment" path.
+    #[doc(hidden)]
+    pub fn inject_sync_failures(&self, n: u32) {
+        self.inner.inject_sync_failures.set(n);
     }
 
     pub fn shard(&self) -> u16 {
@@ -540,10 +550,17 @@ impl Inner {
         let res = match res {
             Err(e) => Err(SpoolError::io("write", &e)),
             Ok(()) => match self.shared.options.sync {
-                SyncMode::Group | SyncMode::EachRecord => file
-                    .sync_data()
-                    .await
-                    .map_err(|e| SpoolError::io("fdatasync", &e)),
+                SyncMode::Group | SyncMode::EachRecord => {
+                    let injected = self.inject_sync_failures.get();
+                    let r = file.sync_data().await;
+                    if injected > 0 {
+                        self.inject_sync_failures.set(injected - 1);
+                        let eio = std::io::Error::from_raw_os_error(libc::EIO);
+                        Err(SpoolError::io("fdatasync", &eio))
+                    } else {
+                        r.map_err(|e| SpoolError::io("fdatasync", &e))
+                    }
+                }
                 SyncMode::None => Ok(()),
             },
         };
