@@ -3,6 +3,7 @@
 //! reclamation with carry-forward, and compaction by rewrite.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::Path;
 
 use spate::spool::record::RECORD_HEADER_BYTES;
@@ -505,4 +506,49 @@ fn failed_fsync_fails_the_batch_with_451_and_seals_the_segment() {
         );
         s.close().await;
     });
+}
+
+#[test]
+fn an_append_abandoned_before_its_commit_is_not_delivered_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = options(dir.path(), 1024 * 1024);
+    let kept = {
+        let rec = recover(&opts, 1).unwrap();
+        rt().block_on(async {
+            let s = Spool::open(rec.shared.clone(), 0).unwrap();
+            let addrs = [NewRecipient {
+                forward_path: "a@b.c",
+                orcpt: "",
+                notify: 0,
+            }];
+            let content = content_for(7, 300);
+            let msg = NewMessage {
+                received_unix_ms: 0,
+                reverse_path: "",
+                recipients: &addrs,
+                ret: Ret::Unspecified,
+                envid: "",
+                vmta_or_pool: "",
+                vmta: "",
+                job_id: "",
+                content: &content,
+            };
+            {
+                // Poll once (the record is queued), then drop: the client left.
+                let mut fut = std::pin::pin!(s.append_message(&msg));
+                let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                assert!(fut.as_mut().poll(&mut cx).is_pending());
+            }
+            let kept = append(&s, 1, 300, 1).await;
+            s.close().await;
+            kept.id()
+        })
+    };
+    let rec = recover(&opts, 1).unwrap();
+    let ids: Vec<MessageId> = rec.messages.iter().map(|m| m.message.id()).collect();
+    assert_eq!(ids, vec![kept]);
+    assert_eq!(
+        rec.report.messages_finished, 1,
+        "the abandoned message is on disk, finished"
+    );
 }

@@ -351,34 +351,10 @@ impl Spool {
         &self,
         encode: impl FnOnce(&mut Vec<u8>) -> Result<Effect, SpoolError>,
     ) -> Result<Rc<Slot>, SpoolError> {
-        let capacity = self.inner.shared.options.segment_bytes - SEGMENT_HEADER_BYTES as u64;
-        let slot = Rc::new(Slot::default());
-        {
-            let mut st = self.inner.st.borrow_mut();
-            if st.closing {
-                return Err(SpoolError::Closed);
-            }
-            let start = st.pending.len();
-            let effect = match encode(&mut st.pending) {
-                Ok(e) => e,
-                Err(e) => {
-                    st.pending.truncate(start);
-                    return Err(e);
-                }
-            };
-            let len = st.pending.len() - start;
-            if len as u64 > capacity {
-                st.pending.truncate(start);
-                return Err(SpoolError::TooLarge);
-            }
-            st.entries.push_back(Entry {
-                len,
-                slot: slot.clone(),
-                effect,
-            });
+        if self.inner.st.borrow().closing {
+            return Err(SpoolError::Closed);
         }
-        self.inner.wake_flusher();
-        Ok(slot)
+        self.inner.push(encode)
     }
 
     async fn wait_room(&self) -> Result<(), SpoolError> {
@@ -419,6 +395,63 @@ async fn wait_commit(slot: Rc<Slot>) -> Result<Committed, SpoolError> {
 }
 
 impl Inner {
+    fn push(
+        &self,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<Effect, SpoolError>,
+    ) -> Result<Rc<Slot>, SpoolError> {
+        let capacity = self.shared.options.segment_bytes - SEGMENT_HEADER_BYTES as u64;
+        let slot = Rc::new(Slot::default());
+        {
+            let mut st = self.st.borrow_mut();
+            let start = st.pending.len();
+            let effect = match encode(&mut st.pending) {
+                Ok(e) => e,
+                Err(e) => {
+                    st.pending.truncate(start);
+                    return Err(e);
+                }
+            };
+            let len = st.pending.len() - start;
+            if len as u64 > capacity {
+                st.pending.truncate(start);
+                return Err(SpoolError::TooLarge);
+            }
+            st.entries.push_back(Entry {
+                len,
+                slot: slot.clone(),
+                effect,
+            });
+        }
+        self.wake_flusher();
+        Ok(slot)
+    }
+
+    /// A new message committed after its appender stopped waiting (the
+    /// client went away, so it never got a 250): mark every recipient
+    /// admin-deleted so it is neither delivered after a restart nor pins its
+    /// segment. Best effort: if this record is lost the message is merely
+    /// delivered once after a restart.
+    fn discard_abandoned(&self, m: &MessageRef) {
+        let n = m.live_recipients();
+        let first = self.shared.next_seqs(u64::from(n));
+        let _ = self.push(|out| {
+            for r in 0..n {
+                let rec = StateRecord {
+                    message: m.id(),
+                    home: m.segment(),
+                    recipient: r,
+                    state: RecipientState::AdminDeleted,
+                    reply: "transaction abandoned before commit",
+                };
+                record::encode_state(out, first + u64::from(r), &rec)?;
+            }
+            Ok(Effect::States {
+                message: Some(m.clone()),
+                finals: n,
+            })
+        });
+    }
+
     fn wake_flusher(&self) {
         if let Some(w) = self.flusher.take() {
             w.wake();
@@ -605,8 +638,10 @@ impl Inner {
                         content_len,
                         live,
                     );
-                    if let Some(old) = retire {
-                        old.retire();
+                    match retire {
+                        Some(old) => old.retire(),
+                        None if Rc::strong_count(&entry.slot) == 1 => self.discard_abandoned(&m),
+                        None => {}
                     }
                     Committed::Message(m)
                 }
