@@ -1,5 +1,24 @@
 //! `spate-bench`: load generator, scriptable sink, test DNS server and benchmark scenarios.
 
-fn main() {
-    println!("usage: spate-bench sink|inject|dns|relay ...");
+mod spool;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "spate-bench")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Spool append throughput (group commit vs fsync per message) and recovery time.
+    Spool(spool::SpoolArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Spool(args) => spool::run(args),
+    }
 }

@@ -1,1 +1,191 @@
-//! spool: see the module map in `lib.rs`.
+//! The durable spool: per-shard append-only segment files, group commit,
+//! crash recovery, reclamation and read-only inspection.
+//!
+//! A message answered with 250 must survive kill -9 and power loss. Each shard
+//! owns `shard-N-*.seg` segments in the spool directory and appends records to
+//! its current one through io_uring (compio); one `fdatasync` covers every
+//! record written since the previous one, and each appender's future resolves
+//! only when the sync covering its record has completed.
+//!
+//! | file | owns |
+//! | --- | --- |
+//! | `record.rs` | the on-disk format: segment header, message and state records, CRC32C |
+//! | `scan.rs` | walking one segment: end of data, torn tails, resync after corruption |
+//! | `segment.rs` | segment files (fallocate, directory fsync), read-only maps, the cross-shard registry |
+//! | `writer.rs` | [`Spool`], the per-shard appender with group commit, rotation, ENOSPC handling |
+//! | `reclaim.rs` | deleting finished segments (carrying forward state records that still matter) |
+//! | `recovery.rs` | [`recover`]: merge every shard's segments at start and rebuild live recipients |
+//! | `inspect.rs` | read-only inventory of a spool for `spate-spool` (never writes, never locks) |
+//!
+//! # Cross-shard rules
+//! A message's body stays in the segment where it was first written; the shard
+//! delivering it reads it through the read-only map held by [`MessageRef`] and
+//! appends state records to its **own** segments. Every record carries a
+//! sequence number from one counter shared by all shards, so "the last state
+//! of a recipient" is well defined across shards: the highest sequence wins.
+//!
+//! # What the caller does
+//! - startup: [`recover`] once (synchronous, before shards start), then
+//!   [`Spool::open`] on every shard with the returned [`SpoolShared`], and hand
+//!   each [`RecoveredMessage`] to the queue owning its vMTA.
+//! - inbound: [`Spool::append_message`] → `Ok(MessageRef)` means durable (send
+//!   250); `Err(e)` → reply [`SpoolError::smtp_reply`] (451 4.3.0 or 452 4.3.1).
+//! - delivery: [`MessageRef::content`] for the bytes to send,
+//!   [`Spool::record_states`] for outcomes, [`Spool::needs_rewrite`] /
+//!   [`Spool::rewrite_message`] to move long-lived messages out of sparse
+//!   segments (compaction) or to reroute them to another vMTA.
+//! - housekeeping (about once a second): [`Spool::reclaim`].
+
+pub mod inspect;
+pub mod reclaim;
+pub mod record;
+pub mod recovery;
+pub mod scan;
+pub mod segment;
+pub mod writer;
+
+use std::path::PathBuf;
+
+pub use record::{NewMessage, NewRecipient, RecipientState, Ret};
+pub use recovery::{RecoveredMessage, Recovery, RecoveryReport, recover};
+pub use segment::{MessageRef, SegmentShared, SpoolShared};
+pub use writer::Spool;
+
+/// Default size of one segment file (config `[spool] segment_size`).
+pub const SEGMENT_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+/// Smallest segment we accept: a header plus room for real records.
+pub const SEGMENT_BYTES_MIN: u64 = 64 * 1024;
+/// Bytes of encoded records waiting for the next write before appenders wait
+/// (backpressure instead of unbounded memory).
+pub const PENDING_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// After ENOSPC or a failed segment creation, how long appends fail fast
+/// before the next attempt to create a segment.
+pub const DISK_FULL_RETRY_MS_DEFAULT: u64 = 1000;
+/// Compaction threshold default: rewrite a message out of a sealed segment
+/// whose live bytes fall below this fraction of its used bytes.
+pub const COMPACT_LIVE_FRACTION_DEFAULT: f64 = 0.25;
+
+const _: () = assert!(SEGMENT_BYTES_MIN >= 4096);
+const _: () = assert!(SEGMENT_BYTES_DEFAULT >= SEGMENT_BYTES_MIN);
+
+/// When appends are made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode {
+    /// One fdatasync covers every record written since the previous one (default).
+    Group,
+    /// One fdatasync per record (benchmark comparison only: slow).
+    EachRecord,
+    /// No fsync at all: acknowledged mail is lost on power failure. For
+    /// benchmarks only; the caller logs a warning at start.
+    None,
+}
+
+/// Spool settings, mapped from the `[spool]` configuration by the caller.
+#[derive(Debug, Clone)]
+pub struct SpoolOptions {
+    pub path: PathBuf,
+    pub segment_bytes: u64,
+    pub sync: SyncMode,
+    /// In (0, 1): see [`COMPACT_LIVE_FRACTION_DEFAULT`].
+    pub compact_live_fraction: f64,
+    pub disk_full_retry_ms: u64,
+}
+
+impl SpoolOptions {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        SpoolOptions {
+            path: path.into(),
+            segment_bytes: SEGMENT_BYTES_DEFAULT,
+            sync: SyncMode::Group,
+            compact_live_fraction: COMPACT_LIVE_FRACTION_DEFAULT,
+            disk_full_retry_ms: DISK_FULL_RETRY_MS_DEFAULT,
+        }
+    }
+}
+
+/// A segment: the shard that wrote it and its number within that shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SegmentId {
+    pub shard: u16,
+    pub number: u32,
+}
+
+impl std::fmt::Display for SegmentId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", segment::file_name(*self))
+    }
+}
+
+/// A message's spool id: unique across shards and restarts (drawn from the
+/// shared sequence counter when the message is first spooled). Shown as 16
+/// hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageId(pub u64);
+
+impl std::fmt::Display for MessageId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl std::str::FromStr for MessageId {
+    type Err = std::num::ParseIntError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        u64::from_str_radix(s, 16).map(MessageId)
+    }
+}
+
+/// Errors of the spool. Each maps to exactly one SMTP reply in [`Self::smtp_reply`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpoolError {
+    /// ENOSPC (or quota) creating or writing a segment: 452 4.3.1.
+    #[error("spool disk full")]
+    DiskFull,
+    /// Any other I/O failure, including a failed fsync (never retried and
+    /// assumed good: the segment is sealed): 451 4.3.0.
+    #[error("spool i/o error during {op}: {kind}{}", errno.map(|e| format!(" (errno {e})")).unwrap_or_default())]
+    Io {
+        op: &'static str,
+        kind: std::io::ErrorKind,
+        errno: Option<i32>,
+    },
+    /// The record does not fit in one segment: 552 5.3.4.
+    #[error("message too large for a spool segment")]
+    TooLarge,
+    /// A field is out of the record format's bounds: 554 5.3.0 (our caller's bug
+    /// or an absurd envelope).
+    #[error("cannot encode record: {0}")]
+    Encode(#[from] record::EncodeError),
+    /// The spool is shutting down.
+    #[error("spool closed")]
+    Closed,
+    /// The spool directory or a segment is unusable at start.
+    #[error("spool unusable: {0}")]
+    Unusable(String),
+}
+
+impl SpoolError {
+    pub(crate) fn io(op: &'static str, e: &std::io::Error) -> Self {
+        if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT) {
+            return SpoolError::DiskFull;
+        }
+        SpoolError::Io {
+            op,
+            kind: e.kind(),
+            errno: e.raw_os_error(),
+        }
+    }
+
+    /// The SMTP reply (code, enhanced status and text) for a transaction that
+    /// could not be spooled. Bland on purpose: no paths or internals.
+    pub fn smtp_reply(&self) -> (u16, &'static str) {
+        match self {
+            SpoolError::DiskFull => (452, "4.3.1 insufficient system storage"),
+            SpoolError::TooLarge => (552, "5.3.4 message too big for system"),
+            SpoolError::Encode(_) => (554, "5.3.0 message cannot be stored"),
+            SpoolError::Io { .. } | SpoolError::Closed | SpoolError::Unusable(_) => {
+                (451, "4.3.0 temporary storage failure, try again later")
+            }
+        }
+    }
+}

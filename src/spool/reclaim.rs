@@ -1,0 +1,116 @@
+//! Reclamation: deleting this shard's sealed segments once nothing in them is
+//! needed any more.
+//!
+//! A sealed segment T is deleted when no message whose newest copy lives in T
+//! has a live recipient. Its state records may still matter, though: a
+//! "delivered" record for one recipient of a message in another segment S
+//! that still exists must survive, or that recipient would be delivered again
+//! after a restart. So before deleting T we **carry forward** the latest state
+//! record per (message, recipient) whose home segment still exists, byte for
+//! byte (same sequence number, so "last state wins" is unaffected), into the
+//! current segment, wait for that commit, then unlink T and fsync the
+//! directory. Records whose home is gone are dropped. Two finished segments
+//! referring to each other converge: whichever goes first carries the other's
+//! records, which are dropped once the other is gone.
+//!
+//! Compaction (moving a long-deferred message out of a mostly dead segment)
+//! is done by the message's owner through `Spool::rewrite_message`, because
+//! only the owner knows its recipients' current states.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::record::{KIND_STATE, decode_state};
+use super::scan::scan_records;
+use super::segment::{SegmentShared, SpoolShared, sync_dir};
+use super::{SegmentId, Spool, SpoolError};
+
+/// What one [`Spool::reclaim`] pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReclaimReport {
+    pub deleted: Vec<SegmentId>,
+    pub carried_records: u64,
+    pub freed_bytes: u64,
+}
+
+impl Spool {
+    /// Deletes every sealed segment of this shard with no live message,
+    /// carrying forward state records that still matter. Call periodically
+    /// (about once a second) from the shard's housekeeping.
+    pub async fn reclaim(&self) -> Result<ReclaimReport, SpoolError> {
+        let candidates: Vec<Arc<SegmentShared>> = {
+            let st = self.inner.st.borrow();
+            st.own_sealed
+                .iter()
+                .filter(|s| s.live_messages() == 0)
+                .cloned()
+                .collect()
+        };
+        let mut report = ReclaimReport::default();
+        for seg in candidates {
+            let (carry, n) = carry_forward(&self.inner.shared, &seg);
+            self.append_raw(&carry).await?;
+            report.carried_records += n;
+            match std::fs::remove_file(&seg.path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(SpoolError::io("delete segment", &e)),
+            }
+            sync_dir(&self.inner.shared.options.path)?;
+            seg.deleted.store(true, Ordering::Release);
+            self.inner.shared.unregister(seg.id);
+            self.inner
+                .st
+                .borrow_mut()
+                .own_sealed
+                .retain(|s| !Arc::ptr_eq(s, &seg));
+            report.freed_bytes += seg.used_bytes();
+            report.deleted.push(seg.id);
+        }
+        Ok(report)
+    }
+}
+
+/// The records of `seg` to carry forward, concatenated in file order.
+fn carry_forward(shared: &SpoolShared, seg: &SegmentShared) -> (Vec<u8>, u64) {
+    let bytes = seg.bytes();
+    let mut exists: HashMap<SegmentId, bool> = HashMap::new();
+    let mut latest: HashMap<(u64, u32), (u64, usize, usize)> = HashMap::new();
+    scan_records(bytes, |off, raw| {
+        if raw.kind != KIND_STATE {
+            return;
+        }
+        let Ok(rec) = decode_state(raw.payload) else {
+            return;
+        };
+        if rec.home == seg.id {
+            return;
+        }
+        let alive = *exists
+            .entry(rec.home)
+            .or_insert_with(|| shared.segment_exists(rec.home));
+        if !alive {
+            return;
+        }
+        let e =
+            latest
+                .entry((rec.message.0, rec.recipient))
+                .or_insert((raw.seq, off, raw.stored_len));
+        if raw.seq >= e.0 {
+            *e = (raw.seq, off, raw.stored_len);
+        }
+    });
+    let mut keep: Vec<(usize, usize)> = latest
+        .into_values()
+        .map(|(_, off, len)| (off, len))
+        .collect();
+    keep.sort_unstable();
+    let mut out = Vec::new();
+    for (off, len) in &keep {
+        if let Some(b) = bytes.get(*off..*off + *len) {
+            out.extend_from_slice(b);
+        }
+    }
+    (out, keep.len() as u64)
+}

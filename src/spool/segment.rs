@@ -1,0 +1,339 @@
+//! Segment files and the state shared between shards: the read-only map of
+//! every segment, its live counters, the registry of existing segments, the
+//! shared sequence counter, and [`MessageRef`], a handle to one spooled message.
+//!
+//! Creating a segment (open, `fallocate`, header, fsync, directory fsync) is
+//! here; appending is `writer.rs`'s job, deleting is `reclaim.rs`'s.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use memmap2::Mmap;
+
+use super::record::{self, MessageRecord, RecordError, SegmentHeader};
+use super::{MessageId, SegmentId, SpoolError, SpoolOptions};
+
+/// `shard-3-0000000012.seg`
+pub fn file_name(id: SegmentId) -> String {
+    format!("shard-{}-{:010}.seg", id.shard, id.number)
+}
+
+/// The inverse of [`file_name`]; `None` for any other file.
+pub fn parse_file_name(name: &str) -> Option<SegmentId> {
+    let rest = name.strip_prefix("shard-")?.strip_suffix(".seg")?;
+    let (shard, number) = rest.split_once('-')?;
+    Some(SegmentId {
+        shard: shard.parse().ok()?,
+        number: number.parse().ok()?,
+    })
+}
+
+/// One segment as every shard sees it: a read-only map plus counters.
+#[derive(Debug)]
+pub struct SegmentShared {
+    pub id: SegmentId,
+    pub path: PathBuf,
+    map: Mmap,
+    /// Messages whose newest copy is here and which still have live recipients.
+    pub(crate) live_messages: AtomicU64,
+    /// Stored bytes of those messages.
+    pub(crate) live_bytes: AtomicU64,
+    /// End of committed data.
+    pub(crate) used_bytes: AtomicU64,
+    /// No more appends (full, failed, or from an earlier run).
+    pub(crate) sealed: AtomicBool,
+    pub(crate) deleted: AtomicBool,
+}
+
+impl SegmentShared {
+    /// Maps `file` read-only.
+    pub(crate) fn map(
+        id: SegmentId,
+        path: PathBuf,
+        file: &File,
+        used_bytes: u64,
+        sealed: bool,
+    ) -> Result<Self, SpoolError> {
+        // SAFETY: the map is read-only. The file is only ever written by our own
+        // appender at offsets past the committed end (readers only look below
+        // `used_bytes` or at records whose commit they observed), it is never
+        // truncated while mapped (recovery truncates before mapping), and
+        // unlinking it keeps the pages valid until the map is dropped.
+        // Modification by other processes is outside the spool's contract.
+        let map = unsafe { memmap2::MmapOptions::new().map(file) }
+            .map_err(|e| SpoolError::io("mmap", &e))?;
+        Ok(SegmentShared {
+            id,
+            path,
+            map,
+            live_messages: AtomicU64::new(0),
+            live_bytes: AtomicU64::new(0),
+            used_bytes: AtomicU64::new(used_bytes),
+            sealed: AtomicBool::new(sealed),
+            deleted: AtomicBool::new(false),
+        })
+    }
+
+    /// Committed bytes of the segment (header included).
+    pub fn bytes(&self) -> &[u8] {
+        let used = self.used_bytes.load(Ordering::Acquire) as usize;
+        self.map.get(..used).unwrap_or(&self.map)
+    }
+
+    pub fn live_messages(&self) -> u64 {
+        self.live_messages.load(Ordering::Relaxed)
+    }
+
+    pub fn live_bytes(&self) -> u64 {
+        self.live_bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn used_bytes(&self) -> u64 {
+        self.used_bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn is_sealed(&self) -> bool {
+        self.sealed.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn add_live(&self, stored_len: u64) {
+        self.live_messages.fetch_add(1, Ordering::Relaxed);
+        self.live_bytes.fetch_add(stored_len, Ordering::Relaxed);
+    }
+
+    pub(crate) fn remove_live(&self, stored_len: u64) {
+        let _ = self
+            .live_messages
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(1))
+            });
+        let _ = self
+            .live_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(stored_len))
+            });
+    }
+}
+
+/// A spooled message: where its record is, plus its live-recipient count.
+/// Cheap to clone (an `Arc`), `Send + Sync`, ~80 bytes per message.
+#[derive(Debug, Clone)]
+pub struct MessageRef(pub(crate) Arc<MessageShared>);
+
+#[derive(Debug)]
+pub(crate) struct MessageShared {
+    pub(crate) id: MessageId,
+    pub(crate) segment: Arc<SegmentShared>,
+    pub(crate) record_offset: u64,
+    pub(crate) stored_len: u32,
+    pub(crate) content_offset: u64,
+    pub(crate) content_len: u64,
+    pub(crate) live_recipients: AtomicU32,
+}
+
+impl MessageRef {
+    pub(crate) fn new(
+        id: MessageId,
+        segment: Arc<SegmentShared>,
+        record_offset: u64,
+        stored_len: u32,
+        content_offset: u64,
+        content_len: u64,
+        live_recipients: u32,
+    ) -> Self {
+        if live_recipients > 0 {
+            segment.add_live(u64::from(stored_len));
+        }
+        MessageRef(Arc::new(MessageShared {
+            id,
+            segment,
+            record_offset,
+            stored_len,
+            content_offset,
+            content_len,
+            live_recipients: AtomicU32::new(live_recipients),
+        }))
+    }
+
+    pub fn id(&self) -> MessageId {
+        self.0.id
+    }
+
+    /// The segment holding this message's record.
+    pub fn segment(&self) -> SegmentId {
+        self.0.segment.id
+    }
+
+    pub fn record_offset(&self) -> u64 {
+        self.0.record_offset
+    }
+
+    /// Headers and body, straight from the segment's read-only map (no copy).
+    pub fn content(&self) -> &[u8] {
+        let start = self.0.content_offset as usize;
+        let end = start.saturating_add(self.0.content_len as usize);
+        // The range was checked against the committed record when this ref was
+        // made; an empty slice here would be our bug, not a crash.
+        self.0.segment.map.get(start..end).unwrap_or(&[])
+    }
+
+    /// The envelope (and content) decoded from the map. Recipients are in RCPT
+    /// order; state records and [`super::Spool::record_states`] use those indexes.
+    pub fn envelope(&self) -> Result<MessageRecord<'_>, RecordError> {
+        let start = self.0.record_offset as usize;
+        let end = start + self.0.stored_len as usize;
+        let bytes = self
+            .0
+            .segment
+            .map
+            .get(start..end)
+            .ok_or(RecordError::Truncated {
+                needed: end,
+                available: self.0.segment.map.len(),
+            })?;
+        let raw = record::decode_raw(bytes)?;
+        record::decode_message(raw.payload)
+    }
+
+    pub fn live_recipients(&self) -> u32 {
+        self.0.live_recipients.load(Ordering::Relaxed)
+    }
+
+    /// Counts `finals` recipients as finished; when none are left the message
+    /// no longer keeps its segment alive.
+    pub(crate) fn finish_recipients(&self, finals: u32) {
+        if finals == 0 {
+            return;
+        }
+        let prev = self
+            .0
+            .live_recipients
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some(v.saturating_sub(finals))
+            })
+            .unwrap_or(0);
+        if prev > 0 && prev <= finals {
+            self.0.segment.remove_live(u64::from(self.0.stored_len));
+        }
+    }
+
+    /// The message moved to a newer copy: this copy no longer counts as live.
+    pub(crate) fn retire(&self) {
+        let prev = self.0.live_recipients.swap(0, Ordering::AcqRel);
+        if prev > 0 {
+            self.0.segment.remove_live(u64::from(self.0.stored_len));
+        }
+    }
+}
+
+/// State shared by every shard's [`super::Spool`]: options, the sequence
+/// counter and the registry of existing segments. The registry's mutex is
+/// taken when a segment is created or deleted and during reclamation, never
+/// per message.
+#[derive(Debug)]
+pub struct SpoolShared {
+    pub options: SpoolOptions,
+    pub shards: u16,
+    pub(crate) seq: AtomicU64,
+    pub(crate) segments: Mutex<HashMap<SegmentId, Arc<SegmentShared>>>,
+    /// Next segment number per shard (index = shard).
+    pub(crate) next_number: Vec<AtomicU32>,
+    /// The exclusive lock on `<path>/lock`, held while this value lives.
+    pub(crate) _lock: Option<File>,
+}
+
+impl SpoolShared {
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Reserves `n` consecutive sequence numbers.
+    pub(crate) fn next_seqs(&self, n: u64) -> u64 {
+        self.seq.fetch_add(n, Ordering::Relaxed)
+    }
+
+    pub fn segment(&self, id: SegmentId) -> Option<Arc<SegmentShared>> {
+        self.segments.lock().ok()?.get(&id).cloned()
+    }
+
+    pub fn segment_exists(&self, id: SegmentId) -> bool {
+        self.segments
+            .lock()
+            .map(|m| m.contains_key(&id))
+            .unwrap_or(true)
+    }
+
+    /// Every existing segment.
+    pub fn all_segments(&self) -> Vec<Arc<SegmentShared>> {
+        self.segments
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn register(&self, seg: Arc<SegmentShared>) {
+        if let Ok(mut m) = self.segments.lock() {
+            m.insert(seg.id, seg);
+        }
+    }
+
+    pub(crate) fn unregister(&self, id: SegmentId) {
+        if let Ok(mut m) = self.segments.lock() {
+            m.remove(&id);
+        }
+    }
+}
+
+/// Creates and preallocates a new segment file, writes and syncs its header
+/// and syncs the directory. Blocking; called on segment rotation only. On any
+/// failure the partial file is removed (so a full disk gets its space back).
+pub(crate) fn create_segment(
+    dir: &Path,
+    id: SegmentId,
+    segment_bytes: u64,
+) -> Result<(File, PathBuf), SpoolError> {
+    let path = dir.join(file_name(id));
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| SpoolError::io("create segment", &e))?;
+    let result = (|| {
+        let len = libc::off_t::try_from(segment_bytes).map_err(|_| SpoolError::TooLarge)?;
+        // SAFETY: fallocate on a file descriptor we own, with no pointers passed.
+        let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
+        if rc != 0 {
+            return Err(SpoolError::io(
+                "fallocate",
+                &std::io::Error::last_os_error(),
+            ));
+        }
+        file.write_all_at(&SegmentHeader { id }.encode(), 0)
+            .map_err(|e| SpoolError::io("write segment header", &e))?;
+        file.sync_all()
+            .map_err(|e| SpoolError::io("fsync new segment", &e))?;
+        sync_dir(dir)
+    })();
+    match result {
+        Ok(()) => Ok((file, path)),
+        Err(e) => {
+            drop(file);
+            let _ = std::fs::remove_file(&path);
+            Err(e)
+        }
+    }
+}
+
+/// fsync the spool directory so created or removed entries are durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| SpoolError::io("fsync spool directory", &e))
+}

@@ -1,0 +1,692 @@
+//! [`Spool`]: one shard's appender. Records are encoded into a pending
+//! buffer by the calling task; a single flusher task on the shard's compio
+//! runtime writes everything pending with one `write_at` at the end of the
+//! current segment, then one `fdatasync`, then resolves every waiter in that
+//! batch. While a write+sync is in flight new records accumulate for the next
+//! one (group commit); only one sync is ever in flight.
+//!
+//! Because batches are written in order and each waiter is resolved only after
+//! the sync covering its whole batch, the acknowledged records of a segment
+//! are always a contiguous prefix: a crash leaves at most a torn tail.
+//!
+//! Failure rules: a failed write or fsync fails every record of that batch
+//! (the caller answers 451 4.3.0) and seals the segment; nothing is retried
+//! and assumed good. A failed segment creation (ENOSPC from `fallocate`) fails
+//! the records that do not fit in the current segment with
+//! [`SpoolError::DiskFull`] (452 4.3.1); the next creation is tried after
+//! `disk_full_retry_ms`, so service resumes by itself when space returns.
+//!
+//! Single-threaded: `Rc`/`RefCell`/`Cell`, no borrow held across `.await`.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use compio::BufResult;
+use compio::io::AsyncWriteAtExt;
+
+use super::record::{
+    self, NewMessage, NewRecipient, RECIPIENT_SUPERSEDED, RecipientState, SEGMENT_HEADER_BYTES,
+    StateRecord,
+};
+use super::segment::{self, MessageRef, SegmentShared, SpoolShared};
+use super::{MessageId, PENDING_BYTES_MAX, SegmentId, SpoolError, SyncMode};
+
+/// One shard's spool handle. `!Send`: it lives on its shard. Cloning is cheap
+/// (every session on the shard may hold one).
+#[derive(Clone)]
+pub struct Spool {
+    pub(crate) inner: Rc<Inner>,
+}
+
+impl std::fmt::Debug for Spool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spool")
+            .field("shard", &self.inner.shard)
+            .finish()
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) shared: Arc<SpoolShared>,
+    pub(crate) shard: u16,
+    pub(crate) st: RefCell<State>,
+    flusher: Cell<Option<Waker>>,
+    room: RefCell<Vec<Waker>>,
+    closed: RefCell<Vec<Waker>>,
+    /// Test hook: the next N syncs report EIO (see [`Spool::inject_sync_failures`]).
+    inject_sync_failures: Cell<u32>,
+}
+
+pub(crate) struct State {
+    /// Encoded records not yet handed to a write; `entries` partition it in order.
+    pending: Vec<u8>,
+    spare: Vec<u8>,
+    entries: VecDeque<Entry>,
+    current: Option<Current>,
+    /// This shard's sealed segments that still exist (reclamation candidates).
+    pub(crate) own_sealed: Vec<Arc<SegmentShared>>,
+    disk_full_until: Option<Instant>,
+    closing: bool,
+    flusher_done: bool,
+}
+
+struct Current {
+    seg: Arc<SegmentShared>,
+    file: compio::fs::File,
+    write_pos: u64,
+    capacity: u64,
+}
+
+struct Entry {
+    len: usize,
+    slot: Rc<Slot>,
+    effect: Effect,
+}
+
+enum Effect {
+    /// A message record first in the entry (possibly followed by a tombstone).
+    Message {
+        id: MessageId,
+        record_len: u32,
+        content_offset_in_record: u64,
+        content_len: u64,
+        live: u32,
+        retire: Option<MessageRef>,
+    },
+    /// State records; `finals` of them finish a recipient of `message`.
+    States {
+        message: Option<MessageRef>,
+        finals: u32,
+    },
+}
+
+enum Committed {
+    Message(MessageRef),
+    Done,
+}
+
+#[derive(Default)]
+struct Slot {
+    result: RefCell<Option<Result<Committed, SpoolError>>>,
+    waker: Cell<Option<Waker>>,
+}
+
+impl Slot {
+    fn resolve(&self, r: Result<Committed, SpoolError>) {
+        *self.result.borrow_mut() = Some(r);
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+}
+
+impl Spool {
+    /// Opens shard `shard`'s appender. Must run inside the shard's compio
+    /// runtime: it spawns the flusher task there. Sealed segments of earlier
+    /// runs whose shard maps to this one (`shard % shards`) become this
+    /// shard's to reclaim. The first segment is created on the first append.
+    pub fn open(shared: Arc<SpoolShared>, shard: u16) -> Result<Spool, SpoolError> {
+        if shard >= shared.shards {
+            return Err(SpoolError::Unusable(format!("shard {shard} out of range")));
+        }
+        let own_sealed = shared
+            .all_segments()
+            .into_iter()
+            .filter(|s| s.is_sealed() && s.id.shard % shared.shards == shard)
+            .collect();
+        let inner = Rc::new(Inner {
+            shared,
+            shard,
+            st: RefCell::new(State {
+                pending: Vec::new(),
+                spare: Vec::new(),
+                entries: VecDeque::new(),
+                current: None,
+                own_sealed,
+                disk_full_until: None,
+                closing: false,
+                flusher_done: false,
+            }),
+            flusher: Cell::new(None),
+            room: RefCell::new(Vec::new()),
+            closed: RefCell::new(Vec::new()),
+            inject_sync_failures: Cell::new(0),
+        });
+        compio::runtime::spawn(flush_loop(inner.clone())).detach();
+        Ok(Spool { inner })
+    }
+
+    /// Test hook: make the next `n` fdatasyncs fail with EIO after the data
+    /// was written, to exercise the "failed fsync seals the segment" path.
+    #[doc(hidden)]
+    pub fn inject_sync_failures(&self, n: u32) {
+        self.inner.inject_sync_failures.set(n);
+    }
+
+    pub fn shard(&self) -> u16 {
+        self.inner.shard
+    }
+
+    pub fn shared(&self) -> &Arc<SpoolShared> {
+        &self.inner.shared
+    }
+
+    /// Spools a new message. Resolves `Ok` only once the record is durable
+    /// (per the sync mode): then, and only then, answer 250.
+    pub async fn append_message(&self, msg: &NewMessage<'_>) -> Result<MessageRef, SpoolError> {
+        self.wait_room().await?;
+        let seq = self.inner.shared.next_seq();
+        let id = MessageId(seq);
+        let live = msg.recipients.len() as u32;
+        let slot = self.push(|out| {
+            let enc = record::encode_message(out, seq, id, msg, None)?;
+            Ok(Effect::Message {
+                id,
+                record_len: enc.stored_len as u32,
+                content_offset_in_record: enc.content_offset_in_record as u64,
+                content_len: enc.content_len as u64,
+                live,
+                retire: None,
+            })
+        })?;
+        match wait_commit(slot).await? {
+            Committed::Message(m) => Ok(m),
+            Committed::Done => Err(SpoolError::Closed),
+        }
+    }
+
+    /// Records outcomes for recipients (by RCPT index) of `msg`, all in one
+    /// commit. Each recipient must get at most one final state.
+    pub async fn record_states(
+        &self,
+        msg: &MessageRef,
+        states: &[(u32, RecipientState)],
+        reply: &str,
+    ) -> Result<(), SpoolError> {
+        if states.is_empty() {
+            return Ok(());
+        }
+        self.wait_room().await?;
+        let first = self.inner.shared.next_seqs(states.len() as u64);
+        let finals = states.iter().filter(|(_, s)| s.is_final()).count() as u32;
+        let slot = self.push(|out| {
+            for (i, &(recipient, state)) in states.iter().enumerate() {
+                let rec = StateRecord {
+                    message: msg.id(),
+                    home: msg.segment(),
+                    recipient,
+                    state,
+                    reply,
+                };
+                record::encode_state(out, first + i as u64, &rec)?;
+            }
+            Ok(Effect::States {
+                message: Some(msg.clone()),
+                finals,
+            })
+        })?;
+        wait_commit(slot).await.map(|_| ())
+    }
+
+    /// True when `msg` sits in a sealed segment whose live fraction fell below
+    /// the compaction threshold: its owner should [`Self::rewrite_message`] it
+    /// (typically when it is next deferred) so the old segment can be deleted.
+    pub fn needs_rewrite(&self, msg: &MessageRef) -> bool {
+        let seg = &msg.0.segment;
+        if !seg.is_sealed() {
+            return false;
+        }
+        let used = seg.used_bytes().max(1) as f64;
+        (seg.live_bytes() as f64) / used < self.inner.shared.options.compact_live_fraction
+    }
+
+    /// Writes a new copy of `msg` (same id, content copied from the old map)
+    /// into this shard's current segment, with each recipient's current state
+    /// and optionally a new vMTA (operator reroute). The old copy stops
+    /// counting as live; use the returned ref from now on. Must be called by
+    /// the shard that records `msg`'s states, so no state change races it.
+    pub async fn rewrite_message(
+        &self,
+        msg: &MessageRef,
+        states: &[RecipientState],
+        vmta: Option<&str>,
+    ) -> Result<MessageRef, SpoolError> {
+        self.wait_room().await?;
+        let env = msg
+            .envelope()
+            .map_err(|e| SpoolError::Unusable(format!("message {}: {e}", msg.id())))?;
+        if states.len() != env.recipient_count as usize {
+            return Err(SpoolError::Encode(record::EncodeError::TooManyRecipients));
+        }
+        let recipients: Vec<NewRecipient<'_>> = env
+            .recipients()
+            .map(|r| NewRecipient {
+                forward_path: r.forward_path,
+                orcpt: r.orcpt,
+                notify: r.notify,
+            })
+            .collect();
+        let tomb_seq = self.inner.shared.next_seqs(2);
+        let seq = tomb_seq + 1;
+        let copy = NewMessage {
+            received_unix_ms: env.received_unix_ms,
+            reverse_path: env.reverse_path,
+            recipients: &recipients,
+            ret: env.ret,
+            envid: env.envid,
+            vmta_or_pool: env.vmta_or_pool,
+            vmta: vmta.unwrap_or(env.vmta),
+            job_id: env.job_id,
+            content: env.content,
+        };
+        let with_seq: Vec<(RecipientState, u64)> = states.iter().map(|&s| (s, seq)).collect();
+        let live = states.iter().filter(|s| !s.is_final()).count() as u32;
+        let id = msg.id();
+        let slot = self.push(|out| {
+            // The copy first, then the tombstone for the old copy: a torn write
+            // can lose the tombstone but never keep it without the copy.
+            let enc = record::encode_message(out, seq, id, &copy, Some(&with_seq))?;
+            let tomb = StateRecord {
+                message: id,
+                home: msg.segment(),
+                recipient: RECIPIENT_SUPERSEDED,
+                state: RecipientState::Queued,
+                reply: "",
+            };
+            record::encode_state(out, tomb_seq, &tomb)?;
+            Ok(Effect::Message {
+                id,
+                record_len: enc.stored_len as u32,
+                content_offset_in_record: enc.content_offset_in_record as u64,
+                content_len: enc.content_len as u64,
+                live,
+                retire: Some(msg.clone()),
+            })
+        })?;
+        match wait_commit(slot).await? {
+            Committed::Message(m) => Ok(m),
+            Committed::Done => Err(SpoolError::Closed),
+        }
+    }
+
+    /// Appends already-encoded records verbatim (reclamation's carry-forward).
+    pub(crate) async fn append_raw(&self, bytes: &[u8]) -> Result<(), SpoolError> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.wait_room().await?;
+        let slot = self.push(|out| {
+            out.extend_from_slice(bytes);
+            Ok(Effect::States {
+                message: None,
+                finals: 0,
+            })
+        })?;
+        wait_commit(slot).await.map(|_| ())
+    }
+
+    /// Stops accepting appends, waits for everything pending to be written
+    /// and synced, and stops the flusher.
+    pub async fn close(&self) {
+        self.inner.st.borrow_mut().closing = true;
+        self.inner.wake_flusher();
+        poll_fn(|cx| {
+            if self.inner.st.borrow().flusher_done {
+                return Poll::Ready(());
+            }
+            self.inner.closed.borrow_mut().push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await;
+    }
+
+    fn push(
+        &self,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<Effect, SpoolError>,
+    ) -> Result<Rc<Slot>, SpoolError> {
+        if self.inner.st.borrow().closing {
+            return Err(SpoolError::Closed);
+        }
+        self.inner.push(encode)
+    }
+
+    async fn wait_room(&self) -> Result<(), SpoolError> {
+        poll_fn(|cx| {
+            let st = self.inner.st.borrow();
+            if st.closing {
+                return Poll::Ready(Err(SpoolError::Closed));
+            }
+            if st.pending.len() < PENDING_BYTES_MAX {
+                return Poll::Ready(Ok(()));
+            }
+            self.inner.room.borrow_mut().push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        // The last handle besides the flusher's own: let the flusher drain and exit.
+        if Rc::strong_count(&self.inner) == 2 {
+            self.inner.st.borrow_mut().closing = true;
+            self.inner.wake_flusher();
+        }
+    }
+}
+
+async fn wait_commit(slot: Rc<Slot>) -> Result<Committed, SpoolError> {
+    poll_fn(|cx| {
+        if let Some(r) = slot.result.borrow_mut().take() {
+            return Poll::Ready(r);
+        }
+        slot.waker.set(Some(cx.waker().clone()));
+        Poll::Pending
+    })
+    .await
+}
+
+impl Inner {
+    fn push(
+        &self,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<Effect, SpoolError>,
+    ) -> Result<Rc<Slot>, SpoolError> {
+        let capacity = self.shared.options.segment_bytes - SEGMENT_HEADER_BYTES as u64;
+        let slot = Rc::new(Slot::default());
+        {
+            let mut st = self.st.borrow_mut();
+            let start = st.pending.len();
+            let effect = match encode(&mut st.pending) {
+                Ok(e) => e,
+                Err(e) => {
+                    st.pending.truncate(start);
+                    return Err(e);
+                }
+            };
+            let len = st.pending.len() - start;
+            if len as u64 > capacity {
+                st.pending.truncate(start);
+                return Err(SpoolError::TooLarge);
+            }
+            st.entries.push_back(Entry {
+                len,
+                slot: slot.clone(),
+                effect,
+            });
+        }
+        self.wake_flusher();
+        Ok(slot)
+    }
+
+    /// A new message committed after its appender stopped waiting (the
+    /// client went away, so it never got a 250): mark every recipient
+    /// admin-deleted so it is neither delivered after a restart nor pins its
+    /// segment. Best effort: if this record is lost the message is merely
+    /// delivered once after a restart.
+    fn discard_abandoned(&self, m: &MessageRef) {
+        let n = m.live_recipients();
+        let first = self.shared.next_seqs(u64::from(n));
+        let _ = self.push(|out| {
+            for r in 0..n {
+                let rec = StateRecord {
+                    message: m.id(),
+                    home: m.segment(),
+                    recipient: r,
+                    state: RecipientState::AdminDeleted,
+                    reply: "transaction abandoned before commit",
+                };
+                record::encode_state(out, first + u64::from(r), &rec)?;
+            }
+            Ok(Effect::States {
+                message: Some(m.clone()),
+                finals: n,
+            })
+        });
+    }
+
+    fn wake_flusher(&self) {
+        if let Some(w) = self.flusher.take() {
+            w.wake();
+        }
+    }
+
+    fn wake_room(&self) {
+        for w in self.room.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+
+    /// Seals the current segment (after a failure, or because it is full).
+    fn seal_current(&self, st: &mut State) {
+        if let Some(c) = st.current.take() {
+            c.seg.sealed.store(true, Ordering::Release);
+            st.own_sealed.push(c.seg);
+        }
+    }
+
+    /// Replaces the current segment with a new one.
+    fn rotate(&self, st: &mut State) -> Result<(), SpoolError> {
+        if let Some(t) = st.disk_full_until
+            && Instant::now() < t
+        {
+            return Err(SpoolError::DiskFull);
+        }
+        let opts = &self.shared.options;
+        let number = self
+            .shared
+            .next_number
+            .get(usize::from(self.shard))
+            .map(|n| n.fetch_add(1, Ordering::Relaxed))
+            .ok_or(SpoolError::Closed)?;
+        let id = SegmentId {
+            shard: self.shard,
+            number,
+        };
+        let created =
+            segment::create_segment(&opts.path, id, opts.segment_bytes).and_then(|(file, path)| {
+                let seg = SegmentShared::map(id, path, &file, SEGMENT_HEADER_BYTES as u64, false)?;
+                Ok((file, seg))
+            });
+        match created {
+            Ok((file, seg)) => {
+                let seg = Arc::new(seg);
+                self.shared.register(seg.clone());
+                self.seal_current(st);
+                // SAFETY: `into_raw_fd` hands us sole ownership of an open
+                // descriptor; compio's attach is a no-op on Linux drivers.
+                let file = unsafe { compio::fs::File::from_raw_fd(file.into_raw_fd()) };
+                st.current = Some(Current {
+                    seg,
+                    file,
+                    write_pos: SEGMENT_HEADER_BYTES as u64,
+                    capacity: opts.segment_bytes,
+                });
+                st.disk_full_until = None;
+                Ok(())
+            }
+            Err(e) => {
+                st.disk_full_until =
+                    Some(Instant::now() + Duration::from_millis(opts.disk_full_retry_ms));
+                Err(e)
+            }
+        }
+    }
+
+    /// Fails every pending entry longer than `room` with `err`, keeping the rest in order.
+    fn fail_oversized(&self, st: &mut State, room: u64, err: &SpoolError) {
+        let old = std::mem::take(&mut st.pending);
+        let entries = std::mem::take(&mut st.entries);
+        let mut off = 0;
+        for e in entries {
+            let bytes = old.get(off..off + e.len).unwrap_or(&[]);
+            off += e.len;
+            if e.len as u64 > room {
+                e.slot.resolve(Err(err.clone()));
+            } else {
+                st.pending.extend_from_slice(bytes);
+                st.entries.push_back(e);
+            }
+        }
+    }
+
+    async fn flush_once(&self) {
+        let (file, seg, pos, bytes, batch) = {
+            let mut st = self.st.borrow_mut();
+            let Some(first) = st.entries.front().map(|e| e.len as u64) else {
+                return;
+            };
+            let fits = st
+                .current
+                .as_ref()
+                .is_some_and(|c| c.write_pos + first <= c.capacity);
+            if !fits && let Err(e) = self.rotate(&mut st) {
+                let room = st.current.as_ref().map_or(0, |c| c.capacity - c.write_pos);
+                self.fail_oversized(&mut st, room, &e);
+                return;
+            }
+            let st = &mut *st;
+            let Some(cur) = st.current.as_mut() else {
+                return;
+            };
+            let room = cur.capacity - cur.write_pos;
+            let one = self.shared.options.sync == SyncMode::EachRecord;
+            let mut n = 0;
+            let mut bytes = 0usize;
+            for e in &st.entries {
+                if (bytes + e.len) as u64 > room || (one && n == 1) {
+                    break;
+                }
+                bytes += e.len;
+                n += 1;
+            }
+            let batch: Vec<Entry> = st.entries.drain(..n).collect();
+            let mut buf = std::mem::replace(&mut st.pending, std::mem::take(&mut st.spare));
+            st.pending
+                .extend_from_slice(buf.get(bytes..).unwrap_or(&[]));
+            buf.truncate(bytes);
+            let pos = cur.write_pos;
+            cur.write_pos += bytes as u64;
+            (cur.file.clone(), cur.seg.clone(), pos, buf, batch)
+        };
+        let mut writer = &file;
+        let BufResult(res, mut buf) = writer.write_all_at(bytes, pos).await;
+        let written = buf.len() as u64;
+        buf.clear();
+        let res = match res {
+            Err(e) => Err(SpoolError::io("write", &e)),
+            Ok(()) => match self.shared.options.sync {
+                SyncMode::Group | SyncMode::EachRecord => {
+                    let injected = self.inject_sync_failures.get();
+                    let r = file.sync_data().await;
+                    if injected > 0 {
+                        self.inject_sync_failures.set(injected - 1);
+                        let eio = std::io::Error::from_raw_os_error(libc::EIO);
+                        Err(SpoolError::io("fdatasync", &eio))
+                    } else {
+                        r.map_err(|e| SpoolError::io("fdatasync", &e))
+                    }
+                }
+                SyncMode::None => Ok(()),
+            },
+        };
+        let mut st = self.st.borrow_mut();
+        if buf.capacity() <= PENDING_BYTES_MAX {
+            st.spare = buf;
+        }
+        if let Err(e) = res {
+            // Never retried and assumed good: seal, fail the batch, move on.
+            if st
+                .current
+                .as_ref()
+                .is_some_and(|c| Arc::ptr_eq(&c.seg, &seg))
+            {
+                self.seal_current(&mut st);
+            }
+            drop(st);
+            for entry in batch {
+                entry.slot.resolve(Err(e.clone()));
+            }
+            return;
+        }
+        drop(st);
+        seg.used_bytes.store(pos + written, Ordering::Release);
+        let mut off = pos;
+        for entry in batch {
+            let result = match entry.effect {
+                Effect::Message {
+                    id,
+                    record_len,
+                    content_offset_in_record,
+                    content_len,
+                    live,
+                    retire,
+                } => {
+                    let m = MessageRef::new(
+                        id,
+                        seg.clone(),
+                        off,
+                        record_len,
+                        off + content_offset_in_record,
+                        content_len,
+                        live,
+                    );
+                    match retire {
+                        Some(old) => old.retire(),
+                        None if Rc::strong_count(&entry.slot) == 1 => self.discard_abandoned(&m),
+                        None => {}
+                    }
+                    Committed::Message(m)
+                }
+                Effect::States { message, finals } => {
+                    if let Some(m) = message {
+                        m.finish_recipients(finals);
+                    }
+                    Committed::Done
+                }
+            };
+            off += entry.len as u64;
+            entry.slot.resolve(Ok(result));
+        }
+    }
+}
+
+async fn flush_loop(inner: Rc<Inner>) {
+    loop {
+        let work = poll_fn(|cx| {
+            let st = inner.st.borrow();
+            if !st.entries.is_empty() {
+                return Poll::Ready(true);
+            }
+            if st.closing {
+                return Poll::Ready(false);
+            }
+            inner.flusher.set(Some(cx.waker().clone()));
+            Poll::Pending
+        })
+        .await;
+        if !work {
+            break;
+        }
+        inner.flush_once().await;
+        inner.wake_room();
+    }
+    {
+        let mut st = inner.st.borrow_mut();
+        st.flusher_done = true;
+        if let Some(c) = st.current.take() {
+            c.seg.sealed.store(true, Ordering::Release);
+            st.own_sealed.push(c.seg);
+        }
+    }
+    for w in inner.closed.borrow_mut().drain(..) {
+        w.wake();
+    }
+}

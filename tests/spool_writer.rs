@@ -1,0 +1,554 @@
+//! The spool end to end on a real directory: append with group commit,
+//! recover, state records across shards, torn tails, mid-segment corruption,
+//! reclamation with carry-forward, and compaction by rewrite.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::Path;
+
+use spate::spool::record::RECORD_HEADER_BYTES;
+use spate::spool::{
+    MessageId, MessageRef, NewMessage, NewRecipient, RecipientState, Ret, Spool, SpoolOptions,
+    SyncMode, recover,
+};
+
+fn rt() -> compio::runtime::Runtime {
+    compio::runtime::Runtime::new().expect("compio runtime")
+}
+
+fn options(dir: &Path, segment_bytes: u64) -> SpoolOptions {
+    let mut o = SpoolOptions::new(dir);
+    o.segment_bytes = segment_bytes;
+    o
+}
+
+fn content_for(i: usize, size: usize) -> Vec<u8> {
+    let mut v = format!("Subject: message {i}\r\n\r\n").into_bytes();
+    while v.len() < size {
+        v.extend_from_slice(format!("{i:08} ").as_bytes());
+    }
+    v.truncate(size.max(20));
+    v
+}
+
+async fn append(spool: &Spool, i: usize, size: usize, rcpts: usize) -> MessageRef {
+    let addrs: Vec<String> = (0..rcpts)
+        .map(|r| format!("user{r}@dest{}.example", i % 3))
+        .collect();
+    let recipients: Vec<NewRecipient<'_>> = addrs
+        .iter()
+        .map(|a| NewRecipient {
+            forward_path: a,
+            orcpt: "",
+            notify: 0,
+        })
+        .collect();
+    let content = content_for(i, size);
+    let msg = NewMessage {
+        received_unix_ms: 1_700_000_000_000 + i as u64,
+        reverse_path: "sender@example.com",
+        recipients: &recipients,
+        ret: Ret::Full,
+        envid: "",
+        vmta_or_pool: "pool",
+        vmta: "ip1",
+        job_id: "",
+        content: &content,
+    };
+    spool.append_message(&msg).await.expect("append")
+}
+
+#[test]
+fn append_then_recover_everything_concurrently() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = options(dir.path(), 256 * 1024);
+    let ids: Vec<(MessageId, usize)> = {
+        let rec = recover(&opts, 1).unwrap();
+        assert!(rec.messages.is_empty());
+        rt().block_on(async {
+            let spool = Spool::open(rec.shared.clone(), 0).unwrap();
+            let mut tasks = Vec::new();
+            for i in 0..200 {
+                let spool = spool.clone();
+                tasks.push(compio::runtime::spawn(async move {
+                    let m = append(&spool, i, 100 + i * 37, 1 + i % 3).await;
+                    assert_eq!(m.content(), content_for(i, 100 + i * 37).as_slice());
+                    (m.id(), i)
+                }));
+            }
+            let mut ids = Vec::new();
+            for t in tasks {
+                ids.push(t.await.unwrap());
+            }
+            spool.close().await;
+            ids
+        })
+    };
+    let rec = recover(&opts, 1).unwrap();
+    assert!(
+        rec.report.segments > 1,
+        "small segments should have rotated"
+    );
+    assert!(
+        rec.report.corrupt.is_empty() && rec.report.torn_tails.is_empty(),
+        "{:?}",
+        rec.report
+    );
+    let by_id: HashMap<MessageId, &spate::spool::RecoveredMessage> =
+        rec.messages.iter().map(|m| (m.message.id(), m)).collect();
+    assert_eq!(by_id.len(), 200);
+    for (id, i) in ids {
+        let m = by_id[&id];
+        assert_eq!(m.message.content(), content_for(i, 100 + i * 37).as_slice());
+        assert_eq!(m.recipients.len(), 1 + i % 3);
+        let env = m.message.envelope().unwrap();
+        assert_eq!(env.reverse_path, "sender@example.com");
+        assert_eq!(env.recipient_count as usize, 1 + i % 3);
+    }
+}
+
+#[test]
+fn states_survive_restart_and_last_state_wins_across_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = options(dir.path(), 128 * 1024);
+    let (a, b, c) = {
+        let rec = recover(&opts, 2).unwrap();
+        rt().block_on(async {
+            let s0 = Spool::open(rec.shared.clone(), 0).unwrap();
+            let s1 = Spool::open(rec.shared.clone(), 1).unwrap();
+            // Written by shard 0, delivered by shard 1 (cross-shard state).
+            let a = append(&s0, 1, 500, 3).await;
+            let b = append(&s0, 2, 500, 1).await;
+            let c = append(&s1, 3, 500, 1).await;
+            s1.record_states(&a, &[(0, RecipientState::Delivered)], "250 ok")
+                .await
+                .unwrap();
+            s1.record_states(
+                &a,
+                &[(
+                    1,
+                    RecipientState::Deferred {
+                        attempts: 1,
+                        next_attempt_unix_s: 100,
+                    },
+                )],
+                "451 later",
+            )
+            .await
+            .unwrap();
+            // A later state from the other shard overrides the earlier one.
+            s0.record_states(
+                &a,
+                &[(
+                    1,
+                    RecipientState::Deferred {
+                        attempts: 2,
+                        next_attempt_unix_s: 200,
+                    },
+                )],
+                "451 later",
+            )
+            .await
+            .unwrap();
+            s0.record_states(
+                &b,
+                &[(0, RecipientState::Bounced { category: 3 })],
+                "550 no",
+            )
+            .await
+            .unwrap();
+            assert_eq!(a.live_recipients(), 2);
+            assert_eq!(b.live_recipients(), 0);
+            s0.close().await;
+            s1.close().await;
+            (a.id(), b.id(), c.id())
+        })
+    };
+    let rec = recover(&opts, 2).unwrap();
+    let by_id: HashMap<MessageId, &spate::spool::RecoveredMessage> =
+        rec.messages.iter().map(|m| (m.message.id(), m)).collect();
+    assert!(!by_id.contains_key(&b), "bounced message must not be live");
+    assert_eq!(
+        by_id[&c].recipients.as_ref(),
+        &[(0, RecipientState::Queued)]
+    );
+    assert_eq!(
+        by_id[&a].recipients.as_ref(),
+        &[
+            (
+                1,
+                RecipientState::Deferred {
+                    attempts: 2,
+                    next_attempt_unix_s: 200
+                }
+            ),
+            (2, RecipientState::Queued)
+        ]
+    );
+    assert_eq!(rec.report.messages_finished, 1);
+}
+
+fn segment_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn torn_tail_is_truncated_and_mid_corruption_is_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = options(dir.path(), 1024 * 1024);
+    let refs: Vec<(MessageId, u64, u64)> = {
+        let rec = recover(&opts, 1).unwrap();
+        rt().block_on(async {
+            let s = Spool::open(rec.shared.clone(), 0).unwrap();
+            let mut v = Vec::new();
+            for i in 0..5 {
+                let m = append(&s, i, 1000, 1).await;
+                v.push((m.id(), m.record_offset(), m.content().len() as u64));
+            }
+            s.close().await;
+            v
+        })
+    };
+    let files = segment_files(dir.path());
+    assert_eq!(files.len(), 1);
+    let path = &files[0];
+    // Simulate a crash mid-append: half a record after the last one, inside
+    // the preallocated zeros.
+    let bytes = std::fs::read(path).unwrap();
+    let valid_end = {
+        let raw = spate::spool::record::decode_raw(&bytes[refs[4].1 as usize..]).unwrap();
+        refs[4].1 as usize + raw.stored_len
+    };
+    let partial = &bytes[refs[0].1 as usize..refs[0].1 as usize + 300];
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        f.write_all_at(partial, valid_end as u64).unwrap();
+        // And corrupt message 2's content (mid-segment).
+        f.write_all_at(b"X", refs[2].1 + RECORD_HEADER_BYTES as u64 + 60)
+            .unwrap();
+    }
+    let rec = recover(&opts, 1).unwrap();
+    assert_eq!(rec.report.torn_tails.len(), 1, "{:?}", rec.report);
+    assert_eq!(rec.report.torn_tails[0].1, valid_end as u64);
+    assert_eq!(rec.report.corrupt.len(), 1, "{:?}", rec.report);
+    assert_eq!(rec.report.corrupt[0].1, refs[2].1);
+    let got: Vec<MessageId> = {
+        let mut v: Vec<_> = rec.messages.iter().map(|m| m.message.id()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(got, vec![refs[0].0, refs[1].0, refs[3].0, refs[4].0]);
+    assert_eq!(
+        std::fs::metadata(path).unwrap().len(),
+        valid_end as u64,
+        "tail truncated"
+    );
+    drop(rec);
+    // A second recovery sees a clean tail (the corruption stays reported).
+    let rec = recover(&opts, 1).unwrap();
+    assert!(rec.report.torn_tails.is_empty());
+    assert_eq!(rec.report.corrupt.len(), 1);
+}
+
+#[test]
+fn reclamation_deletes_finished_segments_and_carries_states_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = options(dir.path(), 64 * 1024);
+    let (keep, partial) = {
+        let rec = recover(&opts, 2).unwrap();
+        rt().block_on(async {
+            let s0 = Spool::open(rec.shared.clone(), 0).unwrap();
+            let s1 = Spool::open(rec.shared.clone(), 1).unwrap();
+            // One message with two recipients; recipient 0 is delivered by shard 1.
+            let partial = append(&s0, 0, 2000, 2).await;
+            s1.record_states(&partial, &[(0, RecipientState::Delivered)], "250")
+                .await
+                .unwrap();
+            // Fill shard 1's segments with messages it then delivers, so its
+            // segment holding the state above becomes reclaimable.
+            let mut done = Vec::new();
+            for i in 0..60 {
+                done.push(append(&s1, i, 3000, 1).await);
+            }
+            for m in &done {
+                s1.record_states(m, &[(0, RecipientState::Delivered)], "250")
+                    .await
+                    .unwrap();
+            }
+            let keep = append(&s1, 999, 3000, 1).await;
+            let before = segment_files(&opts.path).len();
+            let r1 = s1.reclaim().await.unwrap();
+            assert!(!r1.deleted.is_empty(), "nothing reclaimed");
+            assert!(
+                r1.carried_records >= 1,
+                "the delivered state for the live message must be carried"
+            );
+            let after = segment_files(&opts.path).len();
+            assert_eq!(after, before - r1.deleted.len());
+            // Shard 0's segment still holds a live message: not deleted.
+            s0.close().await;
+            s1.close().await;
+            (keep.id(), partial.id())
+        })
+    };
+    let rec = recover(&opts, 2).unwrap();
+    let by_id: HashMap<MessageId, &spate::spool::RecoveredMessage> =
+        rec.messages.iter().map(|m| (m.message.id(), m)).collect();
+    assert_eq!(by_id.len(), 2, "only the two live messages remain");
+    assert_eq!(
+        by_id[&partial].recipients.as_ref(),
+        &[(1, RecipientState::Queued)],
+        "recipient 0 stays delivered"
+    );
+    assert!(by_id.contains_key(&keep));
+}
+
+#[test]
+fn compaction_rewrites_a_long_deferred_message_and_it_never_resurrects() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(dir.path(), 64 * 1024);
+    opts.compact_live_fraction = 0.5;
+    let deferred = RecipientState::Deferred {
+        attempts: 7,
+        next_attempt_unix_s: 12345,
+    };
+    let id = {
+        let rec = recover(&opts, 1).unwrap();
+        rt().block_on(async {
+            let s = Spool::open(rec.shared.clone(), 0).unwrap();
+            let long = append(&s, 0, 2000, 2).await;
+            // A small message that stays queued pins the first segment, so the
+            // old copy of `long` stays on disk after the rewrite.
+            let _pin = append(&s, 500, 100, 1).await;
+            let mut others = Vec::new();
+            for i in 1..40 {
+                others.push(append(&s, i, 3000, 1).await);
+            }
+            for m in &others {
+                s.record_states(m, &[(0, RecipientState::Delivered)], "")
+                    .await
+                    .unwrap();
+            }
+            s.record_states(
+                &long,
+                &[(0, RecipientState::Delivered), (1, deferred)],
+                "451",
+            )
+            .await
+            .unwrap();
+            assert!(
+                s.needs_rewrite(&long),
+                "first segment is mostly dead and sealed"
+            );
+            let old_segment = long.segment();
+            let moved = s
+                .rewrite_message(&long, &[RecipientState::Delivered, deferred], Some("ip2"))
+                .await
+                .unwrap();
+            assert_ne!(moved.segment(), old_segment);
+            assert_eq!(moved.content(), long.content());
+            assert_eq!(moved.envelope().unwrap().vmta, "ip2");
+            let r = s.reclaim().await.unwrap();
+            assert!(
+                !r.deleted.contains(&old_segment),
+                "pinned segment must stay: {r:?}"
+            );
+            s.close().await;
+            moved.id()
+        })
+    };
+    let rec = recover(&opts, 1).unwrap();
+    assert_eq!(rec.messages.len(), 2);
+    let m = rec.messages.iter().find(|m| m.message.id() == id).unwrap();
+    assert_eq!(m.message.id(), id);
+    assert_eq!(m.recipients.as_ref(), &[(1, deferred)]);
+    assert_eq!(m.message.envelope().unwrap().vmta, "ip2");
+    assert_eq!(m.message.content(), content_for(0, 2000).as_slice());
+    // Finish it, reclaim everything possible, and check it stays finished.
+    let shared = rec.shared.clone();
+    let msg = m.message.clone();
+    drop(rec);
+    rt().block_on(async {
+        let s = Spool::open(shared.clone(), 0).unwrap();
+        s.record_states(&msg, &[(1, RecipientState::Delivered)], "")
+            .await
+            .unwrap();
+        // Seal the current segment by filling it, then reclaim.
+        for i in 0..30 {
+            let x = append(&s, 100 + i, 3000, 1).await;
+            s.record_states(&x, &[(0, RecipientState::Expired)], "")
+                .await
+                .unwrap();
+        }
+        s.reclaim().await.unwrap();
+        s.close().await;
+    });
+    drop(msg);
+    drop(shared);
+    let rec = recover(&opts, 1).unwrap();
+    let live: Vec<MessageId> = rec.messages.iter().map(|m| m.message.id()).collect();
+    assert_eq!(live.len(), 1, "only the pin stays live: {live:?}");
+    assert!(
+        !live.contains(&id),
+        "finished message came back from its old copy"
+    );
+}
+
+#[test]
+fn sync_none_and_each_record_modes_work() {
+    for mode in [SyncMode::None, SyncMode::EachRecord] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = options(dir.path(), 1024 * 1024);
+        opts.sync = mode;
+        {
+            let rec = recover(&opts, 1).unwrap();
+            rt().block_on(async {
+                let s = Spool::open(rec.shared.clone(), 0).unwrap();
+                let mut t = Vec::new();
+                for i in 0..20 {
+                    let s = s.clone();
+                    t.push(compio::runtime::spawn(async move {
+                        append(&s, i, 500, 1).await.id()
+                    }));
+                }
+                for x in t {
+                    x.await.unwrap();
+                }
+                s.close().await;
+            });
+        }
+        assert_eq!(recover(&opts, 1).unwrap().messages.len(), 20, "{mode:?}");
+    }
+}
+
+#[test]
+fn oversized_message_is_refused_and_second_server_is_locked_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = options(dir.path(), 64 * 1024);
+    let rec = recover(&opts, 1).unwrap();
+    assert!(
+        recover(&opts, 1).is_err(),
+        "the spool lock must keep a second server out"
+    );
+    rt().block_on(async {
+        let s = Spool::open(rec.shared.clone(), 0).unwrap();
+        let big = vec![b'x'; 70 * 1024];
+        let r = [NewRecipient {
+            forward_path: "a@b",
+            orcpt: "",
+            notify: 0,
+        }];
+        let msg = NewMessage {
+            received_unix_ms: 0,
+            reverse_path: "",
+            recipients: &r,
+            ret: Ret::Unspecified,
+            envid: "",
+            vmta_or_pool: "",
+            vmta: "",
+            job_id: "",
+            content: &big,
+        };
+        let e = s.append_message(&msg).await.unwrap_err();
+        assert_eq!(e.smtp_reply().0, 552);
+        // The spool still works afterwards.
+        append(&s, 1, 100, 1).await;
+        s.close().await;
+    });
+}
+
+#[test]
+fn failed_fsync_fails_the_batch_with_451_and_seals_the_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = options(dir.path(), 1024 * 1024);
+    let rec = recover(&opts, 1).unwrap();
+    rt().block_on(async {
+        let s = Spool::open(rec.shared.clone(), 0).unwrap();
+        let before = append(&s, 0, 500, 1).await;
+        s.inject_sync_failures(1);
+        let addrs = [NewRecipient {
+            forward_path: "a@b.c",
+            orcpt: "",
+            notify: 0,
+        }];
+        let content = content_for(1, 500);
+        let msg = NewMessage {
+            received_unix_ms: 0,
+            reverse_path: "",
+            recipients: &addrs,
+            ret: Ret::Unspecified,
+            envid: "",
+            vmta_or_pool: "",
+            vmta: "",
+            job_id: "",
+            content: &content,
+        };
+        let err = s.append_message(&msg).await.unwrap_err();
+        assert!(
+            matches!(err, spate::spool::SpoolError::Io { .. }),
+            "{err:?}"
+        );
+        assert_eq!(err.smtp_reply().0, 451);
+        // Never retried and assumed good: the next append goes to a new segment.
+        let after = append(&s, 2, 500, 1).await;
+        assert_ne!(
+            after.segment(),
+            before.segment(),
+            "segment with a failed fsync must be sealed"
+        );
+        s.close().await;
+    });
+}
+
+#[test]
+fn an_append_abandoned_before_its_commit_is_not_delivered_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = options(dir.path(), 1024 * 1024);
+    let kept = {
+        let rec = recover(&opts, 1).unwrap();
+        rt().block_on(async {
+            let s = Spool::open(rec.shared.clone(), 0).unwrap();
+            let addrs = [NewRecipient {
+                forward_path: "a@b.c",
+                orcpt: "",
+                notify: 0,
+            }];
+            let content = content_for(7, 300);
+            let msg = NewMessage {
+                received_unix_ms: 0,
+                reverse_path: "",
+                recipients: &addrs,
+                ret: Ret::Unspecified,
+                envid: "",
+                vmta_or_pool: "",
+                vmta: "",
+                job_id: "",
+                content: &content,
+            };
+            {
+                // Poll once (the record is queued), then drop: the client left.
+                let mut fut = std::pin::pin!(s.append_message(&msg));
+                let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                assert!(fut.as_mut().poll(&mut cx).is_pending());
+            }
+            let kept = append(&s, 1, 300, 1).await;
+            s.close().await;
+            kept.id()
+        })
+    };
+    let rec = recover(&opts, 1).unwrap();
+    let ids: Vec<MessageId> = rec.messages.iter().map(|m| m.message.id()).collect();
+    assert_eq!(ids, vec![kept]);
+    assert_eq!(
+        rec.report.messages_finished, 1,
+        "the abandoned message is on disk, finished"
+    );
+}
