@@ -8,6 +8,7 @@
 
 pub mod mesh;
 pub mod signals;
+pub mod stats;
 pub mod stream;
 
 use std::collections::HashSet;

@@ -8,4 +8,6 @@
 
 pub mod auth;
 pub mod headers;
+pub mod inbound;
 pub mod tls;
+pub mod vmta;

@@ -1,0 +1,53 @@
+//! Process-wide counters, written by the shards and read by the control
+//! plane.
+//!
+//! Plain relaxed atomics: each is a monotonic count or a gauge where an
+//! approximate snapshot is fine. Per-queue figures live with the queues on
+//! their shards and travel to the control plane as snapshots.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+/// Counters of the whole process.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub received_messages: AtomicU64,
+    pub received_recipients: AtomicU64,
+    pub rejected_messages: AtomicU64,
+    pub delivered: AtomicU64,
+    pub bounced: AtomicU64,
+    pub deferred: AtomicU64,
+    pub expired: AtomicU64,
+    pub signing_failures: AtomicU64,
+    pub connections_in: AtomicI64,
+    pub connections_out: AtomicI64,
+    pub queued_recipients: AtomicI64,
+    pub queued_messages: AtomicI64,
+}
+
+impl Stats {
+    pub fn add_received(&self, messages: u64, recipients: u64) {
+        self.received_messages.fetch_add(messages, Relaxed);
+        self.received_recipients.fetch_add(recipients, Relaxed);
+    }
+    pub fn add_rejected(&self, n: u64) {
+        self.rejected_messages.fetch_add(n, Relaxed);
+    }
+    pub fn add_signing_failure(&self) {
+        self.signing_failures.fetch_add(1, Relaxed);
+    }
+    pub fn connections_in_open(&self) {
+        self.connections_in.fetch_add(1, Relaxed);
+    }
+    pub fn connections_in_closed(&self) {
+        self.connections_in.fetch_sub(1, Relaxed);
+    }
+    pub fn connections_out_open(&self) {
+        self.connections_out.fetch_add(1, Relaxed);
+    }
+    pub fn connections_out_closed(&self) {
+        self.connections_out.fetch_sub(1, Relaxed);
+    }
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Relaxed)
+    }
+}

@@ -1,0 +1,440 @@
+//! Driving one inbound SMTP connection.
+//!
+//! Reads from the socket into a bounded buffer, feeds the sans-IO
+//! [`ServerSession`], answers its decisions with spate's policy (relay
+//! control, TLS and AUTH rules, vMTA choice), and spools the finished
+//! message. The 250 after DATA is sent only when the spool's group commit
+//! covering the message has completed; on a spool failure the client gets
+//! the spool's 451/452 and nothing half-stored is kept.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use compio::tls::TlsAcceptor;
+
+use super::auth::{FailureLimiter, verify_password};
+use super::headers::{ReceivedInfo, received_field, take_control_headers};
+use super::vmta::{Choice, PoolPicker};
+use crate::config::{Config, ListenerConfig};
+use crate::runtime::stats::Stats;
+use crate::runtime::stream::Conn;
+use crate::smtp::address::{ForwardPath, ReversePath};
+use crate::smtp::command::{Notify, Ret as SmtpRet};
+use crate::smtp::reply::Reply;
+use crate::smtp::server::{ServerConfig, ServerEvent, ServerSession};
+use crate::spool::record::{NOTIFY_DELAY, NOTIFY_FAILURE, NOTIFY_NEVER, NOTIFY_SUCCESS};
+use crate::spool::{MessageRef, NewMessage, NewRecipient, Ret, Spool};
+
+/// Bytes read from a client before the session must consume some: bounds
+/// per-connection memory whatever the client sends.
+pub const SESSION_READ_BUFFER_BYTES: usize = 64 * 1024;
+
+/// What a shard gives every inbound session.
+pub struct InboundContext {
+    pub config: Rc<RefCell<Arc<Config>>>,
+    pub tls: Option<TlsAcceptor>,
+    pub spool: Rc<Spool>,
+    pub auth_failures: Arc<FailureLimiter>,
+    pub pools: Rc<RefCell<PoolPicker>>,
+    pub stats: Arc<Stats>,
+    /// Hands a committed message to the shard owning its vMTA.
+    pub handoff: Rc<dyn Fn(MessageRef, String)>,
+    /// Optional signer: returns header fields to prepend, or an error text
+    /// (the message is then refused with 451 and counted, never sent
+    /// unsigned silently).
+    pub sign: Option<Rc<dyn Fn(&[u8], &str) -> Result<Vec<u8>, String>>>,
+}
+
+/// Per-session tallies for the one log line at the end.
+#[derive(Debug, Default)]
+struct Tally {
+    accepted: u32,
+    rejected: u32,
+}
+
+fn now_unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn forward_path_text(p: &ForwardPath) -> Option<String> {
+    match p {
+        ForwardPath::Mailbox(m) => Some(m.to_string()),
+        ForwardPath::Postmaster => None,
+    }
+}
+
+fn notify_bits(n: Option<&Notify>) -> u8 {
+    match n {
+        None => 0,
+        Some(Notify::Never) => NOTIFY_NEVER,
+        Some(Notify::On { success, failure, delay }) => {
+            (if *success { NOTIFY_SUCCESS } else { 0 })
+                | (if *failure { NOTIFY_FAILURE } else { 0 })
+                | (if *delay { NOTIFY_DELAY } else { 0 })
+        }
+    }
+}
+
+/// Runs a session to completion. Never panics on peer input; returns when
+/// the client quits, the session closes or an I/O error/timeout ends it.
+pub async fn run_session(
+    ctx: Rc<InboundContext>,
+    listener: ListenerConfig,
+    stream: compio::net::TcpStream,
+    peer: SocketAddr,
+) {
+    let started = Instant::now();
+    let config = ctx.config.borrow().clone();
+    let mut conn = Conn::Plain(stream);
+    let mut server_cfg = ServerConfig::new(config.hostname.clone());
+    server_cfg.max_message_bytes = listener.max_message_bytes;
+    server_cfg.max_recipients = listener.max_rcpt_per_message as usize;
+    server_cfg.max_errors = listener.max_errors_per_session;
+    server_cfg.starttls_available = ctx.tls.is_some();
+    server_cfg.auth_available = !config.users.is_empty();
+    server_cfg.auth_without_tls = listener.allow_auth_without_tls;
+    server_cfg.require_auth = listener.require_auth;
+    let mut session = ServerSession::new(server_cfg);
+    let mut tally = Tally::default();
+    let mut inbuf: Vec<u8> = Vec::with_capacity(SESSION_READ_BUFFER_BYTES);
+    let mut message: Vec<u8> = Vec::new();
+    let mut out = session.take_output();
+    ctx.stats.connections_in_open();
+
+    'conn: loop {
+        if !out.is_empty() {
+            let (res, buf) = conn.write_all(std::mem::take(&mut out)).await;
+            out = buf;
+            out.clear();
+            if res.is_err() {
+                break;
+            }
+        }
+        if session.is_closed() {
+            break;
+        }
+        // Consume what is buffered before reading more.
+        let mut offset = 0;
+        loop {
+            let step = match session.receive(&inbuf[offset..]) {
+                Ok(step) => step,
+                Err(_) => break 'conn, // a decision left unanswered: our bug; close
+            };
+            offset += step.consumed;
+            let Some(event) = step.event else { break };
+            match event {
+                ServerEvent::Helo { .. } => {
+                    let _ = session.accept();
+                }
+                ServerEvent::MailFrom(_) => {
+                    let reply = if listener.require_tls && !conn.is_tls() {
+                        Some(Reply::with_status(530, (5, 7, 0), "Must issue a STARTTLS command first"))
+                    } else {
+                        None
+                    };
+                    let _ = match reply {
+                        Some(r) => session.reject(r),
+                        None => session.accept(),
+                    };
+                }
+                ServerEvent::RcptTo(rcpt) => {
+                    let reply = rcpt_policy(&config, &session, &rcpt.forward_path, peer);
+                    let _ = match reply {
+                        Some(r) => {
+                            tally.rejected += 1;
+                            session.reject(r)
+                        }
+                        None => session.accept(),
+                    };
+                }
+                ServerEvent::DataStart => message.clear(),
+                ServerEvent::Data(chunk) => message.extend_from_slice(chunk),
+                ServerEvent::MessageAborted(_) => {
+                    message.clear();
+                    tally.rejected += 1;
+                    ctx.stats.add_rejected(1);
+                }
+                ServerEvent::MessageComplete => {
+                    // The session reads nothing more until this is answered,
+                    // so flush earlier replies while the spool commits.
+                    let body = std::mem::take(&mut message);
+                    let reply = finish_message(&ctx, &config, &session, &conn, peer, body).await;
+                    if reply.code == 250 {
+                        tally.accepted += 1;
+                    } else {
+                        tally.rejected += 1;
+                        ctx.stats.add_rejected(1);
+                    }
+                    let _ = if reply.code < 400 {
+                        session.accept_with(reply)
+                    } else {
+                        session.reject(reply)
+                    };
+                }
+                ServerEvent::StartTls => {
+                    // Anything pipelined after STARTTLS is discarded: it was
+                    // sent in plaintext and must not be acted on under TLS.
+                    inbuf.clear();
+                    offset = 0;
+                    let pending = session.take_output();
+                    let (res, _) = conn.write_all(pending).await;
+                    let Some(acceptor) = ctx.tls.as_ref() else { break 'conn };
+                    if res.is_err() {
+                        break 'conn;
+                    }
+                    let handshake = compio::time::timeout(
+                        listener.command_timeout.min(Duration::from_secs(60)),
+                        conn.accept_tls(acceptor),
+                    )
+                    .await;
+                    match handshake {
+                        Ok(Ok(())) => {
+                            let _ = session.tls_established();
+                        }
+                        _ => break 'conn,
+                    }
+                    break;
+                }
+                ServerEvent::Auth(req) => {
+                    let reply = check_auth(&ctx, &config, peer, req).await;
+                    let _ = if reply.code == 235 {
+                        session.accept_with(reply)
+                    } else {
+                        session.reject(reply)
+                    };
+                }
+                ServerEvent::Quit | ServerEvent::Shutdown(_) => {
+                    session.write_output_to(&mut out);
+                    let (_, _) = conn.write_all(std::mem::take(&mut out)).await;
+                    break 'conn;
+                }
+            }
+            session.write_output_to(&mut out);
+        }
+        if offset > 0 {
+            inbuf.drain(..offset.min(inbuf.len()));
+        }
+        session.write_output_to(&mut out);
+        if !out.is_empty() {
+            continue;
+        }
+        if inbuf.len() >= SESSION_READ_BUFFER_BYTES {
+            // The session refuses to consume a full buffer only on misuse.
+            break;
+        }
+        let timeout =
+            if session.in_message() { listener.data_timeout } else { listener.command_timeout };
+        if inbuf.capacity() - inbuf.len() < 4096 {
+            inbuf.reserve(SESSION_READ_BUFFER_BYTES - inbuf.len());
+        }
+        let read = compio::time::timeout(timeout, conn.read_append(inbuf)).await;
+        match read {
+            Ok((Ok(0), _)) | Ok((Err(_), _)) => break,
+            Ok((Ok(_), buf)) => inbuf = buf,
+            Err(_) => {
+                // The read was cancelled together with its buffer.
+                session.shutdown(&Reply::with_status(421, (4, 4, 2), "Timeout, closing connection"));
+                session.write_output_to(&mut out);
+                let _ = conn.write_all(std::mem::take(&mut out)).await;
+                break;
+            }
+        }
+    }
+    conn.shutdown().await;
+    ctx.stats.connections_in_closed();
+    tracing::info!(
+        peer = %peer,
+        tls = conn.is_tls(),
+        user = session.authenticated_user().unwrap_or("-"),
+        helo = session.helo_name().unwrap_or("-"),
+        accepted = tally.accepted,
+        rejected = tally.rejected,
+        duration_ms = started.elapsed().as_millis() as u64,
+        "session closed"
+    );
+}
+
+/// The relay decision for one recipient: `None` accepts.
+fn rcpt_policy(
+    config: &Config,
+    session: &ServerSession,
+    forward_path: &ForwardPath,
+    peer: SocketAddr,
+) -> Option<Reply> {
+    let ForwardPath::Mailbox(mailbox) = forward_path else {
+        return Some(Reply::with_status(550, (5, 1, 1), "No local mailboxes at this host"));
+    };
+    let authenticated = session.authenticated_user().is_some();
+    let source_relays = config.source_for(peer.ip()).is_some_and(|s| s.allow_relaying);
+    if authenticated || source_relays || config.is_relay_domain(&mailbox.domain) {
+        None
+    } else {
+        Some(Reply::with_status(550, (5, 7, 1), "Relaying denied"))
+    }
+}
+
+async fn check_auth(
+    ctx: &InboundContext,
+    config: &Config,
+    peer: SocketAddr,
+    req: crate::smtp::server::AuthRequest,
+) -> Reply {
+    let now = Instant::now();
+    if !ctx.auth_failures.allowed(peer.ip(), now) {
+        return Reply::with_status(454, (4, 7, 0), "Too many failed attempts, try again later");
+    }
+    let Some(user) = config.user(&req.username) else {
+        ctx.auth_failures.record_failure(peer.ip(), now);
+        return Reply::with_status(535, (5, 7, 8), "Authentication credentials invalid");
+    };
+    let phc = user.password_hash.clone();
+    let password = req.password;
+    // argon2id takes tens of milliseconds: off the shard's I/O loop.
+    let ok = compio::runtime::spawn_blocking(move || verify_password(&password, &phc))
+        .await
+        .unwrap_or(false);
+    if ok {
+        ctx.auth_failures.record_success(peer.ip());
+        Reply::with_status(235, (2, 7, 0), "Authentication successful")
+    } else {
+        ctx.auth_failures.record_failure(peer.ip(), now);
+        Reply::with_status(535, (5, 7, 8), "Authentication credentials invalid")
+    }
+}
+
+/// Processes a complete message: control headers, vMTA choice, trace
+/// header, signing, spool commit, handoff. Returns the reply to send.
+async fn finish_message(
+    ctx: &InboundContext,
+    config: &Config,
+    session: &ServerSession,
+    conn: &Conn,
+    peer: SocketAddr,
+    body: Vec<u8>,
+) -> Reply {
+    let source = config.source_for(peer.ip());
+    let user = session.authenticated_user().and_then(|u| config.user(u));
+    let allow_vmta_header = source.is_some_and(|s| s.process_x_virtual_mta) || user.is_some();
+    let allow_job_header = source.is_some_and(|s| s.process_x_job) || user.is_some();
+    let (control, stripped) = take_control_headers(&body, allow_vmta_header, allow_job_header);
+    drop(body);
+
+    let requested = control
+        .virtual_mta
+        .clone()
+        .or_else(|| user.and_then(|u| u.default_vmta.clone()))
+        .or_else(|| source.and_then(|s| s.default_vmta.clone()))
+        .unwrap_or_else(|| config.default_vmta.clone());
+    let choice: Choice = match ctx.pools.borrow_mut().resolve(config, &requested) {
+        Some(c) => c,
+        None if control.virtual_mta.is_some() => {
+            return Reply::with_status(550, (5, 3, 5), "Unknown virtual MTA");
+        }
+        None => return Reply::with_status(451, (4, 3, 5), "No virtual MTA configured"),
+    };
+
+    let Some(mail) = session.mail_from() else {
+        return Reply::with_status(503, (5, 5, 1), "Bad sequence of commands");
+    };
+    let reverse_path = match &mail.reverse_path {
+        ReversePath::Null => String::new(),
+        ReversePath::Mailbox(m) => m.to_string(),
+    };
+    let rcpts: Vec<(String, String, u8)> = session
+        .recipients()
+        .iter()
+        .filter_map(|r| {
+            let fp = forward_path_text(&r.forward_path)?;
+            let orcpt = r
+                .params
+                .orcpt
+                .as_ref()
+                .map(|o| format!("{};{}", o.addr_type, o.address))
+                .unwrap_or_default();
+            Some((fp, orcpt, notify_bits(r.params.notify.as_ref())))
+        })
+        .collect();
+    if rcpts.is_empty() {
+        return Reply::with_status(554, (5, 5, 1), "No valid recipients");
+    }
+
+    let received_unix_ms = now_unix_ms();
+    let id_hint = format!("{:x}", received_unix_ms);
+    let single = (rcpts.len() == 1).then(|| rcpts[0].0.as_str());
+    let trace = received_field(&ReceivedInfo {
+        helo: session.helo_name().unwrap_or("unknown"),
+        peer_ip: peer.ip(),
+        hostname: &config.hostname,
+        tls: conn.is_tls(),
+        authenticated: user.is_some(),
+        id: &id_hint,
+        single_recipient: single,
+        now_unix: received_unix_ms / 1000,
+    });
+    let mut content = Vec::with_capacity(trace.len() + stripped.len() + 512);
+    content.extend_from_slice(trace.as_bytes());
+    content.extend_from_slice(&stripped);
+    drop(stripped);
+    if let Some(sign) = &ctx.sign {
+        match sign(&content, &choice.vmta) {
+            Ok(fields) => {
+                let mut signed = fields;
+                signed.extend_from_slice(&content);
+                content = signed;
+            }
+            Err(reason) => {
+                ctx.stats.add_signing_failure();
+                tracing::warn!(peer = %peer, %reason, "DKIM signing failed; message deferred");
+                return Reply::with_status(451, (4, 7, 0), "Temporary signing failure, try again later");
+            }
+        }
+    }
+
+    let recipients: Vec<NewRecipient<'_>> = rcpts
+        .iter()
+        .map(|(fp, orcpt, notify)| NewRecipient { forward_path: fp, orcpt, notify: *notify })
+        .collect();
+    let ret = match mail.params.ret {
+        None => Ret::Unspecified,
+        Some(SmtpRet::Full) => Ret::Full,
+        Some(SmtpRet::Headers) => Ret::Hdrs,
+    };
+    let record = NewMessage {
+        received_unix_ms,
+        reverse_path: &reverse_path,
+        recipients: &recipients,
+        ret,
+        envid: mail.params.envid.as_deref().unwrap_or(""),
+        vmta_or_pool: &choice.vmta_or_pool,
+        vmta: &choice.vmta,
+        job_id: control.job.as_deref().unwrap_or(""),
+        content: &content,
+    };
+    match ctx.spool.append_message(&record).await {
+        Ok(msg) => {
+            let id = msg.id();
+            ctx.stats.add_received(1, recipients.len() as u64);
+            (ctx.handoff)(msg, choice.vmta.clone());
+            Reply::with_status(250, (2, 0, 0), format!("Ok queued as {id}"))
+        }
+        Err(e) => {
+            tracing::warn!(peer = %peer, error = %e, "spool append failed");
+            let (code, text) = e.smtp_reply();
+            spool_reply(code, text)
+        }
+    }
+}
+
+fn spool_reply(code: u16, text: &str) -> Reply {
+    // `text` carries the enhanced code first ("4.3.1 ...").
+    let mut parts = text.splitn(2, ' ');
+    let enhanced = parts.next().unwrap_or("");
+    let rest = parts.next().unwrap_or("");
+    match crate::smtp::reply::EnhancedStatus::parse(enhanced) {
+        Some(e) => Reply::new(code, Some(e), rest),
+        None => Reply::new(code, None, text),
+    }
+}
