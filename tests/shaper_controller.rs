@@ -13,9 +13,18 @@ const TSS04: &str = "421 4.7.0 [TSS04] Messages from 203.0.113.10 temporarily de
 const MIN_MS: u64 = 60_000;
 
 fn list() -> Arc<PatternList> {
-    let backoff = Actions { mode: Some(ModeAction::Backoff), ..Actions::default() };
-    let normal = Actions { mode: Some(ModeAction::Normal), ..Actions::default() };
-    let defer = Actions { defer_queue: true, ..Actions::default() };
+    let backoff = Actions {
+        mode: Some(ModeAction::Backoff),
+        ..Actions::default()
+    };
+    let normal = Actions {
+        mode: Some(ModeAction::Normal),
+        ..Actions::default()
+    };
+    let defer = Actions {
+        defer_queue: true,
+        ..Actions::default()
+    };
     let disable = Actions {
         disable_source_ip: Some(Duration::from_secs(3600)),
         bounce_category: Some(BounceCategory::PolicyRelated),
@@ -49,7 +58,10 @@ fn grants_are_capped_by_rcpt_per_transaction_and_rate() {
     assert_eq!(c.try_send_recipients(1000, 50).map(|g| g.recipients), Ok(7));
     // Burst is one second's worth (10): 3 left, then wait 100 ms per recipient.
     assert_eq!(c.try_send_recipients(1000, 50).map(|g| g.recipients), Ok(3));
-    assert_eq!(c.try_send_recipients(1000, 50), Err(Wait::RateLimited { until_ms: 1100 }));
+    assert_eq!(
+        c.try_send_recipients(1000, 50),
+        Err(Wait::RateLimited { until_ms: 1100 })
+    );
     assert_eq!(c.try_send_recipients(1100, 50).map(|g| g.recipients), Ok(1));
     assert_eq!(c.try_send_recipients(1100, 0).map(|g| g.recipients), Ok(0));
 }
@@ -75,7 +87,10 @@ fn connect_rate_is_enforced() {
     limits.normal.max_connect_rate = Some(Rate::new(1, Duration::from_secs(10)));
     let mut c = ctl(limits);
     assert_eq!(c.try_open_connection(0), Ok(()));
-    assert_eq!(c.try_open_connection(5), Err(Wait::RateLimited { until_ms: 10_000 }));
+    assert_eq!(
+        c.try_open_connection(5),
+        Err(Wait::RateLimited { until_ms: 10_000 })
+    );
     assert_eq!(c.try_open_connection(10_000), Ok(()));
 }
 
@@ -88,7 +103,10 @@ fn backoff_shrinks_limits_and_closes_excess_connections() {
     let outcome = c.on_reply(1000, TSS04);
     assert_eq!(c.mode(), Mode::Backoff);
     let change = outcome.mode_change.unwrap();
-    assert_eq!((change.at_ms, change.from, change.to), (1000, Mode::Normal, Mode::Backoff));
+    assert_eq!(
+        (change.at_ms, change.from, change.to),
+        (1000, Mode::Normal, Mode::Backoff)
+    );
     assert_eq!(
         change.cause,
         ModeCause::Reply {
@@ -126,7 +144,10 @@ fn backoff_ends_after_interval_since_last_matching_reply() {
     let snap = c.snapshot(90 * MIN_MS);
     assert_eq!(snap.mode, Mode::Normal);
     assert_eq!(snap.since_ms, 90 * MIN_MS);
-    assert_eq!(snap.reason.map(|r| r.cause), Some(ModeCause::BackoffExpired));
+    assert_eq!(
+        snap.reason.map(|r| r.cause),
+        Some(ModeCause::BackoffExpired)
+    );
     // The ramp starts at the backoff's end.
     assert_eq!(snap.ramp_ms, Some((90 * MIN_MS, 120 * MIN_MS)));
     assert_eq!(snap.effective.max_smtp_out, 2);
@@ -157,7 +178,10 @@ fn only_deliveries_granted_during_backoff_end_it() {
     let late = c.try_send_recipients(2000, 1).unwrap();
     c.on_delivered(2500, late.granted_at_ms, 1);
     assert_eq!(c.mode(), Mode::Normal);
-    assert_eq!(c.history().last().map(|h| h.cause.clone()), Some(ModeCause::Delivered));
+    assert_eq!(
+        c.history().last().map(|h| h.cause.clone()),
+        Some(ModeCause::Delivered)
+    );
     assert_eq!(c.counters().delivered, 2);
 }
 
@@ -207,7 +231,10 @@ fn defer_queue_waits_for_the_retry_time_of_the_mode() {
     let outcome = c.on_reply(1000, "451 4.3.9 defer me");
     let until = 1000 + 5 * MIN_MS; // first normal retry_after
     assert_eq!(outcome.deferred_until_ms, Some(until));
-    assert_eq!(c.try_send_recipients(2000, 1), Err(Wait::Deferred { until_ms: until }));
+    assert_eq!(
+        c.try_send_recipients(2000, 1),
+        Err(Wait::Deferred { until_ms: until })
+    );
     assert_eq!(c.next_wakeup_ms(), Some(until));
     assert!(c.try_send_recipients(until, 1).is_ok());
     // In Backoff the backoff retry (20 min) applies.
@@ -227,7 +254,9 @@ fn disable_source_ip_blocks_until_reenable() {
     assert!(c.connection_should_close(600, 0));
     assert_eq!(
         c.try_open_connection(600),
-        Err(Wait::SourceIpDisabled { until_ms: 3_600_500 })
+        Err(Wait::SourceIpDisabled {
+            until_ms: 3_600_500
+        })
     );
     assert_eq!(c.snapshot(600).disabled_until_ms, Some(3_600_500));
     assert_eq!(c.mode(), Mode::Normal, "disabling is not a mode change");
@@ -248,7 +277,8 @@ fn reconfigure_keeps_state_and_rejects_bad_limits() {
     assert_eq!(c.snapshot(20), before);
     let mut new = QueueLimits::default();
     new.backoff.max_smtp_out = 4;
-    c.reconfigure(20, new, Arc::new(builtin("yahoo").unwrap())).unwrap();
+    c.reconfigure(20, new, Arc::new(builtin("yahoo").unwrap()))
+        .unwrap();
     let after = c.snapshot(20);
     assert_eq!(after.mode, Mode::Backoff);
     assert_eq!(after.since_ms, before.since_ms);
@@ -273,7 +303,9 @@ fn long_reply_is_truncated_in_the_record() {
     let mut c = ctl(QueueLimits::default());
     let reply = format!("{TSS04} {}", "ü".repeat(2000));
     let change = c.on_reply(0, &reply).mode_change.unwrap();
-    let ModeCause::Reply { reply: kept, .. } = change.cause else { panic!() };
+    let ModeCause::Reply { reply: kept, .. } = change.cause else {
+        panic!()
+    };
     assert!(kept.len() <= spate::shaper::report::REASON_REPLY_BYTES_MAX);
     assert!(kept.starts_with("421 4.7.0 [TSS04]"));
 }

@@ -64,8 +64,14 @@ fn check_profile(name: &str) {
         if let Some(r) = c.rule_index {
             rules_hit.insert(r);
         }
-        let want_category = case.bounce_category.as_deref().map(|s| s.parse::<BounceCategory>().unwrap());
-        let want_reenable = case.reenable_after.as_deref().map(|s| parse_duration(s).unwrap());
+        let want_category = case
+            .bounce_category
+            .as_deref()
+            .map(|s| s.parse::<BounceCategory>().unwrap());
+        let want_reenable = case
+            .reenable_after
+            .as_deref()
+            .map(|s| parse_duration(s).unwrap());
         let want_scope: Scope = case.scope.parse().unwrap();
         let got = (
             action_name(&c),
@@ -84,13 +90,19 @@ fn check_profile(name: &str) {
             case.no_rule,
         );
         if got != want {
-            failures.push(format!("{name} case {i} (rule {:?}): got {got:?}, want {want:?}\n  {}", c.rule_index, case.reply));
+            failures.push(format!(
+                "{name} case {i} (rule {:?}): got {got:?}, want {want:?}\n  {}",
+                c.rule_index, case.reply
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     // Every rule of the profile is exercised by at least one case.
     let unused: Vec<_> = (0..list.len()).filter(|r| !rules_hit.contains(r)).collect();
-    assert!(unused.is_empty(), "{name}: rules {unused:?} have no corpus case");
+    assert!(
+        unused.is_empty(),
+        "{name}: rules {unused:?} have no corpus case"
+    );
 }
 
 #[test]
@@ -119,8 +131,18 @@ fn corpus_replies_drive_the_controller() {
             let mut ctl = RateController::new(1_000, QueueLimits::default(), list.clone()).unwrap();
             let outcome = ctl.on_reply(2_000, &case.reply);
             let want_backoff = case.action == "backoff";
-            assert_eq!(ctl.mode() == Mode::Backoff, want_backoff, "{name}: {}", case.reply);
-            assert_eq!(outcome.mode_change.is_some(), want_backoff, "{name}: {}", case.reply);
+            assert_eq!(
+                ctl.mode() == Mode::Backoff,
+                want_backoff,
+                "{name}: {}",
+                case.reply
+            );
+            assert_eq!(
+                outcome.mode_change.is_some(),
+                want_backoff,
+                "{name}: {}",
+                case.reply
+            );
             let open = ctl.try_open_connection(2_000);
             if case.action == "disable-source-ip" {
                 let after = parse_duration(case.reenable_after.as_deref().unwrap()).unwrap();

@@ -49,14 +49,27 @@ fn delivered_rate_within_5_percent_of_max_msg_rate_for_an_hour() {
     for rate in rates {
         // An hour each; the fastest rate for six minutes, which is already
         // 36,000 recipients (an hour of it costs ~10 s in a debug build).
-        let duration_ms = if rate.per_hour() > 100_000.0 { HOUR_MS / 10 } else { HOUR_MS };
-        let config = SimConfig { duration_ms, ..SimConfig::default() };
+        let duration_ms = if rate.per_hour() > 100_000.0 {
+            HOUR_MS / 10
+        } else {
+            HOUR_MS
+        };
+        let config = SimConfig {
+            duration_ms,
+            ..SimConfig::default()
+        };
         let (report, _) = run_accepting(limits_with_rate(Some(rate), 20), &config);
         let expected = expected_in(rate, duration_ms);
         let error = (report.granted as f64 - expected) / expected;
-        assert!(error.abs() <= 0.05, "{rate:?}: granted {} expected {expected:.0}", report.granted);
+        assert!(
+            error.abs() <= 0.05,
+            "{rate:?}: granted {} expected {expected:.0}",
+            report.granted
+        );
         // All accepted; only the transactions still in flight at the end differ.
-        assert!(report.delivered <= report.granted && report.delivered * 100 >= report.granted * 99);
+        assert!(
+            report.delivered <= report.granted && report.delivered * 100 >= report.granted * 99
+        );
         // Smooth: every whole minute carries about a minute's share.
         let per_bucket = expected_in(rate, config.bucket_ms);
         let burst = (rate.per_hour() / 3600.0).floor().max(1.0);
@@ -74,7 +87,10 @@ fn delivered_rate_within_5_percent_of_max_msg_rate_for_an_hour() {
 #[test]
 fn never_above_max_smtp_out_and_saturates_it_when_unlimited() {
     for max in [1, 3, 20, 64] {
-        let config = SimConfig { duration_ms: 2 * MIN_MS, ..SimConfig::default() };
+        let config = SimConfig {
+            duration_ms: 2 * MIN_MS,
+            ..SimConfig::default()
+        };
         let (report, ctl) = run_accepting(limits_with_rate(None, max), &config);
         assert_eq!(report.max_concurrent, max, "max_smtp_out {max}");
         assert!(ctl.counters().connections_opened >= u64::from(max));
@@ -94,14 +110,22 @@ fn backoff_entered_on_the_first_matching_reply_and_not_before() {
         first_throttle_ms.get_or_insert(now);
         Some(TSS04.to_owned())
     };
-    let config = SimConfig { duration_ms: 30 * MIN_MS, ..SimConfig::default() };
+    let config = SimConfig {
+        duration_ms: 30 * MIN_MS,
+        ..SimConfig::default()
+    };
     let report = sim::run(&mut ctl, &config, 0, &mut dest);
     let first = first_throttle_ms.unwrap();
     let change = report.mode_changes.first().expect("a mode change");
     assert_eq!(change.at_ms, first);
     assert_eq!((change.from, change.to), (Mode::Normal, Mode::Backoff));
     match &change.cause {
-        ModeCause::Reply { list, rule_index, reply, .. } => {
+        ModeCause::Reply {
+            list,
+            rule_index,
+            reply,
+            ..
+        } => {
             assert_eq!((list.as_str(), *rule_index), ("yahoo", 0));
             assert!(reply.contains("[TSS04]"));
         }
@@ -111,7 +135,10 @@ fn backoff_entered_on_the_first_matching_reply_and_not_before() {
     // each matching reply), and attempts drop to the backoff rate (60/h).
     assert_eq!(report.mode_changes.len(), 1, "{:?}", report.mode_changes);
     let after: u64 = report.granted_per_bucket.iter().skip(12).take(18).sum();
-    assert!(after <= 18 + 2, "granted {after} in 18 minutes of Backoff at 60/h");
+    assert!(
+        after <= 18 + 2,
+        "granted {after} in 18 minutes of Backoff at 60/h"
+    );
     assert!(after >= 16, "backoff rate starved: {after}");
     assert_eq!(ctl.mode(), Mode::Backoff);
 }
@@ -121,7 +148,10 @@ fn backoff_entered_on_the_first_matching_reply_and_not_before() {
 #[test]
 fn per_recipient_throttles_never_back_off() {
     let gmail_throttle = "450-4.2.1 The user you are trying to contact is receiving mail at a rate that\r\n450 4.2.1 prevents additional messages from being delivered. - gsmtp";
-    let greedy = Actions { mode: Some(ModeAction::Backoff), ..Actions::default() };
+    let greedy = Actions {
+        mode: Some(ModeAction::Backoff),
+        ..Actions::default()
+    };
     for list in [
         builtin("gmail").unwrap(),
         PatternList::from_rules("greedy", [(r"4\.2\.1", greedy)]).unwrap(),
@@ -137,7 +167,11 @@ fn per_recipient_throttles_never_back_off() {
         assert!(report.mode_changes.is_empty(), "{:?}", report.mode_changes);
         assert!(ctl.counters().per_recipient_throttles > 1000);
         let expected = 36_000.0;
-        assert!((report.granted as f64 - expected).abs() / expected <= 0.05, "{}", report.granted);
+        assert!(
+            (report.granted as f64 - expected).abs() / expected <= 0.05,
+            "{}",
+            report.granted
+        );
     }
 }
 
@@ -160,10 +194,17 @@ fn ramp_up_follows_the_documented_linear_curve() {
         }
         None
     };
-    let config = SimConfig { duration_ms: HOUR_MS, ..SimConfig::default() };
+    let config = SimConfig {
+        duration_ms: HOUR_MS,
+        ..SimConfig::default()
+    };
     let report = sim::run(&mut ctl, &config, 0, &mut dest);
     let t0 = throttled_at.unwrap() as f64;
-    let kinds: Vec<_> = report.mode_changes.iter().map(|c| (c.to, c.cause.clone())).collect();
+    let kinds: Vec<_> = report
+        .mode_changes
+        .iter()
+        .map(|c| (c.to, c.cause.clone()))
+        .collect();
     assert_eq!(kinds.len(), 2, "{kinds:?}");
     assert_eq!(kinds[1], (Mode::Normal, ModeCause::BackoffExpired));
     assert_eq!(report.mode_changes[1].at_ms as f64, t0 + 600_000.0);
@@ -186,10 +227,16 @@ fn ramp_up_follows_the_documented_linear_curve() {
     let integral = |a: f64, b: f64| -> f64 {
         let steps = 600;
         let h = (b - a) / steps as f64;
-        (0..steps).map(|i| rate_at(a + (i as f64 + 0.5) * h) * h).sum()
+        (0..steps)
+            .map(|i| rate_at(a + (i as f64 + 0.5) * h) * h)
+            .sum()
     };
     // Compare 3-minute windows (so one recipient of jitter is small).
-    let windows: Vec<u64> = report.granted_per_bucket.chunks(3).map(|c| c.iter().sum()).collect();
+    let windows: Vec<u64> = report
+        .granted_per_bucket
+        .chunks(3)
+        .map(|c| c.iter().sum())
+        .collect();
     for (w, &got) in windows.iter().enumerate().take(19) {
         let a = (w as f64) * 180_000.0;
         let want = integral(a, a + 180_000.0);
@@ -209,7 +256,10 @@ fn reload_keeps_counters_and_mode_and_applies_the_new_rate() {
     let rate1 = Rate::new(7200, Duration::from_secs(3600));
     let rate2 = Rate::new(1800, Duration::from_secs(3600));
     let mut ctl = RateController::new(0, limits_with_rate(Some(rate1), 10), yahoo()).unwrap();
-    let half = SimConfig { duration_ms: HOUR_MS / 2, ..SimConfig::default() };
+    let half = SimConfig {
+        duration_ms: HOUR_MS / 2,
+        ..SimConfig::default()
+    };
     let first = sim::run(&mut ctl, &half, 0, &mut |_| None);
     ctl.set_mode(HOUR_MS / 2, Mode::Backoff);
     ctl.set_mode(HOUR_MS / 2, Mode::Normal);
@@ -220,10 +270,21 @@ fn reload_keeps_counters_and_mode_and_applies_the_new_rate() {
     assert_eq!(*ctl.counters(), before, "reload must not touch counters");
     assert_eq!(ctl.history().count(), 2);
     let second = sim::run(&mut ctl, &half, HOUR_MS / 2, &mut |_| None);
-    assert!((first.granted as f64 - 3600.0).abs() <= 180.0, "{}", first.granted);
-    assert!((second.granted as f64 - 900.0).abs() <= 45.0, "{}", second.granted);
+    assert!(
+        (first.granted as f64 - 3600.0).abs() <= 180.0,
+        "{}",
+        first.granted
+    );
+    assert!(
+        (second.granted as f64 - 900.0).abs() <= 45.0,
+        "{}",
+        second.granted
+    );
     assert_eq!(ctl.counters().delivered, first.delivered + second.delivered);
-    assert_eq!(ctl.counters().recipients_granted, first.granted + second.granted);
+    assert_eq!(
+        ctl.counters().recipients_granted,
+        first.granted + second.granted
+    );
 }
 
 proptest! {

@@ -6,7 +6,10 @@ use clap::Parser;
 
 /// `spate-bench shaper ...` (minimal wiring until the bench owner adds the full CLI).
 #[derive(Parser, Debug)]
-#[command(name = "spate-bench shaper", about = "Rate controller accuracy and cost, simulated")]
+#[command(
+    name = "spate-bench shaper",
+    about = "Rate controller accuracy and cost, simulated"
+)]
 struct ShaperCli {
     #[command(flatten)]
     args: shaper::ShaperArgs,

@@ -79,7 +79,10 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
         return f64::NAN;
     }
     let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted.get(rank.min(sorted.len() - 1)).copied().unwrap_or(f64::NAN)
+    sorted
+        .get(rank.min(sorted.len() - 1))
+        .copied()
+        .unwrap_or(f64::NAN)
 }
 
 /// Runs the benchmark and prints its figures.
@@ -95,7 +98,10 @@ pub fn run(args: ShaperArgs) -> anyhow::Result<()> {
     let duration_ms = args.seconds.saturating_mul(1000);
 
     // Phase 1: accuracy, one queue at a time through the full simulation.
-    let config = SimConfig { duration_ms, ..SimConfig::default() };
+    let config = SimConfig {
+        duration_ms,
+        ..SimConfig::default()
+    };
     let mut errors = Vec::with_capacity(specs.len());
     let mut granted_total = 0u64;
     let mut events_total = 0u64;
@@ -137,20 +143,41 @@ pub fn run(args: ShaperArgs) -> anyhow::Result<()> {
         });
         println!("{v}");
     } else {
-        println!("spate-bench shaper: {} queues, {} s simulated each, seed {}", args.queues, args.seconds, args.seed);
-        println!("rate limits log-uniform {:.0}..{:.0}/h; max_smtp_out 1..50; rcpt/txn 1..100", args.min_rate_per_hour, args.max_rate_per_hour);
+        println!(
+            "spate-bench shaper: {} queues, {} s simulated each, seed {}",
+            args.queues, args.seconds, args.seed
+        );
+        println!(
+            "rate limits log-uniform {:.0}..{:.0}/h; max_smtp_out 1..50; rcpt/txn 1..100",
+            args.min_rate_per_hour, args.max_rate_per_hour
+        );
         println!();
         println!("accuracy (attempted vs max_msg_rate, endless backlog)");
         println!("  |error| p50        {:>10.4} %", percentile(&errors, 50.0));
         println!("  |error| p99        {:>10.4} %", percentile(&errors, 99.0));
-        println!("  |error| max        {:>10.4} %", errors.last().copied().unwrap_or(f64::NAN));
+        println!(
+            "  |error| max        {:>10.4} %",
+            errors.last().copied().unwrap_or(f64::NAN)
+        );
         println!("  recipients         {granted_total:>10}");
-        println!("  sim wall time      {:>10.2} s  ({sim_ns_per_rcpt:.0} ns/recipient incl. simulated driver, {events_total} events)", sim_elapsed.as_secs_f64());
+        println!(
+            "  sim wall time      {:>10.2} s  ({sim_ns_per_rcpt:.0} ns/recipient incl. simulated driver, {events_total} events)",
+            sim_elapsed.as_secs_f64()
+        );
         println!();
         println!("cost (all queues interleaved on one thread)");
-        println!("  controller         {:>10.1} ns/recipient", cost.controller_ns_per_rcpt);
-        println!("  controller         {:>10.1} ns/call  ({} calls, timer overhead {:.1} ns per timed section subtracted)", cost.controller_ns_per_call, cost.calls, cost.timer_overhead_ns);
-        println!("  loop incl. heap    {:>10.1} ns/recipient  ({} recipients)", cost.loop_ns_per_rcpt, cost.recipients);
+        println!(
+            "  controller         {:>10.1} ns/recipient",
+            cost.controller_ns_per_rcpt
+        );
+        println!(
+            "  controller         {:>10.1} ns/call  ({} calls, timer overhead {:.1} ns per timed section subtracted)",
+            cost.controller_ns_per_call, cost.calls, cost.timer_overhead_ns
+        );
+        println!(
+            "  loop incl. heap    {:>10.1} ns/recipient  ({} recipients)",
+            cost.loop_ns_per_rcpt, cost.recipients
+        );
     }
     Ok(())
 }
@@ -176,13 +203,18 @@ fn timer_overhead_ns() -> f64 {
     started.elapsed().as_nanos() as f64 / f64::from(N)
 }
 
-fn measure_cost(specs: &[QueueSpec], patterns: &Arc<PatternList>, duration_ms: u64) -> anyhow::Result<Cost> {
+fn measure_cost(
+    specs: &[QueueSpec],
+    patterns: &Arc<PatternList>,
+    duration_ms: u64,
+) -> anyhow::Result<Cost> {
     const FAILURE_REPLY: &str = "451 4.3.2 Internal error, please try again later";
     let mut ctls = specs
         .iter()
         .map(|s| RateController::new(0, s.limits.clone(), patterns.clone()))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut heap: BinaryHeap<Reverse<(u64, usize)>> = (0..ctls.len()).map(|i| Reverse((0, i))).collect();
+    let mut heap: BinaryHeap<Reverse<(u64, usize)>> =
+        (0..ctls.len()).map(|i| Reverse((0, i))).collect();
     let overhead = timer_overhead_ns();
     let mut inside = Duration::ZERO;
     let (mut calls, mut timed, mut recipients, mut transactions) = (0u64, 0u64, 0u64, 0u64);

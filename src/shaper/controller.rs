@@ -145,18 +145,37 @@ impl RateController {
         if let Some(per_hour) = effective.msg_rate_per_hour {
             let pace = Pace::from_per_hour(per_hour);
             let needed = self.active_connections.saturating_add(1);
-            if self.msg_limiter.available(now_ns, pace.interval_ns, pace.burst) < needed {
-                return match self.msg_limiter.next_conforming_n_ns(now_ns, pace.interval_ns, pace.burst, needed) {
-                    Some(at_ns) => Err(Wait::RateLimited { until_ms: ceil_ms(at_ns).max(now_ms + 1) }),
+            if self
+                .msg_limiter
+                .available(now_ns, pace.interval_ns, pace.burst)
+                < needed
+            {
+                return match self.msg_limiter.next_conforming_n_ns(
+                    now_ns,
+                    pace.interval_ns,
+                    pace.burst,
+                    needed,
+                ) {
+                    Some(at_ns) => Err(Wait::RateLimited {
+                        until_ms: ceil_ms(at_ns).max(now_ms + 1),
+                    }),
                     None => Err(Wait::ConnectionLimit),
                 };
             }
         }
         if let Some(per_hour) = effective.connect_rate_per_hour {
             let pace = Pace::from_per_hour(per_hour);
-            if self.connect_limiter.available(now_ns, pace.interval_ns, pace.burst) == 0 {
-                let at_ns = self.connect_limiter.next_conforming_ns(now_ns, pace.interval_ns, pace.burst);
-                return Err(Wait::RateLimited { until_ms: ceil_ms(at_ns) });
+            if self
+                .connect_limiter
+                .available(now_ns, pace.interval_ns, pace.burst)
+                == 0
+            {
+                let at_ns =
+                    self.connect_limiter
+                        .next_conforming_ns(now_ns, pace.interval_ns, pace.burst);
+                return Err(Wait::RateLimited {
+                    until_ms: ceil_ms(at_ns),
+                });
             }
             self.connect_limiter.take(now_ns, pace.interval_ns, 1);
         }
@@ -182,15 +201,25 @@ impl RateController {
         let now_ns = now_ms.saturating_mul(NS_PER_MS);
         if let (Some(per_hour), true) = (effective.msg_rate_per_hour, count > 0) {
             let pace = Pace::from_per_hour(per_hour);
-            count = count.min(self.msg_limiter.available(now_ns, pace.interval_ns, pace.burst));
+            count = count.min(
+                self.msg_limiter
+                    .available(now_ns, pace.interval_ns, pace.burst),
+            );
             if count == 0 {
-                let at_ns = self.msg_limiter.next_conforming_ns(now_ns, pace.interval_ns, pace.burst);
-                return Err(Wait::RateLimited { until_ms: ceil_ms(at_ns) });
+                let at_ns =
+                    self.msg_limiter
+                        .next_conforming_ns(now_ns, pace.interval_ns, pace.burst);
+                return Err(Wait::RateLimited {
+                    until_ms: ceil_ms(at_ns),
+                });
             }
             self.msg_limiter.take(now_ns, pace.interval_ns, count);
         }
         self.counters.recipients_granted += u64::from(count);
-        Ok(Grant { recipients: count, granted_at_ms: now_ms })
+        Ok(Grant {
+            recipients: count,
+            granted_at_ms: now_ms,
+        })
     }
 
     /// True if a connection that has carried `messages_sent` messages should
@@ -313,11 +342,23 @@ impl RateController {
     /// During a ramp this is the ramp's end; ask `try_*` earlier as usual.
     pub fn next_wakeup_ms(&self) -> Option<u64> {
         let backoff_end = match (self.mode, self.manual, self.limits.backoff_to_normal_after) {
-            (Mode::Backoff, false, Some(after)) => Some(self.backoff_trigger_ms.saturating_add(ms(after))),
+            (Mode::Backoff, false, Some(after)) => {
+                Some(self.backoff_trigger_ms.saturating_add(ms(after)))
+            }
             _ => None,
         };
-        let ramp_end = self.ramp_start_ms.map(|s| s.saturating_add(ms(self.limits.ramp_up)));
-        [backoff_end, ramp_end, self.deferred_until_ms, self.disabled_until_ms].into_iter().flatten().min()
+        let ramp_end = self
+            .ramp_start_ms
+            .map(|s| s.saturating_add(ms(self.limits.ramp_up)));
+        [
+            backoff_end,
+            ramp_end,
+            self.deferred_until_ms,
+            self.disabled_until_ms,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// The last recorded mode changes, oldest first.
@@ -336,7 +377,9 @@ impl RateController {
             paused: self.paused,
             deferred_until_ms: self.deferred_until_ms,
             disabled_until_ms: self.disabled_until_ms,
-            ramp_ms: self.ramp_start_ms.map(|s| (s, s.saturating_add(ms(self.limits.ramp_up)))),
+            ramp_ms: self
+                .ramp_start_ms
+                .map(|s| (s, s.saturating_add(ms(self.limits.ramp_up)))),
             effective: self.effective_at(now_ms),
             active_connections: self.active_connections,
             counters: self.counters,
@@ -365,7 +408,8 @@ impl RateController {
             }
             (Mode::Normal, Some(f)) => {
                 effective.max_smtp_out = lerp_count(backoff.max_smtp_out, normal.max_smtp_out, f);
-                effective.msg_rate_per_hour = lerp_rate(backoff.max_msg_rate, normal.max_msg_rate, f);
+                effective.msg_rate_per_hour =
+                    lerp_rate(backoff.max_msg_rate, normal.max_msg_rate, f);
             }
             (Mode::Normal, None) => {}
         }
@@ -383,7 +427,9 @@ impl RateController {
     /// Applies what time alone changes: backoff expiry, end of defer, disable
     /// and ramp.
     fn advance(&mut self, now_ms: u64) {
-        if let (Mode::Backoff, false, Some(after)) = (self.mode, self.manual, self.limits.backoff_to_normal_after) {
+        if let (Mode::Backoff, false, Some(after)) =
+            (self.mode, self.manual, self.limits.backoff_to_normal_after)
+        {
             let end = self.backoff_trigger_ms.saturating_add(ms(after));
             if now_ms >= end {
                 self.change_mode(end, Mode::Normal, ModeCause::BackoffExpired);
@@ -414,7 +460,12 @@ impl RateController {
     }
 
     fn change_mode(&mut self, at_ms: u64, to: Mode, cause: ModeCause) -> ModeChange {
-        let change = ModeChange { at_ms, from: self.mode, to, cause };
+        let change = ModeChange {
+            at_ms,
+            from: self.mode,
+            to,
+            cause,
+        };
         self.counters.mode_changes += 1;
         self.mode = to;
         self.mode_since_ms = at_ms;
@@ -442,10 +493,12 @@ impl RateController {
         let now_ns = now_ms.saturating_mul(NS_PER_MS);
         let effective = self.effective_at(now_ms);
         if let Some(per_hour) = effective.msg_rate_per_hour {
-            self.msg_limiter.clamp_debt(now_ns, Pace::from_per_hour(per_hour).interval_ns);
+            self.msg_limiter
+                .clamp_debt(now_ns, Pace::from_per_hour(per_hour).interval_ns);
         }
         if let Some(per_hour) = effective.connect_rate_per_hour {
-            self.connect_limiter.clamp_debt(now_ns, Pace::from_per_hour(per_hour).interval_ns);
+            self.connect_limiter
+                .clamp_debt(now_ns, Pace::from_per_hour(per_hour).interval_ns);
         }
     }
 }

@@ -21,7 +21,9 @@ impl Gcra {
         let tolerance_ns = interval_ns.saturating_mul(u64::from(burst));
         let base_ns = self.tat_ns.max(now_ns);
         let room_ns = (now_ns.saturating_add(tolerance_ns)).saturating_sub(base_ns);
-        u32::try_from(room_ns / interval_ns).unwrap_or(u32::MAX).min(burst)
+        u32::try_from(room_ns / interval_ns)
+            .unwrap_or(u32::MAX)
+            .min(burst)
     }
 
     /// Records `count` events at `now_ns`. Callers take at most [`Self::available`].
@@ -35,20 +37,34 @@ impl Gcra {
         let interval_ns = interval_ns.max(1);
         let tolerance_ns = interval_ns.saturating_mul(u64::from(burst));
         // One event conforms when tat + interval - tolerance <= t.
-        let at_ns = self.tat_ns.max(now_ns).saturating_add(interval_ns).saturating_sub(tolerance_ns);
+        let at_ns = self
+            .tat_ns
+            .max(now_ns)
+            .saturating_add(interval_ns)
+            .saturating_sub(tolerance_ns);
         at_ns.max(now_ns)
     }
 
     /// Earliest time at or after `now_ns` when `count` events conform at once;
     /// `None` if `count` exceeds the burst (it never will).
-    pub fn next_conforming_n_ns(&self, now_ns: u64, interval_ns: u64, burst: u32, count: u32) -> Option<u64> {
+    pub fn next_conforming_n_ns(
+        &self,
+        now_ns: u64,
+        interval_ns: u64,
+        burst: u32,
+        count: u32,
+    ) -> Option<u64> {
         if count > burst {
             return None;
         }
         let interval_ns = interval_ns.max(1);
         let tolerance_ns = interval_ns.saturating_mul(u64::from(burst));
         let need_ns = interval_ns.saturating_mul(u64::from(count));
-        let at_ns = self.tat_ns.max(now_ns).saturating_add(need_ns).saturating_sub(tolerance_ns);
+        let at_ns = self
+            .tat_ns
+            .max(now_ns)
+            .saturating_add(need_ns)
+            .saturating_sub(tolerance_ns);
         Some(at_ns.max(now_ns))
     }
 

@@ -141,23 +141,39 @@ impl QueueLimits {
     /// Checks every bound; the controller assumes a validated value.
     pub fn validate(&self) -> Result<(), LimitsError> {
         for (prefix, mode) in [("", &self.normal), ("backoff_", &self.backoff)] {
-            let smtp_out = if prefix.is_empty() { "max_smtp_out" } else { "backoff_max_smtp_out" };
+            let smtp_out = if prefix.is_empty() {
+                "max_smtp_out"
+            } else {
+                "backoff_max_smtp_out"
+            };
             if mode.max_smtp_out == 0 {
                 return Err(LimitsError::Zero { field: smtp_out });
             }
-            let msg_rate = if prefix.is_empty() { "max_msg_rate" } else { "backoff_max_msg_rate" };
+            let msg_rate = if prefix.is_empty() {
+                "max_msg_rate"
+            } else {
+                "backoff_max_msg_rate"
+            };
             check_rate(mode.max_msg_rate, msg_rate)?;
             check_rate(mode.max_connect_rate, "max_connect_rate")?;
-            let retry = if prefix.is_empty() { "retry_after" } else { "backoff_retry_after" };
+            let retry = if prefix.is_empty() {
+                "retry_after"
+            } else {
+                "backoff_retry_after"
+            };
             if mode.retry_after.is_empty() || mode.retry_after.len() > RETRY_SCHEDULE_ENTRIES_MAX {
                 return Err(LimitsError::RetrySchedule { field: retry });
             }
         }
         if self.max_msg_per_connection == 0 {
-            return Err(LimitsError::Zero { field: "max_msg_per_connection" });
+            return Err(LimitsError::Zero {
+                field: "max_msg_per_connection",
+            });
         }
         if self.max_rcpt_per_transaction == 0 {
-            return Err(LimitsError::Zero { field: "max_rcpt_per_transaction" });
+            return Err(LimitsError::Zero {
+                field: "max_rcpt_per_transaction",
+            });
         }
         if self.max_rcpt_per_transaction > RCPT_PER_GRANT_MAX {
             return Err(LimitsError::TooManyRcpt);
@@ -173,7 +189,9 @@ fn check_rate(rate: Option<Rate>, field: &'static str) -> Result<(), LimitsError
     match rate {
         None => Ok(()),
         Some(r) if r.count == 0 => Err(LimitsError::Zero { field }),
-        Some(r) if r.per.is_zero() || r.per > RATE_PER_MAX => Err(LimitsError::BadInterval { field }),
+        Some(r) if r.per.is_zero() || r.per > RATE_PER_MAX => {
+            Err(LimitsError::BadInterval { field })
+        }
         Some(_) => Ok(()),
     }
 }
@@ -198,10 +216,20 @@ mod tests {
         assert_eq!(QueueLimits::default().validate(), Ok(()));
         let mut l = QueueLimits::default();
         l.backoff.max_smtp_out = 0;
-        assert_eq!(l.validate(), Err(LimitsError::Zero { field: "backoff_max_smtp_out" }));
+        assert_eq!(
+            l.validate(),
+            Err(LimitsError::Zero {
+                field: "backoff_max_smtp_out"
+            })
+        );
         let mut l = QueueLimits::default();
         l.normal.max_msg_rate = Some(Rate::new(10, Duration::ZERO));
-        assert_eq!(l.validate(), Err(LimitsError::BadInterval { field: "max_msg_rate" }));
+        assert_eq!(
+            l.validate(),
+            Err(LimitsError::BadInterval {
+                field: "max_msg_rate"
+            })
+        );
         let mut l = QueueLimits::default();
         l.max_rcpt_per_transaction = RCPT_PER_GRANT_MAX + 1;
         assert_eq!(l.validate(), Err(LimitsError::TooManyRcpt));
@@ -217,7 +245,10 @@ mod tests {
 
     #[test]
     fn rate_interval() {
-        assert_eq!(Rate::new(1000, Duration::from_secs(3600)).interval_ns(), 3_600_000_000);
+        assert_eq!(
+            Rate::new(1000, Duration::from_secs(3600)).interval_ns(),
+            3_600_000_000
+        );
         assert!((Rate::new(60, Duration::from_secs(60)).per_hour() - 3600.0).abs() < 1e-9);
     }
 }

@@ -112,7 +112,10 @@ const SCOPE_NAMES: [(Scope, &str); 6] = [
 impl BounceCategory {
     /// The accounting name (`bounceCat`).
     pub fn as_str(self) -> &'static str {
-        BOUNCE_NAMES.iter().find(|(c, _)| *c == self).map_or("other", |(_, n)| n)
+        BOUNCE_NAMES
+            .iter()
+            .find(|(c, _)| *c == self)
+            .map_or("other", |(_, n)| n)
     }
 }
 
@@ -123,7 +126,10 @@ impl FromStr for BounceCategory {
             .iter()
             .find(|(_, n)| n.eq_ignore_ascii_case(s))
             .map(|(c, _)| *c)
-            .ok_or_else(|| PatternError::UnknownName { what: "bounce_category", name: s.to_owned() })
+            .ok_or_else(|| PatternError::UnknownName {
+                what: "bounce_category",
+                name: s.to_owned(),
+            })
     }
 }
 
@@ -136,7 +142,10 @@ impl fmt::Display for BounceCategory {
 impl Scope {
     /// The name used in profiles and snapshots.
     pub fn as_str(self) -> &'static str {
-        SCOPE_NAMES.iter().find(|(c, _)| *c == self).map_or("queue", |(_, n)| n)
+        SCOPE_NAMES
+            .iter()
+            .find(|(c, _)| *c == self)
+            .map_or("queue", |(_, n)| n)
     }
 }
 
@@ -147,7 +156,10 @@ impl FromStr for Scope {
             .iter()
             .find(|(_, n)| n.eq_ignore_ascii_case(s))
             .map(|(c, _)| *c)
-            .ok_or_else(|| PatternError::UnknownName { what: "scope", name: s.to_owned() })
+            .ok_or_else(|| PatternError::UnknownName {
+                what: "scope",
+                name: s.to_owned(),
+            })
     }
 }
 
@@ -185,9 +197,17 @@ pub enum PatternError {
     #[error("pattern list {list}: more than {PATTERN_RULES_MAX} rules")]
     TooManyRules { list: String },
     #[error("pattern list {list}: rule {index}: bad regular expression: {reason}")]
-    BadRegex { list: String, index: usize, reason: String },
+    BadRegex {
+        list: String,
+        index: usize,
+        reason: String,
+    },
     #[error("pattern list {list}: rule {index}: {reason}")]
-    BadActions { list: String, index: usize, reason: &'static str },
+    BadActions {
+        list: String,
+        index: usize,
+        reason: &'static str,
+    },
     #[error("unknown {what} {name:?}")]
     UnknownName { what: &'static str, name: String },
 }
@@ -239,7 +259,9 @@ fn build_regex(source: &str) -> Result<Regex, regex::Error> {
 
 /// True if `reply` is a per-recipient throttle (see the module comment).
 pub fn is_per_recipient_throttle(reply: &str) -> bool {
-    PER_RECIPIENT_THROTTLE.as_ref().is_some_and(|re| re.is_match(bounded(reply)))
+    PER_RECIPIENT_THROTTLE
+        .as_ref()
+        .is_some_and(|re| re.is_match(bounded(reply)))
 }
 
 fn bounded(reply: &str) -> &str {
@@ -265,15 +287,25 @@ impl PatternList {
         let mut built = Vec::new();
         for (index, (source, actions)) in rules.into_iter().enumerate() {
             if index >= PATTERN_RULES_MAX {
-                return Err(PatternError::TooManyRules { list: name.to_owned() });
+                return Err(PatternError::TooManyRules {
+                    list: name.to_owned(),
+                });
             }
-            let bad = |reason| PatternError::BadActions { list: name.to_owned(), index, reason };
+            let bad = |reason| PatternError::BadActions {
+                list: name.to_owned(),
+                index,
+                reason,
+            };
             if actions.scope == Some(Scope::Recipient) && actions.has_queue_effect() {
-                return Err(bad("a recipient-scoped rule cannot change mode, defer or disable the queue"));
+                return Err(bad(
+                    "a recipient-scoped rule cannot change mode, defer or disable the queue",
+                ));
             }
             if let Some(after) = actions.disable_source_ip {
                 if after.is_zero() || after > REENABLE_AFTER_MAX {
-                    return Err(bad("reenable_after must be more than zero and at most 30 days"));
+                    return Err(bad(
+                        "reenable_after must be more than zero and at most 30 days",
+                    ));
                 }
             }
             let regex = build_regex(source.as_ref()).map_err(|e| PatternError::BadRegex {
@@ -283,7 +315,10 @@ impl PatternList {
             })?;
             built.push(Rule { regex, actions });
         }
-        Ok(PatternList { name: name.to_owned(), rules: built })
+        Ok(PatternList {
+            name: name.to_owned(),
+            rules: built,
+        })
     }
 
     /// The list's name ("gmail", or the config table's name).
@@ -310,7 +345,11 @@ impl PatternList {
     /// throttle check, which strips queue-level actions.
     pub fn classify(&self, reply: &str) -> Classification {
         let text = bounded(reply);
-        let found = self.rules.iter().enumerate().find(|(_, r)| r.regex.is_match(text));
+        let found = self
+            .rules
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.regex.is_match(text));
         let (rule_index, mut actions) = match found {
             Some((i, r)) => (Some(i), r.actions),
             None => (None, Actions::default()),
@@ -328,7 +367,13 @@ impl PatternList {
             _ if throttle => Scope::Recipient,
             _ => Scope::Queue,
         };
-        Classification { rule_index, actions, scope, per_recipient_throttle: throttle, suppressed }
+        Classification {
+            rule_index,
+            actions,
+            scope,
+            per_recipient_throttle: throttle,
+            suppressed,
+        }
     }
 }
 
@@ -337,7 +382,10 @@ mod tests {
     use super::*;
 
     fn backoff() -> Actions {
-        Actions { mode: Some(ModeAction::Backoff), ..Actions::default() }
+        Actions {
+            mode: Some(ModeAction::Backoff),
+            ..Actions::default()
+        }
     }
 
     #[test]
@@ -346,11 +394,18 @@ mod tests {
             "t",
             [
                 (r"4\.7\.28 .*from your ip address", backoff()),
-                (r"4\.7\.28", Actions { defer_queue: true, ..Actions::default() }),
+                (
+                    r"4\.7\.28",
+                    Actions {
+                        defer_queue: true,
+                        ..Actions::default()
+                    },
+                ),
             ],
         )
         .unwrap();
-        let c = list.classify("421-4.7.28 Our system has detected\r\n421-4.7.28 from your IP ADDRESS");
+        let c =
+            list.classify("421-4.7.28 Our system has detected\r\n421-4.7.28 from your IP ADDRESS");
         assert_eq!(c.rule_index, Some(0));
         assert_eq!(c.actions.mode, Some(ModeAction::Backoff));
         let c = list.classify("421 4.7.28 from your SPF domain");
@@ -370,16 +425,24 @@ mod tests {
         assert_eq!(c.actions.mode, None);
         assert_eq!(c.scope, Scope::Recipient);
         // A 5xx with the same words is not a throttle.
-        assert!(!is_per_recipient_throttle("550 5.2.1 receiving mail at a rate"));
+        assert!(!is_per_recipient_throttle(
+            "550 5.2.1 receiving mail at a rate"
+        ));
     }
 
     #[test]
     fn bad_rules_are_clear_errors() {
         let e = PatternList::from_rules("x", [("(", Actions::default())]).unwrap_err();
         assert!(matches!(e, PatternError::BadRegex { index: 0, .. }), "{e}");
-        let bad = Actions { scope: Some(Scope::Recipient), ..backoff() };
+        let bad = Actions {
+            scope: Some(Scope::Recipient),
+            ..backoff()
+        };
         assert!(PatternList::from_rules("x", [("a", bad)]).is_err());
-        assert_eq!("Policy-Related".parse::<BounceCategory>(), Ok(BounceCategory::PolicyRelated));
+        assert_eq!(
+            "Policy-Related".parse::<BounceCategory>(),
+            Ok(BounceCategory::PolicyRelated)
+        );
         assert!("nope".parse::<Scope>().is_err());
     }
 

@@ -28,7 +28,11 @@ pub enum ProfileError {
     #[error("profile {name}: {reason}")]
     Syntax { name: String, reason: String },
     #[error("profile {name}: rule {index}: {reason}")]
-    Rule { name: String, index: usize, reason: String },
+    Rule {
+        name: String,
+        index: usize,
+        reason: String,
+    },
     #[error(transparent)]
     Pattern(#[from] PatternError),
 }
@@ -76,14 +80,21 @@ struct RuleFile {
 /// Parses a profile file (the format of `profiles/*.toml`). The file's
 /// `name` must equal `name`.
 pub fn parse_profile(name: &str, text: &str) -> Result<PatternList, ProfileError> {
-    let syntax = |reason: String| ProfileError::Syntax { name: name.to_owned(), reason };
+    let syntax = |reason: String| ProfileError::Syntax {
+        name: name.to_owned(),
+        reason,
+    };
     let file: ProfileFile = toml::from_str(text).map_err(|e| syntax(e.to_string()))?;
     if file.name != name {
         return Err(syntax(format!("file says name = {:?}", file.name)));
     }
     let mut rules = Vec::with_capacity(file.rules.len());
     for (index, rule) in file.rules.into_iter().enumerate() {
-        let bad = |reason: String| ProfileError::Rule { name: name.to_owned(), index, reason };
+        let bad = |reason: String| ProfileError::Rule {
+            name: name.to_owned(),
+            index,
+            reason,
+        };
         let mode = match rule.mode.as_deref() {
             None => None,
             Some("backoff") => Some(ModeAction::Backoff),
@@ -98,7 +109,11 @@ pub fn parse_profile(name: &str, text: &str) -> Result<PatternList, ProfileError
         };
         let actions = Actions {
             mode,
-            bounce_category: rule.bounce_category.as_deref().map(str::parse).transpose()?,
+            bounce_category: rule
+                .bounce_category
+                .as_deref()
+                .map(str::parse)
+                .transpose()?,
             disable_source_ip,
             defer_queue: rule.defer_queue,
             scope: rule.scope.as_deref().map(str::parse).transpose()?,
@@ -117,7 +132,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let mut number: Option<u64> = None;
     for c in text.chars() {
         if let Some(d) = c.to_digit(10) {
-            let n = number.unwrap_or(0).checked_mul(10).and_then(|n| n.checked_add(u64::from(d)));
+            let n = number
+                .unwrap_or(0)
+                .checked_mul(10)
+                .and_then(|n| n.checked_add(u64::from(d)));
             number = Some(n.ok_or_else(|| format!("duration {text:?} too large"))?);
             continue;
         }
@@ -129,7 +147,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             'w' => 604_800,
             _ => return Err(format!("bad duration {text:?}: unknown unit {c:?}")),
         };
-        let n = number.take().ok_or_else(|| format!("bad duration {text:?}: unit without number"))?;
+        let n = number
+            .take()
+            .ok_or_else(|| format!("bad duration {text:?}: unit without number"))?;
         total_s = n
             .checked_mul(unit_s)
             .and_then(|s| total_s.checked_add(s))
@@ -158,7 +178,10 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("4d12h"), Ok(Duration::from_secs(4 * 86_400 + 12 * 3600)));
+        assert_eq!(
+            parse_duration("4d12h"),
+            Ok(Duration::from_secs(4 * 86_400 + 12 * 3600))
+        );
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
         assert!(parse_duration("12").is_err());
         assert!(parse_duration("h").is_err());
@@ -168,9 +191,18 @@ mod tests {
 
     #[test]
     fn bad_profiles_are_errors() {
-        let e = parse_profile("x", "name = \"x\"\n[[rule]]\nreply = 'a'\nmode = \"slow\"\n");
-        assert!(matches!(e, Err(ProfileError::Rule { index: 0, .. })), "{e:?}");
-        let e = parse_profile("x", "name = \"x\"\n[[rule]]\nreply = 'a'\ndisable_source_ip = true\n");
+        let e = parse_profile(
+            "x",
+            "name = \"x\"\n[[rule]]\nreply = 'a'\nmode = \"slow\"\n",
+        );
+        assert!(
+            matches!(e, Err(ProfileError::Rule { index: 0, .. })),
+            "{e:?}"
+        );
+        let e = parse_profile(
+            "x",
+            "name = \"x\"\n[[rule]]\nreply = 'a'\ndisable_source_ip = true\n",
+        );
         assert!(e.is_err());
         assert!(parse_profile("x", "name = \"y\"\n").is_err());
         assert!(parse_profile("x", "name = \"x\"\nbogus = 1\n").is_err());

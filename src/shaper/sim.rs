@@ -78,8 +78,14 @@ pub struct SimReport {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Event {
     TryOpen,
-    Ready { conn: usize },
-    Done { conn: usize, recipients: u32, granted_at_ms: u64 },
+    Ready {
+        conn: usize,
+    },
+    Done {
+        conn: usize,
+        recipients: u32,
+        granted_at_ms: u64,
+    },
 }
 
 /// Runs the simulation from `start_ms`. `destination(now_ms)` answers a
@@ -92,7 +98,10 @@ pub fn run(
 ) -> SimReport {
     let end_ms = start_ms.saturating_add(config.duration_ms);
     let buckets = usize::try_from(config.duration_ms / config.bucket_ms.max(1) + 1).unwrap_or(1);
-    let mut report = SimReport { granted_per_bucket: vec![0; buckets], ..SimReport::default() };
+    let mut report = SimReport {
+        granted_per_bucket: vec![0; buckets],
+        ..SimReport::default()
+    };
     let mut events: BinaryHeap<Reverse<(u64, u64, Event)>> = BinaryHeap::new();
     let mut seq = 0u64;
     let mut push = |events: &mut BinaryHeap<_>, at: u64, e: Event| {
@@ -128,7 +137,11 @@ pub fn run(
                 loop {
                     if backlog(now, taken) == 0 {
                         // Nothing to do: look again a little later.
-                        push(&mut events, now + config.idle_close_ms.max(1), Event::TryOpen);
+                        push(
+                            &mut events,
+                            now + config.idle_close_ms.max(1),
+                            Event::TryOpen,
+                        );
                         opener_pending = true;
                         break;
                     }
@@ -174,8 +187,9 @@ pub fn run(
                             Ok(grant) => {
                                 taken += u64::from(grant.recipients);
                                 report.granted += u64::from(grant.recipients);
-                                let bucket = usize::try_from((now - start_ms) / config.bucket_ms.max(1))
-                                    .unwrap_or(usize::MAX);
+                                let bucket =
+                                    usize::try_from((now - start_ms) / config.bucket_ms.max(1))
+                                        .unwrap_or(usize::MAX);
                                 if let Some(b) = report.granted_per_bucket.get_mut(bucket) {
                                     *b += u64::from(grant.recipients);
                                 }
@@ -207,7 +221,11 @@ pub fn run(
                     }
                 }
             }
-            Event::Done { conn, recipients, granted_at_ms } => {
+            Event::Done {
+                conn,
+                recipients,
+                granted_at_ms,
+            } => {
                 match destination(now) {
                     None => {
                         ctl.on_delivered(now, granted_at_ms, recipients);
@@ -231,7 +249,9 @@ pub fn run(
         let new = usize::try_from(ctl.counters().mode_changes - changes_before).unwrap_or(0);
         if new > 0 {
             let skip = ctl.history().count().saturating_sub(new);
-            report.mode_changes.extend(ctl.history().skip(skip).cloned());
+            report
+                .mode_changes
+                .extend(ctl.history().skip(skip).cloned());
         }
     }
     report
