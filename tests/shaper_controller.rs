@@ -1,5 +1,9 @@
 //! Rate controller behaviour, one rule at a time: caps, mode entry and exit,
 //! operator overrides, defer/disable actions, records and snapshots, reload.
+#![allow(
+    clippy::field_reassign_with_default,
+    reason = "tests change one field of the defaults at a time; that reads clearest"
+)]
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,6 +1,10 @@
 //! Simulation and property tests of the rate controller: simulated hours of
 //! traffic against scripted destinations, checking the delivered rate, the
 //! connection bound, when Backoff starts and ends, and the ramp back.
+#![allow(
+    clippy::field_reassign_with_default,
+    reason = "tests change one field of the defaults at a time; that reads clearest"
+)]
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -230,8 +230,10 @@ mod tests {
                 field: "max_msg_rate"
             })
         );
-        let mut l = QueueLimits::default();
-        l.max_rcpt_per_transaction = RCPT_PER_GRANT_MAX + 1;
+        let l = QueueLimits {
+            max_rcpt_per_transaction: RCPT_PER_GRANT_MAX + 1,
+            ..QueueLimits::default()
+        };
         assert_eq!(l.validate(), Err(LimitsError::TooManyRcpt));
     }
 
