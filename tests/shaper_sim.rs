@@ -88,6 +88,23 @@ fn delivered_rate_within_5_percent_of_max_msg_rate_for_an_hour() {
     }
 }
 
+/// Regression: slow transactions (2 s) at a rate one connection cannot carry
+/// must open more connections, not under-deliver.
+#[test]
+fn slow_peer_gets_enough_connections_to_meet_the_rate() {
+    let rate = Rate::new(3500, Duration::from_secs(3600));
+    let mut limits = limits_with_rate(Some(rate), 5);
+    limits.max_rcpt_per_transaction = 1;
+    let config = SimConfig {
+        transaction_ms: 2000,
+        ..SimConfig::default()
+    };
+    let (report, _) = run_accepting(limits, &config);
+    let error = (report.granted as f64 - 3500.0) / 3500.0;
+    assert!(error.abs() <= 0.05, "granted {}", report.granted);
+    assert!(report.max_concurrent >= 2 && report.max_concurrent <= 5);
+}
+
 #[test]
 fn never_above_max_smtp_out_and_saturates_it_when_unlimited() {
     for max in [1, 3, 20, 64] {

@@ -129,8 +129,10 @@ impl RateController {
     /// Asks to open one connection now. On `Ok` the connection counts as open
     /// (call `on_connection_closed` when it ends, even if connecting failed).
     /// Refused at `max_smtp_out` (wait for a close), by `max_connect_rate`,
-    /// and while the message rate could not give every open connection plus
-    /// the new one a recipient (so slow queues keep one connection, not 20).
+    /// and while the message rate has no recipient to give. The caller asks
+    /// only when none of its connections to this queue is idle (connecting
+    /// or waiting for a grant): an idle one will take the next recipient, and
+    /// asking anyway would open connections that have nothing to send.
     pub fn try_open_connection(&mut self, now_ms: u64) -> Result<(), Wait> {
         self.advance(now_ms);
         self.blocked()?;
@@ -139,28 +141,21 @@ impl RateController {
             return Err(Wait::ConnectionLimit);
         }
         let now_ns = now_ms.saturating_mul(NS_PER_MS);
-        // Open only while the message rate has a recipient for every open
-        // connection plus this one: a connection opened with nothing to send
-        // just idles and closes, which costs the peer a connection for nothing.
+        // Open only when a recipient could be sent now: a connection opened
+        // with nothing to send idles and closes, costing the peer a connection.
         if let Some(per_hour) = effective.msg_rate_per_hour {
             let pace = Pace::from_per_hour(per_hour);
-            let needed = self.active_connections.saturating_add(1);
             if self
                 .msg_limiter
                 .available(now_ns, pace.interval_ns, pace.burst)
-                < needed
+                == 0
             {
-                return match self.msg_limiter.next_conforming_n_ns(
-                    now_ns,
-                    pace.interval_ns,
-                    pace.burst,
-                    needed,
-                ) {
-                    Some(at_ns) => Err(Wait::RateLimited {
-                        until_ms: ceil_ms(at_ns).max(now_ms + 1),
-                    }),
-                    None => Err(Wait::ConnectionLimit),
-                };
+                let at_ns =
+                    self.msg_limiter
+                        .next_conforming_ns(now_ns, pace.interval_ns, pace.burst);
+                return Err(Wait::RateLimited {
+                    until_ms: ceil_ms(at_ns).max(now_ms + 1),
+                });
             }
         }
         if let Some(per_hour) = effective.connect_rate_per_hour {

@@ -45,29 +45,6 @@ impl Gcra {
         at_ns.max(now_ns)
     }
 
-    /// Earliest time at or after `now_ns` when `count` events conform at once;
-    /// `None` if `count` exceeds the burst (it never will).
-    pub fn next_conforming_n_ns(
-        &self,
-        now_ns: u64,
-        interval_ns: u64,
-        burst: u32,
-        count: u32,
-    ) -> Option<u64> {
-        if count > burst {
-            return None;
-        }
-        let interval_ns = interval_ns.max(1);
-        let tolerance_ns = interval_ns.saturating_mul(u64::from(burst));
-        let need_ns = interval_ns.saturating_mul(u64::from(count));
-        let at_ns = self
-            .tat_ns
-            .max(now_ns)
-            .saturating_add(need_ns)
-            .saturating_sub(tolerance_ns);
-        Some(at_ns.max(now_ns))
-    }
-
     /// After a change of interval, keeps the debt at most one new interval so
     /// a long Backoff interval does not delay the first Normal-rate event, and
     /// never creates a burst larger than the new limits allow.
@@ -106,15 +83,6 @@ mod tests {
             now += 7;
         }
         assert!((9_990..=10_010).contains(&taken), "{taken}");
-    }
-
-    #[test]
-    fn several_at_once() {
-        let mut g = Gcra::default();
-        g.take(0, 100, 4); // burst 4 used up at t = 0
-        assert_eq!(g.next_conforming_n_ns(0, 100, 4, 2), Some(200));
-        assert_eq!(g.available(200, 100, 4), 2);
-        assert_eq!(g.next_conforming_n_ns(0, 100, 4, 5), None);
     }
 
     #[test]

@@ -9,6 +9,27 @@
 //! transaction, reports what happened, and executes the actions it gets back
 //! (moving messages off a disabled vMTA, bouncing with a category).
 //!
+//! # How the queue layer drives a controller
+//!
+//! ```text
+//! RateController::new(now, limits, Arc<PatternList>)      one per queue, on its shard
+//! no idle connection to the queue and work waiting?
+//!     try_open_connection(now) -> Ok | Err(Wait)          Ok counts it open
+//! per transaction on a connection:
+//!     connection_should_close(now, msgs_sent_on_it)?      QUIT if true
+//!     try_send_recipients(now, ready) -> Ok(Grant) | Err(Wait)
+//!     per outcome: on_delivered(now, grant.granted_at_ms, n)
+//!                  on_reply(now, reply_text) -> ReplyOutcome   (4xx/5xx)
+//! on_connection_closed(now)                               every opened one, once
+//! next_wakeup_ms()                                        timer for Backoff/defer/disable ends
+//! set_mode / pause / resume / snapshot / reconfigure      control plane and reload
+//! ```
+//!
+//! A `Wait` says until when (`until_ms`) or for what (a connection to close,
+//! an operator resume). A `ReplyOutcome` with `disable_source_ip_until_ms`
+//! asks the queue layer to stop this vMTA for this destination and move
+//! pooled messages to the pool's other vMTAs.
+//!
 //! | file | owns |
 //! | --- | --- |
 //! | `limits.rs` | input types: [`Rate`], [`ModeLimits`], [`QueueLimits`] |

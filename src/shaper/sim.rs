@@ -75,17 +75,55 @@ pub struct SimReport {
     pub events: u64,
 }
 
+/// Why a connection is ready to ask for work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum ReadyAfter {
+    Connect,
+    Wait,
+    Transaction,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Event {
     TryOpen,
     Ready {
         conn: usize,
+        after: ReadyAfter,
     },
     Done {
         conn: usize,
         recipients: u32,
         granted_at_ms: u64,
     },
+}
+
+/// The simulated driver's bookkeeping.
+struct Driver {
+    events: BinaryHeap<Reverse<(u64, u64, Event)>>,
+    seq: u64,
+    /// Messages sent on each open connection; `None` = slot free.
+    conns: Vec<Option<u32>>,
+    open: u32,
+    /// Connections connecting or waiting for a grant: they will take the next
+    /// recipient, so the driver does not ask to open another meanwhile.
+    idle: u32,
+    opener_pending: bool,
+    /// Recipients taken from demand (failures are given back).
+    taken: u64,
+}
+
+impl Driver {
+    fn push(&mut self, at: u64, event: Event) {
+        self.seq += 1;
+        self.events.push(Reverse((at, self.seq, event)));
+    }
+
+    fn wake_opener(&mut self, at: u64) {
+        if !self.opener_pending {
+            self.opener_pending = true;
+            self.push(at, Event::TryOpen);
+        }
+    }
 }
 
 /// Runs the simulation from `start_ms`. `destination(now_ms)` answers a
@@ -97,24 +135,22 @@ pub fn run(
     destination: &mut dyn FnMut(u64) -> Option<String>,
 ) -> SimReport {
     let end_ms = start_ms.saturating_add(config.duration_ms);
-    let buckets = usize::try_from(config.duration_ms / config.bucket_ms.max(1) + 1).unwrap_or(1);
+    let bucket_ms = config.bucket_ms.max(1);
+    let buckets = usize::try_from(config.duration_ms / bucket_ms + 1).unwrap_or(1);
     let mut report = SimReport {
         granted_per_bucket: vec![0; buckets],
         ..SimReport::default()
     };
-    let mut events: BinaryHeap<Reverse<(u64, u64, Event)>> = BinaryHeap::new();
-    let mut seq = 0u64;
-    let mut push = |events: &mut BinaryHeap<_>, at: u64, e: Event| {
-        seq += 1;
-        events.push(Reverse((at, seq, e)));
+    let mut d = Driver {
+        events: BinaryHeap::new(),
+        seq: 0,
+        conns: Vec::new(),
+        open: 0,
+        idle: 0,
+        opener_pending: false,
+        taken: 0,
     };
-    // messages sent on each open connection; None = slot free.
-    let mut conns: Vec<Option<u32>> = Vec::new();
-    let mut open = 0u32;
-    let mut taken = 0u64; // recipients taken from demand (net of failures returned)
-    let mut opener_pending = true;
-    push(&mut events, start_ms, Event::TryOpen);
-
+    d.wake_opener(start_ms);
     let backlog = |now: u64, taken: u64| -> u64 {
         match config.demand {
             Demand::Backlog => u64::MAX,
@@ -125,7 +161,7 @@ pub fn run(
         }
     };
 
-    while let Some(Reverse((now, _, event))) = events.pop() {
+    while let Some(Reverse((now, _, event))) = d.events.pop() {
         if now >= end_ms || report.events >= SIM_EVENTS_MAX {
             break;
         }
@@ -133,92 +169,96 @@ pub fn run(
         let changes_before = ctl.counters().mode_changes;
         match event {
             Event::TryOpen => {
-                opener_pending = false;
-                loop {
-                    if backlog(now, taken) == 0 {
-                        // Nothing to do: look again a little later.
-                        push(
-                            &mut events,
-                            now + config.idle_close_ms.max(1),
-                            Event::TryOpen,
-                        );
-                        opener_pending = true;
-                        break;
-                    }
-                    if usize::try_from(open).unwrap_or(usize::MAX) >= SIM_CONNECTIONS_MAX {
-                        break;
-                    }
+                d.opener_pending = false;
+                let slots_full =
+                    usize::try_from(d.open).unwrap_or(usize::MAX) >= SIM_CONNECTIONS_MAX;
+                if backlog(now, d.taken) == 0 {
+                    // Nothing to send: look again a little later.
+                    d.opener_pending = true;
+                    d.push(now + config.idle_close_ms.max(1), Event::TryOpen);
+                } else if d.idle == 0 && !slots_full {
                     match ctl.try_open_connection(now) {
                         Ok(()) => {
-                            open += 1;
+                            d.open += 1;
+                            d.idle += 1;
                             report.connections_opened += 1;
-                            report.max_concurrent = report.max_concurrent.max(open);
-                            let conn = match conns.iter().position(Option::is_none) {
+                            report.max_concurrent = report.max_concurrent.max(d.open);
+                            let conn = match d.conns.iter().position(Option::is_none) {
                                 Some(i) => i,
                                 None => {
-                                    conns.push(None);
-                                    conns.len() - 1
+                                    d.conns.push(None);
+                                    d.conns.len() - 1
                                 }
                             };
-                            if let Some(slot) = conns.get_mut(conn) {
+                            if let Some(slot) = d.conns.get_mut(conn) {
                                 *slot = Some(0);
                             }
-                            push(&mut events, now + config.connect_ms, Event::Ready { conn });
+                            let ready = Event::Ready {
+                                conn,
+                                after: ReadyAfter::Connect,
+                            };
+                            d.push(now + config.connect_ms, ready);
                         }
-                        Err(Wait::ConnectionLimit) | Err(Wait::Paused) => break,
+                        // A close or a resume wakes the opener.
+                        Err(Wait::ConnectionLimit) | Err(Wait::Paused) => {}
                         Err(wait) => {
                             let at = wait.until_ms().unwrap_or(now + 1).max(now + 1);
-                            push(&mut events, at, Event::TryOpen);
-                            opener_pending = true;
-                            break;
+                            d.opener_pending = true;
+                            d.push(at, Event::TryOpen);
                         }
                     }
                 }
             }
-            Event::Ready { conn } => {
-                let sent = conns.get(conn).copied().flatten().unwrap_or(0);
+            Event::Ready { conn, after } => {
+                if after != ReadyAfter::Transaction {
+                    d.idle = d.idle.saturating_sub(1);
+                }
+                let sent = d.conns.get(conn).copied().flatten().unwrap_or(0);
                 let mut close = ctl.connection_should_close(now, sent);
-                if !close {
-                    let wanted = u32::try_from(backlog(now, taken)).unwrap_or(u32::MAX);
-                    if wanted == 0 {
-                        close = true;
-                    } else {
-                        match ctl.try_send_recipients(now, wanted) {
-                            Ok(grant) => {
-                                taken += u64::from(grant.recipients);
-                                report.granted += u64::from(grant.recipients);
-                                let bucket =
-                                    usize::try_from((now - start_ms) / config.bucket_ms.max(1))
-                                        .unwrap_or(usize::MAX);
-                                if let Some(b) = report.granted_per_bucket.get_mut(bucket) {
-                                    *b += u64::from(grant.recipients);
-                                }
-                                let done = Event::Done {
-                                    conn,
-                                    recipients: grant.recipients,
-                                    granted_at_ms: grant.granted_at_ms,
-                                };
-                                push(&mut events, now + config.transaction_ms, done);
+                let wanted = u32::try_from(backlog(now, d.taken)).unwrap_or(u32::MAX);
+                if !close && wanted == 0 {
+                    close = true;
+                } else if !close {
+                    match ctl.try_send_recipients(now, wanted) {
+                        Ok(grant) => {
+                            d.taken += u64::from(grant.recipients);
+                            report.granted += u64::from(grant.recipients);
+                            let bucket =
+                                usize::try_from((now - start_ms) / bucket_ms).unwrap_or(usize::MAX);
+                            if let Some(b) = report.granted_per_bucket.get_mut(bucket) {
+                                *b += u64::from(grant.recipients);
                             }
-                            Err(wait) => match wait.until_ms() {
-                                Some(at) if at.saturating_sub(now) <= config.idle_close_ms => {
-                                    push(&mut events, at.max(now + 1), Event::Ready { conn });
-                                }
-                                _ => close = true,
-                            },
+                            let done = Event::Done {
+                                conn,
+                                recipients: grant.recipients,
+                                granted_at_ms: grant.granted_at_ms,
+                            };
+                            d.push(now + config.transaction_ms, done);
+                            // This connection is busy now; another may help.
+                            d.wake_opener(now);
                         }
+                        Err(wait) => match wait.until_ms() {
+                            Some(at) if at.saturating_sub(now) <= config.idle_close_ms => {
+                                d.idle += 1;
+                                d.push(
+                                    at.max(now + 1),
+                                    Event::Ready {
+                                        conn,
+                                        after: ReadyAfter::Wait,
+                                    },
+                                );
+                            }
+                            _ => close = true,
+                        },
                     }
                 }
                 if close {
                     ctl.on_connection_closed(now);
-                    open = open.saturating_sub(1);
-                    if let Some(slot) = conns.get_mut(conn) {
+                    d.open = d.open.saturating_sub(1);
+                    if let Some(slot) = d.conns.get_mut(conn) {
                         *slot = None;
                     }
-                    if !opener_pending {
-                        push(&mut events, now, Event::TryOpen);
-                        opener_pending = true;
-                    }
+                    d.wake_opener(now);
                 }
             }
             Event::Done {
@@ -235,13 +275,19 @@ pub fn run(
                         ctl.on_reply(now, &reply);
                         report.failed += u64::from(recipients);
                         // Failed recipients go back to the backlog for retry.
-                        taken = taken.saturating_sub(u64::from(recipients));
+                        d.taken = d.taken.saturating_sub(u64::from(recipients));
                     }
                 }
-                if let Some(Some(sent)) = conns.get_mut(conn) {
+                if let Some(Some(sent)) = d.conns.get_mut(conn) {
                     *sent += 1;
                 }
-                push(&mut events, now, Event::Ready { conn });
+                d.push(
+                    now,
+                    Event::Ready {
+                        conn,
+                        after: ReadyAfter::Transaction,
+                    },
+                );
             }
         }
         // Collect every mode change this event caused, including those made
