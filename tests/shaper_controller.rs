@@ -120,6 +120,10 @@ fn backoff_shrinks_limits_and_closes_excess_connections() {
             reply: TSS04.into()
         }
     );
+    assert_eq!(
+        change.cause.to_string(),
+        format!(r"test[0] /\[TSS04\]/: {TSS04}")
+    );
     assert!(c.connection_should_close(1000, 0));
     for _ in 0..3 {
         c.on_connection_closed(1000);

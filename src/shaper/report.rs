@@ -52,6 +52,26 @@ pub enum ModeCause {
     Operator,
 }
 
+impl std::fmt::Display for ModeCause {
+    /// One line for the "backoff reason" column of `spate ctl queues`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ModeCause::Reply {
+                list,
+                rule_index,
+                pattern,
+                reply,
+            } => {
+                let first_line = reply.lines().next().unwrap_or("");
+                write!(f, "{list}[{rule_index}] /{pattern}/: {first_line}")
+            }
+            ModeCause::BackoffExpired => f.write_str("backoff_to_normal_after elapsed"),
+            ModeCause::Delivered => f.write_str("delivered during backoff"),
+            ModeCause::Operator => f.write_str("set by operator"),
+        }
+    }
+}
+
 /// One recorded mode change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModeChange {
