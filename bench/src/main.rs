@@ -1,5 +1,6 @@
 //! `spate-bench`: load generator, scriptable sink, test DNS server and benchmark scenarios.
 
+mod shaper;
 mod spool;
 
 use clap::{Parser, Subcommand};
@@ -15,10 +16,13 @@ struct Cli {
 enum Command {
     /// Spool append throughput (group commit vs fsync per message) and recovery time.
     Spool(spool::SpoolArgs),
+    /// Rate controller accuracy and cost over many simulated queues.
+    Shaper(shaper::ShaperArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Spool(args) => spool::run(args),
+        Command::Shaper(args) => shaper::run(args),
     }
 }
