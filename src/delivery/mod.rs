@@ -4,4 +4,7 @@
 pub mod bounce;
 pub mod connect;
 pub mod dsn;
+pub mod outcome;
 pub mod route;
+pub mod tls;
+pub mod worker;

@@ -1,3 +1,213 @@
 //! Per-(destination, vMTA) queues of recipients and their retry timers.
+//!
+//! A shard owns every queue of the vMTAs routed to it ([`crate::runtime::shard_for_vmta`]).
+//! A queue is named `domain/vmta`; with `mx_rollup` the destination part is
+//! the MX rollup key of the domain (see [`crate::delivery::route::rollup_key`])
+//! so every domain hosted by the same provider shares one queue per vMTA.
+//!
+//! Recipients that are ready wait in their queue's `ready` list; deferred
+//! ones wait in the shard's [`timer::TimerWheel`] until their retry time, so
+//! a queue with nothing due costs no CPU. Entries are 16 bytes (message id
+//! and recipient index): envelopes and bodies stay in the spool's mapped
+//! segments and are decoded only when a transaction is built.
 
+pub mod engine;
+pub mod policy;
 pub mod timer;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use crate::config::DomainPolicy;
+use crate::shaper::RateController;
+use crate::spool::MessageRef;
+use crate::spool::MessageId;
+
+/// One recipient of one message, by RCPT index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recipient {
+    pub message: MessageId,
+    pub index: u32,
+}
+
+/// What the shard keeps about a message with live recipients.
+#[derive(Debug)]
+pub struct MessageEntry {
+    pub message: MessageRef,
+    /// Delivery attempts so far, per recipient (RCPT order).
+    pub attempts: Box<[u16]>,
+    /// Recipients not yet final.
+    pub pending: u32,
+}
+
+/// Hour-bucketed outcome counts for `spate ctl queues`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RecentCounts {
+    pub hour_start_ms: u64,
+    pub delivered: u64,
+    pub bounced: u64,
+    pub deferred: u64,
+    pub prev_delivered: u64,
+    pub prev_bounced: u64,
+    pub prev_deferred: u64,
+}
+
+impl RecentCounts {
+    fn roll(&mut self, now_ms: u64) {
+        const HOUR_MS: u64 = 3_600_000;
+        if now_ms >= self.hour_start_ms + HOUR_MS {
+            let skipped = (now_ms - self.hour_start_ms) / HOUR_MS;
+            if skipped == 1 {
+                self.prev_delivered = self.delivered;
+                self.prev_bounced = self.bounced;
+                self.prev_deferred = self.deferred;
+            } else {
+                self.prev_delivered = 0;
+                self.prev_bounced = 0;
+                self.prev_deferred = 0;
+            }
+            self.delivered = 0;
+            self.bounced = 0;
+            self.deferred = 0;
+            self.hour_start_ms = now_ms - (now_ms - self.hour_start_ms) % HOUR_MS;
+        }
+    }
+
+    /// Adds an outcome at `now_ms`.
+    pub fn add(&mut self, now_ms: u64, delivered: u64, bounced: u64, deferred: u64) {
+        self.roll(now_ms);
+        self.delivered += delivered;
+        self.bounced += bounced;
+        self.deferred += deferred;
+    }
+
+    /// Approximate counts over the last hour: this bucket plus the
+    /// unexpired share of the previous one.
+    pub fn last_hour(&mut self, now_ms: u64) -> (u64, u64, u64) {
+        self.roll(now_ms);
+        let elapsed = now_ms.saturating_sub(self.hour_start_ms).min(3_600_000);
+        let share = |prev: u64| prev * (3_600_000 - elapsed) / 3_600_000;
+        (
+            self.delivered + share(self.prev_delivered),
+            self.bounced + share(self.prev_bounced),
+            self.deferred + share(self.prev_deferred),
+        )
+    }
+}
+
+/// One queue: a destination through one vMTA.
+#[derive(Debug)]
+pub struct Queue {
+    /// `destination/vmta`.
+    pub name: String,
+    /// The domain used for routing (for a rollup queue, the first domain
+    /// seen; all share the same MX hosts).
+    pub domain: String,
+    pub vmta: String,
+    pub ready: VecDeque<Recipient>,
+    /// Recipients of this queue waiting in the retry timer.
+    pub deferred: u64,
+    pub controller: RateController,
+    pub policy: Arc<DomainPolicy>,
+    /// Connections open (or opening) for this queue.
+    pub connections: u32,
+    /// Of those, connections idle and waiting for work.
+    pub idle: u32,
+    /// Recipients taken by a transaction and not yet settled.
+    pub in_flight: u32,
+    /// In the shard's list of queues to look at.
+    pub scheduled: bool,
+    /// A wake-up already sits in the timer for this time.
+    pub wake_at_ms: Option<u64>,
+    pub recent: RecentCounts,
+    /// The last reply that deferred or bounced something, for the operator.
+    pub last_error: Option<String>,
+    /// When this queue should next be attempted (retry or rate limit).
+    pub next_attempt_ms: Option<u64>,
+}
+
+/// The queue name for a destination and a vMTA.
+pub fn queue_name(destination: &str, vmta: &str) -> String {
+    format!("{destination}/{vmta}")
+}
+
+/// Splits `domain/vmta`.
+pub fn split_queue_name(name: &str) -> Option<(&str, &str)> {
+    name.rsplit_once('/')
+}
+
+/// Whether `selector` (`domain/vmta`, `domain/*`, `*/vmta` or `*/*`)
+/// selects the queue `name`.
+pub fn selector_matches(selector: &str, name: &str) -> bool {
+    let (Some((sd, sv)), Some((d, v))) = (split_queue_name(selector), split_queue_name(name))
+    else {
+        return false;
+    };
+    (sd == "*" || sd.eq_ignore_ascii_case(d)) && (sv == "*" || sv == v)
+}
+
+/// All queues and messages of one shard.
+#[derive(Debug, Default)]
+pub struct ShardQueues {
+    pub messages: HashMap<MessageId, MessageEntry>,
+    pub queues: HashMap<String, Queue>,
+    pub timer: timer::TimerWheel<TimerItem>,
+    /// Queues to look at, in order.
+    pub dirty: VecDeque<String>,
+    /// Domain → rollup destination, for `mx_rollup` domains already resolved.
+    pub rollup: HashMap<String, String>,
+}
+
+/// What the shard's timer holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TimerItem {
+    /// A deferred recipient is due for another attempt.
+    Retry(Recipient),
+    /// A queue's rate limit, backoff or defer ends: look at it again.
+    Wake(String),
+}
+
+impl ShardQueues {
+    /// Marks a queue for the scheduler.
+    pub fn mark(&mut self, name: &str) {
+        if let Some(q) = self.queues.get_mut(name)
+            && !q.scheduled
+        {
+            q.scheduled = true;
+            self.dirty.push_back(name.to_string());
+        }
+    }
+
+    /// Recipients waiting (ready or deferred) across all queues.
+    pub fn queued_recipients(&self) -> u64 {
+        self.queues.values().map(|q| q.ready.len() as u64 + q.deferred + u64::from(q.in_flight)).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selectors() {
+        assert!(selector_matches("gmail.com/ip1", "gmail.com/ip1"));
+        assert!(selector_matches("GMAIL.com/ip1", "gmail.com/ip1"));
+        assert!(selector_matches("gmail.com/*", "gmail.com/ip2"));
+        assert!(selector_matches("*/ip2", "yahoo.com/ip2"));
+        assert!(selector_matches("*/*", "yahoo.com/ip2"));
+        assert!(!selector_matches("*/ip1", "yahoo.com/ip2"));
+        assert!(!selector_matches("gmail.com", "gmail.com/ip1"));
+    }
+
+    #[test]
+    fn recent_counts_roll_over_hours() {
+        let mut r = RecentCounts::default();
+        r.add(0, 10, 1, 2);
+        assert_eq!(r.last_hour(1000), (10, 1, 2));
+        r.add(3_600_000, 4, 0, 0);
+        // Right at the start of the second hour the previous one counts fully.
+        assert_eq!(r.last_hour(3_600_000), (14, 1, 2));
+        assert_eq!(r.last_hour(5_400_000), (9, 0, 1));
+        assert_eq!(r.last_hour(3 * 3_600_000 + 1), (0, 0, 0));
+    }
+}

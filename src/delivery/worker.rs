@@ -1,0 +1,440 @@
+//! One outbound connection for one queue.
+//!
+//! Resolves the queue's destination, connects from the vMTA's source IP to
+//! each host in preference order until one greets, then runs transactions
+//! (one message, up to `max_rcpt_per_transaction` recipients each) while
+//! the queue has work and its rate controller allows, reusing the
+//! connection up to `max_msg_per_connection` messages and closing it after
+//! `idle_timeout` without work. Outcomes are settled in [`super::outcome`].
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::rc::Rc;
+use std::time::Duration;
+
+use compio::buf::IoBuf;
+use rand::{Rng, SeedableRng};
+
+use super::outcome::{Settle, Transaction, fail_ready, settle_transaction};
+use super::route::{RouteError, resolve_route};
+use crate::config::StartTls;
+use crate::queue::Recipient;
+use crate::queue::engine::Engine;
+use crate::queue::policy::smtp_hosts;
+use crate::runtime::local::now_ms;
+use crate::runtime::stream::Conn;
+use crate::smtp::address::{Mailbox, ReversePath};
+use crate::smtp::client::{
+    ClientConfig, ClientEvent, ClientFailure, ClientSession, Envelope, EnvelopeRecipient,
+    StartTlsPolicy,
+};
+use crate::smtp::command::{Notify, Orcpt, Ret as SmtpRet};
+use crate::smtp::data::{BodyEncoder, Piece};
+use crate::spool::record::{NOTIFY_DELAY, NOTIFY_FAILURE, NOTIFY_NEVER, NOTIFY_SUCCESS};
+use crate::spool::{MessageRef, Ret};
+
+/// Messages smaller than this are copied into one write with the
+/// commands (one syscall); larger ones are written from the spool's map.
+const BODY_COALESCE_BYTES_MAX: usize = 64 * 1024;
+/// Reply bytes buffered from a server before they must parse.
+const CLIENT_READ_BUFFER_BYTES: usize = 16 * 1024;
+
+/// A slice of a spooled message, owned for io_uring by holding the map.
+struct MappedSlice {
+    message: MessageRef,
+    start: usize,
+    end: usize,
+}
+
+impl IoBuf for MappedSlice {
+    fn as_init(&self) -> &[u8] {
+        self.message.content().get(self.start..self.end).unwrap_or(&[])
+    }
+}
+
+/// Runs a connection for `queue` and releases its slot afterwards.
+pub async fn run_connection(engine: Rc<Engine>, queue: String) {
+    connection(&engine, &queue).await;
+    let now = now_ms();
+    {
+        let mut state = engine.state.borrow_mut();
+        if let Some(q) = state.queues.get_mut(&queue) {
+            q.connections = q.connections.saturating_sub(1);
+            q.controller.on_connection_closed(now);
+        }
+        state.mark(&queue);
+    }
+    engine.deps.stats.connections_out_closed();
+    engine.wake.notify_all();
+}
+
+async fn connection(engine: &Rc<Engine>, queue: &str) {
+    let Some((domain, vmta_name, policy)) = ({
+        let state = engine.state.borrow();
+        state.queues.get(queue).map(|q| (q.domain.clone(), q.vmta.clone(), q.policy.clone()))
+    }) else {
+        return;
+    };
+    let config = engine.config();
+    let (source_ip, ehlo) = match config.vmta(&vmta_name) {
+        Some(v) => (v.source_ip, v.ehlo.clone()),
+        None => (IpAddr::V4(Ipv4Addr::UNSPECIFIED), config.hostname.clone()),
+    };
+    let hosts = smtp_hosts(&policy);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(engine.rng.borrow_mut().random());
+    let route = match resolve_route(&engine.deps.dns, &domain, Some(&hosts), &mut rng).await {
+        Ok(r) => r,
+        Err(RouteError::Permanent { enhanced, text }) => {
+            let reply = format!("550 {enhanced} {text}");
+            fail_ready(engine, queue, &reply, false, None).await;
+            return;
+        }
+        Err(RouteError::Temporary { text }) => {
+            let reply = format!("451 4.4.3 {text}");
+            fail_ready(engine, queue, &reply, true, None).await;
+            return;
+        }
+    };
+    let mut last_error = String::from("451 4.4.1 no answer from host");
+    for host in &route.hosts {
+        for addr in &host.addrs {
+            let stream =
+                match super::connect::connect_from(source_ip, *addr, policy.connect_timeout).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        last_error = format!("451 4.4.1 {e}");
+                        continue;
+                    }
+                };
+            match session(engine, queue, stream, *addr, &host.name, &ehlo, &policy).await {
+                SessionEnd::Done => return,
+                SessionEnd::TryNext(reason) => last_error = reason,
+            }
+        }
+    }
+    let remote = route.hosts.first().map(|h| h.name.clone());
+    fail_ready(engine, queue, &last_error, true, remote).await;
+}
+
+enum SessionEnd {
+    /// The session ran (transactions settled); don't try other hosts.
+    Done,
+    /// The host refused us before any transaction (greeting, EHLO, TLS):
+    /// try the next one.
+    TryNext(String),
+}
+
+fn reverse_path(text: &str) -> ReversePath {
+    match text.rsplit_once('@') {
+        Some((local, domain)) if !text.is_empty() => {
+            ReversePath::Mailbox(Mailbox::new(local, domain))
+        }
+        _ => ReversePath::Null,
+    }
+}
+
+fn notify(bits: u8) -> Option<Notify> {
+    if bits == 0 {
+        None
+    } else if bits & NOTIFY_NEVER != 0 {
+        Some(Notify::Never)
+    } else {
+        Some(Notify::On {
+            success: bits & NOTIFY_SUCCESS != 0,
+            failure: bits & NOTIFY_FAILURE != 0,
+            delay: bits & NOTIFY_DELAY != 0,
+        })
+    }
+}
+
+fn orcpt(text: &str) -> Option<Orcpt> {
+    let (t, a) = text.split_once(';')?;
+    Some(Orcpt { addr_type: t.to_string(), address: a.to_string() })
+}
+
+/// Builds the SMTP envelope for a transaction from the spooled record.
+fn envelope_for(message: &MessageRef, rcpts: &[Recipient]) -> Option<Envelope> {
+    let env = message.envelope().ok()?;
+    let all: Vec<_> = env.recipients().collect();
+    let mut recipients = Vec::with_capacity(rcpts.len());
+    for r in rcpts {
+        let rec = all.get(r.index as usize)?;
+        let (local, domain) = rec.forward_path.rsplit_once('@')?;
+        let mut er = EnvelopeRecipient::new(Mailbox::new(local, domain));
+        er.notify = notify(rec.notify);
+        er.orcpt = orcpt(rec.orcpt);
+        recipients.push(er);
+    }
+    Some(Envelope {
+        reverse_path: reverse_path(env.reverse_path),
+        recipients,
+        ret: match env.ret {
+            Ret::Full => Some(SmtpRet::Full),
+            Ret::Hdrs => Some(SmtpRet::Headers),
+            Ret::Unspecified => None,
+        },
+        envid: (!env.envid.is_empty()).then(|| env.envid.to_string()),
+    })
+}
+
+/// What the connection does next when the client is ready.
+enum Next {
+    Send(Transaction),
+    Wait(Option<u64>),
+    Quit,
+}
+
+fn next_transaction(engine: &Engine, queue: &str, sent: u32) -> Next {
+    let now = now_ms();
+    let mut state = engine.state.borrow_mut();
+    let state = &mut *state;
+    let Some(q) = state.queues.get_mut(queue) else { return Next::Quit };
+    if engine.is_shutting_down() || q.controller.connection_should_close(now, sent) {
+        return Next::Quit;
+    }
+    let Some(first) = q.ready.front().copied() else { return Next::Wait(None) };
+    let max = q.controller.limits().max_rcpt_per_transaction as usize;
+    let wanted = q.ready.iter().take(max).take_while(|r| r.message == first.message).count();
+    let grant = match q.controller.try_send_recipients(now, wanted as u32) {
+        Ok(g) => g,
+        Err(wait) => return Next::Wait(wait.until_ms()),
+    };
+    let take = (grant.recipients as usize).min(wanted).max(1);
+    let rcpts: Vec<Recipient> = q.ready.drain(..take).collect();
+    q.in_flight += rcpts.len() as u32;
+    let Some(entry) = state.messages.get(&first.message) else {
+        // The message was deleted meanwhile.
+        q.in_flight -= rcpts.len() as u32;
+        return Next::Wait(Some(now));
+    };
+    Next::Send(Transaction { message: entry.message.clone(), rcpts, granted_at_ms: grant.granted_at_ms })
+}
+
+async fn session(
+    engine: &Rc<Engine>,
+    queue: &str,
+    stream: compio::net::TcpStream,
+    addr: SocketAddr,
+    host_name: &str,
+    ehlo: &str,
+    policy: &crate::config::DomainPolicy,
+) -> SessionEnd {
+    let mut cfg = ClientConfig::new(ehlo);
+    cfg.starttls = match policy.starttls {
+        StartTls::Off => StartTlsPolicy::Off,
+        StartTls::Opportunistic => StartTlsPolicy::Opportunistic,
+        StartTls::Required => StartTlsPolicy::Required,
+    };
+    let mut client = ClientSession::new(cfg);
+    let mut conn = Conn::Plain(stream);
+    let mut inbuf: Vec<u8> = Vec::with_capacity(CLIENT_READ_BUFFER_BYTES);
+    let mut sent: u32 = 0;
+    let mut in_tx: Option<Transaction> = None;
+    let mut ready = false;
+    let mut greeted = false;
+    let mut timeout = policy.greeting_timeout;
+    let remote = format!("{host_name} ({})", addr.ip());
+    loop {
+        while let Some(event) = client.next_event() {
+            match event {
+                ClientEvent::Ready => {
+                    greeted = true;
+                    ready = true;
+                }
+                ClientEvent::StartTls => {
+                    inbuf.clear();
+                    let out = client.take_output();
+                    if !out.is_empty() && conn.write_all(out).await.0.is_err() {
+                        return SessionEnd::TryNext("451 4.4.2 connection lost".into());
+                    }
+                    let tls = compio::time::timeout(
+                        policy.command_timeout,
+                        conn.connect_tls(&engine.deps.tls, host_name),
+                    )
+                    .await;
+                    match tls {
+                        Ok(Ok(())) => client.tls_established(),
+                        Ok(Err(e)) => return SessionEnd::TryNext(format!("451 4.7.5 TLS handshake failed: {e}")),
+                        Err(_) => return SessionEnd::TryNext("451 4.7.5 TLS handshake timed out".into()),
+                    }
+                }
+                ClientEvent::SendBody(mode) => {
+                    let Some(tx) = in_tx.as_ref() else { break };
+                    let body = tx.message.content();
+                    let mut out = client.take_output();
+                    if body.len() <= BODY_COALESCE_BYTES_MAX {
+                        for slice in BodyEncoder::new(body, mode).slices() {
+                            out.extend_from_slice(slice);
+                        }
+                        if conn.write_all(out).await.0.is_err() {
+                            client.connection_closed();
+                        }
+                    } else {
+                        let mut ok = conn.write_all(out).await.0.is_ok();
+                        for piece in BodyEncoder::new(body, mode) {
+                            if !ok {
+                                break;
+                            }
+                            ok = match piece {
+                                Piece::Body(r) => {
+                                    let slice = MappedSlice { message: tx.message.clone(), start: r.start, end: r.end };
+                                    conn.write_all(slice).await.0.is_ok()
+                                }
+                                Piece::Static(s) => conn.write_all(s).await.0.is_ok(),
+                            };
+                        }
+                        if !ok {
+                            client.connection_closed();
+                        }
+                    }
+                    timeout = policy.data_timeout;
+                }
+                ClientEvent::TransactionDone(result) => {
+                    if let Some(tx) = in_tx.take() {
+                        sent += 1;
+                        settle_transaction(engine, queue, tx, Settle::Result(&result), &remote, addr).await;
+                    }
+                }
+                ClientEvent::Failed(failure) => {
+                    let text = failure_text(&failure);
+                    if let Some(tx) = in_tx.take() {
+                        settle_transaction(engine, queue, tx, Settle::Lost(&text), &remote, addr).await;
+                    }
+                    let _ = conn.write_all(client.take_output()).await;
+                    conn.shutdown().await;
+                    if !greeted || sent == 0 {
+                        observe_reply(engine, queue, &text);
+                        return SessionEnd::TryNext(text);
+                    }
+                    return SessionEnd::Done;
+                }
+                ClientEvent::Closed => {
+                    conn.shutdown().await;
+                    return SessionEnd::Done;
+                }
+            }
+        }
+        if ready {
+            ready = false;
+            match next_transaction(engine, queue, sent) {
+                Next::Send(tx) => match envelope_for(&tx.message, &tx.rcpts) {
+                    Some(envelope) => match client.send_transaction(&envelope, tx.message.content()) {
+                        Ok(()) => {
+                            timeout = policy.command_timeout;
+                            in_tx = Some(tx);
+                        }
+                        Err(e) => {
+                            let text = match e {
+                                crate::smtp::client::TransactionError::SmtpUtf8NotOffered => {
+                                    "554 5.6.7 server does not support SMTPUTF8".to_string()
+                                }
+                                crate::smtp::client::TransactionError::TooBig { .. } => {
+                                    "552 5.3.4 message exceeds the server's SIZE limit".to_string()
+                                }
+                                other => format!("451 4.3.0 cannot send: {other:?}"),
+                            };
+                            settle_transaction(engine, queue, tx, Settle::Refused(&text), &remote, addr).await;
+                            ready = true;
+                            continue;
+                        }
+                    },
+                    None => {
+                        settle_transaction(engine, queue, tx, Settle::Refused("554 5.3.0 spooled message unreadable"), &remote, addr).await;
+                        ready = true;
+                        continue;
+                    }
+                },
+                Next::Quit => client.quit(),
+                Next::Wait(until) => {
+                    let _ = conn.write_all(client.take_output()).await;
+                    let idle = policy.idle_timeout;
+                    let wait = until.map_or(idle, |t| Duration::from_millis(t.saturating_sub(now_ms())).min(idle));
+                    mark_idle(engine, queue, 1);
+                    let woke = compio::time::timeout(wait, engine.work.notified()).await.is_ok();
+                    mark_idle(engine, queue, -1);
+                    let has_work = {
+                        let state = engine.state.borrow();
+                        state.queues.get(queue).is_some_and(|q| !q.ready.is_empty())
+                    };
+                    if (woke || until.is_some()) && has_work && !engine.is_shutting_down() {
+                        ready = true;
+                        continue;
+                    }
+                    if until.is_some() && !has_work && !woke {
+                        client.quit();
+                    } else if !has_work || engine.is_shutting_down() {
+                        client.quit();
+                    } else {
+                        ready = true;
+                        continue;
+                    }
+                }
+            }
+        }
+        let out = client.take_output();
+        if !out.is_empty() && conn.write_all(out).await.0.is_err() {
+            client.connection_closed();
+            continue;
+        }
+        if client.is_finished() {
+            conn.shutdown().await;
+            return SessionEnd::Done;
+        }
+        if inbuf.capacity() - inbuf.len() < 1024 {
+            inbuf.reserve(CLIENT_READ_BUFFER_BYTES);
+        }
+        match compio::time::timeout(timeout, conn.read_append(inbuf)).await {
+            Ok((Ok(n), buf)) if n > 0 => {
+                inbuf = buf;
+                let used = client.receive(&inbuf);
+                inbuf.drain(..used.min(inbuf.len()));
+                if inbuf.len() >= CLIENT_READ_BUFFER_BYTES * 4 {
+                    client.connection_closed();
+                }
+            }
+            Ok((_, buf)) => {
+                inbuf = buf;
+                client.connection_closed();
+            }
+            Err(_) => {
+                let text = if greeted { "451 4.4.2 timeout waiting for reply" } else { "451 4.4.2 timeout waiting for greeting" };
+                if let Some(tx) = in_tx.take() {
+                    settle_transaction(engine, queue, tx, Settle::Lost(text), &remote, addr).await;
+                }
+                conn.shutdown().await;
+                return if greeted { SessionEnd::Done } else { SessionEnd::TryNext(text.into()) };
+            }
+        }
+    }
+}
+
+fn mark_idle(engine: &Engine, queue: &str, delta: i32) {
+    let mut state = engine.state.borrow_mut();
+    if let Some(q) = state.queues.get_mut(queue) {
+        q.idle = q.idle.saturating_add_signed(delta);
+    }
+}
+
+/// A connection-level reply still feeds the pattern list (Yahoo's TSS04
+/// often comes as the greeting).
+fn observe_reply(engine: &Engine, queue: &str, text: &str) {
+    let now = now_ms();
+    let mut state = engine.state.borrow_mut();
+    if let Some(q) = state.queues.get_mut(queue) {
+        let _ = q.controller.on_reply(now, text);
+        q.last_error = Some(text.to_string());
+    }
+}
+
+fn failure_text(f: &ClientFailure) -> String {
+    match f {
+        ClientFailure::Greeting(r)
+        | ClientFailure::Helo(r)
+        | ClientFailure::StartTls(r)
+        | ClientFailure::Auth(r)
+        | ClientFailure::ServiceClosing(r) => r.to_string(),
+        ClientFailure::StartTlsNotOffered => {
+            "451 4.7.4 STARTTLS required but not offered by the server".to_string()
+        }
+        other => format!("451 4.4.2 {other:?}"),
+    }
+}
