@@ -52,11 +52,16 @@ enum Verdict {
 }
 
 fn category_code(c: BounceCategory) -> u8 {
-    BounceCategory::ALL.iter().position(|x| *x == c).unwrap_or(0) as u8
+    BounceCategory::ALL
+        .iter()
+        .position(|x| *x == c)
+        .unwrap_or(0) as u8
 }
 
 fn enhanced_of(text: &str) -> Option<EnhancedStatus> {
-    text.split_whitespace().nth(1).and_then(EnhancedStatus::parse)
+    text.split_whitespace()
+        .nth(1)
+        .and_then(EnhancedStatus::parse)
 }
 
 fn is_permanent(text: &str) -> bool {
@@ -90,7 +95,9 @@ pub async fn settle_transaction(
                             let cat = out
                                 .bounce_category
                                 .and_then(|c| c.as_str().parse::<BounceCategory>().ok())
-                                .unwrap_or_else(|| bounce::classify(enhanced_of(&text), &text, None));
+                                .unwrap_or_else(|| {
+                                    bounce::classify(enhanced_of(&text), &text, None)
+                                });
                             Verdict::Bounced(text, cat)
                         } else {
                             Verdict::Deferred(text)
@@ -117,7 +124,16 @@ pub async fn settle_transaction(
         }
         q.in_flight = q.in_flight.saturating_sub(tx.rcpts.len() as u32);
     }
-    apply(engine, queue, &tx.message, &tx.rcpts, verdicts, remote, Some(addr)).await;
+    apply(
+        engine,
+        queue,
+        &tx.message,
+        &tx.rcpts,
+        verdicts,
+        remote,
+        Some(addr),
+    )
+    .await;
 }
 
 /// Fails every recipient waiting in `queue` with `reply` (a connection or
@@ -133,7 +149,9 @@ pub async fn fail_ready(
     let now = now_ms();
     let taken: Vec<Recipient> = {
         let mut state = engine.state.borrow_mut();
-        let Some(q) = state.queues.get_mut(queue) else { return };
+        let Some(q) = state.queues.get_mut(queue) else {
+            return;
+        };
         let _ = q.controller.on_reply(now, reply);
         q.last_error = Some(reply.to_string());
         q.ready.drain(..).collect()
@@ -141,7 +159,12 @@ pub async fn fail_ready(
     // Group by message so each message's states go in one commit.
     let mut by_message: Vec<(MessageRef, Vec<Recipient>)> = Vec::new();
     for r in taken {
-        let msg = engine.state.borrow().messages.get(&r.message).map(|m| m.message.clone());
+        let msg = engine
+            .state
+            .borrow()
+            .messages
+            .get(&r.message)
+            .map(|m| m.message.clone());
         let Some(msg) = msg else { continue };
         match by_message.iter_mut().find(|(m, _)| m.id() == r.message) {
             Some((_, v)) => v.push(r),
@@ -185,10 +208,14 @@ pub async fn delete_queued(engine: &Rc<Engine>, selector: &str) -> usize {
                 None => continue,
             };
             // Deferred recipients of this queue sit in the shard timer.
-            let ShardQueues { timer, messages, .. } = &mut *state;
+            let ShardQueues {
+                timer, messages, ..
+            } = &mut *state;
             let timed: Vec<Recipient> = timer
                 .extract_if(|item| match item {
-                    crate::queue::TimerItem::Retry(r) => recipient_queue_is(messages, engine, r, &name),
+                    crate::queue::TimerItem::Retry(r) => {
+                        recipient_queue_is(messages, engine, r, &name)
+                    }
                     _ => false,
                 })
                 .into_iter()
@@ -204,7 +231,12 @@ pub async fn delete_queued(engine: &Rc<Engine>, selector: &str) -> usize {
         };
         let mut by_message: Vec<(MessageRef, Vec<Recipient>)> = Vec::new();
         for r in ready.into_iter().chain(timed) {
-            let msg = engine.state.borrow().messages.get(&r.message).map(|m| m.message.clone());
+            let msg = engine
+                .state
+                .borrow()
+                .messages
+                .get(&r.message)
+                .map(|m| m.message.clone());
             let Some(msg) = msg else { continue };
             match by_message.iter_mut().find(|(m, _)| m.id() == r.message) {
                 Some((_, v)) => v.push(r),
@@ -234,12 +266,23 @@ fn recipient_queue_is(
     r: &Recipient,
     queue: &str,
 ) -> bool {
-    let Some(m) = messages.get(&r.message) else { return false };
-    let Ok(env) = m.message.envelope() else { return false };
-    let Some(rec) = env.recipients().nth(r.index as usize) else { return false };
-    let domain = rec.forward_path.rsplit_once('@').map_or("", |(_, d)| d).to_ascii_lowercase();
-    crate::queue::split_queue_name(queue)
-        .is_some_and(|(d, v)| v == env.vmta && (d == domain || d.ends_with(".rollup") || d == "overflow"))
+    let Some(m) = messages.get(&r.message) else {
+        return false;
+    };
+    let Ok(env) = m.message.envelope() else {
+        return false;
+    };
+    let Some(rec) = env.recipients().nth(r.index as usize) else {
+        return false;
+    };
+    let domain = rec
+        .forward_path
+        .rsplit_once('@')
+        .map_or("", |(_, d)| d)
+        .to_ascii_lowercase();
+    crate::queue::split_queue_name(queue).is_some_and(|(d, v)| {
+        v == env.vmta && (d == domain || d.ends_with(".rollup") || d == "overflow")
+    })
 }
 
 /// Records, counts and reports the verdicts for recipients of one message.
@@ -265,8 +308,8 @@ async fn apply(
         )
     };
     let _ = retry_after;
-    let expired = bounce_after
-        .is_some_and(|b| now_unix.saturating_sub(received_unix) >= b.as_secs());
+    let expired =
+        bounce_after.is_some_and(|b| now_unix.saturating_sub(received_unix) >= b.as_secs());
 
     // Decide the final state of each recipient.
     let mut states: Vec<(u32, RecipientState, String, Verdict)> = Vec::with_capacity(rcpts.len());
@@ -288,13 +331,21 @@ async fn apply(
                     if c == BounceCategory::AdminDeleted {
                         (RecipientState::AdminDeleted, Verdict::Bounced(t, c))
                     } else {
-                        (RecipientState::Bounced { category: category_code(c) }, Verdict::Bounced(t, c))
+                        (
+                            RecipientState::Bounced {
+                                category: category_code(c),
+                            },
+                            Verdict::Bounced(t, c),
+                        )
                     }
                 }
                 Verdict::Deferred(t) if expired => (
                     RecipientState::Expired,
                     Verdict::Bounced(
-                        format!("{t} (message expired after {}s in queue)", now_unix.saturating_sub(received_unix)),
+                        format!(
+                            "{t} (message expired after {}s in queue)",
+                            now_unix.saturating_sub(received_unix)
+                        ),
                         BounceCategory::MessageExpired,
                     ),
                 ),
@@ -302,10 +353,15 @@ async fn apply(
                     let delay = state
                         .queues
                         .get(queue)
-                        .map_or(std::time::Duration::from_secs(300), |q| q.controller.retry_delay(attempts));
+                        .map_or(std::time::Duration::from_secs(300), |q| {
+                            q.controller.retry_delay(attempts)
+                        });
                     let next = now_unix + delay.as_secs().max(1);
                     (
-                        RecipientState::Deferred { attempts, next_attempt_unix_s: next },
+                        RecipientState::Deferred {
+                            attempts,
+                            next_attempt_unix_s: next,
+                        },
                         Verdict::Deferred(t),
                     )
                 }
@@ -322,8 +378,11 @@ async fn apply(
     texts.dedup();
     let mut durable = true;
     for text in texts {
-        let group: Vec<(u32, RecipientState)> =
-            states.iter().filter(|s| s.2 == text).map(|s| (s.0, s.1)).collect();
+        let group: Vec<(u32, RecipientState)> = states
+            .iter()
+            .filter(|s| s.2 == text)
+            .map(|s| (s.0, s.1))
+            .collect();
         if let Err(e) = engine.deps.spool.record_states(message, &group, text).await {
             tracing::error!(id = %message.id(), error = %e, "cannot record recipient states; will retry");
             durable = false;
@@ -355,7 +414,10 @@ async fn apply(
                 }
             }
             match rs {
-                RecipientState::Deferred { next_attempt_unix_s, .. } => {
+                RecipientState::Deferred {
+                    next_attempt_unix_s,
+                    ..
+                } => {
                     let due = crate::runtime::local::mono_ms_for_unix(*next_attempt_unix_s);
                     engine.defer_recipient(&mut state, queue, *r, due);
                     engine.deps.stats.deferred.fetch_add(1, Relaxed);
@@ -399,7 +461,11 @@ async fn apply(
                 a.job_id = env.job_id.to_string();
                 a.env_id = env.envid.to_string();
                 a.queue = queue.to_string();
-                a.vmta_pool = if env.vmta_or_pool != env.vmta { env.vmta_or_pool.to_string() } else { String::new() };
+                a.vmta_pool = if env.vmta_or_pool != env.vmta {
+                    env.vmta_or_pool.to_string()
+                } else {
+                    String::new()
+                };
                 acct.log(a);
             }
             if let (Verdict::Bounced(_, c), Some(rec)) = (verdict, rec)
@@ -463,7 +529,11 @@ async fn send_dsn(engine: &Rc<Engine>, message: &MessageRef, rcpts: &[DsnRecipie
     }) else {
         return;
     };
-    let recipients = [NewRecipient { forward_path: &report.recipient, orcpt: "", notify: NOTIFY_NEVER }];
+    let recipients = [NewRecipient {
+        forward_path: &report.recipient,
+        orcpt: "",
+        notify: NOTIFY_NEVER,
+    }];
     let record = NewMessage {
         received_unix_ms: unix_now_s() * 1000,
         reverse_path: "",

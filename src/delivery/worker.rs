@@ -47,7 +47,10 @@ struct MappedSlice {
 
 impl IoBuf for MappedSlice {
     fn as_init(&self) -> &[u8] {
-        self.message.content().get(self.start..self.end).unwrap_or(&[])
+        self.message
+            .content()
+            .get(self.start..self.end)
+            .unwrap_or(&[])
     }
 }
 
@@ -70,7 +73,10 @@ pub async fn run_connection(engine: Rc<Engine>, queue: String) {
 async fn connection(engine: &Rc<Engine>, queue: &str) {
     let Some((domain, vmta_name, policy)) = ({
         let state = engine.state.borrow();
-        state.queues.get(queue).map(|q| (q.domain.clone(), q.vmta.clone(), q.policy.clone()))
+        state
+            .queues
+            .get(queue)
+            .map(|q| (q.domain.clone(), q.vmta.clone(), q.policy.clone()))
     }) else {
         return;
     };
@@ -97,14 +103,19 @@ async fn connection(engine: &Rc<Engine>, queue: &str) {
     let mut last_error = String::from("451 4.4.1 no answer from host");
     for host in &route.hosts {
         for addr in &host.addrs {
-            let stream =
-                match super::connect::connect_from(source_ip, *addr, policy.connect_timeout).await {
-                    Ok(s) => s,
-                    Err(e) => {
-                        last_error = format!("451 4.4.1 {e}");
-                        continue;
-                    }
-                };
+            let stream = match super::connect::connect_from(
+                source_ip,
+                *addr,
+                policy.connect_timeout,
+            )
+            .await
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    last_error = format!("451 4.4.1 {e}");
+                    continue;
+                }
+            };
             match session(engine, queue, stream, *addr, &host.name, &ehlo, &policy).await {
                 SessionEnd::Done => return,
                 SessionEnd::TryNext(reason) => last_error = reason,
@@ -148,7 +159,10 @@ fn notify(bits: u8) -> Option<Notify> {
 
 fn orcpt(text: &str) -> Option<Orcpt> {
     let (t, a) = text.split_once(';')?;
-    Some(Orcpt { addr_type: t.to_string(), address: a.to_string() })
+    Some(Orcpt {
+        addr_type: t.to_string(),
+        address: a.to_string(),
+    })
 }
 
 /// Builds the SMTP envelope for a transaction from the spooled record.
@@ -187,13 +201,22 @@ fn next_transaction(engine: &Engine, queue: &str, sent: u32) -> Next {
     let now = now_ms();
     let mut state = engine.state.borrow_mut();
     let state = &mut *state;
-    let Some(q) = state.queues.get_mut(queue) else { return Next::Quit };
+    let Some(q) = state.queues.get_mut(queue) else {
+        return Next::Quit;
+    };
     if engine.is_shutting_down() || q.controller.connection_should_close(now, sent) {
         return Next::Quit;
     }
-    let Some(first) = q.ready.front().copied() else { return Next::Wait(None) };
+    let Some(first) = q.ready.front().copied() else {
+        return Next::Wait(None);
+    };
     let max = q.controller.limits().max_rcpt_per_transaction as usize;
-    let wanted = q.ready.iter().take(max).take_while(|r| r.message == first.message).count();
+    let wanted = q
+        .ready
+        .iter()
+        .take(max)
+        .take_while(|r| r.message == first.message)
+        .count();
     let grant = match q.controller.try_send_recipients(now, wanted as u32) {
         Ok(g) => g,
         Err(wait) => return Next::Wait(wait.until_ms()),
@@ -206,7 +229,11 @@ fn next_transaction(engine: &Engine, queue: &str, sent: u32) -> Next {
         q.in_flight -= rcpts.len() as u32;
         return Next::Wait(Some(now));
     };
-    Next::Send(Transaction { message: entry.message.clone(), rcpts, granted_at_ms: grant.granted_at_ms })
+    Next::Send(Transaction {
+        message: entry.message.clone(),
+        rcpts,
+        granted_at_ms: grant.granted_at_ms,
+    })
 }
 
 async fn session(
@@ -253,8 +280,14 @@ async fn session(
                     .await;
                     match tls {
                         Ok(Ok(())) => client.tls_established(),
-                        Ok(Err(e)) => return SessionEnd::TryNext(format!("451 4.7.5 TLS handshake failed: {e}")),
-                        Err(_) => return SessionEnd::TryNext("451 4.7.5 TLS handshake timed out".into()),
+                        Ok(Err(e)) => {
+                            return SessionEnd::TryNext(format!(
+                                "451 4.7.5 TLS handshake failed: {e}"
+                            ));
+                        }
+                        Err(_) => {
+                            return SessionEnd::TryNext("451 4.7.5 TLS handshake timed out".into());
+                        }
                     }
                 }
                 ClientEvent::SendBody(mode) => {
@@ -276,7 +309,11 @@ async fn session(
                             }
                             ok = match piece {
                                 Piece::Body(r) => {
-                                    let slice = MappedSlice { message: tx.message.clone(), start: r.start, end: r.end };
+                                    let slice = MappedSlice {
+                                        message: tx.message.clone(),
+                                        start: r.start,
+                                        end: r.end,
+                                    };
                                     conn.write_all(slice).await.0.is_ok()
                                 }
                                 Piece::Static(s) => conn.write_all(s).await.0.is_ok(),
@@ -291,13 +328,22 @@ async fn session(
                 ClientEvent::TransactionDone(result) => {
                     if let Some(tx) = in_tx.take() {
                         sent += 1;
-                        settle_transaction(engine, queue, tx, Settle::Result(&result), &remote, addr).await;
+                        settle_transaction(
+                            engine,
+                            queue,
+                            tx,
+                            Settle::Result(&result),
+                            &remote,
+                            addr,
+                        )
+                        .await;
                     }
                 }
                 ClientEvent::Failed(failure) => {
                     let text = failure_text(&failure);
                     if let Some(tx) = in_tx.take() {
-                        settle_transaction(engine, queue, tx, Settle::Lost(&text), &remote, addr).await;
+                        settle_transaction(engine, queue, tx, Settle::Lost(&text), &remote, addr)
+                            .await;
                     }
                     let _ = conn.write_all(client.take_output()).await;
                     conn.shutdown().await;
@@ -317,28 +363,47 @@ async fn session(
             ready = false;
             match next_transaction(engine, queue, sent) {
                 Next::Send(tx) => match envelope_for(&tx.message, &tx.rcpts) {
-                    Some(envelope) => match client.send_transaction(&envelope, tx.message.content()) {
-                        Ok(()) => {
-                            timeout = policy.command_timeout;
-                            in_tx = Some(tx);
+                    Some(envelope) => {
+                        match client.send_transaction(&envelope, tx.message.content()) {
+                            Ok(()) => {
+                                timeout = policy.command_timeout;
+                                in_tx = Some(tx);
+                            }
+                            Err(e) => {
+                                let text = match e {
+                                    crate::smtp::client::TransactionError::SmtpUtf8NotOffered => {
+                                        "554 5.6.7 server does not support SMTPUTF8".to_string()
+                                    }
+                                    crate::smtp::client::TransactionError::TooBig { .. } => {
+                                        "552 5.3.4 message exceeds the server's SIZE limit"
+                                            .to_string()
+                                    }
+                                    other => format!("451 4.3.0 cannot send: {other:?}"),
+                                };
+                                settle_transaction(
+                                    engine,
+                                    queue,
+                                    tx,
+                                    Settle::Refused(&text),
+                                    &remote,
+                                    addr,
+                                )
+                                .await;
+                                ready = true;
+                                continue;
+                            }
                         }
-                        Err(e) => {
-                            let text = match e {
-                                crate::smtp::client::TransactionError::SmtpUtf8NotOffered => {
-                                    "554 5.6.7 server does not support SMTPUTF8".to_string()
-                                }
-                                crate::smtp::client::TransactionError::TooBig { .. } => {
-                                    "552 5.3.4 message exceeds the server's SIZE limit".to_string()
-                                }
-                                other => format!("451 4.3.0 cannot send: {other:?}"),
-                            };
-                            settle_transaction(engine, queue, tx, Settle::Refused(&text), &remote, addr).await;
-                            ready = true;
-                            continue;
-                        }
-                    },
+                    }
                     None => {
-                        settle_transaction(engine, queue, tx, Settle::Refused("554 5.3.0 spooled message unreadable"), &remote, addr).await;
+                        settle_transaction(
+                            engine,
+                            queue,
+                            tx,
+                            Settle::Refused("554 5.3.0 spooled message unreadable"),
+                            &remote,
+                            addr,
+                        )
+                        .await;
                         ready = true;
                         continue;
                     }
@@ -347,21 +412,17 @@ async fn session(
                 Next::Wait(until) => {
                     let _ = conn.write_all(client.take_output()).await;
                     let idle = policy.idle_timeout;
-                    let wait = until.map_or(idle, |t| Duration::from_millis(t.saturating_sub(now_ms())).min(idle));
+                    let wait = until.map_or(idle, |t| {
+                        Duration::from_millis(t.saturating_sub(now_ms())).min(idle)
+                    });
                     mark_idle(engine, queue, 1);
-                    let woke = compio::time::timeout(wait, engine.work.notified()).await.is_ok();
+                    let _ = compio::time::timeout(wait, engine.work.notified()).await;
                     mark_idle(engine, queue, -1);
                     let has_work = {
                         let state = engine.state.borrow();
                         state.queues.get(queue).is_some_and(|q| !q.ready.is_empty())
                     };
-                    if (woke || until.is_some()) && has_work && !engine.is_shutting_down() {
-                        ready = true;
-                        continue;
-                    }
-                    if until.is_some() && !has_work && !woke {
-                        client.quit();
-                    } else if !has_work || engine.is_shutting_down() {
+                    if !has_work || engine.is_shutting_down() {
                         client.quit();
                     } else {
                         ready = true;
@@ -396,12 +457,20 @@ async fn session(
                 client.connection_closed();
             }
             Err(_) => {
-                let text = if greeted { "451 4.4.2 timeout waiting for reply" } else { "451 4.4.2 timeout waiting for greeting" };
+                let text = if greeted {
+                    "451 4.4.2 timeout waiting for reply"
+                } else {
+                    "451 4.4.2 timeout waiting for greeting"
+                };
                 if let Some(tx) = in_tx.take() {
                     settle_transaction(engine, queue, tx, Settle::Lost(text), &remote, addr).await;
                 }
                 conn.shutdown().await;
-                return if greeted { SessionEnd::Done } else { SessionEnd::TryNext(text.into()) };
+                return if greeted {
+                    SessionEnd::Done
+                } else {
+                    SessionEnd::TryNext(text.into())
+                };
             }
         }
     }

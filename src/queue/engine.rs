@@ -112,14 +112,23 @@ impl Engine {
 
     fn patterns_for(&self, name: Option<&str>) -> Arc<PatternList> {
         match name {
-            Some(n) => self.patterns.borrow().get(n).cloned().unwrap_or_else(empty_pattern_list),
+            Some(n) => self
+                .patterns
+                .borrow()
+                .get(n)
+                .cloned()
+                .unwrap_or_else(empty_pattern_list),
             None => empty_pattern_list(),
         }
     }
 
     /// The destination part of the queue name for a recipient domain.
     fn destination(&self, state: &ShardQueues, domain: &str) -> String {
-        state.rollup.get(domain).cloned().unwrap_or_else(|| domain.to_string())
+        state
+            .rollup
+            .get(domain)
+            .cloned()
+            .unwrap_or_else(|| domain.to_string())
     }
 
     /// Finds or creates the queue for (domain, vmta) and returns its name.
@@ -161,7 +170,10 @@ impl Engine {
                     in_flight: 0,
                     scheduled: false,
                     wake_at_ms: None,
-                    recent: RecentCounts { hour_start_ms: now, ..Default::default() },
+                    recent: RecentCounts {
+                        hour_start_ms: now,
+                        ..Default::default()
+                    },
                     last_error: None,
                     next_attempt_ms: None,
                 },
@@ -182,23 +194,38 @@ impl Engine {
         let count = envelope.recipient_count as usize;
         let domains: Vec<String> = envelope
             .recipients()
-            .map(|r| r.forward_path.rsplit_once('@').map_or("", |(_, d)| d).to_ascii_lowercase())
+            .map(|r| {
+                r.forward_path
+                    .rsplit_once('@')
+                    .map_or("", |(_, d)| d)
+                    .to_ascii_lowercase()
+            })
             .collect();
         let id = message.id();
         let mut attempts = vec![0u16; count].into_boxed_slice();
         let live: Vec<(u32, RecipientState)> = match states {
             Some(s) => s.to_vec(),
-            None => (0..count as u32).map(|i| (i, RecipientState::Queued)).collect(),
+            None => (0..count as u32)
+                .map(|i| (i, RecipientState::Queued))
+                .collect(),
         };
         let mut state = self.state.borrow_mut();
         let mut pending = 0;
         for (index, rs) in &live {
-            let Some(domain) = domains.get(*index as usize) else { continue };
+            let Some(domain) = domains.get(*index as usize) else {
+                continue;
+            };
             let name = self.queue_for(&mut state, domain, &vmta);
-            let rcpt = Recipient { message: id, index: *index };
+            let rcpt = Recipient {
+                message: id,
+                index: *index,
+            };
             pending += 1;
             match rs {
-                RecipientState::Deferred { attempts: a, next_attempt_unix_s } => {
+                RecipientState::Deferred {
+                    attempts: a,
+                    next_attempt_unix_s,
+                } => {
                     if let Some(slot) = attempts.get_mut(*index as usize) {
                         *slot = (*a).min(u32::from(u16::MAX)) as u16;
                     }
@@ -217,8 +244,18 @@ impl Engine {
             }
         }
         if pending > 0 {
-            state.messages.insert(id, MessageEntry { message, attempts, pending });
-            self.deps.stats.queued_messages.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            state.messages.insert(
+                id,
+                MessageEntry {
+                    message,
+                    attempts,
+                    pending,
+                },
+            );
+            self.deps
+                .stats
+                .queued_messages
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.deps
                 .stats
                 .queued_recipients
@@ -230,7 +267,13 @@ impl Engine {
     }
 
     /// Puts a recipient back on its queue's timer.
-    pub fn defer_recipient(&self, state: &mut ShardQueues, queue: &str, rcpt: Recipient, due_ms: u64) {
+    pub fn defer_recipient(
+        &self,
+        state: &mut ShardQueues,
+        queue: &str,
+        rcpt: Recipient,
+        due_ms: u64,
+    ) {
         state.timer.insert(due_ms, TimerItem::Retry(rcpt));
         if let Some(q) = state.queues.get_mut(queue) {
             q.deferred += 1;
@@ -245,10 +288,16 @@ impl Engine {
             m.pending = m.pending.saturating_sub(1);
             remove = m.pending == 0;
         }
-        self.deps.stats.queued_recipients.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.deps
+            .stats
+            .queued_recipients
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         if remove {
             state.messages.remove(&rcpt.message);
-            self.deps.stats.queued_messages.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            self.deps
+                .stats
+                .queued_messages
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -257,8 +306,15 @@ impl Engine {
         let entry = state.messages.get(&rcpt.message)?;
         let envelope = entry.message.envelope().ok()?;
         let vmta = envelope.vmta.to_string();
-        let fp = envelope.recipients().nth(rcpt.index as usize)?.forward_path.to_string();
-        let domain = fp.rsplit_once('@').map_or("", |(_, d)| d).to_ascii_lowercase();
+        let fp = envelope
+            .recipients()
+            .nth(rcpt.index as usize)?
+            .forward_path
+            .to_string();
+        let domain = fp
+            .rsplit_once('@')
+            .map_or("", |(_, d)| d)
+            .to_ascii_lowercase();
         Some(self.queue_for(state, &domain, &vmta))
     }
 
@@ -293,7 +349,9 @@ impl Engine {
                 let mut passes = state.dirty.len();
                 while passes > 0 {
                     passes -= 1;
-                    let Some(name) = state.dirty.pop_front() else { break };
+                    let Some(name) = state.dirty.pop_front() else {
+                        break;
+                    };
                     self.service_queue(&mut state, &name, now);
                 }
                 state.timer.next_deadline()
@@ -312,7 +370,9 @@ impl Engine {
 
     /// Opens connections for a queue as far as its controller allows.
     fn service_queue(self: &Rc<Self>, state: &mut ShardQueues, name: &str, now: u64) {
-        let Some(q) = state.queues.get_mut(name) else { return };
+        let Some(q) = state.queues.get_mut(name) else {
+            return;
+        };
         q.scheduled = false;
         if q.ready.is_empty() {
             return;
@@ -324,9 +384,7 @@ impl Engine {
         let mut opened = 0;
         // Each connection takes at least one message; don't open more
         // connections than there are recipients waiting.
-        while opened < CONNECTIONS_PER_PASS_MAX
-            && (q.connections as usize) < q.ready.len()
-        {
+        while opened < CONNECTIONS_PER_PASS_MAX && (q.connections as usize) < q.ready.len() {
             match q.controller.try_open_connection(now) {
                 Ok(()) => {
                     q.connections += 1;
@@ -418,10 +476,15 @@ impl Engine {
         let mut state = self.state.borrow_mut();
         let names: Vec<String> = state.queues.keys().cloned().collect();
         for name in names {
-            let Some(q) = state.queues.get_mut(&name) else { continue };
+            let Some(q) = state.queues.get_mut(&name) else {
+                continue;
+            };
             let policy = config.domain_policy(&q.domain, &q.vmta);
             let patterns = self.patterns_for(policy.smtp_pattern_list.as_deref());
-            if let Err(e) = q.controller.reconfigure(now, queue_limits(&policy), patterns) {
+            if let Err(e) = q
+                .controller
+                .reconfigure(now, queue_limits(&policy), patterns)
+            {
                 tracing::warn!(queue = %name, error = %e, "new limits refused; old ones kept");
             }
             q.policy = policy;

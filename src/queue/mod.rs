@@ -20,8 +20,8 @@ use std::sync::Arc;
 
 use crate::config::DomainPolicy;
 use crate::shaper::RateController;
-use crate::spool::MessageRef;
 use crate::spool::MessageId;
+use crate::spool::MessageRef;
 
 /// One recipient of one message, by RCPT index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,7 +180,10 @@ impl ShardQueues {
 
     /// Recipients waiting (ready or deferred) across all queues.
     pub fn queued_recipients(&self) -> u64 {
-        self.queues.values().map(|q| q.ready.len() as u64 + q.deferred + u64::from(q.in_flight)).sum()
+        self.queues
+            .values()
+            .map(|q| q.ready.len() as u64 + q.deferred + u64::from(q.in_flight))
+            .sum()
     }
 }
 

@@ -16,9 +16,10 @@ use crate::shaper::{self, Actions, ModeAction, ModeLimits, PatternList, QueueLim
 fn rate(r: &ConfigRate) -> Option<shaper::Rate> {
     match r {
         ConfigRate::Unlimited => None,
-        ConfigRate::Limited { count, per } => {
-            Some(shaper::Rate::new((*count).min(u64::from(u32::MAX)) as u32, *per))
-        }
+        ConfigRate::Limited { count, per } => Some(shaper::Rate::new(
+            (*count).min(u64::from(u32::MAX)) as u32,
+            *per,
+        )),
     }
 }
 
@@ -49,7 +50,14 @@ pub fn queue_limits(policy: &DomainPolicy) -> QueueLimits {
 
 /// `smtp_hosts` in the router's terms.
 pub fn smtp_hosts(policy: &DomainPolicy) -> Vec<SmtpHost> {
-    policy.smtp_hosts.iter().map(|h| SmtpHost { host: h.host.clone(), port: h.port }).collect()
+    policy
+        .smtp_hosts
+        .iter()
+        .map(|h| SmtpHost {
+            host: h.host.clone(),
+            port: h.port,
+        })
+        .collect()
 }
 
 /// Compiles every pattern list a configuration can name: its own lists,
@@ -93,5 +101,7 @@ pub fn pattern_lists(config: &Config) -> HashMap<String, Arc<PatternList>> {
 /// An empty list, for queues whose policy names none.
 pub fn empty_pattern_list() -> Arc<PatternList> {
     // "none" with no rules is a valid list; failing here is our bug.
-    Arc::new(PatternList::from_rules::<&str>("none", []).expect("an empty list named none is valid"))
+    Arc::new(
+        PatternList::from_rules::<&str>("none", []).expect("an empty list named none is valid"),
+    )
 }

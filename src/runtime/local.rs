@@ -52,14 +52,20 @@ pub fn now_ms() -> u64 {
 
 /// Wall-clock unix seconds (for records and headers).
 pub fn unix_now_s() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// The monotonic time at which a wall-clock unix time (seconds) falls.
 pub fn mono_ms_for_unix(unix_s: u64) -> u64 {
     let now_unix = unix_now_s();
     let now = now_ms();
-    if unix_s <= now_unix { now } else { now.saturating_add((unix_s - now_unix) * 1000) }
+    if unix_s <= now_unix {
+        now
+    } else {
+        now.saturating_add((unix_s - now_unix) * 1000)
+    }
 }
 
 /// The unix time (seconds) of a monotonic time.

@@ -8,6 +8,7 @@
 
 pub mod local;
 pub mod mesh;
+pub mod server;
 pub mod signals;
 pub mod stats;
 pub mod stream;

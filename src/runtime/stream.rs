@@ -63,7 +63,10 @@ impl Conn {
     /// Server side of STARTTLS: runs the handshake on the plaintext socket.
     pub async fn accept_tls(&mut self, acceptor: &TlsAcceptor) -> io::Result<()> {
         let Conn::Plain(tcp) = std::mem::replace(self, Conn::Closed) else {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "TLS already active"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "TLS already active",
+            ));
         };
         let tls = acceptor.accept(tcp).await?;
         *self = Conn::Tls(Box::new(tls));
@@ -71,9 +74,16 @@ impl Conn {
     }
 
     /// Client side of STARTTLS.
-    pub async fn connect_tls(&mut self, connector: &TlsConnector, server_name: &str) -> io::Result<()> {
+    pub async fn connect_tls(
+        &mut self,
+        connector: &TlsConnector,
+        server_name: &str,
+    ) -> io::Result<()> {
         let Conn::Plain(tcp) = std::mem::replace(self, Conn::Closed) else {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "TLS already active"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "TLS already active",
+            ));
         };
         let tls = connector.connect(server_name, tcp).await?;
         *self = Conn::Tls(Box::new(tls));

@@ -32,6 +32,9 @@ use crate::spool::{MessageRef, NewMessage, NewRecipient, Ret, Spool};
 /// per-connection memory whatever the client sends.
 pub const SESSION_READ_BUFFER_BYTES: usize = 64 * 1024;
 
+/// Signs a message for a vMTA: the header fields to prepend, or why not.
+pub type SignFn = Rc<dyn Fn(&[u8], &str) -> Result<Vec<u8>, String>>;
+
 /// What a shard gives every inbound session.
 pub struct InboundContext {
     pub config: Rc<RefCell<Arc<Config>>>,
@@ -45,7 +48,7 @@ pub struct InboundContext {
     /// Optional signer: returns header fields to prepend, or an error text
     /// (the message is then refused with 451 and counted, never sent
     /// unsigned silently).
-    pub sign: Option<Rc<dyn Fn(&[u8], &str) -> Result<Vec<u8>, String>>>,
+    pub sign: Option<SignFn>,
 }
 
 /// Per-session tallies for the one log line at the end.
@@ -56,7 +59,9 @@ struct Tally {
 }
 
 fn now_unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn forward_path_text(p: &ForwardPath) -> Option<String> {
@@ -70,7 +75,11 @@ fn notify_bits(n: Option<&Notify>) -> u8 {
     match n {
         None => 0,
         Some(Notify::Never) => NOTIFY_NEVER,
-        Some(Notify::On { success, failure, delay }) => {
+        Some(Notify::On {
+            success,
+            failure,
+            delay,
+        }) => {
             (if *success { NOTIFY_SUCCESS } else { 0 })
                 | (if *failure { NOTIFY_FAILURE } else { 0 })
                 | (if *delay { NOTIFY_DELAY } else { 0 })
@@ -131,7 +140,11 @@ pub async fn run_session(
                 }
                 ServerEvent::MailFrom(_) => {
                     let reply = if listener.require_tls && !conn.is_tls() {
-                        Some(Reply::with_status(530, (5, 7, 0), "Must issue a STARTTLS command first"))
+                        Some(Reply::with_status(
+                            530,
+                            (5, 7, 0),
+                            "Must issue a STARTTLS command first",
+                        ))
                     } else {
                         None
                     };
@@ -181,7 +194,9 @@ pub async fn run_session(
                     offset = 0;
                     let pending = session.take_output();
                     let (res, _) = conn.write_all(pending).await;
-                    let Some(acceptor) = ctx.tls.as_ref() else { break 'conn };
+                    let Some(acceptor) = ctx.tls.as_ref() else {
+                        break 'conn;
+                    };
                     if res.is_err() {
                         break 'conn;
                     }
@@ -225,8 +240,11 @@ pub async fn run_session(
             // The session refuses to consume a full buffer only on misuse.
             break;
         }
-        let timeout =
-            if session.in_message() { listener.data_timeout } else { listener.command_timeout };
+        let timeout = if session.in_message() {
+            listener.data_timeout
+        } else {
+            listener.command_timeout
+        };
         if inbuf.capacity() - inbuf.len() < 4096 {
             inbuf.reserve(SESSION_READ_BUFFER_BYTES - inbuf.len());
         }
@@ -236,7 +254,11 @@ pub async fn run_session(
             Ok((Ok(_), buf)) => inbuf = buf,
             Err(_) => {
                 // The read was cancelled together with its buffer.
-                session.shutdown(&Reply::with_status(421, (4, 4, 2), "Timeout, closing connection"));
+                session.shutdown(&Reply::with_status(
+                    421,
+                    (4, 4, 2),
+                    "Timeout, closing connection",
+                ));
                 session.write_output_to(&mut out);
                 let _ = conn.write_all(std::mem::take(&mut out)).await;
                 break;
@@ -265,10 +287,16 @@ fn rcpt_policy(
     peer: SocketAddr,
 ) -> Option<Reply> {
     let ForwardPath::Mailbox(mailbox) = forward_path else {
-        return Some(Reply::with_status(550, (5, 1, 1), "No local mailboxes at this host"));
+        return Some(Reply::with_status(
+            550,
+            (5, 1, 1),
+            "No local mailboxes at this host",
+        ));
     };
     let authenticated = session.authenticated_user().is_some();
-    let source_relays = config.source_for(peer.ip()).is_some_and(|s| s.allow_relaying);
+    let source_relays = config
+        .source_for(peer.ip())
+        .is_some_and(|s| s.allow_relaying);
     if authenticated || source_relays || config.is_relay_domain(&mailbox.domain) {
         None
     } else {
@@ -388,14 +416,22 @@ async fn finish_message(
             Err(reason) => {
                 ctx.stats.add_signing_failure();
                 tracing::warn!(peer = %peer, %reason, "DKIM signing failed; message deferred");
-                return Reply::with_status(451, (4, 7, 0), "Temporary signing failure, try again later");
+                return Reply::with_status(
+                    451,
+                    (4, 7, 0),
+                    "Temporary signing failure, try again later",
+                );
             }
         }
     }
 
     let recipients: Vec<NewRecipient<'_>> = rcpts
         .iter()
-        .map(|(fp, orcpt, notify)| NewRecipient { forward_path: fp, orcpt, notify: *notify })
+        .map(|(fp, orcpt, notify)| NewRecipient {
+            forward_path: fp,
+            orcpt,
+            notify: *notify,
+        })
         .collect();
     let ret = match mail.params.ret {
         None => Ret::Unspecified,

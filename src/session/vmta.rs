@@ -30,9 +30,10 @@ impl PoolPicker {
     /// Resolves `name` to a vMTA; `None` when no vMTA or pool has that name.
     pub fn resolve(&mut self, config: &Config, name: &str) -> Option<Choice> {
         match config.target(name)? {
-            TargetRef::Vmta(v) => {
-                Some(Choice { vmta_or_pool: name.to_string(), vmta: v.name.clone() })
-            }
+            TargetRef::Vmta(v) => Some(Choice {
+                vmta_or_pool: name.to_string(),
+                vmta: v.name.clone(),
+            }),
             TargetRef::Pool(pool) => {
                 if pool.vmtas.is_empty() {
                     return None;
@@ -53,7 +54,10 @@ impl PoolPicker {
                     }
                 }
                 current[best] -= total;
-                Some(Choice { vmta_or_pool: pool.name.clone(), vmta: pool.vmtas[best].clone() })
+                Some(Choice {
+                    vmta_or_pool: pool.name.clone(),
+                    vmta: pool.vmtas[best].clone(),
+                })
             }
         }
     }
@@ -84,8 +88,9 @@ mod tests {
     fn pool_follows_weights_interleaved() {
         let c = config();
         let mut p = PoolPicker::default();
-        let picks: Vec<String> =
-            (0..8).map(|_| p.resolve(&c, "news").unwrap().vmta).collect();
+        let picks: Vec<String> = (0..8)
+            .map(|_| p.resolve(&c, "news").unwrap().vmta)
+            .collect();
         assert_eq!(picks.iter().filter(|v| *v == "ip1").count(), 6);
         assert_eq!(picks.iter().filter(|v| *v == "ip2").count(), 2);
         // Smooth: ip2 never waits more than 4 picks.
