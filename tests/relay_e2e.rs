@@ -1,0 +1,291 @@
+//! End to end on loopback: the real `spate` binary between an SMTP client
+//! and a sink, with vMTAs bound to distinct 127.0.0.x source addresses.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use support::sink::Sink;
+use support::spate_proc::{Client, Spate, free_port};
+
+fn config(dir: &std::path::Path, smtp: SocketAddr, sink: SocketAddr, extra: &str) -> String {
+    format!(
+        r#"
+hostname = "relay.test"
+
+[spool]
+path = "{spool}"
+segment_size = "1MiB"
+
+[runtime]
+shards = 2
+pin_cores = false
+shutdown_timeout = "5s"
+
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[dns]
+nameservers = ["127.0.0.1:9"]
+timeout = "1s"
+
+[[listener]]
+address = "{smtp}"
+
+[[source]]
+networks = ["127.0.0.1/32"]
+allow_relaying = true
+process_x_virtual_mta = true
+process_x_job = true
+default_vmta = "pool1"
+
+[vmta.ip1]
+source_ip = "127.0.0.2"
+ehlo = "mta1.relay.test"
+
+[vmta.ip2]
+source_ip = "127.0.0.3"
+ehlo = "mta2.relay.test"
+
+[pool.pool1]
+vmtas = ["ip1", "ip2"]
+weights = [3, 1]
+
+[domain."*"]
+retry_after = ["1s"]
+bounce_after = "1h"
+
+[domain."sink.test"]
+smtp_hosts = ["{sink}"]
+
+[[accounting]]
+path = "{acct}"
+format = "csv"
+records = ["d", "b", "t"]
+{extra}
+"#,
+        spool = dir.join("spool").display(),
+        admin = free_port(),
+        acct = dir.join("acct.csv").display(),
+    )
+}
+
+fn body(subject: &str) -> String {
+    format!("From: a@sink.test\r\nTo: b@sink.test\r\nSubject: {subject}\r\n\r\nHello.\r\n")
+}
+
+#[test]
+fn pooled_vmtas_send_from_their_ips_and_ehlo_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start();
+    let smtp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let spate = Spate::start(dir.path(), &config(dir.path(), smtp, sink.addr, ""), smtp);
+
+    let mut c = Client::connect(smtp);
+    assert!(c.cmd("EHLO client.test").starts_with("250"));
+    for i in 0..8 {
+        let r = c.message("a@sink.test", &["b@sink.test"], &body(&format!("pool {i}")));
+        assert!(r.starts_with("250 2.0.0"), "{r}");
+    }
+    // X-Virtual-MTA picks a vMTA directly and is removed; X-Job too.
+    let r = c.message(
+        "a@sink.test",
+        &["c@sink.test"],
+        "X-Virtual-MTA: ip2\r\nX-Job: camp-42\r\nSubject: direct\r\n\r\nHi.\r\n",
+    );
+    assert!(r.starts_with("250"), "{r}");
+    // An unknown vMTA is refused at the end of DATA with 550 5.3.5.
+    let r = c.message(
+        "a@sink.test",
+        &["d@sink.test"],
+        "X-Virtual-MTA: nope\r\n\r\nx\r\n",
+    );
+    assert!(r.starts_with("550 5.3.5"), "{r}");
+    assert!(c.cmd("QUIT").starts_with("221"));
+
+    let got = sink.wait_for(9, Duration::from_secs(20));
+    assert_eq!(got.len(), 9, "log:\n{}", spate.log_text());
+    let pooled: Vec<_> = got
+        .iter()
+        .filter(|m| m.rcpts == ["<b@sink.test>"])
+        .collect();
+    let ip1 = pooled
+        .iter()
+        .filter(|m| m.peer.to_string() == "127.0.0.2")
+        .count();
+    let ip2 = pooled
+        .iter()
+        .filter(|m| m.peer.to_string() == "127.0.0.3")
+        .count();
+    assert_eq!((ip1, ip2), (6, 2), "pool weights 3:1 over 8 messages");
+    for m in &pooled {
+        let expect = if m.peer.to_string() == "127.0.0.2" {
+            "mta1.relay.test"
+        } else {
+            "mta2.relay.test"
+        };
+        assert_eq!(m.helo, expect);
+        let text = String::from_utf8_lossy(&m.data);
+        assert!(text.starts_with("Received: from client.test"), "{text}");
+    }
+    let direct = got
+        .iter()
+        .find(|m| m.rcpts == ["<c@sink.test>"])
+        .expect("direct message");
+    assert_eq!(direct.peer.to_string(), "127.0.0.3");
+    let text = String::from_utf8_lossy(&direct.data);
+    assert!(
+        !text.contains("X-Virtual-MTA") && !text.contains("X-Job"),
+        "{text}"
+    );
+
+    // Accounting: one `d` line per delivered recipient, with the job id.
+    std::thread::sleep(Duration::from_millis(1500));
+    let acct = std::fs::read_to_string(dir.path().join("acct.csv")).unwrap();
+    assert!(
+        acct.starts_with("type,timeLogged,timeQueued,orig,rcpt"),
+        "{acct}"
+    );
+    assert_eq!(
+        acct.lines().filter(|l| l.starts_with("d,")).count(),
+        9,
+        "{acct}"
+    );
+    assert!(
+        acct.lines()
+            .any(|l| l.starts_with("d,") && l.contains("camp-42")),
+        "{acct}"
+    );
+}
+
+#[test]
+fn bounce_makes_a_dsn_and_tempfail_is_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start();
+    let smtp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let spate = Spate::start(dir.path(), &config(dir.path(), smtp, sink.addr, ""), smtp);
+
+    let mut c = Client::connect(smtp);
+    c.cmd("EHLO client.test");
+    let r = c.message(
+        "sender@sink.test",
+        &["permfail+x@sink.test"],
+        &body("will bounce"),
+    );
+    assert!(r.starts_with("250"), "{r}");
+    let r = c.message(
+        "sender@sink.test",
+        &["tempfail-once+y@sink.test"],
+        &body("retried"),
+    );
+    assert!(r.starts_with("250"), "{r}");
+    c.cmd("QUIT");
+
+    // The retried message arrives after its 1 s retry; the DSN for the
+    // bounce goes to the sender, from the null reverse path.
+    let got = sink.wait_for(2, Duration::from_secs(20));
+    assert_eq!(got.len(), 2, "log:\n{}", spate.log_text());
+    let dsn = got
+        .iter()
+        .find(|m| m.mail_from == "<>")
+        .expect("a DSN from <>");
+    assert_eq!(dsn.rcpts, ["<sender@sink.test>"]);
+    let text = String::from_utf8_lossy(&dsn.data);
+    assert!(text.contains("multipart/report"), "{text}");
+    assert!(text.contains("report-type=delivery-status"), "{text}");
+    assert!(text.contains("Action: failed"), "{text}");
+    assert!(text.contains("5.1.1"), "{text}");
+    assert!(
+        got.iter()
+            .any(|m| m.rcpts == ["<tempfail-once+y@sink.test>"])
+    );
+
+    std::thread::sleep(Duration::from_millis(1500));
+    let acct = std::fs::read_to_string(dir.path().join("acct.csv")).unwrap();
+    let bounce = acct
+        .lines()
+        .find(|l| l.starts_with("b,"))
+        .expect("a b record");
+    assert!(bounce.contains("bad-mailbox"), "{bounce}");
+    assert!(
+        acct.lines()
+            .any(|l| l.starts_with("t,") && l.contains("tempfail-once")),
+        "{acct}"
+    );
+}
+
+#[test]
+fn open_relay_is_refused_for_unknown_sources() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start();
+    let smtp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let _spate = Spate::start(dir.path(), &config(dir.path(), smtp, sink.addr, ""), smtp);
+    let mut c = Client::connect_from(Some("127.0.0.9"), smtp);
+    c.cmd("EHLO stranger.test");
+    assert!(c.cmd("MAIL FROM:<x@stranger.test>").starts_with("250"));
+    let r = c.cmd("RCPT TO:<victim@sink.test>");
+    assert!(r.starts_with("550 5.7.1"), "{r}");
+    // AUTH is not offered without TLS.
+    let ehlo = {
+        c.send("EHLO stranger.test\r\n");
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            let r = c.reply();
+            line.push_str(&r);
+            all.push_str(&line);
+            if r.starts_with("250 ") {
+                break;
+            }
+        }
+        all
+    };
+    assert!(!ehlo.contains("AUTH"), "{ehlo}");
+}
+
+#[test]
+fn acknowledged_mail_survives_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    // No sink yet: deliveries fail to connect and stay queued.
+    let dead_sink: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let smtp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut spate = Spate::start(dir.path(), &config(dir.path(), smtp, dead_sink, ""), smtp);
+    let mut c = Client::connect(smtp);
+    c.cmd("EHLO client.test");
+    let mut acked = 0;
+    for i in 0..20 {
+        let r = c.message(
+            "a@sink.test",
+            &[&format!("r{i}@sink.test")],
+            &body(&format!("durable {i}")),
+        );
+        if r.starts_with("250") {
+            acked += 1;
+        }
+    }
+    assert_eq!(acked, 20);
+    spate.kill9();
+
+    // Restart with a live sink: every acknowledged message arrives.
+    let sink = Sink::start();
+    let spate = Spate::start(dir.path(), &config(dir.path(), smtp, sink.addr, ""), smtp);
+    let got = sink.wait_for(20, Duration::from_secs(20));
+    let mut rcpts: Vec<String> = got.iter().flat_map(|m| m.rcpts.clone()).collect();
+    rcpts.sort();
+    rcpts.dedup();
+    assert_eq!(rcpts.len(), 20, "log:\n{}", spate.log_text());
+}
+
+#[test]
+fn sigterm_exits_zero_promptly() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start();
+    let smtp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut spate = Spate::start(dir.path(), &config(dir.path(), smtp, sink.addr, ""), smtp);
+    let mut c = Client::connect(smtp);
+    c.cmd("EHLO client.test");
+    let start = std::time::Instant::now();
+    assert_eq!(spate.terminate(), Some(0), "log:\n{}", spate.log_text());
+    assert!(start.elapsed() < Duration::from_secs(30));
+}

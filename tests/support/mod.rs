@@ -1,0 +1,5 @@
+//! Shared test fixtures.
+#![allow(dead_code)] // reason: each test binary uses a different subset
+
+pub mod sink;
+pub mod spate_proc;

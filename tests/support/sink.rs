@@ -1,0 +1,174 @@
+//! A small SMTP sink for integration tests, on std threads.
+//!
+//! Records every message with the client's address and EHLO name. Replies
+//! by recipient local part: `permfail+...` gets 550 5.1.1, `tempfail+...`
+//! 451 4.3.0 every time, `tempfail-once+...` 451 4.3.0 on the first attempt
+//! only. It uses spate's own sans-IO server session, so the tests exercise
+//! real SMTP on real sockets (our client against our server).
+
+#![allow(dead_code)] // reason: each test binary uses a different subset
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use spate::smtp::address::ForwardPath;
+use spate::smtp::reply::Reply;
+use spate::smtp::server::{ServerConfig, ServerEvent, ServerSession};
+
+/// One message as the sink saw it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub peer: IpAddr,
+    pub helo: String,
+    pub mail_from: String,
+    pub rcpts: Vec<String>,
+    pub data: Vec<u8>,
+}
+
+#[derive(Default)]
+struct State {
+    messages: Vec<Received>,
+    connections: usize,
+    seen_once: HashSet<String>,
+}
+
+/// A running sink; stops when dropped.
+pub struct Sink {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Sink {
+    pub fn start() -> Sink {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind sink");
+        let addr = listener.local_addr().expect("sink addr");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let state = Arc::new(Mutex::new(State::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (st, sp) = (state.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !sp.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, peer)) => {
+                        let st = st.clone();
+                        st.lock().unwrap().connections += 1;
+                        std::thread::spawn(move || serve(stream, peer, st));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Sink { addr, state, stop }
+    }
+
+    pub fn messages(&self) -> Vec<Received> {
+        self.state.lock().unwrap().messages.clone()
+    }
+
+    pub fn connections(&self) -> usize {
+        self.state.lock().unwrap().connections
+    }
+
+    /// Waits until `n` messages arrived (or the timeout).
+    pub fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
+        let end = Instant::now() + timeout;
+        loop {
+            let m = self.messages();
+            if m.len() >= n || Instant::now() > end {
+                return m;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn serve(mut stream: TcpStream, peer: SocketAddr, state: Arc<Mutex<State>>) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut session = ServerSession::new(ServerConfig::new("sink.test"));
+    let mut buf = Vec::new();
+    let mut data = Vec::new();
+    let mut tmp = [0u8; 16 * 1024];
+    let _ = stream.write_all(&session.take_output());
+    loop {
+        let mut offset = 0;
+        loop {
+            let Ok(step) = session.receive(&buf[offset..]) else {
+                return;
+            };
+            offset += step.consumed;
+            let Some(event) = step.event else { break };
+            match event {
+                ServerEvent::RcptTo(r) => {
+                    let local = match &r.forward_path {
+                        ForwardPath::Mailbox(m) => m.local_part.clone(),
+                        ForwardPath::Postmaster => String::new(),
+                    };
+                    let full = r.forward_path.to_string();
+                    let reply = if local.starts_with("permfail+") {
+                        Some(Reply::with_status(550, (5, 1, 1), "no such user"))
+                    } else if local.starts_with("tempfail+") {
+                        Some(Reply::with_status(451, (4, 3, 0), "try again later"))
+                    } else if local.starts_with("tempfail-once+") {
+                        let first = state.lock().unwrap().seen_once.insert(full);
+                        first.then(|| Reply::with_status(451, (4, 3, 0), "try again later"))
+                    } else {
+                        None
+                    };
+                    let _ = match reply {
+                        Some(r) => session.reject(r),
+                        None => session.accept(),
+                    };
+                }
+                ServerEvent::Helo { .. } | ServerEvent::MailFrom(_) | ServerEvent::Auth(_) => {
+                    let _ = session.accept();
+                }
+                ServerEvent::DataStart => data.clear(),
+                ServerEvent::Data(chunk) => data.extend_from_slice(chunk),
+                ServerEvent::MessageComplete => {
+                    let rcpts = session
+                        .recipients()
+                        .iter()
+                        .map(|r| r.forward_path.to_string())
+                        .collect();
+                    let mail_from = session
+                        .mail_from()
+                        .map(|m| m.reverse_path.to_string())
+                        .unwrap_or_default();
+                    state.lock().unwrap().messages.push(Received {
+                        peer: peer.ip(),
+                        helo: session.helo_name().unwrap_or("").to_string(),
+                        mail_from,
+                        rcpts,
+                        data: std::mem::take(&mut data),
+                    });
+                    let _ = session.accept();
+                }
+                ServerEvent::Quit | ServerEvent::Shutdown(_) => {
+                    let _ = stream.write_all(&session.take_output());
+                    return;
+                }
+                _ => {}
+            }
+        }
+        buf.drain(..offset);
+        let out = session.take_output();
+        if !out.is_empty() && stream.write_all(&out).is_err() {
+            return;
+        }
+        match stream.read(&mut tmp) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+        }
+    }
+}
