@@ -552,3 +552,58 @@ fn an_append_abandoned_before_its_commit_is_not_delivered_after_restart() {
         "the abandoned message is on disk, finished"
     );
 }
+
+#[test]
+fn finished_segments_that_refer_to_each_other_are_both_reclaimed() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = options(dir.path(), 64 * 1024);
+    let rec = recover(&opts, 2).unwrap();
+    rt().block_on(async {
+        let s0 = Spool::open(rec.shared.clone(), 0).unwrap();
+        let s1 = Spool::open(rec.shared.clone(), 1).unwrap();
+        let m0 = append(&s0, 0, 1000, 1).await;
+        let m1 = append(&s1, 1, 1000, 1).await;
+        // Each shard finishes the other's message: the state records point across.
+        s1.record_states(&m0, &[(0, RecipientState::Delivered)], "")
+            .await
+            .unwrap();
+        s0.record_states(&m1, &[(0, RecipientState::Delivered)], "")
+            .await
+            .unwrap();
+        let first0 = m0.segment();
+        let first1 = m1.segment();
+        // Several rounds of traffic (finished at once) seal segments; reclaim each round.
+        let mut deleted = Vec::new();
+        for round in 0..4 {
+            for i in 0..25 {
+                for s in [&s0, &s1] {
+                    let m = append(s, 100 * round + i, 3000, 1).await;
+                    s.record_states(&m, &[(0, RecipientState::Delivered)], "")
+                        .await
+                        .unwrap();
+                }
+            }
+            deleted.extend(s0.reclaim().await.unwrap().deleted);
+            deleted.extend(s1.reclaim().await.unwrap().deleted);
+        }
+        assert!(
+            deleted.contains(&first0) && deleted.contains(&first1),
+            "{deleted:?}"
+        );
+        s0.close().await;
+        s1.close().await;
+    });
+    drop(rec);
+    let rec = recover(&opts, 2).unwrap();
+    assert!(
+        rec.messages.is_empty(),
+        "{} messages came back",
+        rec.messages.len()
+    );
+    // Only the segments current at shutdown and a bounded tail remain.
+    assert!(
+        rec.report.segments <= 8,
+        "{} segments left",
+        rec.report.segments
+    );
+}

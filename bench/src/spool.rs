@@ -38,6 +38,9 @@ pub struct SpoolArgs {
     /// Skip the fsync-per-message comparison.
     #[arg(long)]
     pub skip_each: bool,
+    /// Also run with sync off (the CPU ceiling of the append path).
+    #[arg(long)]
+    pub with_none: bool,
     /// Queued messages for the recovery measurement (0 skips it).
     #[arg(long, default_value_t = 1_000_000)]
     pub recovery_messages: u64,
@@ -77,6 +80,9 @@ pub fn run(args: SpoolArgs) -> anyhow::Result<()> {
     let mut modes = vec![(SyncMode::Group, "group")];
     if !args.skip_each {
         modes.push((SyncMode::EachRecord, "each"));
+    }
+    if args.with_none {
+        modes.push((SyncMode::None, "none"));
     }
     for &(mode, name) in &modes {
         for &size in &args.sizes {

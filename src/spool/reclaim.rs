@@ -6,7 +6,7 @@
 //! "delivered" record for one recipient of a message in another segment S
 //! that still exists must survive, or that recipient would be delivered again
 //! after a restart. So before deleting T we **carry forward** the latest state
-//! record per (message, recipient) whose home segment still exists, byte for
+//! record per (message, recipient, home) whose home segment still exists, byte for
 //! byte (same sequence number, so "last state wins" is unaffected), into the
 //! current segment, wait for that commit, then unlink T and fsync the
 //! directory. Records whose home is gone are dropped. Two finished segments
@@ -76,7 +76,9 @@ impl Spool {
 fn carry_forward(shared: &SpoolShared, seg: &SegmentShared) -> (Vec<u8>, u64) {
     let bytes = seg.bytes();
     let mut exists: HashMap<SegmentId, bool> = HashMap::new();
-    let mut latest: HashMap<(u64, u32), (u64, usize, usize)> = HashMap::new();
+    // Keyed by home too: tombstones for two older copies of one message (in
+    // different segments) must both survive while their segments exist.
+    let mut latest: HashMap<(u64, u32, SegmentId), (u64, usize, usize)> = HashMap::new();
     scan_records(bytes, |off, raw| {
         if raw.kind != KIND_STATE {
             return;
@@ -93,10 +95,9 @@ fn carry_forward(shared: &SpoolShared, seg: &SegmentShared) -> (Vec<u8>, u64) {
         if !alive {
             return;
         }
-        let e =
-            latest
-                .entry((rec.message.0, rec.recipient))
-                .or_insert((raw.seq, off, raw.stored_len));
+        let e = latest
+            .entry((rec.message.0, rec.recipient, rec.home))
+            .or_insert((raw.seq, off, raw.stored_len));
         if raw.seq >= e.0 {
             *e = (raw.seq, off, raw.stored_len);
         }

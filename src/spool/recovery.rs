@@ -68,6 +68,27 @@ pub struct Recovery {
     pub report: RecoveryReport,
 }
 
+/// Bound on recovery scanning threads.
+pub const RECOVERY_THREADS_MAX: usize = 8;
+
+/// What one recovery thread produced.
+#[derive(Debug, Default)]
+struct ScanPart {
+    segs: Vec<(usize, Arc<SegmentShared>)>,
+    collector: Collector,
+    report: RecoveryReport,
+}
+
+impl RecoveryReport {
+    fn absorb(&mut self, o: RecoveryReport) {
+        self.records += o.records;
+        self.bytes_scanned += o.bytes_scanned;
+        self.torn_tails.extend(o.torn_tails);
+        self.corrupt.extend(o.corrupt);
+        self.skipped_files.extend(o.skipped_files);
+    }
+}
+
 /// One copy of a message found while scanning.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CopyAcc {
@@ -147,6 +168,15 @@ impl Collector {
             }
             _ => {}
         })
+    }
+
+    fn absorb(&mut self, o: Collector) {
+        self.copies.extend(o.copies);
+        self.states.extend(o.states);
+        for (id, seq) in o.tombs {
+            let t = self.tombs.entry(id).or_insert(seq);
+            *t = (*t).max(seq);
+        }
     }
 
     pub fn max_seq(&self) -> u64 {
@@ -250,15 +280,52 @@ pub fn recover(options: &SpoolOptions, shards: u16) -> Result<Recovery, SpoolErr
         }
     }
 
-    let mut segs: Vec<Arc<SegmentShared>> = Vec::new();
+    // Scan segments on up to one thread per core (CRC and page faults
+    // dominate); each thread keeps its own collector, merged afterwards.
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, RECOVERY_THREADS_MAX)
+        .min(files.len().max(1));
+    let parts: Vec<ScanPart> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let files = &files;
+                scope.spawn(move || {
+                    let mut part = ScanPart::default();
+                    for (index, (id, path)) in files.iter().enumerate().skip(t).step_by(threads) {
+                        let r = open_segment(
+                            *id,
+                            path,
+                            &mut part.collector,
+                            index as u32,
+                            &mut part.report,
+                        );
+                        match r {
+                            Ok(seg) => part.segs.push((index, Arc::new(seg))),
+                            Err(why) => part.report.skipped_files.push((path.clone(), why)),
+                        }
+                    }
+                    part
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    let mut segs: Vec<Option<Arc<SegmentShared>>> = vec![None; files.len()];
     let mut collector = Collector::default();
-    for (id, path) in files {
-        match open_segment(id, &path, &mut collector, segs.len() as u32, &mut report) {
-            Ok(seg) => segs.push(Arc::new(seg)),
-            Err(why) => report.skipped_files.push((path, why)),
+    for part in parts {
+        for (index, seg) in part.segs {
+            if let Some(slot) = segs.get_mut(index) {
+                *slot = Some(seg);
+            }
         }
+        collector.absorb(part.collector);
+        report.absorb(part.report);
     }
-    report.segments = segs.len();
+    report.segments = segs.iter().flatten().count();
     let max_seq = collector.max_seq();
 
     let mut messages = Vec::new();
@@ -273,7 +340,7 @@ pub fn recover(options: &SpoolOptions, shards: u16) -> Result<Recovery, SpoolErr
                 .map(|(i, s)| (i as u32, *s))
                 .collect()
         };
-        let Some(seg) = segs.get(m.copy.seg as usize) else {
+        let Some(Some(seg)) = segs.get(m.copy.seg as usize) else {
             return;
         };
         if live.is_empty() {
@@ -302,7 +369,7 @@ pub fn recover(options: &SpoolOptions, shards: u16) -> Result<Recovery, SpoolErr
         options: options.clone(),
         shards,
         seq: AtomicU64::new(max_seq + 1),
-        segments: Mutex::new(segs.into_iter().map(|s| (s.id, s)).collect()),
+        segments: Mutex::new(segs.into_iter().flatten().map(|s| (s.id, s)).collect()),
         next_number: next_number.into_iter().map(AtomicU32::new).collect(),
         _lock: Some(lock),
     });

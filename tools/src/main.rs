@@ -62,6 +62,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(&cli) {
         Ok(code) => code,
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            // Output piped into `head` and closed: not an error.
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("spate-spool: {e:#}");
             ExitCode::from(2)
