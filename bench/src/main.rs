@@ -1,5 +1,47 @@
 //! `spate-bench`: load generator, scriptable sink, test DNS server and benchmark scenarios.
 
-fn main() {
-    println!("usage: spate-bench sink|inject|dns|relay ...");
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "spate-bench", version, about = "Load generator, SMTP sink, test DNS server and benchmarks for spate")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// SMTP sink replying per a script, counting what it accepts.
+    Sink(spate_bench::sink::SinkArgs),
+    /// SMTP injector: N messages over C connections.
+    Inject(spate_bench::inject::InjectArgs),
+    /// Authoritative test DNS server (UDP and TCP) from a zone file.
+    Dns(spate_bench::dns::DnsArgs),
+    /// Scenario runner: dns + sink + spate (and Postfix / raw) + injector.
+    Relay(spate_bench::relay::RelayArgs),
+    // ---- INTEGRATOR: wire these once bench/src/{spool,shaper,dkim}.rs land ----
+    // (each file exposes `#[derive(clap::Args)] pub struct XxxArgs` and
+    //  `pub fn run(args: XxxArgs) -> anyhow::Result<()>`; add `pub mod spool;
+    //  pub mod shaper; pub mod dkim;` to bench/src/lib.rs, then uncomment:)
+    // /// Spool benchmark.
+    // Spool(spate_bench::spool::SpoolArgs),
+    // /// Rate shaper benchmark.
+    // Shaper(spate_bench::shaper::ShaperArgs),
+    // /// DKIM signing benchmark.
+    // Dkim(spate_bench::dkim::DkimArgs),
+    // ---- end INTEGRATOR ----
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Sink(args) => spate_bench::sink::run(args),
+        Command::Inject(args) => spate_bench::inject::run(args),
+        Command::Dns(args) => spate_bench::dns::run(args),
+        Command::Relay(args) => spate_bench::relay::run(args),
+        // INTEGRATOR: uncomment with the enum variants above.
+        // Command::Spool(args) => spate_bench::spool::run(args),
+        // Command::Shaper(args) => spate_bench::shaper::run(args),
+        // Command::Dkim(args) => spate_bench::dkim::run(args),
+    }
 }
