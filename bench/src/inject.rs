@@ -99,7 +99,8 @@ pub struct InjectReport {
 struct Shared {
     config: InjectConfig,
     next: AtomicU64,
-    returned: AtomicU64,
+    /// Messages put back (never reached MAIL); at most one per connection slot.
+    returned: Mutex<Vec<u64>>,
     done: AtomicU64,
     started: Instant,
     totals: Mutex<Totals>,
@@ -114,19 +115,15 @@ struct Totals {
 impl Shared {
     /// Claims the next message number, or None when all are claimed.
     fn claim(&self) -> Option<u64> {
-        let mut returned = self.returned.load(Ordering::SeqCst);
-        while returned > 0 {
-            match self.returned.compare_exchange(returned, returned - 1, Ordering::SeqCst, Ordering::SeqCst) {
-                Ok(_) => return Some(self.config.messages + returned), // any unique number will do
-                Err(r) => returned = r,
-            }
+        if let Some(seq) = self.returned.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop() {
+            return Some(seq);
         }
         let n = self.next.fetch_add(1, Ordering::SeqCst);
         (n < self.config.messages).then_some(n)
     }
 
-    fn give_back(&self) {
-        self.returned.fetch_add(1, Ordering::SeqCst);
+    fn give_back(&self, seq: u64) {
+        self.returned.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(seq);
     }
 
     fn outcome(&self, result: Result<(), String>) {
@@ -180,7 +177,7 @@ pub fn run_inject(config: InjectConfig) -> anyhow::Result<InjectReport> {
     let threads = config.threads.clamp(1, 64).min(usize::try_from(config.connections).unwrap_or(1));
     let shared = Arc::new(Shared {
         next: AtomicU64::new(0),
-        returned: AtomicU64::new(0),
+        returned: Mutex::new(Vec::new()),
         done: AtomicU64::new(0),
         started: Instant::now(),
         totals: Mutex::new(Totals { report: InjectReport::default(), ack: report::new_histogram() }),
@@ -234,10 +231,7 @@ pub fn run_inject(config: InjectConfig) -> anyhow::Result<InjectReport> {
 
 /// One connection slot: connect, send up to M messages, QUIT, repeat.
 async fn connection_loop(shared: &Shared) {
-    let mut seq_buf = Vec::new();
     while let Some(first) = shared.claim() {
-        seq_buf.clear();
-        seq_buf.push(first);
         let conn = Connection::open(shared).await;
         let mut conn = match conn {
             Ok(c) => c,
@@ -255,7 +249,7 @@ async fn connection_loop(shared: &Shared) {
                 Step::Done(result) => shared.outcome(result),
                 Step::Broken { reason, before_mail } => {
                     if before_mail && sent_on_connection > 0 {
-                        shared.give_back();
+                        shared.give_back(seq);
                     } else {
                         shared.outcome(Err(reason));
                     }
