@@ -74,7 +74,10 @@ impl Zone {
                 ["$NEGTTL", n] => zone.negative_ttl_s = n.parse().with_context(ctx)?,
                 [name, rest @ ..] => {
                     let record = parse_record(name, rest, default_ttl_s, line).with_context(ctx)?;
-                    zone.records.entry(record.name.clone()).or_default().push(record);
+                    zone.records
+                        .entry(record.name.clone())
+                        .or_default()
+                        .push(record);
                 }
                 [] => {}
             }
@@ -161,7 +164,12 @@ fn parse_name(text: &str) -> anyhow::Result<Name> {
     Name::from_ascii(&fqdn).with_context(|| format!("bad domain name {text:?}"))
 }
 
-fn parse_record(name: &str, rest: &[&str], default_ttl_s: u32, line: &str) -> anyhow::Result<Record> {
+fn parse_record(
+    name: &str,
+    rest: &[&str],
+    default_ttl_s: u32,
+    line: &str,
+) -> anyhow::Result<Record> {
     let owner = parse_name(name)?;
     let (ttl_s, rest) = match rest.first().map(|f| f.parse::<u32>()) {
         Some(Ok(ttl)) => (ttl, rest.get(1..).unwrap_or_default()),
@@ -173,7 +181,11 @@ fn parse_record(name: &str, rest: &[&str], default_ttl_s: u32, line: &str) -> an
     let rdata = match (rtype.to_ascii_uppercase().as_str(), data) {
         ("MX", [pref, exchange]) => {
             let preference = pref.parse::<u16>().context("bad MX preference")?;
-            let exchange = if *exchange == "." { Name::root() } else { parse_name(exchange)? };
+            let exchange = if *exchange == "." {
+                Name::root()
+            } else {
+                parse_name(exchange)?
+            };
             RData::MX(MX::new(preference, exchange))
         }
         ("A", [ip]) => RData::A(A(Ipv4Addr::from_str(ip).context("bad IPv4 address")?)),
@@ -267,7 +279,11 @@ pub fn spawn(listen: SocketAddr, zone: Zone) -> anyhow::Result<DnsHandle> {
             .name("bench-dns-tcp".into())
             .spawn(move || serve_tcp(&tcp, &zone, &stop))?
     };
-    Ok(DnsHandle { addr, stop, threads: vec![udp_thread, tcp_thread] })
+    Ok(DnsHandle {
+        addr,
+        stop,
+        threads: vec![udp_thread, tcp_thread],
+    })
 }
 
 fn bind_pair(listen: SocketAddr) -> anyhow::Result<(UdpSocket, TcpListener)> {
@@ -294,7 +310,9 @@ fn respond(zone: &Zone, request: &[u8]) -> Option<Vec<u8>> {
         Err(_) => {
             // Echo FORMERR when at least the id is readable.
             let id = u16::from_be_bytes([*request.first()?, *request.get(1)?]);
-            return Message::error_msg(id, OpCode::Query, ResponseCode::FormErr).to_vec().ok();
+            return Message::error_msg(id, OpCode::Query, ResponseCode::FormErr)
+                .to_vec()
+                .ok();
         }
     };
     zone.answer(&query).to_vec().ok()
@@ -303,8 +321,12 @@ fn respond(zone: &Zone, request: &[u8]) -> Option<Vec<u8>> {
 fn serve_udp(socket: &UdpSocket, zone: &Zone, stop: &AtomicBool) {
     let mut buf = vec![0u8; DNS_MESSAGE_BYTES_MAX];
     while !stop.load(Ordering::SeqCst) {
-        let Ok((len, peer)) = socket.recv_from(&mut buf) else { continue };
-        let Some(request) = buf.get(..len) else { continue };
+        let Ok((len, peer)) = socket.recv_from(&mut buf) else {
+            continue;
+        };
+        let Some(request) = buf.get(..len) else {
+            continue;
+        };
         if let Some(mut reply) = respond(zone, request) {
             if reply.len() > 512 {
                 // Classic UDP limit: truncate and let the client retry over TCP.

@@ -115,7 +115,12 @@ struct Totals {
 impl Shared {
     /// Claims the next message number, or None when all are claimed.
     fn claim(&self) -> Option<u64> {
-        if let Some(seq) = self.returned.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop() {
+        if let Some(seq) = self
+            .returned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop()
+        {
             return Some(seq);
         }
         let n = self.next.fetch_add(1, Ordering::SeqCst);
@@ -123,22 +128,29 @@ impl Shared {
     }
 
     fn give_back(&self, seq: u64) {
-        self.returned.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(seq);
+        self.returned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(seq);
     }
 
     fn outcome(&self, result: Result<(), String>) {
         {
-            let mut t = self.totals.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut t = self
+                .totals
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             match result {
                 Ok(()) => t.report.accepted += 1,
                 Err(reason) => {
                     t.report.failed += 1;
                     let kinds = t.report.failures.len();
-                    let key = if kinds >= FAILURE_KINDS_MAX && !t.report.failures.contains_key(&reason) {
-                        "(other)".to_owned()
-                    } else {
-                        reason
-                    };
+                    let key =
+                        if kinds >= FAILURE_KINDS_MAX && !t.report.failures.contains_key(&reason) {
+                            "(other)".to_owned()
+                        } else {
+                            reason
+                        };
                     *t.report.failures.entry(key).or_default() += 1;
                 }
             }
@@ -164,7 +176,9 @@ impl Shared {
 pub fn run_inject(config: InjectConfig) -> anyhow::Result<InjectReport> {
     anyhow::ensure!(config.connections > 0, "--connections must be > 0");
     anyhow::ensure!(config.per_connection > 0, "--per-connection must be > 0");
-    anyhow::ensure!(!config.sizes.is_empty() && !config.domains.is_empty() && !config.locals.is_empty());
+    anyhow::ensure!(
+        !config.sizes.is_empty() && !config.domains.is_empty() && !config.locals.is_empty()
+    );
     anyhow::ensure!(config.rate.is_none_or(|r| r > 0.0), "--rate must be > 0");
     let progress = (config.progress && std::io::stderr().is_terminal()).then(|| {
         let bar = indicatif::ProgressBar::new(config.messages);
@@ -174,13 +188,19 @@ pub fn run_inject(config: InjectConfig) -> anyhow::Result<InjectReport> {
         );
         bar
     });
-    let threads = config.threads.clamp(1, 64).min(usize::try_from(config.connections).unwrap_or(1));
+    let threads = config
+        .threads
+        .clamp(1, 64)
+        .min(usize::try_from(config.connections).unwrap_or(1));
     let shared = Arc::new(Shared {
         next: AtomicU64::new(0),
         returned: Mutex::new(Vec::new()),
         done: AtomicU64::new(0),
         started: Instant::now(),
-        totals: Mutex::new(Totals { report: InjectReport::default(), ack: report::new_histogram() }),
+        totals: Mutex::new(Totals {
+            report: InjectReport::default(),
+            ack: report::new_histogram(),
+        }),
         progress,
         config,
     });
@@ -190,34 +210,49 @@ pub fn run_inject(config: InjectConfig) -> anyhow::Result<InjectReport> {
         let shared = shared.clone();
         let conns = shared.config.connections;
         let mine = conns / threads as u64 + u64::from((t as u64) < conns % threads as u64);
-        workers.push(std::thread::Builder::new().name(format!("bench-inject-{t}")).spawn(move || {
-            let rt = compio::runtime::Runtime::new().context("injector: starting compio runtime")?;
-            rt.block_on(async {
-                let tasks: Vec<_> = (0..mine)
-                    .map(|_| {
-                        let shared = shared.clone();
-                        compio::runtime::spawn(async move { connection_loop(&shared).await })
-                    })
-                    .collect();
-                for task in tasks {
-                    let _ = task.await;
-                }
-            });
-            anyhow::Ok(())
-        })?);
+        workers.push(
+            std::thread::Builder::new()
+                .name(format!("bench-inject-{t}"))
+                .spawn(move || {
+                    let rt = compio::runtime::Runtime::new()
+                        .context("injector: starting compio runtime")?;
+                    rt.block_on(async {
+                        let tasks: Vec<_> = (0..mine)
+                            .map(|_| {
+                                let shared = shared.clone();
+                                compio::runtime::spawn(
+                                    async move { connection_loop(&shared).await },
+                                )
+                            })
+                            .collect();
+                        for task in tasks {
+                            let _ = task.await;
+                        }
+                    });
+                    anyhow::Ok(())
+                })?,
+        );
     }
     for w in workers {
-        w.join().map_err(|_| anyhow::anyhow!("injector thread panicked"))??;
+        w.join()
+            .map_err(|_| anyhow::anyhow!("injector thread panicked"))??;
     }
     if let Some(bar) = &shared.progress {
         bar.finish_and_clear();
     }
     let elapsed = shared.started.elapsed().as_secs_f64();
-    let t = shared.totals.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let t = shared
+        .totals
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut report = t.report.clone();
     report.messages = report.accepted + report.failed;
     report.elapsed_s = elapsed;
-    report.messages_per_s = if elapsed > 0.0 { report.accepted as f64 / elapsed } else { 0.0 };
+    report.messages_per_s = if elapsed > 0.0 {
+        report.accepted as f64 / elapsed
+    } else {
+        0.0
+    };
     report.ack_latency = report::percentiles(&t.ack);
     report.first_send_unix_us = first_send_unix_us;
     anyhow::ensure!(
@@ -247,7 +282,10 @@ async fn connection_loop(shared: &Shared) {
             shared.pace(seq).await;
             match conn.send_message(shared, seq).await {
                 Step::Done(result) => shared.outcome(result),
-                Step::Broken { reason, before_mail } => {
+                Step::Broken {
+                    reason,
+                    before_mail,
+                } => {
                     if before_mail && sent_on_connection > 0 {
                         shared.give_back(seq);
                     } else {
@@ -292,26 +330,44 @@ impl Connection {
                     compio::net::TcpSocket::new_v6().await
                 }
                 .map_err(|e| format!("socket: {e}"))?;
-                socket.bind(SocketAddr::new(ip, 0)).await.map_err(|e| format!("bind {ip}: {e}"))?;
+                socket
+                    .bind(SocketAddr::new(ip, 0))
+                    .await
+                    .map_err(|e| format!("bind {ip}: {e}"))?;
                 socket.connect(cfg.to).await
             }
             None => compio::net::TcpStream::connect(cfg.to).await,
         }
         .map_err(|e| format!("connect {}: {}", cfg.to, e.kind()))?;
         let _ = stream.set_nodelay(true);
-        shared.totals.lock().unwrap_or_else(std::sync::PoisonError::into_inner).report.connections_opened += 1;
-        let mut conn =
-            Connection { stream, buf: Vec::new(), rbuf: Vec::with_capacity(16 * 1024), pipelining: false, broken: false, body: Vec::new() };
+        shared
+            .totals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .report
+            .connections_opened += 1;
+        let mut conn = Connection {
+            stream,
+            buf: Vec::new(),
+            rbuf: Vec::with_capacity(16 * 1024),
+            pipelining: false,
+            broken: false,
+            body: Vec::new(),
+        };
         let greeting = conn.reply().await?;
         if !greeting.starts_with('2') {
             return Err(greeting);
         }
-        conn.write(format!("EHLO {}\r\n", cfg.ehlo).into_bytes()).await?;
+        conn.write(format!("EHLO {}\r\n", cfg.ehlo).into_bytes())
+            .await?;
         let ehlo = conn.reply().await?;
         if !ehlo.starts_with('2') {
             return Err(ehlo);
         }
-        conn.pipelining = ehlo.lines().any(|l| l.get(4..).is_some_and(|k| k.eq_ignore_ascii_case("PIPELINING")));
+        conn.pipelining = ehlo.lines().any(|l| {
+            l.get(4..)
+                .is_some_and(|k| k.eq_ignore_ascii_case("PIPELINING"))
+        });
         Ok(conn)
     }
 
@@ -335,14 +391,17 @@ impl Connection {
             let mut rbuf = std::mem::take(&mut self.rbuf);
             rbuf.clear();
             let left = deadline.saturating_duration_since(Instant::now());
-            let BufResult(res, back) = match compio::time::timeout(left, self.stream.read(rbuf)).await {
-                Ok(r) => r,
-                Err(_) => return Err("timeout waiting for reply".into()),
-            };
+            let BufResult(res, back) =
+                match compio::time::timeout(left, self.stream.read(rbuf)).await {
+                    Ok(r) => r,
+                    Err(_) => return Err("timeout waiting for reply".into()),
+                };
             self.rbuf = back;
             match res {
                 Ok(0) => return Err("connection closed by server".into()),
-                Ok(n) => self.buf.extend_from_slice(self.rbuf.get(..n).unwrap_or_default()),
+                Ok(n) => self
+                    .buf
+                    .extend_from_slice(self.rbuf.get(..n).unwrap_or_default()),
                 Err(e) => return Err(format!("read: {}", e.kind())),
             }
         }
@@ -350,20 +409,41 @@ impl Connection {
 
     async fn send_message(&mut self, shared: &Shared, seq: u64) -> Step {
         let cfg = &shared.config;
-        let pick = |list: &[String]| list.get((seq % list.len() as u64) as usize).cloned().unwrap_or_default();
+        let pick = |list: &[String]| {
+            list.get((seq % list.len() as u64) as usize)
+                .cloned()
+                .unwrap_or_default()
+        };
         let rcpt = format!("{}{}@{}", pick(&cfg.locals), seq, pick(&cfg.domains));
-        let size = cfg.sizes.get((seq % cfg.sizes.len() as u64) as usize).copied().unwrap_or(2048);
+        let size = cfg
+            .sizes
+            .get((seq % cfg.sizes.len() as u64) as usize)
+            .copied()
+            .unwrap_or(2048);
         let envelope = format!("MAIL FROM:<{}>\r\nRCPT TO:<{}>\r\nDATA\r\n", cfg.from, rcpt);
         let replies = if self.pipelining {
             if let Err(reason) = self.write(envelope.into_bytes()).await {
-                return Step::Broken { reason, before_mail: true };
+                return Step::Broken {
+                    reason,
+                    before_mail: true,
+                };
             }
             let mut replies = Vec::with_capacity(3);
             for i in 0..3 {
                 match self.reply().await {
-                    Ok(r) if r.starts_with("421") => return Step::Broken { reason: r, before_mail: false },
+                    Ok(r) if r.starts_with("421") => {
+                        return Step::Broken {
+                            reason: r,
+                            before_mail: false,
+                        };
+                    }
                     Ok(r) => replies.push(r),
-                    Err(reason) => return Step::Broken { reason, before_mail: i == 0 },
+                    Err(reason) => {
+                        return Step::Broken {
+                            reason,
+                            before_mail: i == 0,
+                        };
+                    }
                 }
             }
             replies
@@ -371,7 +451,10 @@ impl Connection {
             let mut replies = Vec::with_capacity(3);
             for (i, line) in envelope.split_inclusive("\r\n").enumerate() {
                 if let Err(reason) = self.write(line.as_bytes().to_vec()).await {
-                    return Step::Broken { reason, before_mail: i == 0 };
+                    return Step::Broken {
+                        reason,
+                        before_mail: i == 0,
+                    };
                 }
                 match self.reply().await {
                     Ok(r) => {
@@ -381,17 +464,31 @@ impl Connection {
                             break;
                         }
                     }
-                    Err(reason) => return Step::Broken { reason, before_mail: i == 0 },
+                    Err(reason) => {
+                        return Step::Broken {
+                            reason,
+                            before_mail: i == 0,
+                        };
+                    }
                 }
             }
             replies
         };
-        let failure = replies.iter().take(2).find(|r| !r.starts_with('2')).cloned();
+        let failure = replies
+            .iter()
+            .take(2)
+            .find(|r| !r.starts_with('2'))
+            .cloned();
         let data_ok = replies.get(2).is_some_and(|r| r.starts_with("354"));
         if !data_ok {
-            let reason = failure.or_else(|| replies.get(2).cloned()).unwrap_or_else(|| "no DATA reply".into());
+            let reason = failure
+                .or_else(|| replies.get(2).cloned())
+                .unwrap_or_else(|| "no DATA reply".into());
             if reason.starts_with("421") {
-                return Step::Broken { reason, before_mail: false };
+                return Step::Broken {
+                    reason,
+                    before_mail: false,
+                };
             }
             let _ = self.rset().await;
             return Step::Done(Err(reason));
@@ -407,19 +504,32 @@ impl Connection {
         let sent_at = Instant::now();
         let body = match self.write(body).await {
             Ok(b) => b,
-            Err(reason) => return Step::Broken { reason, before_mail: false },
+            Err(reason) => {
+                return Step::Broken {
+                    reason,
+                    before_mail: false,
+                };
+            }
         };
         self.body = body;
         let reply = match self.reply().await {
             Ok(r) => r,
-            Err(reason) => return Step::Broken { reason, before_mail: false },
+            Err(reason) => {
+                return Step::Broken {
+                    reason,
+                    before_mail: false,
+                };
+            }
         };
         let ack_us = u64::try_from(sent_at.elapsed().as_micros()).unwrap_or(u64::MAX);
         if let Some(reason) = failure {
             return Step::Done(Err(reason));
         }
         if reply.starts_with('2') {
-            let mut t = shared.totals.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut t = shared
+                .totals
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             report::record(&mut t.ack, ack_us);
             t.report.bytes_sent += body_len;
             Step::Done(Ok(()))
@@ -481,7 +591,8 @@ pub fn build_message(out: &mut Vec<u8>, cfg: &InjectConfig, rcpt: &str, seq: u64
     }
     out.extend_from_slice(b"\r\n");
     // Body lines of 76 letters; never starting with '.'.
-    const LINE: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwx\r\n";
+    const LINE: &[u8] =
+        b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwx\r\n";
     while out.len() + LINE.len() <= size {
         out.extend_from_slice(LINE);
     }
@@ -496,7 +607,9 @@ pub fn build_message(out: &mut Vec<u8>, cfg: &InjectConfig, rcpt: &str, seq: u64
 pub fn parse_size_dist(text: &str) -> anyhow::Result<Vec<usize>> {
     let mut sizes = Vec::new();
     for part in text.split(',') {
-        let (size, weight) = part.split_once(':').context("--size-dist entries are SIZE:WEIGHT")?;
+        let (size, weight) = part
+            .split_once(':')
+            .context("--size-dist entries are SIZE:WEIGHT")?;
         let size: usize = size.trim().parse().context("bad size in --size-dist")?;
         let weight: usize = weight.trim().parse().context("bad weight in --size-dist")?;
         anyhow::ensure!(weight <= 1000, "weight too large in --size-dist");
@@ -506,7 +619,9 @@ pub fn parse_size_dist(text: &str) -> anyhow::Result<Vec<usize>> {
     // Interleave so that short runs see the mix: stride through the list.
     let n = sizes.len();
     let stride = (1..n).rev().find(|s| gcd(*s, n) == 1).unwrap_or(1);
-    Ok((0..n).filter_map(|i| sizes.get((i * stride) % n).copied()).collect())
+    Ok((0..n)
+        .filter_map(|i| sizes.get((i * stride) % n).copied())
+        .collect())
 }
 
 fn gcd(a: usize, b: usize) -> usize {

@@ -45,15 +45,19 @@ pub fn stop_requested() -> bool {
 
 /// Starts a thread that waits for SIGINT/SIGTERM and sets the stop flag.
 pub fn install_signal_watch() -> anyhow::Result<()> {
-    std::thread::Builder::new().name("bench-signals".into()).spawn(|| {
-        let Ok(rt) = compio::runtime::Runtime::new() else { return };
-        rt.block_on(async {
-            let int = std::pin::pin!(compio::signal::unix::signal(libc::SIGINT));
-            let term = std::pin::pin!(compio::signal::unix::signal(libc::SIGTERM));
-            let _ = futures_util::future::select(int, term).await;
-        });
-        STOP_REQUESTED.store(true, Ordering::SeqCst);
-    })?;
+    std::thread::Builder::new()
+        .name("bench-signals".into())
+        .spawn(|| {
+            let Ok(rt) = compio::runtime::Runtime::new() else {
+                return;
+            };
+            rt.block_on(async {
+                let int = std::pin::pin!(compio::signal::unix::signal(libc::SIGINT));
+                let term = std::pin::pin!(compio::signal::unix::signal(libc::SIGTERM));
+                let _ = futures_util::future::select(int, term).await;
+            });
+            STOP_REQUESTED.store(true, Ordering::SeqCst);
+        })?;
     // Give the watcher a moment to register before the caller proceeds.
     std::thread::sleep(std::time::Duration::from_millis(20));
     Ok(())
@@ -91,6 +95,9 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     } else {
         (text, 1000)
     };
-    let n: u64 = num.trim().parse().map_err(|_| format!("bad duration {text:?}"))?;
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad duration {text:?}"))?;
     Ok(std::time::Duration::from_millis(n.saturating_mul(mult_ms)))
 }

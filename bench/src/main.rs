@@ -3,7 +3,11 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "spate-bench", version, about = "Load generator, SMTP sink, test DNS server and benchmarks for spate")]
+#[command(
+    name = "spate-bench",
+    version,
+    about = "Load generator, SMTP sink, test DNS server and benchmarks for spate"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -94,20 +94,32 @@ impl Drop for ChildGuard {
 
 /// A free TCP port on 127.0.0.1 (bound then released).
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn wait_listening(addr: SocketAddr, child: &mut ChildGuard, log: &Path) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_millis(MTA_START_TIMEOUT_MS);
     loop {
         if let Ok(Some(status)) = child.child.try_wait() {
-            bail!("{} exited during start-up ({status}); log {}:\n{}", child.name, log.display(), tail(log));
+            bail!(
+                "{} exited during start-up ({status}); log {}:\n{}",
+                child.name,
+                log.display(),
+                tail(log)
+            );
         }
         if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
             return Ok(());
         }
         if Instant::now() >= deadline || crate::stop_requested() {
-            bail!("{} did not listen on {addr} within {MTA_START_TIMEOUT_MS} ms; log {}:\n{}", child.name, log.display(), tail(log));
+            bail!(
+                "{} did not listen on {addr} within {MTA_START_TIMEOUT_MS} ms; log {}:\n{}",
+                child.name,
+                log.display(),
+                tail(log)
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -127,10 +139,20 @@ pub fn tree_cpu_s(root: u32) -> Option<f64> {
     let mut parents = std::collections::HashMap::new();
     let mut cpu = std::collections::HashMap::new();
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
         // Fields after the ")" closing the command name: state ppid ... utime(14) stime(15) cutime(16) cstime(17).
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
         let f: Vec<&str> = rest.split_whitespace().collect();
         let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
         let ppid = f.get(1).and_then(|v| v.parse::<u32>().ok()).unwrap_or(0);
@@ -170,7 +192,13 @@ fn inject_config(to: SocketAddr, load: &Load) -> InjectConfig {
 }
 
 /// Injects, then waits for the sink to hold every accepted message.
-fn inject_and_drain(name: &str, to: SocketAddr, sink: &SinkHandle, load: &Load, mta_pid: Option<u32>) -> anyhow::Result<LegResult> {
+fn inject_and_drain(
+    name: &str,
+    to: SocketAddr,
+    sink: &SinkHandle,
+    load: &Load,
+    mta_pid: Option<u32>,
+) -> anyhow::Result<LegResult> {
     let started = Instant::now();
     let inject: InjectReport = run_inject(inject_config(to, load))?;
     let drain = Duration::from_millis(DRAIN_TIMEOUT_MS_BASE + load.messages);
@@ -188,18 +216,27 @@ fn inject_and_drain(name: &str, to: SocketAddr, sink: &SinkHandle, load: &Load, 
         injected_ok: inject.accepted,
         delivered,
         elapsed_s: elapsed,
-        end_to_end_msgs_per_s: if elapsed > 0.0 { delivered as f64 / elapsed } else { 0.0 },
+        end_to_end_msgs_per_s: if elapsed > 0.0 {
+            delivered as f64 / elapsed
+        } else {
+            0.0
+        },
         injection_msgs_per_s: inject.messages_per_s,
         ack_latency: inject.ack_latency,
         e2e_latency: sink_report.e2e_latency,
         cpu_s,
-        cpu_ms_per_msg: cpu_s.filter(|_| delivered > 0).map(|c| c * 1000.0 / delivered as f64),
+        cpu_ms_per_msg: cpu_s
+            .filter(|_| delivered > 0)
+            .map(|c| c * 1000.0 / delivered as f64),
         peak_rss_kib: mta_pid.and_then(peak_rss_kib),
         injector_failures: inject.failures,
         error: None,
     };
     if !complete {
-        result.error = Some(format!("sink holds {delivered} of {} accepted messages after {drain:?}", inject.accepted));
+        result.error = Some(format!(
+            "sink holds {delivered} of {} accepted messages after {drain:?}",
+            inject.accepted
+        ));
     }
     Ok(result)
 }
@@ -216,7 +253,13 @@ pub fn run_raw(load: &Load) -> anyhow::Result<LegResult> {
 }
 
 /// Writes spate's configuration for one run.
-pub fn spate_config(dir: &Path, listen: SocketAddr, admin: SocketAddr, dns: SocketAddr, sink: SocketAddr) -> String {
+pub fn spate_config(
+    dir: &Path,
+    listen: SocketAddr,
+    admin: SocketAddr,
+    dns: SocketAddr,
+    sink: SocketAddr,
+) -> String {
     format!(
         r#"# generated by spate-bench relay
 hostname = "spate.bench.test"
@@ -258,12 +301,22 @@ smtp_hosts = ["{sink}"]
 }
 
 /// The spate leg.
-pub fn run_spate(load: &Load, spate_bin: &Path, config: Option<&Path>) -> anyhow::Result<LegResult> {
-    anyhow::ensure!(spate_bin.exists(), "spate binary {} not found (cargo build --release -p spate)", spate_bin.display());
+pub fn run_spate(
+    load: &Load,
+    spate_bin: &Path,
+    config: Option<&Path>,
+) -> anyhow::Result<LegResult> {
+    anyhow::ensure!(
+        spate_bin.exists(),
+        "spate binary {} not found (cargo build --release -p spate)",
+        spate_bin.display()
+    );
     let dir = tempfile::tempdir()?;
     let sink = start_sink()?;
     let sink_addr = *sink.addrs.first().context("sink has no address")?;
-    let zone = crate::dns::Zone::parse("example.test MX 10 sink.example.test\nsink.example.test A 127.0.0.1\n")?;
+    let zone = crate::dns::Zone::parse(
+        "example.test MX 10 sink.example.test\nsink.example.test A 127.0.0.1\n",
+    )?;
     let dns = crate::dns::spawn("127.0.0.1:0".parse()?, zone)?;
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
@@ -272,7 +325,10 @@ pub fn run_spate(load: &Load, spate_bin: &Path, config: Option<&Path>) -> anyhow
         None => {
             std::fs::write(dir.path().join("admin.token"), "spate-bench-token\n")?;
             let path = dir.path().join("spate.toml");
-            std::fs::write(&path, spate_config(dir.path(), listen, admin, dns.addr, sink_addr))?;
+            std::fs::write(
+                &path,
+                spate_config(dir.path(), listen, admin, dns.addr, sink_addr),
+            )?;
             path
         }
     };
@@ -285,7 +341,10 @@ pub fn run_spate(load: &Load, spate_bin: &Path, config: Option<&Path>) -> anyhow
         .stderr(std::fs::File::create(&log)?)
         .spawn()
         .with_context(|| format!("starting {}", spate_bin.display()))?;
-    let mut guard = ChildGuard { child, name: "spate".into() };
+    let mut guard = ChildGuard {
+        child,
+        name: "spate".into(),
+    };
     wait_listening(listen, &mut guard, &log).context("spate leg: spate did not start")?;
     let result = inject_and_drain("spate", listen, &sink, load, Some(guard.child.id()));
     guard.terminate(Duration::from_secs(30));
@@ -301,7 +360,12 @@ pub struct Postfix {
 
 impl Postfix {
     fn postfix(&self, action: &str) -> anyhow::Result<std::process::Output> {
-        Command::new("postfix").arg("-c").arg(&self.config_dir).arg(action).output().context("running postfix")
+        Command::new("postfix")
+            .arg("-c")
+            .arg(&self.config_dir)
+            .arg(action)
+            .output()
+            .context("running postfix")
     }
 
     fn master_pid(&self) -> Option<u32> {
@@ -324,7 +388,9 @@ pub fn ensure_postfix_installed() -> anyhow::Result<()> {
         return Ok(());
     }
     eprintln!("spate-bench relay: installing postfix (apt-get)");
-    let mut preseed = Command::new("debconf-set-selections").stdin(Stdio::piped()).spawn()?;
+    let mut preseed = Command::new("debconf-set-selections")
+        .stdin(Stdio::piped())
+        .spawn()?;
     if let Some(stdin) = preseed.stdin.as_mut() {
         use std::io::Write;
         stdin.write_all(b"postfix postfix/main_mailer_type select No configuration\npostfix postfix/mailname string bench.invalid\n")?;
@@ -334,7 +400,10 @@ pub fn ensure_postfix_installed() -> anyhow::Result<()> {
         .args(["install", "-y", "--no-install-recommends", "postfix"])
         .env("DEBIAN_FRONTEND", "noninteractive")
         .status()?;
-    anyhow::ensure!(status.success(), "apt-get install postfix failed ({status})");
+    anyhow::ensure!(
+        status.success(),
+        "apt-get install postfix failed ({status})"
+    );
     Ok(())
 }
 
@@ -364,7 +433,9 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 /// Configures and starts a private Postfix relaying to `sink`.
 pub fn start_postfix(sink: SocketAddr) -> anyhow::Result<Postfix> {
     ensure_postfix_installed()?;
-    let dir = tempfile::Builder::new().prefix("spate-bench-postfix").tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("spate-bench-postfix")
+        .tempdir()?;
     let config_dir = dir.path().join("etc");
     let queue = dir.path().join("queue");
     let data = dir.path().join("data");
@@ -408,7 +479,11 @@ smtp_dns_support_level = disabled
     std::fs::write(config_dir.join("main.cf"), main_cf)?;
     let master_cf = format!("{listen} inet n - n - - smtpd\n{POSTFIX_MASTER_CF}");
     std::fs::write(config_dir.join("master.cf"), master_cf)?;
-    let pf = Postfix { dir, listen, config_dir };
+    let pf = Postfix {
+        dir,
+        listen,
+        config_dir,
+    };
     let out = pf.postfix("start")?;
     anyhow::ensure!(
         out.status.success(),
@@ -418,7 +493,10 @@ smtp_dns_support_level = disabled
     );
     let deadline = Instant::now() + Duration::from_millis(MTA_START_TIMEOUT_MS);
     while std::net::TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_err() {
-        anyhow::ensure!(Instant::now() < deadline, "postfix did not listen on {listen}");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "postfix did not listen on {listen}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(pf)
@@ -469,7 +547,16 @@ pub struct RelayArgs {
 pub fn print_table(rows: &[LegResult]) {
     println!(
         "{:<22} {:>8} {:>9} {:>11} {:>11} {:>10} {:>10} {:>10} {:>9} {:>10}",
-        "leg", "msgs", "delivered", "e2e msg/s", "inject/s", "ack p50ms", "ack p99ms", "e2e p99ms", "cpu ms/m", "peak RSS"
+        "leg",
+        "msgs",
+        "delivered",
+        "e2e msg/s",
+        "inject/s",
+        "ack p50ms",
+        "ack p99ms",
+        "e2e p99ms",
+        "cpu ms/m",
+        "peak RSS"
     );
     for r in rows {
         let opt = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.3}"));
@@ -484,7 +571,8 @@ pub fn print_table(rows: &[LegResult]) {
             r.ack_latency.p99_us as f64 / 1000.0,
             r.e2e_latency.p99_us as f64 / 1000.0,
             opt(r.cpu_ms_per_msg),
-            r.peak_rss_kib.map_or("-".to_owned(), |k| format!("{} MiB", k / 1024)),
+            r.peak_rss_kib
+                .map_or("-".to_owned(), |k| format!("{} MiB", k / 1024)),
         );
         if let Some(e) = &r.error {
             println!("    error: {e}");
@@ -493,7 +581,11 @@ pub fn print_table(rows: &[LegResult]) {
             println!("    {n} failed: {reason}");
         }
     }
-    let rate = |name: &str| rows.iter().find(|r| r.name.starts_with(name) && r.error.is_none()).map(|r| r.end_to_end_msgs_per_s);
+    let rate = |name: &str| {
+        rows.iter()
+            .find(|r| r.name.starts_with(name) && r.error.is_none())
+            .map(|r| r.end_to_end_msgs_per_s)
+    };
     if let Some(s) = rate("spate") {
         if let Some(p) = rate("postfix").filter(|p| *p > 0.0) {
             println!("spate / postfix = {:.2}x", s / p);
@@ -507,24 +599,41 @@ pub fn print_table(rows: &[LegResult]) {
 /// Runs `spate-bench relay`.
 pub fn run(args: RelayArgs) -> anyhow::Result<()> {
     crate::install_signal_watch()?;
-    let load = Load { messages: args.messages, connections: args.connections, per_connection: args.per_connection, size: args.size };
+    let load = Load {
+        messages: args.messages,
+        connections: args.connections,
+        per_connection: args.per_connection,
+        size: args.size,
+    };
     let mut rows = Vec::new();
-    let failed = |name: &str, e: anyhow::Error| LegResult { name: name.into(), messages: load.messages, error: Some(format!("{e:#}")), ..LegResult::default() };
+    let failed = |name: &str, e: anyhow::Error| LegResult {
+        name: name.into(),
+        messages: load.messages,
+        error: Some(format!("{e:#}")),
+        ..LegResult::default()
+    };
     for leg in &args.compare {
-        anyhow::ensure!(matches!(leg.as_str(), "raw" | "postfix"), "unknown --compare leg {leg:?} (raw, postfix)");
+        anyhow::ensure!(
+            matches!(leg.as_str(), "raw" | "postfix"),
+            "unknown --compare leg {leg:?} (raw, postfix)"
+        );
     }
     if args.compare.iter().any(|l| l == "raw") {
         rows.push(run_raw(&load).unwrap_or_else(|e| failed("raw", e)));
     }
     if !args.no_spate {
-        rows.push(run_spate(&load, &args.spate_bin, args.config.as_deref()).unwrap_or_else(|e| failed("spate", e)));
+        rows.push(
+            run_spate(&load, &args.spate_bin, args.config.as_deref())
+                .unwrap_or_else(|e| failed("spate", e)),
+        );
     }
     if args.compare.iter().any(|l| l == "postfix") {
         rows.push(run_postfix(&load).unwrap_or_else(|e| failed("postfix", e)));
     }
     print_table(&rows);
     if let Some(path) = &args.json_out {
-        std::fs::write(path, serde_json::to_string_pretty(&rows)?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, serde_json::to_string_pretty(&rows)?)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     if rows.iter().any(|r| r.error.is_some()) {
         bail!("some legs failed (see the table)");

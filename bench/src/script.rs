@@ -96,7 +96,10 @@ impl Script {
         check_reply("permfail_reply", &self.permfail_reply, &['5'])?;
         for t in &self.throttle {
             check_reply("throttle.reply", &t.reply, &['4', '5'])?;
-            anyhow::ensure!(t.messages_per_minute > 0, "throttle.messages_per_minute must be > 0");
+            anyhow::ensure!(
+                t.messages_per_minute > 0,
+                "throttle.messages_per_minute must be > 0"
+            );
         }
         for w in &self.window {
             check_reply("window.reply", &w.reply, &['4', '5'])?;
@@ -156,13 +159,20 @@ fn check_reply(key: &str, reply: &str, classes: &[char]) -> anyhow::Result<()> {
         && reply.chars().next().is_some_and(|c| classes.contains(&c))
         && (bytes.len() == 3 || bytes.get(3) == Some(&b' '))
         && !reply.contains(['\r', '\n']);
-    anyhow::ensure!(ok, "{key}: {reply:?} is not a one-line SMTP reply of class {classes:?}");
+    anyhow::ensure!(
+        ok,
+        "{key}: {reply:?} is not a one-line SMTP reply of class {classes:?}"
+    );
     Ok(())
 }
 
 /// Substitutes `{ip}` in a reply text.
 pub fn render(reply: &str, ip: IpAddr) -> String {
-    if reply.contains("{ip}") { reply.replace("{ip}", &ip.to_string()) } else { reply.to_owned() }
+    if reply.contains("{ip}") {
+        reply.replace("{ip}", &ip.to_string())
+    } else {
+        reply.to_owned()
+    }
 }
 
 /// Whether a reply closes the connection after being sent (421 does).
@@ -193,7 +203,11 @@ impl Policy {
     /// accepts (and counts the transaction); `Some(reply)` refuses.
     pub fn mail_reply(&mut self, script: &Script, ip: IpAddr, elapsed: Duration) -> Option<String> {
         let secs = elapsed.as_secs();
-        if let Some(w) = script.window.iter().find(|w| secs >= w.start_s && secs < w.end_s) {
+        if let Some(w) = script
+            .window
+            .iter()
+            .find(|w| secs >= w.start_s && secs < w.end_s)
+        {
             return Some(render(&w.reply, ip));
         }
         if script.throttle.is_empty() {
@@ -210,7 +224,11 @@ impl Policy {
         if entry.0 != minute {
             *entry = (minute, 0);
         }
-        if let Some(t) = script.throttle.iter().find(|t| entry.1 >= t.messages_per_minute) {
+        if let Some(t) = script
+            .throttle
+            .iter()
+            .find(|t| entry.1 >= t.messages_per_minute)
+        {
             return Some(render(&t.reply, ip));
         }
         entry.1 += 1;
@@ -246,10 +264,15 @@ mod tests {
     #[test]
     fn window_applies_only_inside_its_range() {
         let script =
-            Script::parse("[[window]]\nstart_s = 5\nend_s = 10\nreply = \"451 4.7.1 window\"\n").unwrap();
+            Script::parse("[[window]]\nstart_s = 5\nend_s = 10\nreply = \"451 4.7.1 window\"\n")
+                .unwrap();
         let mut policy = Policy::default();
         assert_eq!(policy.mail_reply(&script, A, Duration::from_secs(4)), None);
-        assert!(policy.mail_reply(&script, A, Duration::from_secs(5)).is_some());
+        assert!(
+            policy
+                .mail_reply(&script, A, Duration::from_secs(5))
+                .is_some()
+        );
         assert_eq!(policy.mail_reply(&script, A, Duration::from_secs(10)), None);
     }
 
@@ -267,8 +290,14 @@ mod tests {
     #[test]
     fn recipients_route_by_local_part() {
         let s = Script::default();
-        assert_eq!(rcpt_reply(&s, "TempFail+x"), Some(s.tempfail_reply.as_str()));
-        assert_eq!(rcpt_reply(&s, "permfail+1"), Some(s.permfail_reply.as_str()));
+        assert_eq!(
+            rcpt_reply(&s, "TempFail+x"),
+            Some(s.tempfail_reply.as_str())
+        );
+        assert_eq!(
+            rcpt_reply(&s, "permfail+1"),
+            Some(s.permfail_reply.as_str())
+        );
         assert_eq!(rcpt_reply(&s, "user1"), None);
     }
 }

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use compio::BufResult;
-use compio::rustls;
 use compio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use compio::rustls;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
@@ -55,7 +55,13 @@ pub struct SinkConfig {
 impl SinkConfig {
     /// A sink accepting everything on one address.
     pub fn accept_all(listen: SocketAddr) -> Self {
-        SinkConfig { listen: vec![listen], script: Script::default(), maildir: None, tls: None, duration: None }
+        SinkConfig {
+            listen: vec![listen],
+            script: Script::default(),
+            maildir: None,
+            tls: None,
+            duration: None,
+        }
     }
 }
 
@@ -112,7 +118,11 @@ struct Shared {
 impl Shared {
     fn snapshot(&self) -> SinkReport {
         let mut r = self.report.clone();
-        r.per_client_ip = self.per_ip.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        r.per_client_ip = self
+            .per_ip
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect();
         r.per_ehlo = self.per_ehlo.iter().map(|(k, v)| (k.clone(), *v)).collect();
         r.e2e_latency = report::percentiles(&self.e2e);
         r.elapsed_s = self.started.elapsed().as_secs_f64();
@@ -123,7 +133,9 @@ impl Shared {
 type SharedRef = Arc<Mutex<Shared>>;
 
 fn lock(shared: &SharedRef) -> std::sync::MutexGuard<'_, Shared> {
-    shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    shared
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A running sink. Dropping it stops the sink.
@@ -191,13 +203,20 @@ impl Drop for SinkHandle {
 /// Binds every address and starts the sink on its own thread (one compio
 /// runtime serving all listeners).
 pub fn spawn(config: SinkConfig) -> anyhow::Result<SinkHandle> {
-    anyhow::ensure!(!config.listen.is_empty(), "sink needs at least one listen address");
+    anyhow::ensure!(
+        !config.listen.is_empty(),
+        "sink needs at least one listen address"
+    );
     let mut listeners = Vec::new();
     for addr in &config.listen {
-        let listener = std::net::TcpListener::bind(addr).with_context(|| format!("sink: binding {addr}"))?;
+        let listener =
+            std::net::TcpListener::bind(addr).with_context(|| format!("sink: binding {addr}"))?;
         listeners.push(listener);
     }
-    let addrs = listeners.iter().map(|l| l.local_addr()).collect::<Result<Vec<_>, _>>()?;
+    let addrs = listeners
+        .iter()
+        .map(|l| l.local_addr())
+        .collect::<Result<Vec<_>, _>>()?;
     let shared = Arc::new(Mutex::new(Shared {
         started: Instant::now(),
         report: SinkReport::default(),
@@ -214,7 +233,13 @@ pub fn spawn(config: SinkConfig) -> anyhow::Result<SinkHandle> {
             .name("bench-sink".into())
             .spawn(move || run_runtime(listeners, config, shared, accepted, stop))?
     };
-    Ok(SinkHandle { addrs, shared, accepted, stop, thread: Some(thread) })
+    Ok(SinkHandle {
+        addrs,
+        shared,
+        accepted,
+        stop,
+        thread: Some(thread),
+    })
 }
 
 fn run_runtime(
@@ -235,7 +260,8 @@ fn run_runtime(
     });
     if let Some(dir) = &ctx.maildir {
         for sub in ["new", "tmp", "cur"] {
-            std::fs::create_dir_all(dir.join(sub)).with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::create_dir_all(dir.join(sub))
+                .with_context(|| format!("creating {}", dir.display()))?;
         }
     }
     let deadline = config.duration.map(|d| Instant::now() + d);
@@ -251,7 +277,10 @@ fn run_runtime(
                     };
                     let _ = stream.set_nodelay(true);
                     let ctx = ctx.clone();
-                    compio::runtime::spawn(async move { serve_connection(stream, peer, &ctx).await }).detach();
+                    compio::runtime::spawn(
+                        async move { serve_connection(stream, peer, &ctx).await },
+                    )
+                    .detach();
                 }
             })
             .detach();
@@ -348,7 +377,11 @@ impl<'c> Session<'c> {
     }
 
     /// Serves one stream until QUIT, close, error or STARTTLS.
-    async fn run<S: AsyncRead + AsyncWrite>(&mut self, io: &mut S, greet: bool) -> std::io::Result<Ending> {
+    async fn run<S: AsyncRead + AsyncWrite>(
+        &mut self,
+        io: &mut S,
+        greet: bool,
+    ) -> std::io::Result<Ending> {
         let script = &self.ctx.script;
         let mut out: Vec<u8> = Vec::with_capacity(4096);
         if greet {
@@ -374,7 +407,11 @@ impl<'c> Session<'c> {
                 }
             }
             if !out.is_empty() {
-                let delay = if action == Action::DataDone { script.data_delay_ms } else { 0 } + script.delay_ms;
+                let delay = if action == Action::DataDone {
+                    script.data_delay_ms
+                } else {
+                    0
+                } + script.delay_ms;
                 flush(io, &mut out, delay).await?;
             }
             match action {
@@ -398,7 +435,10 @@ impl<'c> Session<'c> {
                 Ok(n) => buf.extend_from_slice(rbuf.get(..n).unwrap_or_default()),
                 Err(e) => return Err(e),
             }
-            if matches!(self.mode, Mode::Command) && buf.len() > COMMAND_LINE_BYTES_MAX && !buf.contains(&b'\n') {
+            if matches!(self.mode, Mode::Command)
+                && buf.len() > COMMAND_LINE_BYTES_MAX
+                && !buf.contains(&b'\n')
+            {
                 push_reply(&mut out, "500 5.5.2 Line too long");
                 flush(io, &mut out, 0).await?;
                 return Ok(Ending::Closed);
@@ -411,7 +451,9 @@ impl<'c> Session<'c> {
         let input = buf.get(*pos..).unwrap_or_default();
         match self.mode {
             Mode::Command => {
-                let Some(eol) = memchr::memchr(b'\n', input) else { return Ok(Action::Continue) };
+                let Some(eol) = memchr::memchr(b'\n', input) else {
+                    return Ok(Action::Continue);
+                };
                 let line = input.get(..eol).unwrap_or_default();
                 let line = line.strip_suffix(b"\r").unwrap_or(line);
                 *pos += eol + 1;
@@ -426,7 +468,8 @@ impl<'c> Session<'c> {
                 };
                 match end {
                     Some((body_end, consumed)) => {
-                        self.message.extend_from_slice(input.get(..body_end).unwrap_or_default());
+                        self.message
+                            .extend_from_slice(input.get(..body_end).unwrap_or_default());
                         *pos += consumed;
                         Ok(self.finish_message(out))
                     }
@@ -434,7 +477,8 @@ impl<'c> Session<'c> {
                         // Keep the last 4 bytes: they may start the terminator.
                         let keep = input.len().min(4);
                         let take = input.len() - keep;
-                        self.message.extend_from_slice(input.get(..take).unwrap_or_default());
+                        self.message
+                            .extend_from_slice(input.get(..take).unwrap_or_default());
                         *pos += take;
                         if self.message.len() > MESSAGE_BYTES_MAX {
                             push_reply(out, "552 5.3.4 Message too big");
@@ -446,7 +490,8 @@ impl<'c> Session<'c> {
             }
             Mode::Bdat { remaining, last } => {
                 let take = remaining.min(input.len());
-                self.message.extend_from_slice(input.get(..take).unwrap_or_default());
+                self.message
+                    .extend_from_slice(input.get(..take).unwrap_or_default());
                 *pos += take;
                 let remaining = remaining - take;
                 if remaining > 0 {
@@ -600,7 +645,8 @@ impl<'c> Session<'c> {
             let seq = self.ctx.maildir_seq.fetch_add(1, Ordering::Relaxed);
             let name = format!("{now_us}.{seq}.spate-bench");
             let tmp = dir.join("tmp").join(&name);
-            let write = std::fs::write(&tmp, &self.message).and_then(|()| std::fs::rename(&tmp, dir.join("new").join(&name)));
+            let write = std::fs::write(&tmp, &self.message)
+                .and_then(|()| std::fs::rename(&tmp, dir.join("new").join(&name)));
             if write.is_err() {
                 push_reply(out, "451 4.3.0 Maildir write failed");
                 self.reset_transaction();
@@ -668,7 +714,10 @@ async fn flush<S: AsyncWrite>(io: &mut S, out: &mut Vec<u8>, delay_ms: u64) -> s
 /// The local part of `<local@domain>` (or of a bare address).
 fn local_part(arg: &str) -> &str {
     let arg = arg.trim();
-    let inner = arg.strip_prefix('<').and_then(|a| a.split('>').next()).unwrap_or(arg);
+    let inner = arg
+        .strip_prefix('<')
+        .and_then(|a| a.split('>').next())
+        .unwrap_or(arg);
     inner.rsplit_once('@').map_or(inner, |(l, _)| l)
 }
 
@@ -684,14 +733,18 @@ pub fn sent_header(message: &[u8]) -> Option<u64> {
 }
 
 /// Builds a rustls server configuration (aws-lc-rs provider) from PEM files.
-pub fn tls_config(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+pub fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let certs = CertificateDer::pem_file_iter(cert)
         .with_context(|| format!("reading {}", cert.display()))?
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("parsing {}", cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading {}", key.display()))?;
+    let key =
+        PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading {}", key.display()))?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -746,7 +799,13 @@ pub fn run(args: SinkArgs) -> anyhow::Result<()> {
         _ => None,
     };
     crate::install_signal_watch()?;
-    let handle = spawn(SinkConfig { listen: args.listen, script, maildir: args.maildir, tls, duration: args.duration })?;
+    let handle = spawn(SinkConfig {
+        listen: args.listen,
+        script,
+        maildir: args.maildir,
+        tls,
+        duration: args.duration,
+    })?;
     let addrs: Vec<String> = handle.addrs.iter().map(ToString::to_string).collect();
     eprintln!("spate-bench sink: listening on {}", addrs.join(", "));
     while !crate::stop_requested() && !handle.is_finished() {

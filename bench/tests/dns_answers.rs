@@ -24,7 +24,9 @@ fn query(addr: SocketAddr, name: &str, rtype: RecordType) -> Message {
     msg.metadata.id = 4242;
     msg.add_query(Query::query(Name::from_ascii(name).unwrap(), rtype));
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    socket.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
     socket.send_to(&msg.to_vec().unwrap(), addr).unwrap();
     let mut buf = [0u8; 4096];
     let (n, _) = socket.recv_from(&mut buf).unwrap();
@@ -48,7 +50,13 @@ fn mx_answers_carry_preferences() {
         })
         .collect();
     mx.sort();
-    assert_eq!(mx, vec![(10, "mx1.example.test.".into(), 120), (20, "mx2.example.test.".into(), 120)]);
+    assert_eq!(
+        mx,
+        vec![
+            (10, "mx1.example.test.".into(), 120),
+            (20, "mx2.example.test.".into(), 120)
+        ]
+    );
 }
 
 #[test]
@@ -61,12 +69,20 @@ fn null_mx_a_aaaa_and_txt() {
     }
     let a = query(dns.addr, "mx1.example.test.", RecordType::A);
     assert_eq!(a.answers.len(), 1);
-    assert!(matches!(&a.answers[0].data, RData::A(ip) if ip.0 == std::net::Ipv4Addr::new(127, 0, 0, 2)));
+    assert!(
+        matches!(&a.answers[0].data, RData::A(ip) if ip.0 == std::net::Ipv4Addr::new(127, 0, 0, 2))
+    );
     assert_eq!(a.answers[0].ttl, 60);
     let aaaa = query(dns.addr, "mx2.example.test.", RecordType::AAAA);
-    assert!(matches!(&aaaa.answers[0].data, RData::AAAA(ip) if ip.0 == std::net::Ipv6Addr::LOCALHOST));
+    assert!(
+        matches!(&aaaa.answers[0].data, RData::AAAA(ip) if ip.0 == std::net::Ipv6Addr::LOCALHOST)
+    );
     let txt = query(dns.addr, "example.test.", RecordType::TXT);
-    assert!(matches!(&txt.answers[0].data, RData::TXT(t) if t.to_string() == "v=spf1 -all"), "{:?}", txt.answers);
+    assert!(
+        matches!(&txt.answers[0].data, RData::TXT(t) if t.to_string() == "v=spf1 -all"),
+        "{:?}",
+        txt.answers
+    );
 }
 
 #[test]
@@ -87,11 +103,18 @@ fn answers_over_tcp_too() {
     let dns = spawn("127.0.0.1:0".parse().unwrap(), Zone::parse(ZONE).unwrap()).unwrap();
     let mut msg = Message::query();
     msg.metadata.id = 7;
-    msg.add_query(Query::query(Name::from_ascii("example.test.").unwrap(), RecordType::MX));
+    msg.add_query(Query::query(
+        Name::from_ascii("example.test.").unwrap(),
+        RecordType::MX,
+    ));
     let bytes = msg.to_vec().unwrap();
     let mut stream = std::net::TcpStream::connect(dns.addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    stream.write_all(&(bytes.len() as u16).to_be_bytes()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    stream
+        .write_all(&(bytes.len() as u16).to_be_bytes())
+        .unwrap();
     stream.write_all(&bytes).unwrap();
     let mut len = [0u8; 2];
     stream.read_exact(&mut len).unwrap();

@@ -11,7 +11,13 @@ fn every_message_is_counted_once_under_mixed_outcomes() {
     let s = spawn(config).unwrap();
     let mut cfg = InjectConfig::new(s.addrs[0], 500, 9);
     cfg.per_connection = 11;
-    cfg.locals = vec!["a".into(), "b".into(), "permfail+".into(), "c".into(), "tempfail+".into()];
+    cfg.locals = vec![
+        "a".into(),
+        "b".into(),
+        "permfail+".into(),
+        "c".into(),
+        "tempfail+".into(),
+    ];
     cfg.sizes = vec![300, 5000];
     cfg.threads = 2;
     let r = run_inject(cfg).unwrap();
@@ -23,18 +29,31 @@ fn every_message_is_counted_once_under_mixed_outcomes() {
     assert_eq!(r.ack_latency.count, 300);
     assert!(s.wait_for_messages(300, std::time::Duration::from_secs(5)));
     let report = s.stop().unwrap();
-    assert_eq!(report.total.messages, 300, "the sink saw each accepted message once");
-    assert_eq!(report.permfailed_recipients + report.tempfailed_recipients, 200);
+    assert_eq!(
+        report.total.messages, 300,
+        "the sink saw each accepted message once"
+    );
+    assert_eq!(
+        report.permfailed_recipients + report.tempfailed_recipients,
+        200
+    );
 }
 
 #[test]
 fn unreachable_server_fails_each_message_once() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let cfg = InjectConfig::new(format!("127.0.0.1:{port}").parse().unwrap(), 7, 3);
     let r = run_inject(cfg).unwrap();
     assert_eq!((r.accepted, r.failed), (0, 7));
     let (reason, n) = r.failures.iter().next().unwrap();
-    assert!(reason.starts_with("connect 127.0.0.1:") && reason.contains("refused"), "{reason}");
+    assert!(
+        reason.starts_with("connect 127.0.0.1:") && reason.contains("refused"),
+        "{reason}"
+    );
     assert_eq!(*n, 7);
 }
 
@@ -45,7 +64,11 @@ fn rate_cap_is_honoured() {
     cfg.rate = Some(100.0);
     let r = run_inject(cfg).unwrap();
     assert_eq!(r.accepted, 20);
-    assert!(r.elapsed_s >= 0.18, "20 messages at 100/s took only {} s", r.elapsed_s);
+    assert!(
+        r.elapsed_s >= 0.18,
+        "20 messages at 100/s took only {} s",
+        r.elapsed_s
+    );
 }
 
 #[test]

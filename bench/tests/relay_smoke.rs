@@ -3,7 +3,12 @@
 use spate_bench::relay::{Load, run_raw, run_spate};
 
 fn small_load() -> Load {
-    Load { messages: 300, connections: 5, per_connection: 20, size: 2048 }
+    Load {
+        messages: 300,
+        connections: 5,
+        per_connection: 20,
+        size: 2048,
+    }
 }
 
 #[test]
@@ -29,6 +34,11 @@ fn spate_leg_delivers_everything() {
 
 #[test]
 fn spate_leg_fails_clearly_when_the_binary_is_missing() {
-    let err = run_spate(&small_load(), std::path::Path::new("/nonexistent/spate"), None).unwrap_err();
+    let err = run_spate(
+        &small_load(),
+        std::path::Path::new("/nonexistent/spate"),
+        None,
+    )
+    .unwrap_err();
     assert!(format!("{err:#}").contains("not found"), "{err:#}");
 }

@@ -12,7 +12,12 @@ fn sink(script: &str) -> SinkHandle {
     spawn(config).unwrap()
 }
 
-fn inject(to: SocketAddr, messages: u64, connections: u64, tweak: impl FnOnce(&mut InjectConfig)) -> InjectReport {
+fn inject(
+    to: SocketAddr,
+    messages: u64,
+    connections: u64,
+    tweak: impl FnOnce(&mut InjectConfig),
+) -> InjectReport {
     let mut cfg = InjectConfig::new(to, messages, connections);
     cfg.sizes = vec![1024];
     tweak(&mut cfg);
@@ -35,8 +40,14 @@ fn accept_counts_every_message_per_ip_and_ehlo() {
     assert_eq!(report.total.bytes, 30 * 1024);
     assert_eq!(report.per_client_ip["127.0.0.1"].messages, 30);
     assert_eq!(report.per_ehlo["injector.spate-bench.test"].messages, 30);
-    assert_eq!(report.e2e_latency.count, 30, "every message carried the timestamp header");
-    assert_eq!(report.connections, 8, "30 messages at 4 per connection need 8 connections");
+    assert_eq!(
+        report.e2e_latency.count, 30,
+        "every message carried the timestamp header"
+    );
+    assert_eq!(
+        report.connections, 8,
+        "30 messages at 4 per connection need 8 connections"
+    );
 }
 
 #[test]
@@ -44,31 +55,52 @@ fn delay_holds_every_reply() {
     let s = sink("delay_ms = 40\ndata_delay_ms = 30\n");
     let r = inject(s.addrs[0], 3, 1, |_| {});
     assert_eq!(r.accepted, 3);
-    assert!(r.ack_latency.p50_us >= 70_000, "ack p50 {} us should include 70 ms of delay", r.ack_latency.p50_us);
+    assert!(
+        r.ack_latency.p50_us >= 70_000,
+        "ack p50 {} us should include 70 ms of delay",
+        r.ack_latency.p50_us
+    );
 }
 
 #[test]
 fn tempfail_and_permfail_by_local_part() {
-    let s = sink("tempfail_reply = \"452 4.2.2 Mailbox full\"\npermfail_reply = \"550 5.1.1 No such user\"\n");
-    let r = inject(s.addrs[0], 9, 2, |c| c.locals = vec!["user".into(), "tempfail+".into(), "permfail+".into()]);
+    let s = sink(
+        "tempfail_reply = \"452 4.2.2 Mailbox full\"\npermfail_reply = \"550 5.1.1 No such user\"\n",
+    );
+    let r = inject(s.addrs[0], 9, 2, |c| {
+        c.locals = vec!["user".into(), "tempfail+".into(), "permfail+".into()]
+    });
     assert_eq!((r.accepted, r.failed), (3, 6));
     assert_eq!(r.failures.get("452 4.2.2 Mailbox full"), Some(&3));
     assert_eq!(r.failures.get("550 5.1.1 No such user"), Some(&3));
     let report = finish(s);
     assert_eq!(report.total.messages, 3);
-    assert_eq!((report.tempfailed_recipients, report.permfailed_recipients), (3, 3));
+    assert_eq!(
+        (report.tempfailed_recipients, report.permfailed_recipients),
+        (3, 3)
+    );
 }
 
 #[test]
 fn throttle_after_n_per_minute_is_per_client_ip() {
-    let s = sink("[[throttle]]\nmessages_per_minute = 3\nreply = \"421 4.7.0 [TSS04] Messages from {ip} temporarily deferred\"\n");
+    let s = sink(
+        "[[throttle]]\nmessages_per_minute = 3\nreply = \"421 4.7.0 [TSS04] Messages from {ip} temporarily deferred\"\n",
+    );
     let a: IpAddr = "127.0.0.2".parse().unwrap();
     let b: IpAddr = "127.0.0.3".parse().unwrap();
     let ra = inject(s.addrs[0], 5, 1, |c| c.source = Some(a));
     assert_eq!((ra.accepted, ra.failed), (3, 2));
-    assert_eq!(ra.failures.get("421 4.7.0 [TSS04] Messages from 127.0.0.2 temporarily deferred"), Some(&2));
+    assert_eq!(
+        ra.failures
+            .get("421 4.7.0 [TSS04] Messages from 127.0.0.2 temporarily deferred"),
+        Some(&2)
+    );
     let rb = inject(s.addrs[0], 3, 1, |c| c.source = Some(b));
-    assert_eq!((rb.accepted, rb.failed), (3, 0), "another IP has its own budget");
+    assert_eq!(
+        (rb.accepted, rb.failed),
+        (3, 0),
+        "another IP has its own budget"
+    );
     let report = finish(s);
     assert_eq!(report.per_client_ip["127.0.0.2"].messages, 3);
     assert_eq!(report.per_client_ip["127.0.0.3"].messages, 3);
@@ -77,12 +109,18 @@ fn throttle_after_n_per_minute_is_per_client_ip() {
 
 #[test]
 fn time_window_refuses_only_inside_it() {
-    let s = sink("[[window]]\nstart_s = 0\nend_s = 3600\nreply = \"451 4.7.1 Greylisted, come back later\"\n");
+    let s = sink(
+        "[[window]]\nstart_s = 0\nend_s = 3600\nreply = \"451 4.7.1 Greylisted, come back later\"\n",
+    );
     let r = inject(s.addrs[0], 4, 2, |_| {});
     assert_eq!((r.accepted, r.failed), (0, 4));
-    assert_eq!(r.failures.get("451 4.7.1 Greylisted, come back later"), Some(&4));
+    assert_eq!(
+        r.failures.get("451 4.7.1 Greylisted, come back later"),
+        Some(&4)
+    );
     drop(s);
-    let later = sink("[[window]]\nstart_s = 3000\nend_s = 3600\nreply = \"451 4.7.1 Greylisted\"\n");
+    let later =
+        sink("[[window]]\nstart_s = 3000\nend_s = 3600\nreply = \"451 4.7.1 Greylisted\"\n");
     let r = inject(later.addrs[0], 4, 2, |_| {});
     assert_eq!((r.accepted, r.failed), (4, 0));
 }
