@@ -385,7 +385,7 @@ impl Drop for Postfix {
 /// Installs Postfix when absent (Debian package, non-interactive).
 pub fn ensure_postfix_installed() -> anyhow::Result<()> {
     if Path::new("/usr/sbin/postfix").exists() {
-        return Ok(());
+        return ensure_default_main_cf();
     }
     eprintln!("spate-bench relay: installing postfix (apt-get)");
     let mut preseed = Command::new("debconf-set-selections")
@@ -404,6 +404,20 @@ pub fn ensure_postfix_installed() -> anyhow::Result<()> {
         status.success(),
         "apt-get install postfix failed ({status})"
     );
+    ensure_default_main_cf()
+}
+
+/// `postfix -c DIR` reads the default main.cf first; a "No configuration"
+/// install has none, so write an empty one (the system instance stays unused).
+fn ensure_default_main_cf() -> anyhow::Result<()> {
+    let default = Path::new("/etc/postfix/main.cf");
+    if !default.exists() {
+        std::fs::write(
+            default,
+            "# created by spate-bench relay so that private instances (postfix -c DIR) start\n",
+        )
+        .context("creating /etc/postfix/main.cf")?;
+    }
     Ok(())
 }
 
@@ -442,6 +456,14 @@ pub fn start_postfix(sink: SocketAddr) -> anyhow::Result<Postfix> {
     for d in [&config_dir, &queue, &data] {
         std::fs::create_dir_all(d)?;
     }
+    // Postfix daemons run as the postfix user: they must traverse the temp
+    // dir and own the data directory.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+    }
+    let chown = Command::new("chown").arg("postfix").arg(&data).status()?;
+    anyhow::ensure!(chown.success(), "chown postfix {} failed", data.display());
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let main_cf = format!(
         "compatibility_level = 3.6
@@ -461,6 +483,7 @@ alias_maps =
 alias_database =
 local_recipient_maps =
 maillog_file = {dir}/maillog
+maillog_file_prefixes = {dir}
 smtp_tls_security_level = none
 smtpd_tls_security_level = none
 default_destination_concurrency_limit = 20
@@ -487,9 +510,10 @@ smtp_dns_support_level = disabled
     let out = pf.postfix("start")?;
     anyhow::ensure!(
         out.status.success(),
-        "postfix start failed: {}{}",
+        "postfix start failed: {}{}\n{}",
         String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        String::from_utf8_lossy(&out.stderr),
+        tail(&pf.dir.path().join("maillog"))
     );
     let deadline = Instant::now() + Duration::from_millis(MTA_START_TIMEOUT_MS);
     while std::net::TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_err() {

@@ -35,6 +35,8 @@ pub const MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 const READ_BYTES: usize = 64 * 1024;
 /// Recipients accepted per transaction.
 pub const RCPT_PER_MESSAGE_MAX: usize = 1000;
+/// Accept backlog of each listener.
+const LISTEN_BACKLOG: i32 = 4096;
 /// How often the sink's main task checks the stop flag and deadline.
 const STOP_POLL_MS: u64 = 20;
 
@@ -209,9 +211,7 @@ pub fn spawn(config: SinkConfig) -> anyhow::Result<SinkHandle> {
     );
     let mut listeners = Vec::new();
     for addr in &config.listen {
-        let listener =
-            std::net::TcpListener::bind(addr).with_context(|| format!("sink: binding {addr}"))?;
-        listeners.push(listener);
+        listeners.push(bind_listener(*addr).with_context(|| format!("sink: binding {addr}"))?);
     }
     let addrs = listeners
         .iter()
@@ -240,6 +240,16 @@ pub fn spawn(config: SinkConfig) -> anyhow::Result<SinkHandle> {
         stop,
         thread: Some(thread),
     })
+}
+
+/// A listening socket with a deep accept backlog (hundreds of injector
+/// connections arrive at once; the std default of 128 would drop SYNs).
+fn bind_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
 }
 
 fn run_runtime(
