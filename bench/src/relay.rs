@@ -537,10 +537,51 @@ pub fn run_postfix(load: &Load) -> anyhow::Result<LegResult> {
     result
 }
 
+/// Reference leg: Postfix's `smtp-source` into Postfix's `smtp-sink` (both
+/// from the postfix package). Only wall-clock throughput: the tools report no
+/// latencies. `smtp-source` does not pipeline, so this is round-trip bound.
+pub fn run_smtp_source(load: &Load) -> anyhow::Result<LegResult> {
+    ensure_postfix_installed()?;
+    let port = free_port()?;
+    let addr = format!("127.0.0.1:{port}");
+    let sink = Command::new("smtp-sink")
+        .args(["-u", "postfix", &addr, "1024"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting smtp-sink")?;
+    let mut guard = ChildGuard { child: sink, name: "smtp-sink".into() };
+    let sock: SocketAddr = addr.parse()?;
+    let log = PathBuf::from("/dev/null");
+    wait_listening(sock, &mut guard, &log)?;
+    let started = Instant::now();
+    let out = Command::new("smtp-source")
+        .args(["-d", "-s", &load.connections.to_string(), "-l", &load.size.to_string()])
+        .args(["-m", &load.messages.to_string(), "-f", "bench@spate-bench.test", "-t", "user@example.test"])
+        .arg(&addr)
+        .output()
+        .context("running smtp-source")?;
+    let elapsed = started.elapsed().as_secs_f64();
+    guard.terminate(Duration::from_secs(2));
+    anyhow::ensure!(out.status.success(), "smtp-source failed: {}", String::from_utf8_lossy(&out.stderr));
+    let rate = load.messages as f64 / elapsed;
+    Ok(LegResult {
+        name: "smtp-source -> smtp-sink".into(),
+        messages: load.messages,
+        injected_ok: load.messages,
+        delivered: load.messages,
+        elapsed_s: elapsed,
+        end_to_end_msgs_per_s: rate,
+        injection_msgs_per_s: rate,
+        ..LegResult::default()
+    })
+}
+
 /// Arguments of `spate-bench relay`.
 #[derive(clap::Args, Debug)]
 pub struct RelayArgs {
-    /// Extra legs beside spate: postfix, raw (comma-separated).
+    /// Extra legs beside spate: raw, postfix, smtp-source (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub compare: Vec<String>,
     /// Skip the spate leg (e.g. to run only --compare raw,postfix).
@@ -570,7 +611,7 @@ pub struct RelayArgs {
 /// Prints the result table.
 pub fn print_table(rows: &[LegResult]) {
     println!(
-        "{:<22} {:>8} {:>9} {:>11} {:>11} {:>10} {:>10} {:>10} {:>9} {:>10}",
+        "{:<24} {:>8} {:>9} {:>11} {:>11} {:>10} {:>10} {:>10} {:>9} {:>10}",
         "leg",
         "msgs",
         "delivered",
@@ -584,16 +625,19 @@ pub fn print_table(rows: &[LegResult]) {
     );
     for r in rows {
         let opt = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.3}"));
+        let ms = |p: &Percentiles, us: u64| {
+            if p.count == 0 { "-".to_owned() } else { format!("{:.2}", us as f64 / 1000.0) }
+        };
         println!(
-            "{:<22} {:>8} {:>9} {:>11.0} {:>11.0} {:>10.2} {:>10.2} {:>10.2} {:>9} {:>10}",
+            "{:<24} {:>8} {:>9} {:>11.0} {:>11.0} {:>10} {:>10} {:>10} {:>9} {:>10}",
             r.name,
             r.messages,
             r.delivered,
             r.end_to_end_msgs_per_s,
             r.injection_msgs_per_s,
-            r.ack_latency.p50_us as f64 / 1000.0,
-            r.ack_latency.p99_us as f64 / 1000.0,
-            r.e2e_latency.p99_us as f64 / 1000.0,
+            ms(&r.ack_latency, r.ack_latency.p50_us),
+            ms(&r.ack_latency, r.ack_latency.p99_us),
+            ms(&r.e2e_latency, r.e2e_latency.p99_us),
             opt(r.cpu_ms_per_msg),
             r.peak_rss_kib
                 .map_or("-".to_owned(), |k| format!("{} MiB", k / 1024)),
@@ -638,12 +682,15 @@ pub fn run(args: RelayArgs) -> anyhow::Result<()> {
     };
     for leg in &args.compare {
         anyhow::ensure!(
-            matches!(leg.as_str(), "raw" | "postfix"),
-            "unknown --compare leg {leg:?} (raw, postfix)"
+            matches!(leg.as_str(), "raw" | "postfix" | "smtp-source"),
+            "unknown --compare leg {leg:?} (raw, postfix, smtp-source)"
         );
     }
     if args.compare.iter().any(|l| l == "raw") {
         rows.push(run_raw(&load).unwrap_or_else(|e| failed("raw", e)));
+    }
+    if args.compare.iter().any(|l| l == "smtp-source") {
+        rows.push(run_smtp_source(&load).unwrap_or_else(|e| failed("smtp-source", e)));
     }
     if !args.no_spate {
         rows.push(
