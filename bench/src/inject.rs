@@ -85,6 +85,8 @@ pub struct InjectReport {
     pub messages: u64,
     pub accepted: u64,
     pub failed: u64,
+    /// Never attempted because the run was interrupted (SIGINT/SIGTERM).
+    pub unsent: u64,
     /// Failed messages grouped by the reply (or error) that failed them.
     pub failures: BTreeMap<String, u64>,
     pub connections_opened: u64,
@@ -115,6 +117,9 @@ struct Totals {
 impl Shared {
     /// Claims the next message number, or None when all are claimed.
     fn claim(&self) -> Option<u64> {
+        if crate::stop_requested() {
+            return None; // interrupted: the rest stays unsent
+        }
         if let Some(seq) = self
             .returned
             .lock()
@@ -246,7 +251,17 @@ pub fn run_inject(config: InjectConfig) -> anyhow::Result<InjectReport> {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut report = t.report.clone();
-    report.messages = report.accepted + report.failed;
+    report.messages = shared.config.messages;
+    let claimed = shared
+        .next
+        .load(Ordering::SeqCst)
+        .min(shared.config.messages);
+    let returned = shared
+        .returned
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .len() as u64;
+    report.unsent = shared.config.messages - claimed + returned;
     report.elapsed_s = elapsed;
     report.messages_per_s = if elapsed > 0.0 {
         report.accepted as f64 / elapsed
@@ -256,9 +271,11 @@ pub fn run_inject(config: InjectConfig) -> anyhow::Result<InjectReport> {
     report.ack_latency = report::percentiles(&t.ack);
     report.first_send_unix_us = first_send_unix_us;
     anyhow::ensure!(
-        report.messages == shared.config.messages,
-        "accounting bug: {} outcomes for {} messages",
-        report.messages,
+        report.accepted + report.failed + report.unsent == shared.config.messages,
+        "accounting bug: {} accepted + {} failed + {} unsent for {} messages",
+        report.accepted,
+        report.failed,
+        report.unsent,
         shared.config.messages
     );
     Ok(report)
@@ -712,6 +729,9 @@ pub fn print_summary(r: &InjectReport) {
         "injected {} messages in {:.3} s: {} accepted, {} failed, {:.0} msgs/s, {} connections",
         r.messages, r.elapsed_s, r.accepted, r.failed, r.messages_per_s, r.connections_opened
     );
+    if r.unsent > 0 {
+        println!("interrupted: {} messages never sent", r.unsent);
+    }
     println!("ack latency: {}", r.ack_latency);
     for (reason, n) in &r.failures {
         println!("  {n:>8}  {reason}");
@@ -721,6 +741,7 @@ pub fn print_summary(r: &InjectReport) {
 /// Runs `spate-bench inject`.
 pub fn run(args: InjectArgs) -> anyhow::Result<()> {
     let json = args.json;
+    crate::install_signal_watch()?;
     let report = run_inject(args.into_config()?)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -551,20 +551,40 @@ pub fn run_smtp_source(load: &Load) -> anyhow::Result<LegResult> {
         .stderr(Stdio::null())
         .spawn()
         .context("starting smtp-sink")?;
-    let mut guard = ChildGuard { child: sink, name: "smtp-sink".into() };
+    let mut guard = ChildGuard {
+        child: sink,
+        name: "smtp-sink".into(),
+    };
     let sock: SocketAddr = addr.parse()?;
     let log = PathBuf::from("/dev/null");
     wait_listening(sock, &mut guard, &log)?;
     let started = Instant::now();
     let out = Command::new("smtp-source")
-        .args(["-d", "-s", &load.connections.to_string(), "-l", &load.size.to_string()])
-        .args(["-m", &load.messages.to_string(), "-f", "bench@spate-bench.test", "-t", "user@example.test"])
+        .args([
+            "-d",
+            "-s",
+            &load.connections.to_string(),
+            "-l",
+            &load.size.to_string(),
+        ])
+        .args([
+            "-m",
+            &load.messages.to_string(),
+            "-f",
+            "bench@spate-bench.test",
+            "-t",
+            "user@example.test",
+        ])
         .arg(&addr)
         .output()
         .context("running smtp-source")?;
     let elapsed = started.elapsed().as_secs_f64();
     guard.terminate(Duration::from_secs(2));
-    anyhow::ensure!(out.status.success(), "smtp-source failed: {}", String::from_utf8_lossy(&out.stderr));
+    anyhow::ensure!(
+        out.status.success(),
+        "smtp-source failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let rate = load.messages as f64 / elapsed;
     Ok(LegResult {
         name: "smtp-source -> smtp-sink".into(),
@@ -626,7 +646,11 @@ pub fn print_table(rows: &[LegResult]) {
     for r in rows {
         let opt = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.3}"));
         let ms = |p: &Percentiles, us: u64| {
-            if p.count == 0 { "-".to_owned() } else { format!("{:.2}", us as f64 / 1000.0) }
+            if p.count == 0 {
+                "-".to_owned()
+            } else {
+                format!("{:.2}", us as f64 / 1000.0)
+            }
         };
         println!(
             "{:<24} {:>8} {:>9} {:>11.0} {:>11.0} {:>10} {:>10} {:>10} {:>9} {:>10}",

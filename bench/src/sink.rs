@@ -167,7 +167,7 @@ impl SinkHandle {
     pub fn wait_for_messages(&self, n: u64, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         while self.messages() < n {
-            if Instant::now() >= deadline || self.is_finished() {
+            if Instant::now() >= deadline || self.is_finished() || crate::stop_requested() {
                 return self.messages() >= n;
             }
             std::thread::sleep(Duration::from_millis(1));
@@ -245,7 +245,11 @@ pub fn spawn(config: SinkConfig) -> anyhow::Result<SinkHandle> {
 /// A listening socket with a deep accept backlog (hundreds of injector
 /// connections arrive at once; the std default of 128 would drop SYNs).
 fn bind_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
     socket.set_reuse_address(true)?;
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;

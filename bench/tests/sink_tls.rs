@@ -11,7 +11,10 @@ fn read_reply(reader: &mut impl BufRead) -> String {
     let mut all = String::new();
     loop {
         let mut line = String::new();
-        assert!(reader.read_line(&mut line).unwrap() > 0, "connection closed");
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "connection closed"
+        );
         all.push_str(&line);
         if line.as_bytes().get(3) != Some(&b'-') {
             return all;
@@ -37,7 +40,8 @@ fn starttls_handshake_then_mail_over_tls() {
     let sink = spawn(config).unwrap();
 
     let tcp = std::net::TcpStream::connect(sink.addrs[0]).unwrap();
-    tcp.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
     let mut plain = BufReader::new(tcp);
     assert!(read_reply(&mut plain).starts_with("220"));
     assert!(exchange(&mut plain, "EHLO client.test\r\n").contains("250-STARTTLS"));
@@ -51,10 +55,15 @@ fn starttls_handshake_then_mail_over_tls() {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let conn = rustls::ClientConnection::new(Arc::new(client_config), "localhost".try_into().unwrap()).unwrap();
+    let conn =
+        rustls::ClientConnection::new(Arc::new(client_config), "localhost".try_into().unwrap())
+            .unwrap();
     let mut tls = BufReader::new(rustls::StreamOwned::new(conn, plain.into_inner()));
     let ehlo = exchange(&mut tls, "EHLO client.test\r\n");
-    assert!(ehlo.contains("250-PIPELINING") && !ehlo.contains("STARTTLS"), "{ehlo}");
+    assert!(
+        ehlo.contains("250-PIPELINING") && !ehlo.contains("STARTTLS"),
+        "{ehlo}"
+    );
     assert!(exchange(&mut tls, "MAIL FROM:<a@client.test>\r\n").starts_with("250"));
     assert!(exchange(&mut tls, "RCPT TO:<b@example.test>\r\n").starts_with("250"));
     assert!(exchange(&mut tls, "DATA\r\n").starts_with("354"));
@@ -69,11 +78,15 @@ fn starttls_handshake_then_mail_over_tls() {
 fn no_starttls_without_a_certificate() {
     let sink = spawn(SinkConfig::accept_all("127.0.0.1:0".parse().unwrap())).unwrap();
     let tcp = std::net::TcpStream::connect(sink.addrs[0]).unwrap();
-    tcp.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
     let mut plain = BufReader::new(tcp);
     read_reply(&mut plain);
     let ehlo = exchange(&mut plain, "EHLO client.test\r\n");
-    assert!(ehlo.contains("250-CHUNKING") && !ehlo.contains("STARTTLS"), "{ehlo}");
+    assert!(
+        ehlo.contains("250-CHUNKING") && !ehlo.contains("STARTTLS"),
+        "{ehlo}"
+    );
     assert!(exchange(&mut plain, "STARTTLS\r\n").starts_with("500"));
     // BDAT works too.
     assert!(exchange(&mut plain, "MAIL FROM:<a@client.test>\r\n").starts_with("250"));
