@@ -43,6 +43,8 @@ pub const ZONE_TTL_S_DEFAULT: u32 = 300;
 pub const NEGATIVE_TTL_S_DEFAULT: u32 = 60;
 /// Largest DNS message we read over UDP or TCP.
 const DNS_MESSAGE_BYTES_MAX: usize = 65_535;
+/// Concurrent TCP connections served; more are closed at once.
+const TCP_CONNECTIONS_MAX: usize = 64;
 /// Poll interval of the server threads for the stop flag.
 const STOP_POLL_MS: u64 = 100;
 
@@ -342,14 +344,30 @@ fn serve_udp(socket: &UdpSocket, zone: &Zone, stop: &AtomicBool) {
     }
 }
 
-fn serve_tcp(listener: &TcpListener, zone: &Zone, stop: &AtomicBool) {
+fn serve_tcp(listener: &TcpListener, zone: &Arc<Zone>, stop: &AtomicBool) {
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     while !stop.load(Ordering::SeqCst) {
         match listener.accept() {
             Ok((mut stream, _)) => {
+                if open.load(Ordering::SeqCst) >= TCP_CONNECTIONS_MAX {
+                    continue; // dropped: the client retries
+                }
                 let _ = stream.set_nonblocking(false);
                 let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-                // Connections are short and rare in tests: serve inline.
-                while serve_tcp_one(&mut stream, zone).is_ok() {}
+                let (zone, conn_open) = (zone.clone(), open.clone());
+                open.fetch_add(1, Ordering::SeqCst);
+                // One short-lived thread per connection: TCP is rare here
+                // (truncated answers, tests), and one idle client must not
+                // block the others.
+                let spawned = std::thread::Builder::new()
+                    .name("bench-dns-tcp-conn".into())
+                    .spawn(move || {
+                        while serve_tcp_one(&mut stream, &zone).is_ok() {}
+                        conn_open.fetch_sub(1, Ordering::SeqCst);
+                    });
+                if spawned.is_err() {
+                    open.fetch_sub(1, Ordering::SeqCst);
+                }
             }
             Err(_) => std::thread::sleep(Duration::from_millis(10)),
         }
