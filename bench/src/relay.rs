@@ -53,6 +53,8 @@ pub struct Load {
     pub connections: u64,
     pub per_connection: u64,
     pub size: usize,
+    /// Injector worker threads (each its own runtime).
+    pub inject_threads: usize,
 }
 
 /// A child process killed (SIGTERM, then SIGKILL) when dropped.
@@ -188,6 +190,7 @@ fn inject_config(to: SocketAddr, load: &Load) -> InjectConfig {
     let mut cfg = InjectConfig::new(to, load.messages, load.connections);
     cfg.per_connection = load.per_connection;
     cfg.sizes = vec![load.size];
+    cfg.threads = load.inject_threads;
     cfg
 }
 
@@ -615,6 +618,9 @@ pub struct RelayArgs {
     pub per_connection: u64,
     #[arg(long, default_value_t = 2048)]
     pub size: usize,
+    /// Injector threads (same for every leg).
+    #[arg(long, default_value_t = 1)]
+    pub inject_threads: usize,
     /// Use this spate configuration instead of a generated one (it must route
     /// example.test to the sink; the generated one shows how).
     #[arg(long)]
@@ -696,6 +702,7 @@ pub fn run(args: RelayArgs) -> anyhow::Result<()> {
         connections: args.connections,
         per_connection: args.per_connection,
         size: args.size,
+        inject_threads: args.inject_threads,
     };
     let mut rows = Vec::new();
     let failed = |name: &str, e: anyhow::Error| LegResult {

@@ -8,6 +8,7 @@ fn small_load() -> Load {
         connections: 5,
         per_connection: 20,
         size: 2048,
+        inject_threads: 1,
     }
 }
 
