@@ -43,3 +43,12 @@ fn spate_leg_fails_clearly_when_the_binary_is_missing() {
     .unwrap_err();
     assert!(format!("{err:#}").contains("not found"), "{err:#}");
 }
+
+#[test]
+#[ignore = "installs and starts a private Postfix (needs root and apt); run with --ignored"]
+fn postfix_leg_delivers_everything() {
+    let r = spate_bench::relay::run_postfix(&small_load()).unwrap();
+    assert_eq!(r.error, None);
+    assert_eq!(r.delivered, 300);
+    assert!(r.cpu_s.is_some_and(|c| c > 0.0));
+}
