@@ -327,18 +327,20 @@ pub fn run_spate(
     let dns = crate::dns::spawn("127.0.0.1:0".parse()?, zone)?;
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    let config_path = match config {
-        Some(p) => p.to_path_buf(),
-        None => {
-            std::fs::write(dir.path().join("admin.token"), "spate-bench-token\n")?;
-            let path = dir.path().join("spate.toml");
-            std::fs::write(
-                &path,
-                spate_config(dir.path(), listen, admin, dns.addr, sink_addr),
-            )?;
-            path
-        }
+    std::fs::write(dir.path().join("admin.token"), "spate-bench-token\n")?;
+    let text = match config {
+        // A template: placeholders are filled with this run's addresses.
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| format!("reading {}", p.display()))?
+            .replace("{listen}", &listen.to_string())
+            .replace("{admin}", &admin.to_string())
+            .replace("{dns}", &dns.addr.to_string())
+            .replace("{sink}", &sink_addr.to_string())
+            .replace("{dir}", &dir.path().display().to_string()),
+        None => spate_config(dir.path(), listen, admin, dns.addr, sink_addr),
     };
+    let config_path = dir.path().join("spate.toml");
+    std::fs::write(&config_path, text)?;
     let log = dir.path().join("spate.log");
     let child = Command::new(spate_bin)
         .args(["run", "--config"])
@@ -378,8 +380,10 @@ pub struct RelayArgs {
     /// Injector threads (same for every leg).
     #[arg(long, default_value_t = 1)]
     pub inject_threads: usize,
-    /// Use this spate configuration instead of a generated one (it must route
-    /// example.test to the sink; the generated one shows how).
+    /// A spate configuration template instead of the generated one; the
+    /// placeholders {listen}, {admin}, {dns}, {sink} and {dir} (temp dir for
+    /// the spool and admin.token) are filled in. It must route example.test
+    /// to {sink}; `spate_bench::relay::spate_config` shows how.
     #[arg(long)]
     pub config: Option<PathBuf>,
     #[arg(long, default_value = "target/release/spate")]
