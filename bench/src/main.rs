@@ -1,28 +1,42 @@
 //! `spate-bench`: load generator, scriptable sink, test DNS server and benchmark scenarios.
 
-mod shaper;
-mod spool;
-
 use clap::{Parser, Subcommand};
 
-#[derive(Parser)]
-#[command(name = "spate-bench")]
+#[derive(Parser, Debug)]
+#[command(
+    name = "spate-bench",
+    version,
+    about = "Load generator, SMTP sink, test DNS server and benchmarks for spate"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(Subcommand)]
+#[derive(Subcommand, Debug)]
 enum Command {
+    /// SMTP sink replying per a script, counting what it accepts.
+    Sink(spate_bench::sink::SinkArgs),
+    /// SMTP injector: N messages over C connections.
+    Inject(spate_bench::inject::InjectArgs),
+    /// Authoritative test DNS server (UDP and TCP) from a zone file.
+    Dns(spate_bench::dns::DnsArgs),
+    /// Scenario runner: dns + sink + spate (and Postfix / raw) + injector.
+    Relay(spate_bench::relay::RelayArgs),
     /// Spool append throughput (group commit vs fsync per message) and recovery time.
-    Spool(spool::SpoolArgs),
+    Spool(spate_bench::spool::SpoolArgs),
     /// Rate controller accuracy and cost over many simulated queues.
-    Shaper(shaper::ShaperArgs),
+    Shaper(spate_bench::shaper::ShaperArgs),
 }
 
 fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
-        Command::Spool(args) => spool::run(args),
-        Command::Shaper(args) => shaper::run(args),
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Sink(args) => spate_bench::sink::run(args),
+        Command::Inject(args) => spate_bench::inject::run(args),
+        Command::Dns(args) => spate_bench::dns::run(args),
+        Command::Relay(args) => spate_bench::relay::run(args),
+        Command::Spool(args) => spate_bench::spool::run(args),
+        Command::Shaper(args) => spate_bench::shaper::run(args),
     }
 }

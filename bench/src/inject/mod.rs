@@ -1,0 +1,489 @@
+//! The SMTP injector: drives C concurrent connections on compio (io_uring),
+//! each sending up to M messages (pipelining MAIL/RCPT/DATA when offered),
+//! then QUIT and reconnect until N messages are done.
+//!
+//! Owns message generation (size or size distribution, the
+//! `X-Spate-Bench-Sent` timestamp header, optional X-Virtual-MTA/X-Job), the
+//! client side of the SMTP exchange, the optional rate cap, ack latency (end of
+//! DATA sent to the final reply received) and the accounting: every message is
+//! counted exactly once, as accepted or as failed with the reply (or error)
+//! that failed it. A message that never reached MAIL because the server closed
+//! an already-used connection is put back and sent on a new connection.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::report::{self, Percentiles};
+use crate::sink::SENT_HEADER;
+
+mod client;
+
+use client::{Connection, Step};
+
+/// Longest reply line kept; longer replies are an error from the server.
+pub const REPLY_BYTES_MAX: usize = 64 * 1024;
+/// How long one reply may take before the connection counts as failed.
+pub const REPLY_TIMEOUT_MS: u64 = 60_000;
+/// Distinct failure texts kept; further ones are grouped as "(other)".
+pub const FAILURE_KINDS_MAX: usize = 1000;
+
+/// What to send.
+#[derive(Debug, Clone)]
+pub struct InjectConfig {
+    pub to: SocketAddr,
+    pub messages: u64,
+    pub connections: u64,
+    pub per_connection: u64,
+    /// Message sizes in bytes, chosen round-robin per message.
+    pub sizes: Vec<usize>,
+    pub domains: Vec<String>,
+    /// Recipient local-part prefixes, round-robin (`tempfail+` etc. for sink scripts).
+    pub locals: Vec<String>,
+    /// Messages per second over all connections; None = as fast as possible.
+    pub rate: Option<f64>,
+    pub vmta: Option<String>,
+    pub job: Option<String>,
+    pub from: String,
+    pub ehlo: String,
+    pub source: Option<IpAddr>,
+    /// Worker threads, each with its own runtime and a share of the connections.
+    pub threads: usize,
+    pub progress: bool,
+}
+
+impl InjectConfig {
+    /// `messages` 2 KB messages over `connections` connections to `to`.
+    pub fn new(to: SocketAddr, messages: u64, connections: u64) -> Self {
+        InjectConfig {
+            to,
+            messages,
+            connections,
+            per_connection: 100,
+            sizes: vec![2048],
+            domains: vec!["example.test".into()],
+            locals: vec!["user".into()],
+            rate: None,
+            vmta: None,
+            job: None,
+            from: "bench@spate-bench.test".into(),
+            ehlo: "injector.spate-bench.test".into(),
+            source: None,
+            threads: 1,
+            progress: false,
+        }
+    }
+}
+
+/// The injector's summary.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct InjectReport {
+    pub messages: u64,
+    pub accepted: u64,
+    pub failed: u64,
+    /// Never attempted because the run was interrupted (SIGINT/SIGTERM).
+    pub unsent: u64,
+    /// Failed messages grouped by the reply (or error) that failed them.
+    pub failures: BTreeMap<String, u64>,
+    pub connections_opened: u64,
+    pub bytes_sent: u64,
+    pub elapsed_s: f64,
+    /// Accepted messages per second.
+    pub messages_per_s: f64,
+    pub ack_latency: Percentiles,
+    pub first_send_unix_us: u64,
+}
+
+struct Shared {
+    config: InjectConfig,
+    next: AtomicU64,
+    /// Messages put back (never reached MAIL); at most one per connection slot.
+    returned: Mutex<Vec<u64>>,
+    done: AtomicU64,
+    started: Instant,
+    totals: Mutex<Totals>,
+    progress: Option<indicatif::ProgressBar>,
+}
+
+struct Totals {
+    report: InjectReport,
+    ack: hdrhistogram::Histogram<u64>,
+}
+
+impl Shared {
+    /// Claims the next message number, or None when all are claimed.
+    fn claim(&self) -> Option<u64> {
+        if crate::stop_requested() {
+            return None; // interrupted: the rest stays unsent
+        }
+        if let Some(seq) = self
+            .returned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop()
+        {
+            return Some(seq);
+        }
+        let n = self.next.fetch_add(1, Ordering::SeqCst);
+        (n < self.config.messages).then_some(n)
+    }
+
+    fn give_back(&self, seq: u64) {
+        self.returned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(seq);
+    }
+
+    fn outcome(&self, result: Result<(), String>) {
+        {
+            let mut t = self
+                .totals
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match result {
+                Ok(()) => t.report.accepted += 1,
+                Err(reason) => {
+                    t.report.failed += 1;
+                    let kinds = t.report.failures.len();
+                    let key =
+                        if kinds >= FAILURE_KINDS_MAX && !t.report.failures.contains_key(&reason) {
+                            "(other)".to_owned()
+                        } else {
+                            reason
+                        };
+                    *t.report.failures.entry(key).or_default() += 1;
+                }
+            }
+        }
+        self.done.fetch_add(1, Ordering::SeqCst);
+        if let Some(bar) = &self.progress {
+            bar.inc(1);
+        }
+    }
+
+    async fn pace(&self, seq: u64) {
+        if let Some(rate) = self.config.rate {
+            let due = self.started + Duration::from_secs_f64(seq as f64 / rate);
+            let now = Instant::now();
+            if due > now {
+                compio::time::sleep(due - now).await;
+            }
+        }
+    }
+}
+
+/// Runs the injection to completion and returns the summary.
+pub fn run_inject(config: InjectConfig) -> anyhow::Result<InjectReport> {
+    anyhow::ensure!(config.connections > 0, "--connections must be > 0");
+    anyhow::ensure!(config.per_connection > 0, "--per-connection must be > 0");
+    anyhow::ensure!(
+        !config.sizes.is_empty() && !config.domains.is_empty() && !config.locals.is_empty()
+    );
+    anyhow::ensure!(config.rate.is_none_or(|r| r > 0.0), "--rate must be > 0");
+    let progress = (config.progress && std::io::stderr().is_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::new(config.messages);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    let threads = config
+        .threads
+        .clamp(1, 64)
+        .min(usize::try_from(config.connections).unwrap_or(1));
+    let shared = Arc::new(Shared {
+        next: AtomicU64::new(0),
+        returned: Mutex::new(Vec::new()),
+        done: AtomicU64::new(0),
+        started: Instant::now(),
+        totals: Mutex::new(Totals {
+            report: InjectReport::default(),
+            ack: report::new_histogram(),
+        }),
+        progress,
+        config,
+    });
+    let first_send_unix_us = crate::unix_micros();
+    let mut workers = Vec::new();
+    for t in 0..threads {
+        let shared = shared.clone();
+        let conns = shared.config.connections;
+        let mine = conns / threads as u64 + u64::from((t as u64) < conns % threads as u64);
+        workers.push(
+            std::thread::Builder::new()
+                .name(format!("bench-inject-{t}"))
+                .spawn(move || {
+                    let rt = compio::runtime::Runtime::new()
+                        .context("injector: starting compio runtime")?;
+                    rt.block_on(async {
+                        let tasks: Vec<_> = (0..mine)
+                            .map(|_| {
+                                let shared = shared.clone();
+                                compio::runtime::spawn(
+                                    async move { connection_loop(&shared).await },
+                                )
+                            })
+                            .collect();
+                        for task in tasks {
+                            let _ = task.await;
+                        }
+                    });
+                    anyhow::Ok(())
+                })?,
+        );
+    }
+    for w in workers {
+        w.join()
+            .map_err(|_| anyhow::anyhow!("injector thread panicked"))??;
+    }
+    if let Some(bar) = &shared.progress {
+        bar.finish_and_clear();
+    }
+    let elapsed = shared.started.elapsed().as_secs_f64();
+    let t = shared
+        .totals
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut report = t.report.clone();
+    report.messages = shared.config.messages;
+    let claimed = shared
+        .next
+        .load(Ordering::SeqCst)
+        .min(shared.config.messages);
+    let returned = shared
+        .returned
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .len() as u64;
+    report.unsent = shared.config.messages - claimed + returned;
+    report.elapsed_s = elapsed;
+    report.messages_per_s = if elapsed > 0.0 {
+        report.accepted as f64 / elapsed
+    } else {
+        0.0
+    };
+    report.ack_latency = report::percentiles(&t.ack);
+    report.first_send_unix_us = first_send_unix_us;
+    anyhow::ensure!(
+        report.accepted + report.failed + report.unsent == shared.config.messages,
+        "accounting bug: {} accepted + {} failed + {} unsent for {} messages",
+        report.accepted,
+        report.failed,
+        report.unsent,
+        shared.config.messages
+    );
+    Ok(report)
+}
+
+/// One connection slot: connect, send up to M messages, QUIT, repeat.
+async fn connection_loop(shared: &Shared) {
+    while let Some(first) = shared.claim() {
+        let conn = Connection::open(shared).await;
+        let mut conn = match conn {
+            Ok(c) => c,
+            Err(reason) => {
+                // Connection-level failure: this one message fails with it.
+                shared.outcome(Err(reason));
+                continue;
+            }
+        };
+        let mut sent_on_connection = 0u64;
+        let mut next = Some(first);
+        while let Some(seq) = next {
+            shared.pace(seq).await;
+            match conn.send_message(shared, seq).await {
+                Step::Done(result) => shared.outcome(result),
+                Step::Broken {
+                    reason,
+                    before_mail,
+                } => {
+                    if before_mail && sent_on_connection > 0 {
+                        shared.give_back(seq);
+                    } else {
+                        shared.outcome(Err(reason));
+                    }
+                    conn.broken = true;
+                    break;
+                }
+            }
+            sent_on_connection += 1;
+            if conn.broken || sent_on_connection >= shared.config.per_connection {
+                break;
+            }
+            next = shared.claim();
+        }
+        conn.quit().await;
+    }
+}
+
+/// Writes a message of about `size` bytes (headers included), dot-safe.
+pub fn build_message(out: &mut Vec<u8>, cfg: &InjectConfig, rcpt: &str, seq: u64, size: usize) {
+    use std::io::Write;
+    let _ = write!(
+        out,
+        "{SENT_HEADER}: {}\r\nFrom: <{}>\r\nTo: <{}>\r\nSubject: spate-bench message {}\r\nMessage-ID: <{}.{}@spate-bench.test>\r\n",
+        crate::unix_micros(),
+        cfg.from,
+        rcpt,
+        seq,
+        seq,
+        std::process::id()
+    );
+    if let Some(v) = &cfg.vmta {
+        let _ = write!(out, "X-Virtual-MTA: {v}\r\n");
+    }
+    if let Some(j) = &cfg.job {
+        let _ = write!(out, "X-Job: {j}\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    // Body lines of 76 letters; never starting with '.'.
+    const LINE: &[u8] =
+        b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwx\r\n";
+    while out.len() + LINE.len() <= size {
+        out.extend_from_slice(LINE);
+    }
+    let rest = size.saturating_sub(out.len());
+    if rest > 2 {
+        out.extend_from_slice(LINE.get(..rest - 2).unwrap_or_default());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Parses `--size-dist 1024:70,10240:25,102400:5` into a 100-entry size cycle.
+pub fn parse_size_dist(text: &str) -> anyhow::Result<Vec<usize>> {
+    let mut sizes = Vec::new();
+    for part in text.split(',') {
+        let (size, weight) = part
+            .split_once(':')
+            .context("--size-dist entries are SIZE:WEIGHT")?;
+        let size: usize = size.trim().parse().context("bad size in --size-dist")?;
+        let weight: usize = weight.trim().parse().context("bad weight in --size-dist")?;
+        anyhow::ensure!(weight <= 1000, "weight too large in --size-dist");
+        sizes.extend(std::iter::repeat_n(size, weight));
+    }
+    anyhow::ensure!(!sizes.is_empty(), "--size-dist is empty");
+    // Interleave so that short runs see the mix: stride through the list.
+    let n = sizes.len();
+    let stride = (1..n).rev().find(|s| gcd(*s, n) == 1).unwrap_or(1);
+    Ok((0..n)
+        .filter_map(|i| sizes.get((i * stride) % n).copied())
+        .collect())
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+/// Arguments of `spate-bench inject`.
+#[derive(clap::Args, Debug)]
+pub struct InjectArgs {
+    #[arg(long)]
+    pub to: SocketAddr,
+    #[arg(long, default_value_t = 1000)]
+    pub messages: u64,
+    #[arg(long, default_value_t = 20)]
+    pub connections: u64,
+    #[arg(long, default_value_t = 100)]
+    pub per_connection: u64,
+    /// Message size in bytes (headers included).
+    #[arg(long, default_value_t = 2048, conflicts_with = "size_dist")]
+    pub size: usize,
+    /// Size distribution SIZE:WEIGHT,... e.g. 2048:80,102400:20.
+    #[arg(long)]
+    pub size_dist: Option<String>,
+    /// Comma-separated recipient domains, used round-robin.
+    #[arg(long, value_delimiter = ',', default_value = "example.test")]
+    pub domains: Vec<String>,
+    /// Comma-separated recipient local-part prefixes, round-robin.
+    #[arg(long, value_delimiter = ',', default_value = "user")]
+    pub locals: Vec<String>,
+    /// Messages per second cap over all connections.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Add `X-Virtual-MTA: NAME`.
+    #[arg(long)]
+    pub vmta: Option<String>,
+    /// Add `X-Job: ID`.
+    #[arg(long)]
+    pub job: Option<String>,
+    #[arg(long, default_value = "bench@spate-bench.test")]
+    pub from: String,
+    /// Bind connections to this source IP (e.g. 127.0.0.5).
+    #[arg(long)]
+    pub source: Option<IpAddr>,
+    /// Worker threads (each with its own io_uring runtime).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long)]
+    pub allow_remote: bool,
+}
+
+impl InjectArgs {
+    /// Turns command-line arguments into a configuration.
+    pub fn into_config(self) -> anyhow::Result<InjectConfig> {
+        crate::ensure_loopback(self.to, self.allow_remote)?;
+        if let Some(ip) = self.source {
+            crate::ensure_loopback_ip(ip, self.allow_remote)?;
+        }
+        let sizes = match &self.size_dist {
+            Some(d) => parse_size_dist(d)?,
+            None => vec![self.size],
+        };
+        Ok(InjectConfig {
+            to: self.to,
+            messages: self.messages,
+            connections: self.connections,
+            per_connection: self.per_connection,
+            sizes,
+            domains: self.domains,
+            locals: self.locals,
+            rate: self.rate,
+            vmta: self.vmta,
+            job: self.job,
+            from: self.from,
+            ehlo: "injector.spate-bench.test".into(),
+            source: self.source,
+            threads: self.threads,
+            progress: !self.json,
+        })
+    }
+}
+
+/// Prints a human summary.
+pub fn print_summary(r: &InjectReport) {
+    println!(
+        "injected {} messages in {:.3} s: {} accepted, {} failed, {:.0} msgs/s, {} connections",
+        r.messages, r.elapsed_s, r.accepted, r.failed, r.messages_per_s, r.connections_opened
+    );
+    if r.unsent > 0 {
+        println!("interrupted: {} messages never sent", r.unsent);
+    }
+    println!("ack latency: {}", r.ack_latency);
+    for (reason, n) in &r.failures {
+        println!("  {n:>8}  {reason}");
+    }
+}
+
+/// Runs `spate-bench inject`.
+pub fn run(args: InjectArgs) -> anyhow::Result<()> {
+    let json = args.json;
+    crate::install_signal_watch()?;
+    let report = run_inject(args.into_config()?)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_summary(&report);
+    }
+    Ok(())
+}

@@ -1,0 +1,505 @@
+//! The scenario runner behind `spate-bench relay`.
+//!
+//! Owns the legs of a comparison run: `raw` (injector straight into the sink),
+//! `spate` (dns + sink + the release `spate` binary with a generated config +
+//! injector) and `postfix` (a private Postfix instance under a temp dir
+//! relaying to the same kind of sink). Each leg gets a fresh sink, the same
+//! load, and yields one [`LegResult`]: end-to-end messages/s (first injection
+//! until the sink has every accepted message), ack and end-to-end latency, CPU
+//! seconds and peak RSS of the MTA. Every child process is held by a guard that
+//! kills it on drop, so errors and early returns clean up.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+
+use crate::inject::{InjectConfig, InjectReport, run_inject};
+use crate::report::Percentiles;
+use crate::sink::{SinkConfig, SinkHandle};
+
+mod postfix;
+
+pub use postfix::{Postfix, ensure_postfix_installed, run_postfix, run_smtp_source, start_postfix};
+
+/// How long an MTA may take to start listening.
+pub const MTA_START_TIMEOUT_MS: u64 = 15_000;
+/// Drain time allowed after injection, on top of 1 ms per message.
+pub const DRAIN_TIMEOUT_MS_BASE: u64 = 30_000;
+
+/// One row of the result table.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LegResult {
+    pub name: String,
+    pub messages: u64,
+    pub injected_ok: u64,
+    pub delivered: u64,
+    pub elapsed_s: f64,
+    /// Delivered messages per second, first injection to last delivery.
+    pub end_to_end_msgs_per_s: f64,
+    pub injection_msgs_per_s: f64,
+    pub ack_latency: Percentiles,
+    pub e2e_latency: Percentiles,
+    pub cpu_s: Option<f64>,
+    pub cpu_ms_per_msg: Option<f64>,
+    pub peak_rss_kib: Option<u64>,
+    pub injector_failures: std::collections::BTreeMap<String, u64>,
+    pub error: Option<String>,
+}
+
+/// The load each leg receives.
+#[derive(Debug, Clone)]
+pub struct Load {
+    pub messages: u64,
+    pub connections: u64,
+    pub per_connection: u64,
+    pub size: usize,
+    /// Injector worker threads (each its own runtime).
+    pub inject_threads: usize,
+}
+
+/// A child process killed (SIGTERM, then SIGKILL) when dropped.
+#[derive(Debug)]
+pub struct ChildGuard {
+    pub child: Child,
+    pub name: String,
+}
+
+impl ChildGuard {
+    /// Sends SIGTERM and waits up to `grace` before SIGKILL.
+    pub fn terminate(&mut self, grace: Duration) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: kill(2) with a pid we spawned and still own (not reaped yet).
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.terminate(Duration::from_secs(5));
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound then released).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn wait_listening(addr: SocketAddr, child: &mut ChildGuard, log: &Path) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_millis(MTA_START_TIMEOUT_MS);
+    loop {
+        if let Ok(Some(status)) = child.child.try_wait() {
+            bail!(
+                "{} exited during start-up ({status}); log {}:\n{}",
+                child.name,
+                log.display(),
+                tail(log)
+            );
+        }
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline || crate::stop_requested() {
+            bail!(
+                "{} did not listen on {addr} within {MTA_START_TIMEOUT_MS} ms; log {}:\n{}",
+                child.name,
+                log.display(),
+                tail(log)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// CPU seconds (user+system, children reaped included) of a process tree.
+pub fn tree_cpu_s(root: u32) -> Option<f64> {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let ticks = if ticks > 0 { ticks as f64 } else { 100.0 };
+    let mut parents = std::collections::HashMap::new();
+    let mut cpu = std::collections::HashMap::new();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the ")" closing the command name: state ppid ... utime(14) stime(15) cutime(16) cstime(17).
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        let ppid = f.get(1).and_then(|v| v.parse::<u32>().ok()).unwrap_or(0);
+        parents.insert(pid, ppid);
+        cpu.insert(pid, num(11) + num(12) + num(13) + num(14));
+    }
+    cpu.get(&root)?;
+    let mut total = 0.0;
+    for (pid, c) in &cpu {
+        let mut p = *pid;
+        for _ in 0..64 {
+            if p == root {
+                total += c;
+                break;
+            }
+            match parents.get(&p) {
+                Some(pp) if *pp != 0 => p = *pp,
+                _ => break,
+            }
+        }
+    }
+    Some(total / ticks)
+}
+
+/// Peak resident set (VmHWM) in KiB.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn inject_config(to: SocketAddr, load: &Load) -> InjectConfig {
+    let mut cfg = InjectConfig::new(to, load.messages, load.connections);
+    cfg.per_connection = load.per_connection;
+    cfg.sizes = vec![load.size];
+    cfg.threads = load.inject_threads;
+    cfg
+}
+
+/// Injects, then waits for the sink to hold every accepted message.
+fn inject_and_drain(
+    name: &str,
+    to: SocketAddr,
+    sink: &SinkHandle,
+    load: &Load,
+    mta_pid: Option<u32>,
+) -> anyhow::Result<LegResult> {
+    let started = Instant::now();
+    let inject: InjectReport = run_inject(inject_config(to, load))?;
+    let drain = Duration::from_millis(DRAIN_TIMEOUT_MS_BASE + load.messages);
+    let complete = sink.wait_for_messages(inject.accepted, drain);
+    let sink_report = sink.report();
+    let elapsed = match sink_report.last_message_unix_us {
+        Some(last) if complete => last.saturating_sub(inject.first_send_unix_us) as f64 / 1e6,
+        _ => started.elapsed().as_secs_f64(),
+    };
+    let cpu_s = mta_pid.and_then(tree_cpu_s);
+    let delivered = sink_report.total.messages;
+    let mut result = LegResult {
+        name: name.into(),
+        messages: load.messages,
+        injected_ok: inject.accepted,
+        delivered,
+        elapsed_s: elapsed,
+        end_to_end_msgs_per_s: if elapsed > 0.0 {
+            delivered as f64 / elapsed
+        } else {
+            0.0
+        },
+        injection_msgs_per_s: inject.messages_per_s,
+        ack_latency: inject.ack_latency,
+        e2e_latency: sink_report.e2e_latency,
+        cpu_s,
+        cpu_ms_per_msg: cpu_s
+            .filter(|_| delivered > 0)
+            .map(|c| c * 1000.0 / delivered as f64),
+        peak_rss_kib: mta_pid.and_then(peak_rss_kib),
+        injector_failures: inject.failures,
+        error: None,
+    };
+    if !complete {
+        result.error = Some(format!(
+            "sink holds {delivered} of {} accepted messages after {drain:?}",
+            inject.accepted
+        ));
+    }
+    Ok(result)
+}
+
+fn start_sink() -> anyhow::Result<SinkHandle> {
+    crate::sink::spawn(SinkConfig::accept_all("127.0.0.1:0".parse()?))
+}
+
+/// The raw pipeline: injector straight into the sink.
+pub fn run_raw(load: &Load) -> anyhow::Result<LegResult> {
+    let sink = start_sink()?;
+    let to = *sink.addrs.first().context("sink has no address")?;
+    inject_and_drain("raw (inject -> sink)", to, &sink, load, None)
+}
+
+/// Writes spate's configuration for one run.
+pub fn spate_config(
+    dir: &Path,
+    listen: SocketAddr,
+    admin: SocketAddr,
+    dns: SocketAddr,
+    sink: SocketAddr,
+) -> String {
+    format!(
+        r#"# generated by spate-bench relay
+hostname = "spate.bench.test"
+
+[spool]
+path = "{spool}"
+sync = "group"
+
+[admin]
+listen = "{admin}"
+token_file = "{token}"
+
+[dns]
+nameservers = ["{dns}"]
+timeout = "2s"
+
+[[listener]]
+address = "{listen}"
+
+[[source]]
+networks = ["127.0.0.0/8"]
+allow_relaying = true
+default_vmta = "bench"
+
+[vmta.bench]
+source_ip = "127.0.0.1"
+ehlo = "spate.bench.test"
+
+[domain."*"]
+max_smtp_out = 20
+starttls = "off"
+
+[domain."example.test"]
+smtp_hosts = ["{sink}"]
+"#,
+        spool = dir.join("spool").display(),
+        token = dir.join("admin.token").display(),
+    )
+}
+
+/// The spate leg.
+pub fn run_spate(
+    load: &Load,
+    spate_bin: &Path,
+    config: Option<&Path>,
+) -> anyhow::Result<LegResult> {
+    anyhow::ensure!(
+        spate_bin.exists(),
+        "spate binary {} not found (cargo build --release -p spate)",
+        spate_bin.display()
+    );
+    let dir = tempfile::tempdir()?;
+    let sink = start_sink()?;
+    let sink_addr = *sink.addrs.first().context("sink has no address")?;
+    let zone = crate::dns::Zone::parse(
+        "example.test MX 10 sink.example.test\nsink.example.test A 127.0.0.1\n",
+    )?;
+    let dns = crate::dns::spawn("127.0.0.1:0".parse()?, zone)?;
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    std::fs::write(dir.path().join("admin.token"), "spate-bench-token\n")?;
+    let text = match config {
+        // A template: placeholders are filled with this run's addresses.
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| format!("reading {}", p.display()))?
+            .replace("{listen}", &listen.to_string())
+            .replace("{admin}", &admin.to_string())
+            .replace("{dns}", &dns.addr.to_string())
+            .replace("{sink}", &sink_addr.to_string())
+            .replace("{dir}", &dir.path().display().to_string()),
+        None => spate_config(dir.path(), listen, admin, dns.addr, sink_addr),
+    };
+    let config_path = dir.path().join("spate.toml");
+    std::fs::write(&config_path, text)?;
+    let log = dir.path().join("spate.log");
+    let child = Command::new(spate_bin)
+        .args(["run", "--config"])
+        .arg(&config_path)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log)?)
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()
+        .with_context(|| format!("starting {}", spate_bin.display()))?;
+    let mut guard = ChildGuard {
+        child,
+        name: "spate".into(),
+    };
+    wait_listening(listen, &mut guard, &log).context("spate leg: spate did not start")?;
+    let result = inject_and_drain("spate", listen, &sink, load, Some(guard.child.id()));
+    guard.terminate(Duration::from_secs(30));
+    result
+}
+
+/// Arguments of `spate-bench relay`.
+#[derive(clap::Args, Debug)]
+pub struct RelayArgs {
+    /// Extra legs beside spate: raw, postfix, smtp-source (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub compare: Vec<String>,
+    /// Skip the spate leg (e.g. to run only --compare raw,postfix).
+    #[arg(long)]
+    pub no_spate: bool,
+    #[arg(long, default_value_t = 10_000)]
+    pub messages: u64,
+    #[arg(long, default_value_t = 20)]
+    pub connections: u64,
+    #[arg(long, default_value_t = 100)]
+    pub per_connection: u64,
+    #[arg(long, default_value_t = 2048)]
+    pub size: usize,
+    /// Injector threads (same for every leg).
+    #[arg(long, default_value_t = 1)]
+    pub inject_threads: usize,
+    /// A spate configuration template instead of the generated one; the
+    /// placeholders {listen}, {admin}, {dns}, {sink} and {dir} (temp dir for
+    /// the spool and admin.token) are filled in. It must route example.test
+    /// to {sink}; `spate_bench::relay::spate_config` shows how.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[arg(long, default_value = "target/release/spate")]
+    pub spate_bin: PathBuf,
+    #[arg(long)]
+    pub json_out: Option<PathBuf>,
+    /// Allow non-loopback targets (the runner itself only uses loopback).
+    #[arg(long)]
+    pub allow_remote: bool,
+}
+
+/// Prints the result table.
+pub fn print_table(rows: &[LegResult]) {
+    println!(
+        "{:<24} {:>8} {:>9} {:>11} {:>11} {:>10} {:>10} {:>10} {:>9} {:>10}",
+        "leg",
+        "msgs",
+        "delivered",
+        "e2e msg/s",
+        "inject/s",
+        "ack p50ms",
+        "ack p99ms",
+        "e2e p99ms",
+        "cpu ms/m",
+        "peak RSS"
+    );
+    for r in rows {
+        let opt = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.3}"));
+        let ms = |p: &Percentiles, us: u64| {
+            if p.count == 0 {
+                "-".to_owned()
+            } else {
+                format!("{:.2}", us as f64 / 1000.0)
+            }
+        };
+        println!(
+            "{:<24} {:>8} {:>9} {:>11.0} {:>11.0} {:>10} {:>10} {:>10} {:>9} {:>10}",
+            r.name,
+            r.messages,
+            r.delivered,
+            r.end_to_end_msgs_per_s,
+            r.injection_msgs_per_s,
+            ms(&r.ack_latency, r.ack_latency.p50_us),
+            ms(&r.ack_latency, r.ack_latency.p99_us),
+            ms(&r.e2e_latency, r.e2e_latency.p99_us),
+            opt(r.cpu_ms_per_msg),
+            r.peak_rss_kib
+                .map_or("-".to_owned(), |k| format!("{} MiB", k / 1024)),
+        );
+        if let Some(e) = &r.error {
+            println!("    error: {e}");
+        }
+        for (reason, n) in &r.injector_failures {
+            println!("    {n} failed: {reason}");
+        }
+    }
+    let rate = |name: &str| {
+        rows.iter()
+            .find(|r| r.name.starts_with(name) && r.error.is_none())
+            .map(|r| r.end_to_end_msgs_per_s)
+    };
+    if let Some(s) = rate("spate") {
+        if let Some(p) = rate("postfix").filter(|p| *p > 0.0) {
+            println!("spate / postfix = {:.2}x", s / p);
+        }
+        if let Some(r) = rate("raw").filter(|r| *r > 0.0) {
+            println!("spate / raw = {:.2}x", s / r);
+        }
+    }
+}
+
+/// Runs `spate-bench relay`.
+pub fn run(args: RelayArgs) -> anyhow::Result<()> {
+    crate::install_signal_watch()?;
+    let load = Load {
+        messages: args.messages,
+        connections: args.connections,
+        per_connection: args.per_connection,
+        size: args.size,
+        inject_threads: args.inject_threads,
+    };
+    let mut rows = Vec::new();
+    let failed = |name: &str, e: anyhow::Error| LegResult {
+        name: name.into(),
+        messages: load.messages,
+        error: Some(format!("{e:#}")),
+        ..LegResult::default()
+    };
+    for leg in &args.compare {
+        anyhow::ensure!(
+            matches!(leg.as_str(), "raw" | "postfix" | "smtp-source"),
+            "unknown --compare leg {leg:?} (raw, postfix, smtp-source)"
+        );
+    }
+    if args.compare.iter().any(|l| l == "raw") {
+        rows.push(run_raw(&load).unwrap_or_else(|e| failed("raw", e)));
+    }
+    if args.compare.iter().any(|l| l == "smtp-source") {
+        rows.push(run_smtp_source(&load).unwrap_or_else(|e| failed("smtp-source", e)));
+    }
+    if !args.no_spate {
+        rows.push(
+            run_spate(&load, &args.spate_bin, args.config.as_deref())
+                .unwrap_or_else(|e| failed("spate", e)),
+        );
+    }
+    if args.compare.iter().any(|l| l == "postfix") {
+        rows.push(run_postfix(&load).unwrap_or_else(|e| failed("postfix", e)));
+    }
+    print_table(&rows);
+    if let Some(path) = &args.json_out {
+        std::fs::write(path, serde_json::to_string_pretty(&rows)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if rows.iter().any(|r| r.error.is_some()) {
+        bail!("some legs failed (see the table)");
+    }
+    Ok(())
+}

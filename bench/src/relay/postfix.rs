@@ -1,0 +1,262 @@
+//! The Postfix legs of a relay run: installing Postfix when missing, a
+//! private instance under a temp dir (`postfix -c DIR`) relaying to the sink,
+//! and the `smtp-source` → `smtp-sink` reference pair.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use super::{
+    ChildGuard, LegResult, Load, MTA_START_TIMEOUT_MS, free_port, inject_and_drain, start_sink,
+    tail, wait_listening,
+};
+
+/// A private Postfix instance under a temp dir.
+pub struct Postfix {
+    pub dir: tempfile::TempDir,
+    pub listen: SocketAddr,
+    config_dir: PathBuf,
+}
+
+impl Postfix {
+    fn postfix(&self, action: &str) -> anyhow::Result<std::process::Output> {
+        Command::new("postfix")
+            .arg("-c")
+            .arg(&self.config_dir)
+            .arg(action)
+            .output()
+            .context("running postfix")
+    }
+
+    fn master_pid(&self) -> Option<u32> {
+        let text = std::fs::read_to_string(self.dir.path().join("queue/pid/master.pid")).ok()?;
+        text.trim().parse().ok()
+    }
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        let _ = self.postfix("stop");
+        // Give the master a moment to take its children down.
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Installs Postfix when absent (Debian package, non-interactive).
+pub fn ensure_postfix_installed() -> anyhow::Result<()> {
+    if Path::new("/usr/sbin/postfix").exists() {
+        return ensure_default_main_cf();
+    }
+    eprintln!("spate-bench relay: installing postfix (apt-get)");
+    let mut preseed = Command::new("debconf-set-selections")
+        .stdin(Stdio::piped())
+        .spawn()?;
+    if let Some(stdin) = preseed.stdin.as_mut() {
+        use std::io::Write;
+        stdin.write_all(b"postfix postfix/main_mailer_type select No configuration\npostfix postfix/mailname string bench.invalid\n")?;
+    }
+    preseed.wait()?;
+    let status = Command::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends", "postfix"])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()?;
+    anyhow::ensure!(
+        status.success(),
+        "apt-get install postfix failed ({status})"
+    );
+    ensure_default_main_cf()
+}
+
+/// `postfix -c DIR` reads the default main.cf first; a "No configuration"
+/// install has none, so write an empty one (the system instance stays unused).
+fn ensure_default_main_cf() -> anyhow::Result<()> {
+    let default = Path::new("/etc/postfix/main.cf");
+    if !default.exists() {
+        std::fs::write(
+            default,
+            "# created by spate-bench relay so that private instances (postfix -c DIR) start\n",
+        )
+        .context("creating /etc/postfix/main.cf")?;
+    }
+    Ok(())
+}
+
+const POSTFIX_MASTER_CF: &str = "\
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+proxywrite unix -       -       n       -       1       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+";
+
+/// Configures and starts a private Postfix relaying to `sink`.
+pub fn start_postfix(sink: SocketAddr) -> anyhow::Result<Postfix> {
+    ensure_postfix_installed()?;
+    let dir = tempfile::Builder::new()
+        .prefix("spate-bench-postfix")
+        .tempdir()?;
+    let config_dir = dir.path().join("etc");
+    let queue = dir.path().join("queue");
+    let data = dir.path().join("data");
+    for d in [&config_dir, &queue, &data] {
+        std::fs::create_dir_all(d)?;
+    }
+    // Postfix daemons run as the postfix user: they must traverse the temp
+    // dir and own the data directory.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+    }
+    let chown = Command::new("chown").arg("postfix").arg(&data).status()?;
+    anyhow::ensure!(chown.success(), "chown postfix {} failed", data.display());
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let main_cf = format!(
+        "compatibility_level = 3.6
+queue_directory = {queue}
+data_directory = {data}
+mail_owner = postfix
+setgid_group = postdrop
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+myhostname = postfix.bench.test
+mydestination =
+relayhost = [{sink_ip}]:{sink_port}
+mynetworks = 127.0.0.0/8
+smtpd_relay_restrictions = permit_mynetworks, reject
+smtpd_recipient_restrictions = permit_mynetworks, reject
+alias_maps =
+alias_database =
+local_recipient_maps =
+maillog_file = {dir}/maillog
+maillog_file_prefixes = {dir}
+smtp_tls_security_level = none
+smtpd_tls_security_level = none
+default_destination_concurrency_limit = 20
+smtpd_client_connection_count_limit = 0
+smtpd_client_message_rate_limit = 0
+in_flow_delay = 0s
+disable_dns_lookups = yes
+smtp_dns_support_level = disabled
+",
+        queue = queue.display(),
+        data = data.display(),
+        sink_ip = sink.ip(),
+        sink_port = sink.port(),
+        dir = dir.path().display(),
+    );
+    std::fs::write(config_dir.join("main.cf"), main_cf)?;
+    let master_cf = format!("{listen} inet n - n - - smtpd\n{POSTFIX_MASTER_CF}");
+    std::fs::write(config_dir.join("master.cf"), master_cf)?;
+    let pf = Postfix {
+        dir,
+        listen,
+        config_dir,
+    };
+    let out = pf.postfix("start")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "postfix start failed: {}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        tail(&pf.dir.path().join("maillog"))
+    );
+    let deadline = Instant::now() + Duration::from_millis(MTA_START_TIMEOUT_MS);
+    while std::net::TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_err() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "postfix did not listen on {listen}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(pf)
+}
+
+/// The Postfix leg.
+pub fn run_postfix(load: &Load) -> anyhow::Result<LegResult> {
+    let sink = start_sink()?;
+    let sink_addr = *sink.addrs.first().context("sink has no address")?;
+    let pf = start_postfix(sink_addr)?;
+    let pid = pf.master_pid();
+    let result = inject_and_drain("postfix", pf.listen, &sink, load, pid);
+    drop(pf);
+    result
+}
+
+/// Reference leg: Postfix's `smtp-source` into Postfix's `smtp-sink` (both
+/// from the postfix package). Only wall-clock throughput: the tools report no
+/// latencies. `smtp-source` does not pipeline, so this is round-trip bound.
+pub fn run_smtp_source(load: &Load) -> anyhow::Result<LegResult> {
+    ensure_postfix_installed()?;
+    let port = free_port()?;
+    let addr = format!("127.0.0.1:{port}");
+    let sink = Command::new("smtp-sink")
+        .args(["-u", "postfix", &addr, "1024"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting smtp-sink")?;
+    let mut guard = ChildGuard {
+        child: sink,
+        name: "smtp-sink".into(),
+    };
+    let sock: SocketAddr = addr.parse()?;
+    let log = PathBuf::from("/dev/null");
+    wait_listening(sock, &mut guard, &log)?;
+    let started = Instant::now();
+    let out = Command::new("smtp-source")
+        .args([
+            "-d",
+            "-s",
+            &load.connections.to_string(),
+            "-l",
+            &load.size.to_string(),
+        ])
+        .args([
+            "-m",
+            &load.messages.to_string(),
+            "-f",
+            "bench@spate-bench.test",
+            "-t",
+            "user@example.test",
+        ])
+        .arg(&addr)
+        .output()
+        .context("running smtp-source")?;
+    let elapsed = started.elapsed().as_secs_f64();
+    guard.terminate(Duration::from_secs(2));
+    anyhow::ensure!(
+        out.status.success(),
+        "smtp-source failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rate = load.messages as f64 / elapsed;
+    Ok(LegResult {
+        name: "smtp-source -> smtp-sink".into(),
+        messages: load.messages,
+        injected_ok: load.messages,
+        delivered: load.messages,
+        elapsed_s: elapsed,
+        end_to_end_msgs_per_s: rate,
+        injection_msgs_per_s: rate,
+        ..LegResult::default()
+    })
+}

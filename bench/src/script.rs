@@ -1,0 +1,303 @@
+//! The sink's reply script and provider presets, without I/O.
+//!
+//! A script is TOML (documented in bench/README.md). It decides: the greeting
+//! (including a 421 greeting), a delay before replies, temporary or permanent
+//! failure by recipient local part (`tempfail+...@`, `permfail+...@`), per
+//! client IP throttling after N messages per minute, time windows (relative to
+//! the sink's start) during which MAIL gets a given reply, and closing a
+//! connection after N messages. `{ip}` in any reply text is replaced by the
+//! client's IP address. Time comes in as an argument (`elapsed`), so every rule
+//! is testable without sleeping.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Largest number of client IPs tracked by the throttle; beyond it, the oldest
+/// windows are dropped (a benchmark sees a handful of IPs).
+pub const THROTTLE_IPS_MAX: usize = 65_536;
+
+/// The reply script.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Script {
+    /// Greeting line; a 4xx/5xx greeting refuses the session and closes.
+    pub greeting: String,
+    /// Milliseconds to wait before every reply flush.
+    pub delay_ms: u64,
+    /// Extra milliseconds before the reply to end of DATA.
+    pub data_delay_ms: u64,
+    /// Reply to RCPT for local parts starting with `tempfail+`.
+    pub tempfail_reply: String,
+    /// Reply to RCPT for local parts starting with `permfail+`.
+    pub permfail_reply: String,
+    /// Close the connection (without a reply to the next command) after this
+    /// many accepted messages on it; 0 = never.
+    pub close_after: u64,
+    /// Per client IP throttles, checked at MAIL.
+    pub throttle: Vec<Throttle>,
+    /// Time windows relative to the sink's start, checked at MAIL.
+    pub window: Vec<Window>,
+}
+
+/// Reply `reply` to MAIL once a client IP has started `messages_per_minute`
+/// transactions in the current one-minute window.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Throttle {
+    pub messages_per_minute: u64,
+    pub reply: String,
+}
+
+/// Reply `reply` to every MAIL from `start_s` to `end_s` seconds after start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Window {
+    pub start_s: u64,
+    pub end_s: u64,
+    pub reply: String,
+}
+
+impl Default for Script {
+    fn default() -> Self {
+        Script {
+            greeting: "220 spate-bench-sink ESMTP ready".into(),
+            delay_ms: 0,
+            data_delay_ms: 0,
+            tempfail_reply: "451 4.3.0 Temporary failure, try again later".into(),
+            permfail_reply: "550 5.1.1 Mailbox unavailable".into(),
+            close_after: 0,
+            throttle: Vec::new(),
+            window: Vec::new(),
+        }
+    }
+}
+
+impl Script {
+    /// Parses and validates a TOML script.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let script: Script = toml::from_str(text)?;
+        script.validate()?;
+        Ok(script)
+    }
+
+    /// Reads a script file.
+    pub fn load(path: &std::path::Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading script {}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| anyhow::anyhow!("script {}: {e}", path.display()))
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        check_reply("greeting", &self.greeting, &['2', '4', '5'])?;
+        check_reply("tempfail_reply", &self.tempfail_reply, &['4'])?;
+        check_reply("permfail_reply", &self.permfail_reply, &['5'])?;
+        for t in &self.throttle {
+            check_reply("throttle.reply", &t.reply, &['4', '5'])?;
+            anyhow::ensure!(
+                t.messages_per_minute > 0,
+                "throttle.messages_per_minute must be > 0"
+            );
+        }
+        for w in &self.window {
+            check_reply("window.reply", &w.reply, &['4', '5'])?;
+            anyhow::ensure!(w.start_s < w.end_s, "window.start_s must be before end_s");
+        }
+        Ok(())
+    }
+
+    /// A provider-like preset: realistic reply texts for throttling and blocks.
+    pub fn preset(name: &str) -> anyhow::Result<Self> {
+        let base = Script::default();
+        let script = match name {
+            "gmail" => Script {
+                greeting: "220 mx.google.example ESMTP spate-bench".into(),
+                tempfail_reply: "450 4.2.1 The user you are trying to contact is receiving mail at a rate that prevents additional messages from being delivered.".into(),
+                permfail_reply: "550 5.1.1 The email account that you tried to reach does not exist.".into(),
+                throttle: vec![Throttle {
+                    messages_per_minute: 3000,
+                    reply: "421 4.7.28 [{ip}] Our system has detected an unusual rate of unsolicited mail originating from your IP address. To protect our users from spam, mail sent from your IP address has been temporarily rate limited.".into(),
+                }],
+                close_after: 100,
+                ..base
+            },
+            "yahoo" => Script {
+                greeting: "220 mta.yahoo.example ESMTP ready".into(),
+                tempfail_reply: "451 Message temporarily deferred - [160]".into(),
+                permfail_reply: "554 5.7.9 Message not accepted for policy reasons.".into(),
+                throttle: vec![Throttle {
+                    messages_per_minute: 1000,
+                    reply: "421 4.7.0 [TSS04] Messages from {ip} temporarily deferred due to unexpected volume or user complaints - 4.16.55.1".into(),
+                }],
+                close_after: 50,
+                ..base
+            },
+            "microsoft" => Script {
+                greeting: "220 outlook.example Microsoft ESMTP MAIL Service ready".into(),
+                tempfail_reply: "451 4.7.650 The mail server [{ip}] has been temporarily rate limited due to IP reputation.".into(),
+                permfail_reply: "550 5.7.1 Unfortunately, messages from [{ip}] weren't sent. Please contact your Internet service provider since part of their network is on our block list (S3150).".into(),
+                throttle: vec![Throttle {
+                    messages_per_minute: 2000,
+                    reply: "451 4.7.650 The mail server [{ip}] has been temporarily rate limited due to IP reputation.".into(),
+                }],
+                close_after: 100,
+                ..base
+            },
+            other => anyhow::bail!("unknown preset {other:?} (gmail, yahoo, microsoft)"),
+        };
+        script.validate()?;
+        Ok(script)
+    }
+}
+
+fn check_reply(key: &str, reply: &str, classes: &[char]) -> anyhow::Result<()> {
+    let bytes = reply.as_bytes();
+    let ok = bytes.len() >= 3
+        && bytes.iter().take(3).all(u8::is_ascii_digit)
+        && reply.chars().next().is_some_and(|c| classes.contains(&c))
+        && (bytes.len() == 3 || bytes.get(3) == Some(&b' '))
+        && !reply.contains(['\r', '\n']);
+    anyhow::ensure!(
+        ok,
+        "{key}: {reply:?} is not a one-line SMTP reply of class {classes:?}"
+    );
+    Ok(())
+}
+
+/// Substitutes `{ip}` in a reply text.
+pub fn render(reply: &str, ip: IpAddr) -> String {
+    if reply.contains("{ip}") {
+        reply.replace("{ip}", &ip.to_string())
+    } else {
+        reply.to_owned()
+    }
+}
+
+/// Whether a reply closes the connection after being sent (421 does).
+pub fn closes_connection(reply: &str) -> bool {
+    reply.starts_with("421")
+}
+
+/// What to answer to one recipient.
+pub fn rcpt_reply<'s>(script: &'s Script, local_part: &str) -> Option<&'s str> {
+    let lower = local_part.to_ascii_lowercase();
+    if lower.starts_with("tempfail+") {
+        Some(&script.tempfail_reply)
+    } else if lower.starts_with("permfail+") {
+        Some(&script.permfail_reply)
+    } else {
+        None
+    }
+}
+
+/// Per-IP state of the throttle rules and time windows.
+#[derive(Debug, Default)]
+pub struct Policy {
+    windows: HashMap<IpAddr, (u64, u64)>, // (minute index, transactions started)
+}
+
+impl Policy {
+    /// Decides MAIL for `ip` at `elapsed` since the sink's start. `None`
+    /// accepts (and counts the transaction); `Some(reply)` refuses.
+    pub fn mail_reply(&mut self, script: &Script, ip: IpAddr, elapsed: Duration) -> Option<String> {
+        let secs = elapsed.as_secs();
+        if let Some(w) = script
+            .window
+            .iter()
+            .find(|w| secs >= w.start_s && secs < w.end_s)
+        {
+            return Some(render(&w.reply, ip));
+        }
+        if script.throttle.is_empty() {
+            return None;
+        }
+        let minute = secs / 60;
+        if self.windows.len() >= THROTTLE_IPS_MAX && !self.windows.contains_key(&ip) {
+            self.windows.retain(|_, (m, _)| *m == minute);
+            if self.windows.len() >= THROTTLE_IPS_MAX {
+                self.windows.clear();
+            }
+        }
+        let entry = self.windows.entry(ip).or_insert((minute, 0));
+        if entry.0 != minute {
+            *entry = (minute, 0);
+        }
+        if let Some(t) = script
+            .throttle
+            .iter()
+            .find(|t| entry.1 >= t.messages_per_minute)
+        {
+            return Some(render(&t.reply, ip));
+        }
+        entry.1 += 1;
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
+    const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 3));
+
+    #[test]
+    fn throttle_counts_per_ip_and_resets_each_minute() {
+        let script = Script::parse(
+            "[[throttle]]\nmessages_per_minute = 2\nreply = \"421 4.7.0 [TSS04] {ip} slow down\"\n",
+        )
+        .unwrap();
+        let mut policy = Policy::default();
+        let t0 = Duration::from_secs(1);
+        assert_eq!(policy.mail_reply(&script, A, t0), None);
+        assert_eq!(policy.mail_reply(&script, A, t0), None);
+        assert_eq!(
+            policy.mail_reply(&script, A, t0).as_deref(),
+            Some("421 4.7.0 [TSS04] 127.0.0.2 slow down")
+        );
+        assert_eq!(policy.mail_reply(&script, B, t0), None);
+        assert_eq!(policy.mail_reply(&script, A, Duration::from_secs(61)), None);
+    }
+
+    #[test]
+    fn window_applies_only_inside_its_range() {
+        let script =
+            Script::parse("[[window]]\nstart_s = 5\nend_s = 10\nreply = \"451 4.7.1 window\"\n")
+                .unwrap();
+        let mut policy = Policy::default();
+        assert_eq!(policy.mail_reply(&script, A, Duration::from_secs(4)), None);
+        assert!(
+            policy
+                .mail_reply(&script, A, Duration::from_secs(5))
+                .is_some()
+        );
+        assert_eq!(policy.mail_reply(&script, A, Duration::from_secs(10)), None);
+    }
+
+    #[test]
+    fn bad_scripts_are_refused() {
+        assert!(Script::parse("tempfail_reply = \"550 no\"").is_err());
+        assert!(Script::parse("greeting = \"hello\"").is_err());
+        assert!(Script::parse("unknown_key = 1").is_err());
+        for p in ["gmail", "yahoo", "microsoft"] {
+            Script::preset(p).unwrap();
+        }
+        assert!(Script::preset("aol").is_err());
+    }
+
+    #[test]
+    fn recipients_route_by_local_part() {
+        let s = Script::default();
+        assert_eq!(
+            rcpt_reply(&s, "TempFail+x"),
+            Some(s.tempfail_reply.as_str())
+        );
+        assert_eq!(
+            rcpt_reply(&s, "permfail+1"),
+            Some(s.permfail_reply.as_str())
+        );
+        assert_eq!(rcpt_reply(&s, "user1"), None);
+    }
+}

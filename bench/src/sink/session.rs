@@ -1,0 +1,468 @@
+//! One sink connection: the compact ESMTP server session (EHLO/HELO, MAIL,
+//! RCPT, DATA, BDAT, RSET, NOOP, VRFY, QUIT, STARTTLS; pipelined input is
+//! processed command by command and replies are flushed in one write), and
+//! the accounting of each accepted message into the shared counters.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use compio::BufResult;
+use compio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use super::{
+    COMMAND_LINE_BYTES_MAX, Counts, MESSAGE_BYTES_MAX, RCPT_PER_MESSAGE_MAX, READ_BYTES,
+    SENT_HEADER, SharedRef, lock,
+};
+use crate::report;
+use crate::script::{self, Script};
+
+/// What every connection of one sink shares.
+pub(super) struct SinkContext {
+    pub(super) script: Script,
+    pub(super) maildir: Option<PathBuf>,
+    pub(super) tls: Option<compio::tls::TlsAcceptor>,
+    pub(super) shared: SharedRef,
+    pub(super) accepted: Arc<AtomicU64>,
+    pub(super) maildir_seq: AtomicU64,
+}
+
+/// How a session over one stream ended.
+enum Ending {
+    Closed,
+    StartTls,
+}
+
+pub(super) async fn serve_connection(
+    stream: compio::net::TcpStream,
+    peer: SocketAddr,
+    ctx: &SinkContext,
+) {
+    lock(&ctx.shared).report.connections += 1;
+    let mut session = Session::new(peer.ip(), ctx);
+    let mut plain = stream;
+    match session.run(&mut plain, true).await {
+        Ok(Ending::StartTls) => {}
+        Ok(Ending::Closed) => return,
+        Err(_) => {
+            lock(&ctx.shared).report.session_errors += 1;
+            return;
+        }
+    }
+    let Some(acceptor) = &ctx.tls else { return };
+    let Ok(mut tls) = acceptor.accept(plain).await else {
+        lock(&ctx.shared).report.session_errors += 1;
+        return;
+    };
+    session.reset_after_tls();
+    if session.run(&mut tls, false).await.is_err() {
+        lock(&ctx.shared).report.session_errors += 1;
+    }
+}
+
+enum Mode {
+    Command,
+    Data,
+    Bdat { remaining: usize, last: bool },
+}
+
+struct Session<'c> {
+    ctx: &'c SinkContext,
+    ip: IpAddr,
+    tls: bool,
+    ehlo: Option<String>,
+    in_transaction: bool,
+    rcpts: usize,
+    messages_on_connection: u64,
+    mode: Mode,
+    message: Vec<u8>,
+}
+
+impl<'c> Session<'c> {
+    fn new(ip: IpAddr, ctx: &'c SinkContext) -> Self {
+        Session {
+            ctx,
+            ip,
+            tls: false,
+            ehlo: None,
+            in_transaction: false,
+            rcpts: 0,
+            messages_on_connection: 0,
+            mode: Mode::Command,
+            message: Vec::new(),
+        }
+    }
+
+    fn reset_after_tls(&mut self) {
+        self.tls = true;
+        self.ehlo = None;
+        self.reset_transaction();
+    }
+
+    fn reset_transaction(&mut self) {
+        self.in_transaction = false;
+        self.rcpts = 0;
+        self.mode = Mode::Command;
+        self.message.clear();
+    }
+
+    /// Serves one stream until QUIT, close, error or STARTTLS.
+    async fn run<S: AsyncRead + AsyncWrite>(
+        &mut self,
+        io: &mut S,
+        greet: bool,
+    ) -> std::io::Result<Ending> {
+        let script = &self.ctx.script;
+        let mut out: Vec<u8> = Vec::with_capacity(4096);
+        if greet {
+            let greeting = script::render(&script.greeting, self.ip);
+            push_reply(&mut out, &greeting);
+            if !greeting.starts_with('2') {
+                lock(&self.ctx.shared).report.refused_greetings += 1;
+                flush(io, &mut out, script.delay_ms).await?;
+                return Ok(Ending::Closed);
+            }
+        }
+        let mut buf: Vec<u8> = Vec::with_capacity(READ_BYTES);
+        let mut pos = 0usize; // start of unprocessed input in `buf`
+        let mut rbuf: Vec<u8> = Vec::with_capacity(READ_BYTES);
+        loop {
+            // Process every complete unit of input.
+            let mut action = Action::Continue;
+            while action == Action::Continue {
+                let before = pos;
+                action = self.step(&buf, &mut pos, &mut out)?;
+                if action == Action::Continue && pos == before {
+                    break; // needs more input
+                }
+            }
+            if !out.is_empty() {
+                let delay = if action == Action::DataDone {
+                    script.data_delay_ms
+                } else {
+                    0
+                } + script.delay_ms;
+                flush(io, &mut out, delay).await?;
+            }
+            match action {
+                Action::Close => return Ok(Ending::Closed),
+                Action::StartTls => return Ok(Ending::StartTls),
+                Action::Continue | Action::DataDone => {}
+            }
+            if action == Action::DataDone {
+                continue; // more pipelined input may already be buffered
+            }
+            // Compact, then read more.
+            if pos > 0 {
+                buf.drain(..pos);
+                pos = 0;
+            }
+            rbuf.clear();
+            let BufResult(res, back) = io.read(rbuf).await;
+            rbuf = back;
+            match res {
+                Ok(0) => return Ok(Ending::Closed),
+                Ok(n) => buf.extend_from_slice(rbuf.get(..n).unwrap_or_default()),
+                Err(e) => return Err(e),
+            }
+            if matches!(self.mode, Mode::Command)
+                && buf.len() > COMMAND_LINE_BYTES_MAX
+                && !buf.contains(&b'\n')
+            {
+                push_reply(&mut out, "500 5.5.2 Line too long");
+                flush(io, &mut out, 0).await?;
+                return Ok(Ending::Closed);
+            }
+        }
+    }
+
+    /// Handles one command line or one piece of message data.
+    fn step(&mut self, buf: &[u8], pos: &mut usize, out: &mut Vec<u8>) -> std::io::Result<Action> {
+        let input = buf.get(*pos..).unwrap_or_default();
+        match self.mode {
+            Mode::Command => {
+                let Some(eol) = memchr::memchr(b'\n', input) else {
+                    return Ok(Action::Continue);
+                };
+                let line = input.get(..eol).unwrap_or_default();
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                *pos += eol + 1;
+                Ok(self.command(line, out))
+            }
+            Mode::Data => {
+                // The terminator is CRLF.CRLF; the message may also be empty.
+                let end = if input.starts_with(b".\r\n") {
+                    Some((0, 3))
+                } else {
+                    memchr::memmem::find(input, b"\r\n.\r\n").map(|i| (i + 2, i + 5))
+                };
+                match end {
+                    Some((body_end, consumed)) => {
+                        self.message
+                            .extend_from_slice(input.get(..body_end).unwrap_or_default());
+                        *pos += consumed;
+                        Ok(self.finish_message(out))
+                    }
+                    None => {
+                        // Keep the last 4 bytes: they may start the terminator.
+                        let keep = input.len().min(4);
+                        let take = input.len() - keep;
+                        self.message
+                            .extend_from_slice(input.get(..take).unwrap_or_default());
+                        *pos += take;
+                        if self.message.len() > MESSAGE_BYTES_MAX {
+                            push_reply(out, "552 5.3.4 Message too big");
+                            return Ok(Action::Close);
+                        }
+                        Ok(Action::Continue)
+                    }
+                }
+            }
+            Mode::Bdat { remaining, last } => {
+                let take = remaining.min(input.len());
+                self.message
+                    .extend_from_slice(input.get(..take).unwrap_or_default());
+                *pos += take;
+                let remaining = remaining - take;
+                if remaining > 0 {
+                    self.mode = Mode::Bdat { remaining, last };
+                    return Ok(Action::Continue);
+                }
+                if self.message.len() > MESSAGE_BYTES_MAX {
+                    push_reply(out, "552 5.3.4 Message too big");
+                    return Ok(Action::Close);
+                }
+                if last {
+                    Ok(self.finish_message(out))
+                } else {
+                    self.mode = Mode::Command;
+                    push_reply(out, "250 2.0.0 Chunk accepted");
+                    Ok(Action::Continue)
+                }
+            }
+        }
+    }
+
+    fn command(&mut self, line: &[u8], out: &mut Vec<u8>) -> Action {
+        let text = String::from_utf8_lossy(line);
+        let upper = text.to_ascii_uppercase();
+        let verb = upper.split(' ').next().unwrap_or_default();
+        let script = &self.ctx.script;
+        match verb {
+            "EHLO" | "HELO" => {
+                let name = text.get(5..).unwrap_or_default().trim();
+                if name.is_empty() {
+                    push_reply(out, "501 5.5.4 Syntax: EHLO hostname");
+                    return Action::Continue;
+                }
+                self.ehlo = Some(name.chars().take(255).collect());
+                self.reset_transaction();
+                if verb == "HELO" {
+                    push_reply(out, "250 spate-bench-sink");
+                } else {
+                    out.extend_from_slice(b"250-spate-bench-sink greets you\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-CHUNKING\r\n250-ENHANCEDSTATUSCODES\r\n");
+                    if self.ctx.tls.is_some() && !self.tls {
+                        out.extend_from_slice(b"250-STARTTLS\r\n");
+                    }
+                    push_reply(out, &format!("250 SIZE {MESSAGE_BYTES_MAX}"));
+                }
+            }
+            "STARTTLS" if self.ctx.tls.is_some() && !self.tls => {
+                push_reply(out, "220 2.0.0 Ready to start TLS");
+                return Action::StartTls;
+            }
+            "MAIL" if upper.starts_with("MAIL FROM:") => {
+                if self.ehlo.is_none() {
+                    push_reply(out, "503 5.5.1 EHLO first");
+                } else if self.in_transaction {
+                    push_reply(out, "503 5.5.1 Nested MAIL command");
+                } else {
+                    let no_rules = script.throttle.is_empty() && script.window.is_empty();
+                    let refusal = if no_rules {
+                        None // the common benchmark case: no lock per MAIL
+                    } else {
+                        let mut shared = lock(&self.ctx.shared);
+                        let elapsed = shared.started.elapsed();
+                        let refusal = shared.policy.mail_reply(script, self.ip, elapsed);
+                        if refusal.is_some() {
+                            shared.report.refused_mail += 1;
+                        }
+                        refusal
+                    };
+                    match refusal {
+                        Some(reply) => {
+                            push_reply(out, &reply);
+                            if script::closes_connection(&reply) {
+                                return Action::Close;
+                            }
+                        }
+                        None => {
+                            self.in_transaction = true;
+                            push_reply(out, "250 2.1.0 Sender ok");
+                        }
+                    }
+                }
+            }
+            "RCPT" if upper.starts_with("RCPT TO:") => {
+                if !self.in_transaction {
+                    push_reply(out, "503 5.5.1 MAIL first");
+                } else if self.rcpts >= RCPT_PER_MESSAGE_MAX {
+                    push_reply(out, "452 4.5.3 Too many recipients");
+                } else {
+                    let local = local_part(text.get(8..).unwrap_or_default());
+                    match script::rcpt_reply(script, local) {
+                        Some(reply) => {
+                            let mut shared = lock(&self.ctx.shared);
+                            if reply.starts_with('4') {
+                                shared.report.tempfailed_recipients += 1;
+                            } else {
+                                shared.report.permfailed_recipients += 1;
+                            }
+                            drop(shared);
+                            push_reply(out, &script::render(reply, self.ip));
+                        }
+                        None => {
+                            self.rcpts += 1;
+                            push_reply(out, "250 2.1.5 Recipient ok");
+                        }
+                    }
+                }
+            }
+            "DATA" => {
+                if !self.in_transaction || self.rcpts == 0 {
+                    push_reply(out, "554 5.5.1 No valid recipients");
+                } else {
+                    self.mode = Mode::Data;
+                    self.message.clear();
+                    push_reply(out, "354 End data with <CR><LF>.<CR><LF>");
+                }
+            }
+            "BDAT" => {
+                let mut parts = upper.split_ascii_whitespace().skip(1);
+                let size = parts.next().and_then(|s| s.parse::<usize>().ok());
+                let last = parts.next() == Some("LAST");
+                match size {
+                    None => push_reply(out, "501 5.5.4 Syntax: BDAT size [LAST]"),
+                    Some(_) if !self.in_transaction || self.rcpts == 0 => {
+                        // The chunk still follows on the wire; a real server
+                        // must skip it, but we simply close.
+                        push_reply(out, "554 5.5.1 No valid recipients");
+                        return Action::Close;
+                    }
+                    Some(n) => {
+                        self.mode = Mode::Bdat { remaining: n, last };
+                    }
+                }
+            }
+            "RSET" => {
+                self.reset_transaction();
+                push_reply(out, "250 2.0.0 Reset");
+            }
+            "NOOP" => push_reply(out, "250 2.0.0 OK"),
+            "VRFY" => push_reply(out, "252 2.5.0 Cannot verify"),
+            "QUIT" => {
+                push_reply(out, "221 2.0.0 Bye");
+                return Action::Close;
+            }
+            _ => push_reply(out, "500 5.5.2 Command not recognised"),
+        }
+        Action::Continue
+    }
+
+    fn finish_message(&mut self, out: &mut Vec<u8>) -> Action {
+        let now_us = crate::unix_micros();
+        let bytes = self.message.len() as u64;
+        let recipients = self.rcpts as u64;
+        let sent_us = sent_header(&self.message);
+        if let Some(dir) = &self.ctx.maildir {
+            let seq = self.ctx.maildir_seq.fetch_add(1, Ordering::Relaxed);
+            let name = format!("{now_us}.{seq}.spate-bench");
+            let tmp = dir.join("tmp").join(&name);
+            let write = std::fs::write(&tmp, &self.message)
+                .and_then(|()| std::fs::rename(&tmp, dir.join("new").join(&name)));
+            if write.is_err() {
+                push_reply(out, "451 4.3.0 Maildir write failed");
+                self.reset_transaction();
+                return Action::DataDone;
+            }
+        }
+        {
+            let mut shared = lock(&self.ctx.shared);
+            let s = &mut *shared;
+            s.report.total.add(recipients, bytes);
+            s.per_ip.entry(self.ip).or_default().add(recipients, bytes);
+            let ehlo = self.ehlo.as_deref().unwrap_or("(none)");
+            match s.per_ehlo.get_mut(ehlo) {
+                Some(c) => c.add(recipients, bytes),
+                None => {
+                    let mut c = Counts::default();
+                    c.add(recipients, bytes);
+                    s.per_ehlo.insert(ehlo.to_owned(), c);
+                }
+            }
+            s.report.first_message_unix_us.get_or_insert(now_us);
+            s.report.last_message_unix_us = Some(now_us);
+            if let Some(sent) = sent_us {
+                report::record(&mut s.e2e, now_us.saturating_sub(sent));
+            }
+        }
+        self.ctx.accepted.fetch_add(1, Ordering::Relaxed);
+        self.reset_transaction();
+        push_reply(out, "250 2.0.0 Message accepted");
+        self.messages_on_connection += 1;
+        let limit = self.ctx.script.close_after;
+        if limit > 0 && self.messages_on_connection >= limit {
+            lock(&self.ctx.shared).report.closed_after_limit += 1;
+            return Action::Close;
+        }
+        Action::DataDone
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Continue,
+    DataDone,
+    Close,
+    StartTls,
+}
+
+fn push_reply(out: &mut Vec<u8>, reply: &str) {
+    out.extend_from_slice(reply.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+async fn flush<S: AsyncWrite>(io: &mut S, out: &mut Vec<u8>, delay_ms: u64) -> std::io::Result<()> {
+    if delay_ms > 0 {
+        compio::time::sleep(Duration::from_millis(delay_ms)).await;
+    }
+    let data = std::mem::take(out);
+    let BufResult(res, mut back) = io.write_all(data).await;
+    back.clear();
+    *out = back;
+    res?;
+    io.flush().await
+}
+
+/// The local part of `<local@domain>` (or of a bare address).
+fn local_part(arg: &str) -> &str {
+    let arg = arg.trim();
+    let inner = arg
+        .strip_prefix('<')
+        .and_then(|a| a.split('>').next())
+        .unwrap_or(arg);
+    inner.rsplit_once('@').map_or(inner, |(l, _)| l)
+}
+
+/// The injector's send time from the message header, if present.
+pub fn sent_header(message: &[u8]) -> Option<u64> {
+    let header_end = memchr::memmem::find(message, b"\r\n\r\n").unwrap_or(message.len());
+    let headers = message.get(..header_end)?;
+    let needle = format!("{SENT_HEADER}: ");
+    let at = memchr::memmem::find(headers, needle.as_bytes())?;
+    let rest = headers.get(at + needle.len()..)?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(rest.get(..digits)?).ok()?.parse().ok()
+}

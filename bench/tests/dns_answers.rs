@@ -1,0 +1,133 @@
+//! The test DNS server's answers, queried over UDP and TCP with hickory-proto.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use hickory_proto::op::{Message, Query, ResponseCode};
+use hickory_proto::rr::{Name, RData, RecordType};
+use spate_bench::dns::{Zone, spawn};
+
+const ZONE: &str = "\
+$TTL 120
+$NEGTTL 30
+example.test      MX 20 mx2.example.test   # backup
+example.test      MX 10 mx1.example.test.
+example.test      TXT \"v=spf1 -all\"
+mx1.example.test  60 A 127.0.0.2
+mx2.example.test  AAAA ::1
+nullmx.test       MX 0 .
+";
+
+fn query(addr: SocketAddr, name: &str, rtype: RecordType) -> Message {
+    let mut msg = Message::query();
+    msg.metadata.id = 4242;
+    msg.add_query(Query::query(Name::from_ascii(name).unwrap(), rtype));
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    socket.send_to(&msg.to_vec().unwrap(), addr).unwrap();
+    let mut buf = [0u8; 4096];
+    let (n, _) = socket.recv_from(&mut buf).unwrap();
+    let reply = Message::from_vec(&buf[..n]).unwrap();
+    assert_eq!(reply.metadata.id, 4242);
+    reply
+}
+
+#[test]
+fn mx_answers_carry_preferences() {
+    let dns = spawn("127.0.0.1:0".parse().unwrap(), Zone::parse(ZONE).unwrap()).unwrap();
+    let reply = query(dns.addr, "Example.Test.", RecordType::MX);
+    assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+    assert!(reply.metadata.authoritative);
+    let mut mx: Vec<(u16, String, u32)> = reply
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::MX(m) => Some((m.preference, m.exchange.to_ascii(), r.ttl)),
+            _ => None,
+        })
+        .collect();
+    mx.sort();
+    assert_eq!(
+        mx,
+        vec![
+            (10, "mx1.example.test.".into(), 120),
+            (20, "mx2.example.test.".into(), 120)
+        ]
+    );
+}
+
+#[test]
+fn null_mx_a_aaaa_and_txt() {
+    let dns = spawn("127.0.0.1:0".parse().unwrap(), Zone::parse(ZONE).unwrap()).unwrap();
+    let reply = query(dns.addr, "nullmx.test.", RecordType::MX);
+    match &reply.answers[0].data {
+        RData::MX(m) => assert!(m.preference == 0 && m.exchange.is_root()),
+        other => panic!("expected null MX, got {other:?}"),
+    }
+    let a = query(dns.addr, "mx1.example.test.", RecordType::A);
+    assert_eq!(a.answers.len(), 1);
+    assert!(
+        matches!(&a.answers[0].data, RData::A(ip) if ip.0 == std::net::Ipv4Addr::new(127, 0, 0, 2))
+    );
+    assert_eq!(a.answers[0].ttl, 60);
+    let aaaa = query(dns.addr, "mx2.example.test.", RecordType::AAAA);
+    assert!(
+        matches!(&aaaa.answers[0].data, RData::AAAA(ip) if ip.0 == std::net::Ipv6Addr::LOCALHOST)
+    );
+    let txt = query(dns.addr, "example.test.", RecordType::TXT);
+    assert!(
+        matches!(&txt.answers[0].data, RData::TXT(t) if t.to_string() == "v=spf1 -all"),
+        "{:?}",
+        txt.answers
+    );
+}
+
+#[test]
+fn nxdomain_and_nodata_carry_an_soa() {
+    let dns = spawn("127.0.0.1:0".parse().unwrap(), Zone::parse(ZONE).unwrap()).unwrap();
+    let nx = query(dns.addr, "nowhere.test.", RecordType::MX);
+    assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
+    assert!(nx.answers.is_empty());
+    assert!(matches!(&nx.authorities[0].data, RData::SOA(s) if s.minimum == 30));
+    let nodata = query(dns.addr, "mx1.example.test.", RecordType::MX);
+    assert_eq!(nodata.metadata.response_code, ResponseCode::NoError);
+    assert!(nodata.answers.is_empty());
+    assert_eq!(nodata.authorities.len(), 1);
+}
+
+#[test]
+fn answers_over_tcp_too() {
+    let dns = spawn("127.0.0.1:0".parse().unwrap(), Zone::parse(ZONE).unwrap()).unwrap();
+    let mut msg = Message::query();
+    msg.metadata.id = 7;
+    msg.add_query(Query::query(
+        Name::from_ascii("example.test.").unwrap(),
+        RecordType::MX,
+    ));
+    let bytes = msg.to_vec().unwrap();
+    let mut stream = std::net::TcpStream::connect(dns.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    stream
+        .write_all(&(bytes.len() as u16).to_be_bytes())
+        .unwrap();
+    stream.write_all(&bytes).unwrap();
+    let mut len = [0u8; 2];
+    stream.read_exact(&mut len).unwrap();
+    let mut reply = vec![0u8; u16::from_be_bytes(len) as usize];
+    stream.read_exact(&mut reply).unwrap();
+    let reply = Message::from_vec(&reply).unwrap();
+    assert_eq!(reply.answers.len(), 2);
+}
+
+#[test]
+fn bad_zone_lines_are_errors_with_line_numbers() {
+    let err = Zone::parse("ok.test A 127.0.0.1\nbad.test A not-an-ip\n").unwrap_err();
+    assert!(format!("{err:#}").contains("zone line 2"), "{err:#}");
+    assert!(Zone::parse("x.test MX ten mx.test").is_err());
+    assert!(Zone::parse("x.test SRV 1 2 3 y.test").is_err());
+}

@@ -1,0 +1,54 @@
+//! A seconds-long run of the relay harness, to keep it honest.
+
+use spate_bench::relay::{Load, run_raw, run_spate};
+
+fn small_load() -> Load {
+    Load {
+        messages: 300,
+        connections: 5,
+        per_connection: 20,
+        size: 2048,
+        inject_threads: 1,
+    }
+}
+
+#[test]
+fn raw_leg_delivers_everything() {
+    let r = run_raw(&small_load()).unwrap();
+    assert_eq!(r.error, None);
+    assert_eq!(r.injected_ok, 300);
+    assert_eq!(r.delivered, 300);
+    assert!(r.end_to_end_msgs_per_s > 0.0);
+    assert_eq!(r.ack_latency.count, 300);
+    assert_eq!(r.e2e_latency.count, 300);
+}
+
+#[test]
+#[ignore = "enable once `spate run` relays (issues 4 and 5): build with `cargo build --release -p spate` first"]
+fn spate_leg_delivers_everything() {
+    let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/spate");
+    let r = run_spate(&small_load(), &bin, None).unwrap();
+    assert_eq!(r.error, None);
+    assert_eq!(r.delivered, 300);
+    assert!(r.cpu_s.is_some() && r.peak_rss_kib.is_some());
+}
+
+#[test]
+fn spate_leg_fails_clearly_when_the_binary_is_missing() {
+    let err = run_spate(
+        &small_load(),
+        std::path::Path::new("/nonexistent/spate"),
+        None,
+    )
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("not found"), "{err:#}");
+}
+
+#[test]
+#[ignore = "installs and starts a private Postfix (needs root and apt); run with --ignored"]
+fn postfix_leg_delivers_everything() {
+    let r = spate_bench::relay::run_postfix(&small_load()).unwrap();
+    assert_eq!(r.error, None);
+    assert_eq!(r.delivered, 300);
+    assert!(r.cpu_s.is_some_and(|c| c > 0.0));
+}

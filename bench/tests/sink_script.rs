@@ -1,0 +1,160 @@
+//! Each sink script rule, driven by the real injector over loopback sockets.
+
+use std::net::{IpAddr, SocketAddr};
+
+use spate_bench::inject::{InjectConfig, InjectReport, run_inject};
+use spate_bench::script::Script;
+use spate_bench::sink::{SinkConfig, SinkHandle, SinkReport, spawn};
+
+fn sink(script: &str) -> SinkHandle {
+    let mut config = SinkConfig::accept_all("127.0.0.1:0".parse().unwrap());
+    config.script = Script::parse(script).unwrap();
+    spawn(config).unwrap()
+}
+
+fn inject(
+    to: SocketAddr,
+    messages: u64,
+    connections: u64,
+    tweak: impl FnOnce(&mut InjectConfig),
+) -> InjectReport {
+    let mut cfg = InjectConfig::new(to, messages, connections);
+    cfg.sizes = vec![1024];
+    tweak(&mut cfg);
+    run_inject(cfg).unwrap()
+}
+
+fn finish(handle: SinkHandle) -> SinkReport {
+    handle.stop().unwrap()
+}
+
+#[test]
+fn accept_counts_every_message_per_ip_and_ehlo() {
+    let s = sink("");
+    let r = inject(s.addrs[0], 30, 4, |c| c.per_connection = 4);
+    assert_eq!((r.accepted, r.failed), (30, 0));
+    assert!(s.wait_for_messages(30, std::time::Duration::from_secs(5)));
+    let report = finish(s);
+    assert_eq!(report.total.messages, 30);
+    assert_eq!(report.total.recipients, 30);
+    assert_eq!(report.total.bytes, 30 * 1024);
+    assert_eq!(report.per_client_ip["127.0.0.1"].messages, 30);
+    assert_eq!(report.per_ehlo["injector.spate-bench.test"].messages, 30);
+    assert_eq!(
+        report.e2e_latency.count, 30,
+        "every message carried the timestamp header"
+    );
+    assert_eq!(
+        report.connections, 8,
+        "30 messages at 4 per connection need 8 connections"
+    );
+}
+
+#[test]
+fn delay_holds_every_reply() {
+    let s = sink("delay_ms = 40\ndata_delay_ms = 30\n");
+    let r = inject(s.addrs[0], 3, 1, |_| {});
+    assert_eq!(r.accepted, 3);
+    assert!(
+        r.ack_latency.p50_us >= 70_000,
+        "ack p50 {} us should include 70 ms of delay",
+        r.ack_latency.p50_us
+    );
+}
+
+#[test]
+fn tempfail_and_permfail_by_local_part() {
+    let s = sink(
+        "tempfail_reply = \"452 4.2.2 Mailbox full\"\npermfail_reply = \"550 5.1.1 No such user\"\n",
+    );
+    let r = inject(s.addrs[0], 9, 2, |c| {
+        c.locals = vec!["user".into(), "tempfail+".into(), "permfail+".into()]
+    });
+    assert_eq!((r.accepted, r.failed), (3, 6));
+    assert_eq!(r.failures.get("452 4.2.2 Mailbox full"), Some(&3));
+    assert_eq!(r.failures.get("550 5.1.1 No such user"), Some(&3));
+    let report = finish(s);
+    assert_eq!(report.total.messages, 3);
+    assert_eq!(
+        (report.tempfailed_recipients, report.permfailed_recipients),
+        (3, 3)
+    );
+}
+
+#[test]
+fn throttle_after_n_per_minute_is_per_client_ip() {
+    let s = sink(
+        "[[throttle]]\nmessages_per_minute = 3\nreply = \"421 4.7.0 [TSS04] Messages from {ip} temporarily deferred\"\n",
+    );
+    let a: IpAddr = "127.0.0.2".parse().unwrap();
+    let b: IpAddr = "127.0.0.3".parse().unwrap();
+    let ra = inject(s.addrs[0], 5, 1, |c| c.source = Some(a));
+    assert_eq!((ra.accepted, ra.failed), (3, 2));
+    assert_eq!(
+        ra.failures
+            .get("421 4.7.0 [TSS04] Messages from 127.0.0.2 temporarily deferred"),
+        Some(&2)
+    );
+    let rb = inject(s.addrs[0], 3, 1, |c| c.source = Some(b));
+    assert_eq!(
+        (rb.accepted, rb.failed),
+        (3, 0),
+        "another IP has its own budget"
+    );
+    let report = finish(s);
+    assert_eq!(report.per_client_ip["127.0.0.2"].messages, 3);
+    assert_eq!(report.per_client_ip["127.0.0.3"].messages, 3);
+    assert_eq!(report.refused_mail, 2);
+}
+
+#[test]
+fn time_window_refuses_only_inside_it() {
+    let s = sink(
+        "[[window]]\nstart_s = 0\nend_s = 3600\nreply = \"451 4.7.1 Greylisted, come back later\"\n",
+    );
+    let r = inject(s.addrs[0], 4, 2, |_| {});
+    assert_eq!((r.accepted, r.failed), (0, 4));
+    assert_eq!(
+        r.failures.get("451 4.7.1 Greylisted, come back later"),
+        Some(&4)
+    );
+    drop(s);
+    let later =
+        sink("[[window]]\nstart_s = 3000\nend_s = 3600\nreply = \"451 4.7.1 Greylisted\"\n");
+    let r = inject(later.addrs[0], 4, 2, |_| {});
+    assert_eq!((r.accepted, r.failed), (4, 0));
+}
+
+#[test]
+fn close_after_n_messages_makes_the_injector_reconnect() {
+    let s = sink("close_after = 2\n");
+    let r = inject(s.addrs[0], 5, 1, |c| c.per_connection = 10);
+    assert_eq!((r.accepted, r.failed), (5, 0), "failures: {:?}", r.failures);
+    assert_eq!(r.connections_opened, 3);
+    let report = finish(s);
+    assert_eq!(report.closed_after_limit, 2);
+    assert_eq!(report.total.messages, 5);
+}
+
+#[test]
+fn greeting_421_refuses_every_session() {
+    let s = sink("greeting = \"421 4.3.2 Service not available\"\n");
+    let r = inject(s.addrs[0], 3, 1, |_| {});
+    assert_eq!((r.accepted, r.failed), (0, 3));
+    assert_eq!(r.failures.get("421 4.3.2 Service not available"), Some(&3));
+    let report = finish(s);
+    assert_eq!(report.refused_greetings, 3);
+    assert_eq!(report.total.messages, 0);
+}
+
+#[test]
+fn sink_listens_on_several_addresses() {
+    let mut config = SinkConfig::accept_all("127.0.0.2:0".parse().unwrap());
+    config.listen.push("127.0.0.3:0".parse().unwrap());
+    let s = spawn(config).unwrap();
+    assert_eq!(s.addrs.len(), 2);
+    for addr in s.addrs.clone() {
+        assert_eq!(inject(addr, 2, 1, |_| {}).accepted, 2);
+    }
+    assert_eq!(finish(s).total.messages, 4);
+}
