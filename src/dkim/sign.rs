@@ -225,7 +225,7 @@ impl DkimSigner {
 /// The fields `h=` designates, in `h=` order: each name takes its instances
 /// from the bottom of the header up (RFC 6376 §5.4.2); names left without an
 /// instance sign as empty.
-fn select_fields<'f, 'm>(
+pub(crate) fn select_fields<'f, 'm>(
     fields: &'f [HeaderField<'m>],
     signed_names: &[&str],
 ) -> Vec<&'f HeaderField<'m>> {
