@@ -291,6 +291,27 @@ mod tests {
     }
 
     #[test]
+    fn whitespace_only_lines_are_empty_lines_in_relaxed() {
+        // RFC 6376 §3.4.4 removes trailing WSP first, so a WSP-only line is an
+        // empty line: dropped at the end of the body, kept (empty) inside it.
+        // OpenDKIM, Gmail and Microsoft agree (MimeKit #187, rspamd #5662);
+        // mail-auth 0.13 keeps trailing ones, so it is not the judge here.
+        assert_eq!(
+            canonical_body(Canonicalization::Relaxed, b"Hello!\r\n  \r\n\r\n"),
+            b"Hello!\r\n"
+        );
+        assert_eq!(
+            canonical_body(Canonicalization::Relaxed, b"test\r\n \r\ntest\r\n"),
+            b"test\r\n\r\ntest\r\n"
+        );
+        // Simple keeps them: a line of spaces is not of zero length.
+        assert_eq!(
+            canonical_body(Canonicalization::Simple, b"Hello!\r\n  \r\n\r\n"),
+            b"Hello!\r\n  \r\n"
+        );
+    }
+
+    #[test]
     fn missing_final_crlf_and_bare_lf() {
         assert_eq!(canonical_body(Canonicalization::Simple, b"a\nb"), b"a\r\nb\r\n");
         assert_eq!(
