@@ -26,12 +26,21 @@ use super::DkimError;
 /// Key files larger than this are not keys (an 8192-bit RSA PEM is ~6.5 KiB).
 pub const DKIM_KEY_FILE_BYTES_MAX: u64 = 64 * 1024;
 
-/// Smallest RSA modulus accepted: RFC 8301 forbids signing with fewer than
-/// 1024 bits; 2048 is what operators should use.
-pub const DKIM_RSA_BITS_MIN: usize = 1024;
+/// Smallest RSA modulus accepted. RFC 8301 allows 1024 but says SHOULD use
+/// 2048, receivers increasingly discount 1024-bit signatures, and aws-lc-rs
+/// refuses to sign with less than 2048.
+pub const DKIM_RSA_BITS_MIN: usize = 2048;
 
 const OID_RSA_ENCRYPTION: &str = "1.2.840.113549.1.1.1";
 const OID_ED25519: &str = "1.3.101.112";
+
+fn rsa_rejected(format: &str, error: &aws_lc_rs::error::KeyRejected) -> String {
+    if error.description_() == "TooSmall" {
+        format!("RSA key has fewer than {DKIM_RSA_BITS_MIN} bits; generate a new one with `spate dkim-keygen`")
+    } else {
+        format!("not a valid {format} RSA private key ({error})")
+    }
+}
 
 /// The signing algorithm a key implies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,7 +123,7 @@ impl DkimKey {
         match label {
             "RSA PRIVATE KEY" => {
                 let key = RsaKeyPair::from_der(&der)
-                    .map_err(|error| format!("not a valid PKCS#1 RSA private key ({error})"))?;
+                    .map_err(|error| rsa_rejected("PKCS#1", &error))?;
                 DkimKey::from_rsa(key)
             }
             "PRIVATE KEY" => DkimKey::from_pkcs8_der(&der),
@@ -135,7 +144,7 @@ impl DkimKey {
         match oid.as_str() {
             OID_RSA_ENCRYPTION => {
                 let key = RsaKeyPair::from_pkcs8(der)
-                    .map_err(|error| format!("not a valid PKCS#8 RSA private key ({error})"))?;
+                    .map_err(|error| rsa_rejected("PKCS#8", &error))?;
                 DkimKey::from_rsa(key)
             }
             OID_ED25519 => {
