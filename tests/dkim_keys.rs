@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use dkim_support::*;
 use spate::dkim::{
-    DkimError, DkimKey, DkimSigner, KeyAlgorithm, PoolSubmitError, SignJob,
-    SignerOptions, SigningPool, SigningTable, keygen,
+    DkimError, DkimKey, DkimSigner, KeyAlgorithm, PoolSubmitError, SignJob, SignerOptions,
+    SigningPool, SigningTable, keygen,
 };
 
 #[test]
@@ -24,7 +24,11 @@ fn supported_keys_load_with_their_algorithm() {
         assert_eq!(key.algorithm(), algorithm, "{name}");
         assert_eq!(key.bits(), bits, "{name}");
         // Our p= agrees with OpenSSL's.
-        assert_eq!(key.public_key_base64().expect("p="), openssl_public(name), "{name}");
+        assert_eq!(
+            key.public_key_base64().expect("p="),
+            openssl_public(name),
+            "{name}"
+        );
     }
 }
 
@@ -42,7 +46,10 @@ fn key_errors_name_the_file_and_are_config_errors() {
         let error = DkimKey::load_pem(&path).expect_err(file);
         let text = error.to_string();
         assert!(error.is_config(), "{text}");
-        assert!(text.contains(&path.display().to_string()), "names the file: {text}");
+        assert!(
+            text.contains(&path.display().to_string()),
+            "names the file: {text}"
+        );
         assert!(text.contains(reason_part), "{file}: {text}");
     }
 }
@@ -80,8 +87,8 @@ fn bad_signer_options_are_config_errors() {
         let error = DkimSigner::new(case.clone()).expect_err(&format!("{case:?}"));
         assert!(matches!(error, DkimError::Config(_)), "{error}");
     }
-    let ok = DkimSigner::new(options("Example.COM.", "s1", &["to", "FROM", "Subject"]))
-        .expect("valid");
+    let ok =
+        DkimSigner::new(options("Example.COM.", "s1", &["to", "FROM", "Subject"])).expect("valid");
     assert_eq!(ok.domain(), "example.com");
 }
 
@@ -106,7 +113,9 @@ fn keygen_writes_a_private_key_and_a_record_that_verifies() {
         (KeyAlgorithm::RsaSha256, 2048, 2),
         (KeyAlgorithm::RsaSha256, 4096, 3),
     ] {
-        let path = directory.path().join(format!("{}-{bits}.pem", algorithm.as_str()));
+        let path = directory
+            .path()
+            .join(format!("{}-{bits}.pem", algorithm.as_str()));
         let line = keygen("Mail.Example.ORG", "k1", algorithm, bits, &path).expect("keygen");
         let (name, strings) = txt_value(&line);
         assert_eq!(name, "k1._domainkey.mail.example.org.");
@@ -118,7 +127,10 @@ fn keygen_writes_a_private_key_and_a_record_that_verifies() {
             "{record}"
         );
 
-        let mode = std::fs::metadata(&path).expect("key file").permissions().mode();
+        let mode = std::fs::metadata(&path)
+            .expect("key file")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let loaded = Arc::new(DkimKey::load_pem(&path).expect("generated key loads"));
         assert_eq!(loaded.algorithm(), algorithm);
@@ -136,7 +148,10 @@ fn keygen_writes_a_private_key_and_a_record_that_verifies() {
 
         // Never overwrites an existing key.
         let error = keygen("mail.example.org", "k1", algorithm, bits, &path).expect_err("exists");
-        assert!(error.to_string().contains(&path.display().to_string()), "{error}");
+        assert!(
+            error.to_string().contains(&path.display().to_string()),
+            "{error}"
+        );
     }
 }
 
@@ -152,7 +167,13 @@ fn keygen_refuses_bad_arguments() {
 fn pool_table() -> Arc<SigningTable> {
     let mut table = SigningTable::new();
     table
-        .insert(signer("example.com", "s2026", "rsa2048-pkcs1", RELAXED, None))
+        .insert(signer(
+            "example.com",
+            "s2026",
+            "rsa2048-pkcs1",
+            RELAXED,
+            None,
+        ))
         .expect("insert");
     Arc::new(table)
 }
@@ -163,7 +184,9 @@ fn pool_signs_off_thread_and_returns_the_buffer() {
     let table = pool_table();
     let now = now_unix();
     let messages: Vec<Vec<u8>> = (0..6)
-        .map(|index| format!("From: a@example.com\r\nSubject: {index}\r\n\r\nbody {index}\r\n").into_bytes())
+        .map(|index| {
+            format!("From: a@example.com\r\nSubject: {index}\r\n\r\nbody {index}\r\n").into_bytes()
+        })
         .collect();
     let receivers: Vec<_> = messages
         .iter()
@@ -186,12 +209,18 @@ fn pool_signs_off_thread_and_returns_the_buffer() {
         }
         outcomes
     });
-    let record = ("s2026._domainkey.example.com".to_string(), dns_record("rsa2048-pkcs1"));
+    let record = (
+        "s2026._domainkey.example.com".to_string(),
+        dns_record("rsa2048-pkcs1"),
+    );
     for (outcome, message) in outcomes.into_iter().zip(&messages) {
         assert_eq!(&outcome.message, message, "buffer comes back unchanged");
         let signatures = outcome.result.expect("signed");
         assert_eq!(signatures.len(), 1);
-        let results = verify(&prepend(&signatures, message), &[record.clone()]);
+        let results = verify(
+            &prepend(&signatures, message),
+            std::slice::from_ref(&record),
+        );
         assert!(results[0].passed(), "{:?}", results[0].result);
     }
 }

@@ -12,11 +12,15 @@ const SELECTOR: &str = "s2026";
 const DOMAIN: &str = "example.com";
 
 fn record_for(domain: &str, key_name: &str) -> (String, String) {
-    (format!("{SELECTOR}._domainkey.{domain}"), dns_record(key_name))
+    (
+        format!("{SELECTOR}._domainkey.{domain}"),
+        dns_record(key_name),
+    )
 }
 
 fn messages() -> Vec<(&'static str, Vec<u8>)> {
-    let mut long_line = b"From: Alice <alice@example.com>\r\nTo: bob@example.net\r\nSubject: long\r\n\r\n".to_vec();
+    let mut long_line =
+        b"From: Alice <alice@example.com>\r\nTo: bob@example.net\r\nSubject: long\r\n\r\n".to_vec();
     long_line.extend(std::iter::repeat_n(b'x', 5000));
     long_line.extend_from_slice(b"\r\n");
     long_line.extend(std::iter::repeat_n(b"word \t ".as_slice(), 700).flatten());
@@ -78,7 +82,7 @@ fn sign_and_verify(key_name: &str) {
             for line in field.trim_end().split("\r\n") {
                 assert!(line.len() <= 78, "line too long ({}): {line}", line.len());
             }
-            let signed = prepend(&[field.clone()], &message);
+            let signed = prepend(std::slice::from_ref(&field), &message);
             let results = verify(&signed, &[record_for(DOMAIN, key_name)]);
             assert_eq!(results.len(), 1, "{key_name} {canonicalization:?} {label}");
             assert!(
@@ -138,7 +142,11 @@ fn insert_after_signature(signed: &[u8], header: &[u8]) -> Vec<u8> {
     let text = signed;
     let mut position = 0;
     loop {
-        let lf = text[position..].iter().position(|&b| b == b'\n').expect("line") + position;
+        let lf = text[position..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .expect("line")
+            + position;
         position = lf + 1;
         if text[position] != b' ' && text[position] != b'\t' {
             break;
@@ -156,7 +164,11 @@ fn over_signing_blocks_added_from_and_subject() {
         let signed = signed_plain(key_name, RELAXED);
         assert!(passes(&signed, key_name));
         let results = verify(&signed, &[record_for(DOMAIN, key_name)]);
-        let from_count = results[0].h.iter().filter(|h| h.eq_ignore_ascii_case("from")).count();
+        let from_count = results[0]
+            .h
+            .iter()
+            .filter(|h| h.eq_ignore_ascii_case("from"))
+            .count();
         assert_eq!(from_count, 2, "From is over-signed: {:?}", results[0].h);
 
         // An added header that is not signed does not matter...
@@ -171,11 +183,13 @@ fn over_signing_blocks_added_from_and_subject() {
             .position(|w| w == b"\r\n\r\n")
             .expect("blank line")
             + 2;
-        extra_from_bottom.splice(blank..blank, b"From: mallory@evil.example\r\n".iter().copied());
+        extra_from_bottom.splice(
+            blank..blank,
+            b"From: mallory@evil.example\r\n".iter().copied(),
+        );
         assert!(!passes(&extra_from_bottom, key_name));
         // Over-signing covers every configured header, absent ones included.
-        let added_content_type =
-            insert_after_signature(&signed, b"Content-Type: text/html\r\n");
+        let added_content_type = insert_after_signature(&signed, b"Content-Type: text/html\r\n");
         assert!(!passes(&added_content_type, key_name));
     }
 }
@@ -189,17 +203,26 @@ fn tampering_is_detected_per_canonicalization() {
         let reflowed = String::from_utf8(relaxed.clone())
             .expect("ascii")
             .replace("Subject: hello", "Subject:   hello  ");
-        assert!(passes(reflowed.as_bytes(), key_name), "relaxed tolerates whitespace");
+        assert!(
+            passes(reflowed.as_bytes(), key_name),
+            "relaxed tolerates whitespace"
+        );
         let subject_changed = String::from_utf8(relaxed)
             .expect("ascii")
             .replace("Subject: hello", "Subject: hellO");
         assert!(!passes(subject_changed.as_bytes(), key_name));
 
-        let simple = signed_plain(key_name, (Canonicalization::Simple, Canonicalization::Simple));
+        let simple = signed_plain(
+            key_name,
+            (Canonicalization::Simple, Canonicalization::Simple),
+        );
         let reflowed = String::from_utf8(simple)
             .expect("ascii")
             .replace("Subject: hello", "Subject:  hello");
-        assert!(!passes(reflowed.as_bytes(), key_name), "simple is byte-exact");
+        assert!(
+            !passes(reflowed.as_bytes(), key_name),
+            "simple is byte-exact"
+        );
     }
 }
 
@@ -237,13 +260,31 @@ fn header_occurring_too_often_is_a_message_error() {
 fn table() -> SigningTable {
     let mut table = SigningTable::new();
     table
-        .insert(signer("example.com", SELECTOR, "rsa2048-pkcs1", RELAXED, None))
+        .insert(signer(
+            "example.com",
+            SELECTOR,
+            "rsa2048-pkcs1",
+            RELAXED,
+            None,
+        ))
         .expect("insert");
     table
-        .insert(signer("customer.example", SELECTOR, "ed25519-pkcs8", RELAXED, None))
+        .insert(signer(
+            "customer.example",
+            SELECTOR,
+            "ed25519-pkcs8",
+            RELAXED,
+            None,
+        ))
         .expect("insert");
     table
-        .insert(signer("esp.example", SELECTOR, "rsa2048-pkcs8", RELAXED, None))
+        .insert(signer(
+            "esp.example",
+            SELECTOR,
+            "rsa2048-pkcs8",
+            RELAXED,
+            None,
+        ))
         .expect("insert");
     table
 }
@@ -299,9 +340,19 @@ fn table_uses_parent_domain_and_skips_unknown_domains() {
     assert!(verify(&prepend(&signatures, sub), &all_records())[0].passed());
 
     let unknown = b"From: someone@unrelated.example\r\nSubject: s\r\n\r\nx\r\n";
-    assert!(table.sign(unknown, now_unix()).expect("no error").is_empty());
+    assert!(
+        table
+            .sign(unknown, now_unix())
+            .expect("no error")
+            .is_empty()
+    );
     let no_from = b"Subject: no author\r\n\r\nx\r\n";
-    assert!(table.sign(no_from, now_unix()).expect("no error").is_empty());
+    assert!(
+        table
+            .sign(no_from, now_unix())
+            .expect("no error")
+            .is_empty()
+    );
 
     let error = table
         .sign_with_extra(unknown, now_unix(), &["nokey.example"])
@@ -313,7 +364,13 @@ fn table_uses_parent_domain_and_skips_unknown_domains() {
 fn duplicate_domain_is_a_config_error() {
     let mut table = table();
     let error = table
-        .insert(signer("Example.COM", SELECTOR, "ed25519-pkcs8", RELAXED, None))
+        .insert(signer(
+            "Example.COM",
+            SELECTOR,
+            "ed25519-pkcs8",
+            RELAXED,
+            None,
+        ))
         .expect_err("duplicate");
     assert!(error.is_config());
     assert!(error.to_string().contains("example.com"), "{error}");

@@ -28,6 +28,23 @@ impl Canonicalization {
     }
 }
 
+/// Parses a `c=`-style setting: `"relaxed"`, `"simple"`, `"relaxed/simple"`
+/// (header/body). A single name applies to the header and, as RFC 6376 §3.5
+/// says, leaves the body `simple`; configuration usually writes both.
+pub fn parse_canonicalization(text: &str) -> Result<(Canonicalization, Canonicalization), String> {
+    let one = |name: &str| match name.trim().to_ascii_lowercase().as_str() {
+        "relaxed" => Ok(Canonicalization::Relaxed),
+        "simple" => Ok(Canonicalization::Simple),
+        other => Err(format!(
+            "canonicalization \"{other}\" is neither \"relaxed\" nor \"simple\""
+        )),
+    };
+    match text.split_once('/') {
+        Some((header, body)) => Ok((one(header)?, one(body)?)),
+        None => Ok((one(text)?, Canonicalization::Simple)),
+    }
+}
+
 fn is_wsp(byte: u8) -> bool {
     byte == b' ' || byte == b'\t'
 }
@@ -277,6 +294,21 @@ mod tests {
     }
 
     #[test]
+    fn parses_settings() {
+        use Canonicalization::{Relaxed, Simple};
+        assert_eq!(
+            parse_canonicalization("relaxed/relaxed"),
+            Ok((Relaxed, Relaxed))
+        );
+        assert_eq!(
+            parse_canonicalization("Simple/relaxed"),
+            Ok((Simple, Relaxed))
+        );
+        assert_eq!(parse_canonicalization("relaxed"), Ok((Relaxed, Simple)));
+        assert!(parse_canonicalization("loose/simple").is_err());
+    }
+
+    #[test]
     fn empty_bodies() {
         assert_eq!(canonical_body(Canonicalization::Simple, b""), b"\r\n");
         assert_eq!(
@@ -313,7 +345,10 @@ mod tests {
 
     #[test]
     fn missing_final_crlf_and_bare_lf() {
-        assert_eq!(canonical_body(Canonicalization::Simple, b"a\nb"), b"a\r\nb\r\n");
+        assert_eq!(
+            canonical_body(Canonicalization::Simple, b"a\nb"),
+            b"a\r\nb\r\n"
+        );
         assert_eq!(
             canonical_body(Canonicalization::Relaxed, b"a  \nb\t"),
             b"a\r\nb\r\n"
@@ -331,7 +366,10 @@ mod tests {
             header(Canonicalization::Relaxed, b"SUBJECT :  hello   world \r\n"),
             b"subject:hello world\r\n"
         );
-        assert_eq!(header(Canonicalization::Relaxed, b"X-Empty:\r\n"), b"x-empty:\r\n");
+        assert_eq!(
+            header(Canonicalization::Relaxed, b"X-Empty:\r\n"),
+            b"x-empty:\r\n"
+        );
         assert_eq!(
             header(Canonicalization::Relaxed, b"To: a,\n b\r\n"),
             b"to:a, b\r\n"

@@ -14,8 +14,9 @@
 use std::fmt;
 use std::path::Path;
 
-use aws_lc_rs::encoding::{AsDer, PublicKeyX509Der};
+use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der, PublicKeyX509Der};
 use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::rsa::KeySize;
 use aws_lc_rs::signature::{self, Ed25519KeyPair, KeyPair, RsaKeyPair};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -36,7 +37,9 @@ const OID_ED25519: &str = "1.3.101.112";
 
 fn rsa_rejected(format: &str, error: &aws_lc_rs::error::KeyRejected) -> String {
     if error.description_() == "TooSmall" {
-        format!("RSA key has fewer than {DKIM_RSA_BITS_MIN} bits; generate a new one with `spate dkim-keygen`")
+        format!(
+            "RSA key has fewer than {DKIM_RSA_BITS_MIN} bits; generate a new one with `spate dkim-keygen`"
+        )
     } else {
         format!("not a valid {format} RSA private key ({error})")
     }
@@ -122,8 +125,8 @@ impl DkimKey {
             .map_err(|error| format!("not a PEM private key ({error})"))?;
         match label {
             "RSA PRIVATE KEY" => {
-                let key = RsaKeyPair::from_der(&der)
-                    .map_err(|error| rsa_rejected("PKCS#1", &error))?;
+                let key =
+                    RsaKeyPair::from_der(&der).map_err(|error| rsa_rejected("PKCS#1", &error))?;
                 DkimKey::from_rsa(key)
             }
             "PRIVATE KEY" => DkimKey::from_pkcs8_der(&der),
@@ -143,8 +146,8 @@ impl DkimKey {
         let oid = info.algorithm.oid.to_string();
         match oid.as_str() {
             OID_RSA_ENCRYPTION => {
-                let key = RsaKeyPair::from_pkcs8(der)
-                    .map_err(|error| rsa_rejected("PKCS#8", &error))?;
+                let key =
+                    RsaKeyPair::from_pkcs8(der).map_err(|error| rsa_rejected("PKCS#8", &error))?;
                 DkimKey::from_rsa(key)
             }
             OID_ED25519 => {
@@ -172,8 +175,42 @@ impl DkimKey {
         })
     }
 
-    pub(crate) fn from_rsa_pair(key: RsaKeyPair) -> Result<DkimKey, String> {
-        DkimKey::from_rsa(key)
+    /// Generates a new key: RSA of `bits` (2048 or 4096) or Ed25519 (`bits`
+    /// ignored). Returns it with its PKCS#8 PEM text for the key file.
+    pub fn generate(algorithm: KeyAlgorithm, bits: u32) -> Result<(DkimKey, String), String> {
+        let (key, pkcs8_der) = match algorithm {
+            KeyAlgorithm::RsaSha256 => {
+                let size = match bits {
+                    2048 => KeySize::Rsa2048,
+                    4096 => KeySize::Rsa4096,
+                    other => {
+                        return Err(format!(
+                            "RSA key size {other} is not offered; use 2048 or 4096"
+                        ));
+                    }
+                };
+                let pair = RsaKeyPair::generate(size)
+                    .map_err(|_| "RSA key generation failed".to_string())?;
+                let der: Pkcs8V1Der<'_> = pair
+                    .as_der()
+                    .map_err(|_| "cannot encode the RSA key as PKCS#8".to_string())?;
+                let der = der.as_ref().to_vec();
+                (DkimKey::from_rsa(pair)?, der)
+            }
+            KeyAlgorithm::Ed25519Sha256 => {
+                let pair = Ed25519KeyPair::generate()
+                    .map_err(|_| "Ed25519 key generation failed".to_string())?;
+                let der = pair
+                    .to_pkcs8v1()
+                    .map_err(|_| "cannot encode the Ed25519 key as PKCS#8".to_string())?
+                    .as_ref()
+                    .to_vec();
+                (DkimKey::from_ed25519_pair(pair), der)
+            }
+        };
+        let pem_text = pem::encode_string("PRIVATE KEY", pem::LineEnding::LF, &pkcs8_der)
+            .map_err(|error| format!("cannot encode PEM ({error})"))?;
+        Ok((key, pem_text))
     }
 
     pub(crate) fn from_ed25519_pair(key: Ed25519KeyPair) -> DkimKey {

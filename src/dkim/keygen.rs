@@ -8,11 +8,6 @@
 use std::io::Write as _;
 use std::path::Path;
 
-use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der};
-use aws_lc_rs::rsa::KeySize;
-use aws_lc_rs::signature::{Ed25519KeyPair, RsaKeyPair};
-use rsa::pkcs8::der::pem::{self, LineEnding};
-
 use super::key::{DkimKey, KeyAlgorithm};
 use super::sign::{DkimSigner, SignerOptions, valid_dns_name};
 use super::{Canonicalization, DkimError};
@@ -43,36 +38,13 @@ pub fn keygen(
             "\"{selector}\" / \"{domain}\" is not a valid selector / domain name"
         )));
     }
-    let (key, pkcs8_der) = match algorithm {
-        KeyAlgorithm::RsaSha256 => {
-            let size = match bits {
-                2048 => KeySize::Rsa2048,
-                4096 => KeySize::Rsa4096,
-                other => {
-                    return Err(DkimError::Config(format!(
-                        "RSA key size {other} is not offered; use 2048 or 4096"
-                    )));
-                }
-            };
-            let pair =
-                RsaKeyPair::generate(size).map_err(|_| invalid("RSA key generation failed".into()))?;
-            let der: Pkcs8V1Der<'_> = pair
-                .as_der()
-                .map_err(|_| invalid("cannot encode the RSA key as PKCS#8".into()))?;
-            let der = der.as_ref().to_vec();
-            (DkimKey::from_rsa_pair(pair).map_err(invalid)?, der)
+    let (key, pem_text) = DkimKey::generate(algorithm, bits).map_err(|reason| {
+        if reason.starts_with("RSA key size") {
+            DkimError::Config(reason)
+        } else {
+            invalid(reason)
         }
-        KeyAlgorithm::Ed25519Sha256 => {
-            let pair = Ed25519KeyPair::generate()
-                .map_err(|_| invalid("Ed25519 key generation failed".into()))?;
-            let der = pair
-                .to_pkcs8v1()
-                .map_err(|_| invalid("cannot encode the Ed25519 key as PKCS#8".into()))?
-                .as_ref()
-                .to_vec();
-            (DkimKey::from_ed25519_pair(pair), der)
-        }
-    };
+    })?;
     let key = std::sync::Arc::new(key);
     // Validate domain and selector exactly as signing will.
     let signer = DkimSigner::new(SignerOptions {
@@ -83,13 +55,8 @@ pub fn keygen(
         canonicalization: (Canonicalization::Relaxed, Canonicalization::Relaxed),
         expire_secs: None,
     })?;
-    let pem_text = pem::encode_string("PRIVATE KEY", LineEnding::LF, &pkcs8_der)
-        .map_err(|error| invalid(format!("cannot encode PEM ({error})")))?;
     let public = key.public_key_base64().map_err(invalid)?;
-    let record = format!(
-        "v=DKIM1; k={}; p={public}",
-        key.algorithm().dns_key_type()
-    );
+    let record = format!("v=DKIM1; k={}; p={public}", key.algorithm().dns_key_type());
     write_private(out_path, pem_text.as_bytes())?;
     Ok(format!(
         "{}._domainkey.{}. IN TXT {}",

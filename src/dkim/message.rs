@@ -20,10 +20,7 @@ pub(crate) fn split_message(message: &[u8]) -> (Vec<HeaderField<'_>>, &[u8]) {
     let mut fields: Vec<HeaderField<'_>> = Vec::new();
     let mut position = 0;
     let mut field_start: Option<usize> = None;
-    loop {
-        let Some(rest) = message.get(position..) else {
-            break;
-        };
+    while let Some(rest) = message.get(position..) {
         if rest.is_empty() {
             break;
         }
@@ -98,9 +95,9 @@ pub fn from_domain(message: &[u8]) -> Option<String> {
         .collect();
     let domain = domain.strip_suffix(b".").unwrap_or(&domain);
     let valid = !domain.is_empty()
-        && domain
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_' || b >= 0x80);
+        && domain.iter().all(|&b| {
+            b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_' || b >= 0x80
+        });
     if !valid {
         return None;
     }
@@ -218,7 +215,10 @@ mod tests {
     use super::*;
 
     fn domain_of(from_value: &str) -> Option<String> {
-        from_domain(format!("Subject: x\r\nFrom:{from_value}\r\nTo: t@to.example\r\n\r\nbody\r\n").as_bytes())
+        from_domain(
+            format!("Subject: x\r\nFrom:{from_value}\r\nTo: t@to.example\r\n\r\nbody\r\n")
+                .as_bytes(),
+        )
     }
 
     #[test]
@@ -241,8 +241,14 @@ mod tests {
 
     #[test]
     fn from_forms() {
-        assert_eq!(domain_of(" joe@Example.COM").as_deref(), Some("example.com"));
-        assert_eq!(domain_of(" Joe Q. <joe@a.example>").as_deref(), Some("a.example"));
+        assert_eq!(
+            domain_of(" joe@Example.COM").as_deref(),
+            Some("example.com")
+        );
+        assert_eq!(
+            domain_of(" Joe Q. <joe@a.example>").as_deref(),
+            Some("a.example")
+        );
         assert_eq!(
             domain_of(" \"Doe, John <x@evil.example>\" <john@good.example>").as_deref(),
             Some("good.example")
@@ -271,7 +277,10 @@ mod tests {
             domain_of(" <@relay.example:user@routed.example>").as_deref(),
             Some("routed.example")
         );
-        assert_eq!(domain_of(" user@trailing.example.").as_deref(), Some("trailing.example"));
+        assert_eq!(
+            domain_of(" user@trailing.example.").as_deref(),
+            Some("trailing.example")
+        );
         assert_eq!(domain_of(" undisclosed-recipients:;"), None);
         assert_eq!(domain_of(" no address here"), None);
         assert_eq!(domain_of(" <broken@x.example"), None);

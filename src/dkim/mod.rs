@@ -34,7 +34,7 @@ mod table;
 #[cfg(test)]
 mod tests;
 
-pub use canon::Canonicalization;
+pub use canon::{Canonicalization, parse_canonicalization};
 pub use key::{DKIM_KEY_FILE_BYTES_MAX, DKIM_RSA_BITS_MIN, DkimKey, KeyAlgorithm};
 pub use keygen::keygen;
 pub use message::from_domain;

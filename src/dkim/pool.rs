@@ -123,9 +123,7 @@ impl SigningPool {
         match sender.try_send(Envelope { job, reply }) {
             Ok(()) => Ok(receiver),
             Err(TrySendError::Full(envelope)) => Err(PoolSubmitError::Full(envelope.job)),
-            Err(TrySendError::Disconnected(envelope)) => {
-                Err(PoolSubmitError::Closed(envelope.job))
-            }
+            Err(TrySendError::Disconnected(envelope)) => Err(PoolSubmitError::Closed(envelope.job)),
         }
     }
 
@@ -138,7 +136,18 @@ impl SigningPool {
 fn worker(receiver: Receiver<Envelope>) {
     while let Ok(Envelope { job, reply }) = receiver.recv() {
         let extra: Vec<&str> = job.extra_domains.iter().map(String::as_str).collect();
-        let result = job.table.sign_with_extra(&job.message, job.now_unix, &extra);
+        // A panic in signing would be our bug; contain it so the submitter
+        // gets an error (and defers) instead of waiting forever.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            job.table
+                .sign_with_extra(&job.message, job.now_unix, &extra)
+        }))
+        .unwrap_or_else(|_| {
+            Err(DkimError::Signing {
+                domain: String::new(),
+                reason: "internal error: the signer panicked".into(),
+            })
+        });
         // The submitter may have gone away (connection closed); nothing to do.
         let _ = reply.send(SignJobOutcome {
             message: job.message,

@@ -101,8 +101,8 @@ impl DkimSigner {
         let mut headers = vec!["from".to_string()];
         for name in &options.headers {
             let lower = name.trim().to_ascii_lowercase();
-            let printable = !lower.is_empty()
-                && lower.bytes().all(|b| (33..=126).contains(&b) && b != b':');
+            let printable =
+                !lower.is_empty() && lower.bytes().all(|b| (33..=126).contains(&b) && b != b':');
             if !printable {
                 return Err(DkimError::Config(format!(
                     "{domain}: \"{name}\" is not a header field name"

@@ -53,7 +53,14 @@ fn rfc8463_appendix_a_ed25519_signature_is_reproduced_exactly() {
     assert_eq!(key.public_key_base64().expect("p="), RFC8463_PUBLIC_BASE64);
 
     let names = [
-        "from", "to", "subject", "date", "message-id", "from", "subject", "date",
+        "from",
+        "to",
+        "subject",
+        "date",
+        "message-id",
+        "from",
+        "subject",
+        "date",
     ];
     let mut signed = Vec::new();
     for field in select_fields(&fields, &names) {

@@ -13,11 +13,15 @@ use std::sync::{Arc, Mutex};
 use mail_auth::common::parse::TxtRecordParser as _;
 use mail_auth::common::verify::DomainKey;
 use mail_auth::hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
-use mail_auth::{AuthenticatedMessage, DkimResult, MessageAuthenticator, Parameters, ResolverCache, Txt};
+use mail_auth::{
+    AuthenticatedMessage, DkimResult, MessageAuthenticator, Parameters, ResolverCache, Txt,
+};
 use spate::dkim::{Canonicalization, DkimKey, DkimSigner, SignerOptions};
 
 pub fn data_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/dkim").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/dkim")
+        .join(name)
 }
 
 pub fn key(name: &str) -> Arc<DkimKey> {
@@ -33,7 +37,11 @@ pub fn openssl_public(name: &str) -> String {
 }
 
 pub fn dns_record(name: &str) -> String {
-    let k = if name.starts_with("ed25519") { "ed25519" } else { "rsa" };
+    let k = if name.starts_with("ed25519") {
+        "ed25519"
+    } else {
+        "rsa"
+    };
     format!("v=DKIM1; k={k}; p={}", openssl_public(name))
 }
 
@@ -51,9 +59,16 @@ pub fn signer(
         domain: domain.to_string(),
         selector: selector.to_string(),
         key: key(key_name),
-        headers: ["To", "Subject", "Date", "Message-ID", "MIME-Version", "Content-Type"]
-            .map(String::from)
-            .to_vec(),
+        headers: [
+            "To",
+            "Subject",
+            "Date",
+            "Message-ID",
+            "MIME-Version",
+            "Content-Type",
+        ]
+        .map(String::from)
+        .to_vec(),
         canonicalization,
         expire_secs,
     })
@@ -117,9 +132,10 @@ pub fn verify(message: &[u8], records: &[(String, String)]) -> Vec<Verified> {
         );
     }
     // A resolver that could only ever reach loopback; the table answers first.
-    let config = ResolverConfig::from_name_servers(vec![NameServerConfig::udp(
-        std::net::IpAddr::from([127, 0, 0, 1]),
-    )]);
+    let config =
+        ResolverConfig::from_name_servers(vec![NameServerConfig::udp(std::net::IpAddr::from([
+            127, 0, 0, 1,
+        ]))]);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
