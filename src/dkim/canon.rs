@@ -391,6 +391,77 @@ mod tests {
         );
     }
 
+    /// RFC 6376 §3.4.3/§3.4.4 written as plainly as possible, to check the
+    /// fast canonicalisers against.
+    fn reference_body(canon: Canonicalization, body: &[u8]) -> Vec<u8> {
+        let mut lines: Vec<Vec<u8>> = Vec::new();
+        let mut current = Vec::new();
+        let mut index = 0;
+        while index < body.len() {
+            let byte = body[index];
+            if byte == b'\n' {
+                if current.last() == Some(&b'\r') {
+                    current.pop();
+                }
+                lines.push(std::mem::take(&mut current));
+            } else {
+                current.push(byte);
+            }
+            index += 1;
+        }
+        if !current.is_empty() {
+            lines.push(current);
+        }
+        if canon == Canonicalization::Relaxed {
+            for line in &mut lines {
+                let mut reduced = Vec::new();
+                for &byte in line.iter() {
+                    if is_wsp(byte) {
+                        if reduced.last() != Some(&b' ') || reduced.is_empty() {
+                            reduced.push(b' ');
+                        }
+                    } else {
+                        reduced.push(byte);
+                    }
+                }
+                while reduced.last() == Some(&b' ') {
+                    reduced.pop();
+                }
+                *line = reduced;
+            }
+        }
+        while lines.last().is_some_and(|line| line.is_empty()) {
+            lines.pop();
+        }
+        let mut out = Vec::new();
+        for line in &lines {
+            out.extend_from_slice(line);
+            out.extend_from_slice(b"\r\n");
+        }
+        if out.is_empty() && canon == Canonicalization::Simple {
+            out.extend_from_slice(b"\r\n");
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn fast_canonicalisers_match_the_reference(
+            body in proptest::collection::vec(
+                proptest::sample::select(vec![b'a', b'b', b' ', b'\t', b'\r', b'\n', 0xc3]),
+                0..300,
+            )
+        ) {
+            for canon in [Canonicalization::Relaxed, Canonicalization::Simple] {
+                let expected = reference_body(canon, &body);
+                proptest::prop_assert_eq!(canonical_body(canon, &body), expected.clone());
+                let direct = digest::digest(&digest::SHA256, &expected);
+                let fast = body_hash(canon, &body);
+                proptest::prop_assert_eq!(fast.as_ref(), direct.as_ref());
+            }
+        }
+    }
+
     #[test]
     fn staging_buffer_boundaries_do_not_change_the_hash() {
         // A body larger than the staging buffer, with WSP runs crossing it.
