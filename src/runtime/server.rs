@@ -39,8 +39,8 @@ pub enum ShardMsg {
     Enqueue(MessageRef),
     /// A recovered message with its live recipients.
     Recovered(RecoveredMessage),
-    /// A new configuration (already validated).
-    Reload(Arc<Config>),
+    /// A new configuration (already validated) and its DKIM signing table.
+    Reload(Arc<Config>, Arc<crate::dkim::SigningTable>),
     /// Control-plane request, answered through the channel.
     Admin(AdminRequest),
     /// Stop accepting; finish; sync; exit the shard.
@@ -76,6 +76,9 @@ pub struct Shared {
     /// Each shard's listening sockets, taken by the shard at start.
     pub sockets: Mutex<Vec<Option<ShardSockets>>>,
     pub started: std::time::Instant,
+    /// The DKIM signing table in force (replaced on reload).
+    pub dkim_table: Mutex<Arc<crate::dkim::SigningTable>>,
+    pub dkim_pool: Arc<crate::dkim::SigningPool>,
 }
 
 fn spool_options(config: &Config) -> SpoolOptions {
@@ -204,6 +207,24 @@ pub fn run(config: Config) -> i32 {
         }
     };
 
+    let dkim_table = match crate::session::signing::table_from_config(&config) {
+        Ok(t) => Arc::new(t),
+        Err(e) => {
+            tracing::error!(error = %e, "DKIM configuration error");
+            return crate::config::EX_CONFIG;
+        }
+    };
+    let dkim_pool = match crate::dkim::SigningPool::new(
+        crate::session::signing::DKIM_POOL_THREADS,
+        crate::session::signing::DKIM_POOL_QUEUE_JOBS,
+    ) {
+        Ok(p) => Arc::new(p),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the DKIM signing pool");
+            return 71;
+        }
+    };
+
     let (mesh_tx, receivers) = mesh::<ShardMsg>(shards);
     let shared = Arc::new(Shared {
         config: Mutex::new(Arc::new(config)),
@@ -216,6 +237,8 @@ pub fn run(config: Config) -> i32 {
         admissions,
         sockets: Mutex::new(per_shard.into_iter().map(Some).collect()),
         started: std::time::Instant::now(),
+        dkim_table: Mutex::new(dkim_table),
+        dkim_pool,
     });
     let receivers: Arc<Mutex<Vec<Option<MeshReceiver<ShardMsg>>>>> =
         Arc::new(Mutex::new(receivers.into_iter().map(Some).collect()));
@@ -298,7 +321,12 @@ pub fn reload(shared: &Shared) -> Result<String, String> {
     if !restart.is_empty() {
         tracing::warn!(settings = ?restart, "these changes need a restart and are not applied");
     }
+    let table = crate::session::signing::table_from_config(&new).map_err(|e| e.to_string())?;
+    let table = Arc::new(table);
     let new = Arc::new(new);
+    if let Ok(mut t) = shared.dkim_table.lock() {
+        *t = table.clone();
+    }
     for (i, l) in new.listeners.iter().enumerate() {
         if let Some(a) = shared.admissions.get(i) {
             a.set_limits(
@@ -313,7 +341,7 @@ pub fn reload(shared: &Shared) -> Result<String, String> {
     for shard in 0..shared.mesh.shards() {
         let _ = shared
             .mesh
-            .send_blocking(shard, ShardMsg::Reload(new.clone()));
+            .send_blocking(shard, ShardMsg::Reload(new.clone(), table.clone()));
     }
     Ok(new.summary())
 }
@@ -413,6 +441,16 @@ async fn shard_main(id: usize, shared: Arc<Shared>, rx: Option<MeshReceiver<Shar
             }
         })
         .collect();
+    let signing = Rc::new(crate::session::signing::InboundSigning {
+        table: RefCell::new(
+            shared
+                .dkim_table
+                .lock()
+                .map(|t| t.clone())
+                .unwrap_or_else(|p| p.into_inner().clone()),
+        ),
+        pool: shared.dkim_pool.clone(),
+    });
     let sessions = Rc::new(std::cell::Cell::new(0usize));
     let sessions_done = Rc::new(LocalNotify::default());
     let mut acceptors = Vec::new();
@@ -438,7 +476,7 @@ async fn shard_main(id: usize, shared: Arc<Shared>, rx: Option<MeshReceiver<Shar
             pools: Rc::new(RefCell::new(PoolPicker::default())),
             stats: shared.stats.clone(),
             handoff: handoff.clone(),
-            sign: None,
+            signing: Some(signing.clone()),
         });
         let admission = shared.admissions[li].clone();
         let sessions = sessions.clone();
@@ -508,8 +546,9 @@ async fn shard_main(id: usize, shared: Arc<Shared>, rx: Option<MeshReceiver<Shar
             match msg {
                 ShardMsg::Enqueue(m) => engine.enqueue(m, None),
                 ShardMsg::Recovered(r) => engine.enqueue(r.message, Some(&r.recipients)),
-                ShardMsg::Reload(c) => {
+                ShardMsg::Reload(c, table) => {
                     *config.borrow_mut() = c;
+                    *signing.table.borrow_mut() = table;
                     engine.reconfigure();
                 }
                 ShardMsg::Admin(req) => handle_admin(&engine, req).await,

@@ -32,9 +32,6 @@ use crate::spool::{MessageRef, NewMessage, NewRecipient, Ret, Spool};
 /// per-connection memory whatever the client sends.
 pub const SESSION_READ_BUFFER_BYTES: usize = 64 * 1024;
 
-/// Signs a message for a vMTA: the header fields to prepend, or why not.
-pub type SignFn = Rc<dyn Fn(&[u8], &str) -> Result<Vec<u8>, String>>;
-
 /// What a shard gives every inbound session.
 pub struct InboundContext {
     pub config: Rc<RefCell<Arc<Config>>>,
@@ -45,10 +42,9 @@ pub struct InboundContext {
     pub stats: Arc<Stats>,
     /// Hands a committed message to the shard owning its vMTA.
     pub handoff: Rc<dyn Fn(MessageRef, String)>,
-    /// Optional signer: returns header fields to prepend, or an error text
-    /// (the message is then refused with 451 and counted, never sent
-    /// unsigned silently).
-    pub sign: Option<SignFn>,
+    /// DKIM signing; a message that cannot be signed is refused with 451
+    /// and counted, never sent unsigned silently.
+    pub signing: Option<Rc<super::signing::InboundSigning>>,
 }
 
 /// Per-session tallies for the one log line at the end.
@@ -406,16 +402,15 @@ async fn finish_message(
     content.extend_from_slice(trace.as_bytes());
     content.extend_from_slice(&stripped);
     drop(stripped);
-    if let Some(sign) = &ctx.sign {
-        match sign(&content, &choice.vmta) {
-            Ok(fields) => {
-                let mut signed = fields;
-                signed.extend_from_slice(&content);
-                content = signed;
-            }
-            Err(reason) => {
+    if let Some(signing) = &ctx.signing {
+        match signing
+            .sign(config, &choice.vmta, content, received_unix_ms / 1000)
+            .await
+        {
+            Ok(signed) => content = signed,
+            Err(failure) => {
                 ctx.stats.add_signing_failure();
-                tracing::warn!(peer = %peer, %reason, "DKIM signing failed; message deferred");
+                tracing::warn!(peer = %peer, ?failure, "DKIM signing failed; message refused with 451");
                 return Reply::with_status(
                     451,
                     (4, 7, 0),

@@ -9,5 +9,6 @@
 pub mod auth;
 pub mod headers;
 pub mod inbound;
+pub mod signing;
 pub mod tls;
 pub mod vmta;
