@@ -51,3 +51,21 @@ impl Stats {
         counter.load(Relaxed)
     }
 }
+
+/// Bytes available to unprivileged users on the file system holding
+/// `path` (statvfs `f_bavail * f_frsize`); `None` when it cannot be read.
+pub fn fs_available_bytes(path: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: `c_path` is a valid NUL-terminated string that outlives the
+    // call, and `st` points to writable memory of the size statvfs fills.
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it initialised the whole struct (and it
+    // was zeroed before anyway).
+    let st = unsafe { st.assume_init() };
+    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
