@@ -92,8 +92,28 @@ fn serve(mut stream: TcpStream, shared: &Shared) {
             r
         }
         Err(http::ReadError::Closed) => return,
-        Err(http::ReadError::TooLarge) => http::Response::error(413, "request too large"),
-        Err(http::ReadError::Bad(why)) => http::Response::error(400, why),
+        Err(e) => {
+            let r = match e {
+                http::ReadError::TooLarge => http::Response::error(413, "request too large"),
+                http::ReadError::Bad(why) => http::Response::error(400, why),
+                http::ReadError::Closed => return,
+            };
+            let _ = r.write_to(&mut stream);
+            drain(&mut stream);
+            return;
+        }
     };
     let _ = response.write_to(&mut stream);
+}
+
+/// Bytes read and dropped after refusing a request, so the close does not
+/// reset the connection before the peer reads the answer.
+const DRAIN_BYTES_MAX: u64 = 1 << 20;
+/// How long the drain waits for more input.
+const DRAIN_MS: u64 = 1_000;
+
+fn drain(stream: &mut TcpStream) {
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(DRAIN_MS)));
+    let _ = std::io::copy(&mut std::io::Read::take(&mut *stream, DRAIN_BYTES_MAX), &mut std::io::sink());
 }
