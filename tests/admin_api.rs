@@ -22,7 +22,11 @@ fn send(smtp: SocketAddr, n: usize, tag: &str) {
     let mut c = Client::connect(smtp);
     assert!(c.cmd("EHLO client.test").starts_with("250"));
     for i in 0..n {
-        let r = c.message("a@sink.test", &["b@sink.test"], &body(&format!("{tag} {i}")));
+        let r = c.message(
+            "a@sink.test",
+            &["b@sink.test"],
+            &body(&format!("{tag} {i}")),
+        );
         assert!(r.starts_with("250"), "{r}");
     }
     c.cmd("QUIT");
@@ -33,20 +37,42 @@ fn auth_status_queues_and_errors() {
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start();
     let (smtp, admin) = (addr(), addr());
-    let spate = Spate::start(dir.path(), &config(dir.path(), smtp, sink.addr, admin, ""), smtp);
+    let spate = Spate::start(
+        dir.path(),
+        &config(dir.path(), smtp, sink.addr, admin, ""),
+        smtp,
+    );
     wait_admin(admin);
 
     let a = http(admin, "GET", "/api/v1/status", None, "");
     assert_eq!(a.status, 401, "{a:?}");
     assert!(a.head.contains("WWW-Authenticate: Bearer"), "{}", a.head);
-    assert_eq!(http(admin, "GET", "/api/v1/status", Some("wrong"), "").status, 401);
-    assert_eq!(http(admin, "GET", "/api/v1/queues", Some(&format!("{TOKEN}x")), "").status, 401);
+    assert_eq!(
+        http(admin, "GET", "/api/v1/status", Some("wrong"), "").status,
+        401
+    );
+    assert_eq!(
+        http(
+            admin,
+            "GET",
+            "/api/v1/queues",
+            Some(&format!("{TOKEN}x")),
+            ""
+        )
+        .status,
+        401
+    );
     assert_eq!(http(admin, "POST", "/api/v1/reload", None, "").status, 401);
     // Metrics need no token from loopback.
     assert_eq!(http(admin, "GET", "/metrics", None, "").status, 200);
 
     send(smtp, 2, "status");
-    assert_eq!(sink.wait_for(2, Duration::from_secs(15)).len(), 2, "{}", spate.log_text());
+    assert_eq!(
+        sink.wait_for(2, Duration::from_secs(15)).len(),
+        2,
+        "{}",
+        spate.log_text()
+    );
 
     let s = get(admin, "/api/v1/status");
     assert_eq!(s.status, 200, "{}", s.body);
@@ -58,8 +84,20 @@ fn auth_status_queues_and_errors() {
     assert_eq!(s["totals"]["delivered"], 2, "{s}");
     assert!(s["spool"]["bytes_used"].as_u64().unwrap() > 0, "{s}");
     assert!(s["spool"]["bytes_free"].as_u64().unwrap() > 0, "{s}");
-    assert!(s["vmtas"].as_array().unwrap().iter().any(|v| v["vmta"] == "ip1"), "{s}");
-    for k in ["queued_messages", "queued_recipients", "connections_in", "connections_out"] {
+    assert!(
+        s["vmtas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["vmta"] == "ip1"),
+        "{s}"
+    );
+    for k in [
+        "queued_messages",
+        "queued_recipients",
+        "connections_in",
+        "connections_out",
+    ] {
         assert!(s[k].is_i64(), "{k} in {s}");
     }
 
@@ -68,20 +106,50 @@ fn auth_status_queues_and_errors() {
     assert_eq!(q["domain"], "sink.test");
     assert_eq!(q["mode"], "normal");
     assert_eq!(q["delivered_last_hour"], 2, "{q}");
-    for k in ["queued", "in_flight", "connections", "bounced_last_hour", "deferred_last_hour", "mode_since_unix"] {
+    for k in [
+        "queued",
+        "in_flight",
+        "connections",
+        "bounced_last_hour",
+        "deferred_last_hour",
+        "mode_since_unix",
+    ] {
         assert!(q[k].is_u64(), "{k} in {q}");
     }
 
     // Errors.
     assert_eq!(get(admin, "/nope").status, 404);
-    assert_eq!(http(admin, "DELETE", "/api/v1/status", Some(TOKEN), "").status, 405);
-    assert_eq!(get(admin, "/api/v1/queues/sink.test%2Fip1/pause").status, 405);
-    assert_eq!(post(admin, "/api/v1/queues/sink.test%2Fip1/mode", "{bad").status, 400);
-    assert_eq!(post(admin, "/api/v1/queues/sink.test%2Fip1/mode", r#"{"mode":"fast"}"#).status, 400);
+    assert_eq!(
+        http(admin, "DELETE", "/api/v1/status", Some(TOKEN), "").status,
+        405
+    );
+    assert_eq!(
+        get(admin, "/api/v1/queues/sink.test%2Fip1/pause").status,
+        405
+    );
+    assert_eq!(
+        post(admin, "/api/v1/queues/sink.test%2Fip1/mode", "{bad").status,
+        400
+    );
+    assert_eq!(
+        post(
+            admin,
+            "/api/v1/queues/sink.test%2Fip1/mode",
+            r#"{"mode":"fast"}"#
+        )
+        .status,
+        400
+    );
     assert_eq!(post(admin, "/api/v1/queues/nodomain/pause", "").status, 400);
-    assert_eq!(post(admin, "/api/v1/queues/other.test%2Fip1/pause", "").status, 404);
+    assert_eq!(
+        post(admin, "/api/v1/queues/other.test%2Fip1/pause", "").status,
+        404
+    );
     let big = "x".repeat(70 * 1024);
-    assert_eq!(post(admin, "/api/v1/queues/sink.test%2Fip1/mode", &big).status, 413);
+    assert_eq!(
+        post(admin, "/api/v1/queues/sink.test%2Fip1/mode", &big).status,
+        413
+    );
     // The page is served without a token and is HTML.
     let page = http(admin, "GET", "/", None, "");
     assert_eq!(page.status, 200);
@@ -93,24 +161,46 @@ fn metrics_parse_as_prometheus_text() {
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start();
     let (smtp, admin) = (addr(), addr());
-    let spate = Spate::start(dir.path(), &config(dir.path(), smtp, sink.addr, admin, ""), smtp);
+    let spate = Spate::start(
+        dir.path(),
+        &config(dir.path(), smtp, sink.addr, admin, ""),
+        smtp,
+    );
     wait_admin(admin);
     send(smtp, 3, "metrics");
-    assert_eq!(sink.wait_for(3, Duration::from_secs(15)).len(), 3, "{}", spate.log_text());
+    assert_eq!(
+        sink.wait_for(3, Duration::from_secs(15)).len(),
+        3,
+        "{}",
+        spate.log_text()
+    );
     let a = http(admin, "GET", "/metrics", None, "");
     assert_eq!(a.status, 200);
     assert!(a.head.contains("text/plain; version=0.0.4"), "{}", a.head);
     let samples = parse_prometheus(&a.body).unwrap_or_else(|e| panic!("{e}\n{}", a.body));
-    let value = |name: &str| samples.iter().find(|s| s.name == name && s.labels.is_empty()).map(|s| s.value);
+    let value = |name: &str| {
+        samples
+            .iter()
+            .find(|s| s.name == name && s.labels.is_empty())
+            .map(|s| s.value)
+    };
     assert_eq!(value("spate_received_messages_total"), Some(3.0));
     assert_eq!(value("spate_delivered_total"), Some(3.0));
     assert!(value("spate_spool_bytes_used").unwrap() > 0.0);
     assert!(value("spate_spool_bytes_free").unwrap() > 0.0);
     for name in [
-        "spate_received_recipients_total", "spate_rejected_messages_total", "spate_bounced_total",
-        "spate_deferred_total", "spate_expired_total", "spate_connections_in", "spate_connections_out",
-        "spate_queued_messages", "spate_queued_recipients", "spate_dns_lookups_total",
-        "spate_dns_failures_total", "spate_accounting_dropped_total",
+        "spate_received_recipients_total",
+        "spate_rejected_messages_total",
+        "spate_bounced_total",
+        "spate_deferred_total",
+        "spate_expired_total",
+        "spate_connections_in",
+        "spate_connections_out",
+        "spate_queued_messages",
+        "spate_queued_recipients",
+        "spate_dns_lookups_total",
+        "spate_dns_failures_total",
+        "spate_accounting_dropped_total",
     ] {
         assert!(value(name).is_some(), "{name} missing");
     }
@@ -120,7 +210,11 @@ fn metrics_parse_as_prometheus_text() {
         .expect("per-queue mode");
     assert_eq!(
         q.labels,
-        vec![("queue".into(), "sink.test/ip1".into()), ("domain".into(), "sink.test".into()), ("vmta".into(), "ip1".into())]
+        vec![
+            ("queue".into(), "sink.test/ip1".into()),
+            ("domain".into(), "sink.test".into()),
+            ("vmta".into(), "ip1".into())
+        ]
     );
     assert_eq!(q.value, 0.0);
 }
@@ -130,11 +224,20 @@ fn pause_resume_mode_and_delete() {
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start();
     let (smtp, admin) = (addr(), addr());
-    let spate = Spate::start(dir.path(), &config(dir.path(), smtp, sink.addr, admin, ""), smtp);
+    let spate = Spate::start(
+        dir.path(),
+        &config(dir.path(), smtp, sink.addr, admin, ""),
+        smtp,
+    );
     wait_admin(admin);
     // The queue exists once mail went through it.
     send(smtp, 1, "first");
-    assert_eq!(sink.wait_for(1, Duration::from_secs(15)).len(), 1, "{}", spate.log_text());
+    assert_eq!(
+        sink.wait_for(1, Duration::from_secs(15)).len(),
+        1,
+        "{}",
+        spate.log_text()
+    );
 
     // Pause (selector with a literal slash and a wildcard): nothing leaves.
     let a = post(admin, "/api/v1/queues/sink.test/*/pause", "");
@@ -145,41 +248,84 @@ fn pause_resume_mode_and_delete() {
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(sink.messages().len(), 1, "a paused queue delivered");
     let q = queue(admin, "sink.test/ip1").unwrap();
-    assert_eq!(q["queued"].as_u64().unwrap() + q["deferred"].as_u64().unwrap(), 2, "{q}");
+    assert_eq!(
+        q["queued"].as_u64().unwrap() + q["deferred"].as_u64().unwrap(),
+        2,
+        "{q}"
+    );
 
     // Resume: they go.
-    assert_eq!(post(admin, "/api/v1/queues/sink.test%2Fip1/resume", "").status, 200);
-    assert_eq!(sink.wait_for(3, Duration::from_secs(15)).len(), 3, "{}", spate.log_text());
+    assert_eq!(
+        post(admin, "/api/v1/queues/sink.test%2Fip1/resume", "").status,
+        200
+    );
+    assert_eq!(
+        sink.wait_for(3, Duration::from_secs(15)).len(),
+        3,
+        "{}",
+        spate.log_text()
+    );
 
     // Mode.
-    let a = post(admin, "/api/v1/queues/%2A%2Fip1/mode", r#"{"mode":"backoff"}"#);
+    let a = post(
+        admin,
+        "/api/v1/queues/%2A%2Fip1/mode",
+        r#"{"mode":"backoff"}"#,
+    );
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(queue(admin, "sink.test/ip1").unwrap()["mode"], "backoff");
-    assert_eq!(post(admin, "/api/v1/queues/sink.test%2Fip1/mode", r#"{"mode":"normal"}"#).status, 200);
+    assert_eq!(
+        post(
+            admin,
+            "/api/v1/queues/sink.test%2Fip1/mode",
+            r#"{"mode":"normal"}"#
+        )
+        .status,
+        200
+    );
     assert_eq!(queue(admin, "sink.test/ip1").unwrap()["mode"], "normal");
 
     // Delete: pause, queue two, delete them: bounced as admin-deleted.
-    assert_eq!(post(admin, "/api/v1/queues/sink.test%2Fip1/pause", "").status, 200);
+    assert_eq!(
+        post(admin, "/api/v1/queues/sink.test%2Fip1/pause", "").status,
+        200
+    );
     send(smtp, 2, "doomed");
-    let a = http(admin, "DELETE", "/api/v1/queues/sink.test%2Fip1/messages", Some(TOKEN), "");
+    let a = http(
+        admin,
+        "DELETE",
+        "/api/v1/queues/sink.test%2Fip1/messages",
+        Some(TOKEN),
+        "",
+    );
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(a.json()["deleted_recipients"], 2, "{}", a.body);
     let q = queue(admin, "sink.test/ip1").unwrap();
     assert_eq!(q["queued"], 0, "{q}");
-    assert_eq!(post(admin, "/api/v1/queues/sink.test%2Fip1/resume", "").status, 200);
+    assert_eq!(
+        post(admin, "/api/v1/queues/sink.test%2Fip1/resume", "").status,
+        200
+    );
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(sink.messages().len(), 3, "deleted mail was delivered");
     let mut bounces = Vec::new();
     for _ in 0..50 {
         let acct = std::fs::read_to_string(dir.path().join("acct.csv")).unwrap_or_default();
-        bounces = acct.lines().filter(|l| l.starts_with("b,")).map(str::to_string).collect();
+        bounces = acct
+            .lines()
+            .filter(|l| l.starts_with("b,"))
+            .map(str::to_string)
+            .collect();
         if bounces.len() >= 2 {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(bounces.len(), 2, "{bounces:?}");
-    assert!(bounces.iter().all(|l| l.contains("admin-deleted")), "{bounces:?}");
+    assert!(
+        bounces.iter().all(|l| l.contains("admin-deleted")),
+        "{bounces:?}"
+    );
     let s = get(admin, "/api/v1/status").json();
     assert_eq!(s["totals"]["bounced"], 2, "{s}");
 }
@@ -193,17 +339,33 @@ fn reload_valid_then_invalid() {
     let spate = Spate::start(dir.path(), &base, smtp);
     wait_admin(admin);
     let has_vmta = |name: &str| {
-        get(admin, "/api/v1/status").json()["vmtas"].as_array().unwrap().iter().any(|v| v["vmta"] == name)
+        get(admin, "/api/v1/status").json()["vmtas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["vmta"] == name)
     };
     assert!(!has_vmta("ip3"));
     let path = dir.path().join("spate.toml");
-    std::fs::write(&path, format!("{base}\n[vmta.ip3]\nsource_ip = \"127.0.0.4\"\n")).unwrap();
+    std::fs::write(
+        &path,
+        format!("{base}\n[vmta.ip3]\nsource_ip = \"127.0.0.4\"\n"),
+    )
+    .unwrap();
     let a = post(admin, "/api/v1/reload", "");
     assert_eq!(a.status, 200, "{}", a.body);
-    assert!(a.json()["summary"].as_str().unwrap().contains("vmta"), "{}", a.body);
+    assert!(
+        a.json()["summary"].as_str().unwrap().contains("vmta"),
+        "{}",
+        a.body
+    );
     assert!(has_vmta("ip3"), "reload applied");
 
-    std::fs::write(&path, format!("{base}\n[vmta.ip3]\nsource_ip = \"not an ip\"\n")).unwrap();
+    std::fs::write(
+        &path,
+        format!("{base}\n[vmta.ip3]\nsource_ip = \"not an ip\"\n"),
+    )
+    .unwrap();
     let a = post(admin, "/api/v1/reload", "");
     assert_eq!(a.status, 422, "{}", a.body);
     let errors = a.json()["errors"].clone();
@@ -211,7 +373,12 @@ fn reload_valid_then_invalid() {
     assert!(has_vmta("ip3"), "old configuration kept");
     // Mail still flows on the kept configuration.
     send(smtp, 1, "after");
-    assert_eq!(sink.wait_for(1, Duration::from_secs(15)).len(), 1, "{}", spate.log_text());
+    assert_eq!(
+        sink.wait_for(1, Duration::from_secs(15)).len(),
+        1,
+        "{}",
+        spate.log_text()
+    );
 }
 
 fn ctl(admin: SocketAddr, token: Option<&std::path::Path>, args: &[&str]) -> (i32, String, String) {
@@ -233,16 +400,28 @@ fn ctl_commands_and_errors() {
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start();
     let (smtp, admin) = (addr(), addr());
-    let spate = Spate::start(dir.path(), &config(dir.path(), smtp, sink.addr, admin, ""), smtp);
+    let spate = Spate::start(
+        dir.path(),
+        &config(dir.path(), smtp, sink.addr, admin, ""),
+        smtp,
+    );
     wait_admin(admin);
     send(smtp, 1, "ctl");
-    assert_eq!(sink.wait_for(1, Duration::from_secs(15)).len(), 1, "{}", spate.log_text());
+    assert_eq!(
+        sink.wait_for(1, Duration::from_secs(15)).len(),
+        1,
+        "{}",
+        spate.log_text()
+    );
     let token = dir.path().join("token");
     let t = Some(token.as_path());
 
     let (code, out, err) = ctl(admin, t, &["queues", "--sort", "name"]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.starts_with("QUEUE") && out.contains("sink.test/ip1"), "{out}");
+    assert!(
+        out.starts_with("QUEUE") && out.contains("sink.test/ip1"),
+        "{out}"
+    );
     let (code, out, _) = ctl(admin, t, &["--json", "status"]);
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -269,7 +448,10 @@ fn ctl_commands_and_errors() {
     // Wrong or missing token, server down.
     let (code, _, err) = ctl(admin, None, &["queues"]);
     assert_eq!(code, 1);
-    assert!(err.contains("401: wrong or missing token (--token-file)"), "{err}");
+    assert!(
+        err.contains("401: wrong or missing token (--token-file)"),
+        "{err}"
+    );
     let bad = dir.path().join("bad-token");
     std::fs::write(&bad, "nope").unwrap();
     let (code, _, err) = ctl(admin, Some(&bad), &["status"]);
@@ -278,5 +460,10 @@ fn ctl_commands_and_errors() {
     let down: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let (code, _, err) = ctl(down, t, &["status"]);
     assert_eq!(code, 69);
-    assert!(err.contains(&format!("cannot connect to the admin API at http://{down} (is spate running?)")), "{err}");
+    assert!(
+        err.contains(&format!(
+            "cannot connect to the admin API at http://{down} (is spate running?)"
+        )),
+        "{err}"
+    );
 }

@@ -75,7 +75,9 @@ pub fn handle(shared: &Shared, req: &Request, peer: IpAddr) -> Response {
         },
         "/api/v1/reload" => match method {
             "POST" => match crate::runtime::server::reload(shared) {
-                Ok(summary) => Response::json(200, &json!({ "reloaded": true, "summary": summary })),
+                Ok(summary) => {
+                    Response::json(200, &json!({ "reloaded": true, "summary": summary }))
+                }
                 Err(errors) => Response::json(
                     422,
                     &json!({ "reloaded": false, "errors": errors.lines().collect::<Vec<_>>() }),
@@ -83,7 +85,12 @@ pub fn handle(shared: &Shared, req: &Request, peer: IpAddr) -> Response {
             },
             _ => not_allowed("POST"),
         },
-        _ => queue_action(shared, method, path.strip_prefix(QUEUES_PREFIX).unwrap_or(""), &req.body),
+        _ => queue_action(
+            shared,
+            method,
+            path.strip_prefix(QUEUES_PREFIX).unwrap_or(""),
+            &req.body,
+        ),
     }
 }
 
@@ -169,7 +176,9 @@ fn ask_shards<T>(
                     msg = back;
                     std::thread::sleep(Duration::from_millis(SHARD_SEND_RETRY_MS));
                 }
-                Err(TrySend::Full(_)) => return Err(format!("shard {shard} is too busy to answer")),
+                Err(TrySend::Full(_)) => {
+                    return Err(format!("shard {shard} is too busy to answer"));
+                }
                 Err(TrySend::Failed(e)) => return Err(format!("shard {shard} unavailable: {e:?}")),
             }
         }
@@ -180,7 +189,12 @@ fn ask_shards<T>(
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok(v) => out.push(v),
-            Err(_) => return Err(format!("shard {shard} did not answer within {} ms", timeout.as_millis())),
+            Err(_) => {
+                return Err(format!(
+                    "shard {shard} did not answer within {} ms",
+                    timeout.as_millis()
+                ));
+            }
         }
     }
     Ok(out)
@@ -188,11 +202,14 @@ fn ask_shards<T>(
 
 /// Every queue of every shard, sorted by name.
 pub fn gather_queues(shared: &Shared) -> Result<Vec<QueueView>, String> {
-    let mut all: Vec<QueueView> =
-        ask_shards(shared, Duration::from_millis(SHARD_ANSWER_MS), AdminRequest::Queues)?
-            .into_iter()
-            .flatten()
-            .collect();
+    let mut all: Vec<QueueView> = ask_shards(
+        shared,
+        Duration::from_millis(SHARD_ANSWER_MS),
+        AdminRequest::Queues,
+    )?
+    .into_iter()
+    .flatten()
+    .collect();
     all.sort_by(|a, b| a.queue.cmp(&b.queue));
     Ok(all)
 }
@@ -200,18 +217,38 @@ pub fn gather_queues(shared: &Shared) -> Result<Vec<QueueView>, String> {
 fn queue_action(shared: &Shared, method: &str, rest: &str, body: &[u8]) -> Response {
     // `{queue}/{action}`: the queue may hold a literal slash, so split on the last one.
     let Some((raw_queue, action)) = rest.rsplit_once('/') else {
-        return Response::error(404, "expected /api/v1/queues/{queue}/{pause|resume|mode|messages}");
+        return Response::error(
+            404,
+            "expected /api/v1/queues/{queue}/{pause|resume|mode|messages}",
+        );
     };
     let Some(selector) = percent_decode(raw_queue) else {
         return Response::error(400, "bad percent-encoding in the queue name");
     };
     if crate::queue::split_queue_name(&selector).is_none() {
-        return Response::error(400, format!("queue must be domain/vmta, domain/* or */vmta, not {selector:?}"));
+        return Response::error(
+            400,
+            format!("queue must be domain/vmta, domain/* or */vmta, not {selector:?}"),
+        );
     }
     let short = Duration::from_millis(SHARD_ANSWER_MS);
     let (expected, result) = match action {
-        "pause" => ("POST", (method == "POST").then(|| ask_shards(shared, short, |tx| AdminRequest::Pause(selector.clone(), tx)))),
-        "resume" => ("POST", (method == "POST").then(|| ask_shards(shared, short, |tx| AdminRequest::Resume(selector.clone(), tx)))),
+        "pause" => (
+            "POST",
+            (method == "POST").then(|| {
+                ask_shards(shared, short, |tx| {
+                    AdminRequest::Pause(selector.clone(), tx)
+                })
+            }),
+        ),
+        "resume" => (
+            "POST",
+            (method == "POST").then(|| {
+                ask_shards(shared, short, |tx| {
+                    AdminRequest::Resume(selector.clone(), tx)
+                })
+            }),
+        ),
         "mode" => {
             if method != "POST" {
                 ("POST", None)
@@ -220,7 +257,12 @@ fn queue_action(shared: &Shared, method: &str, rest: &str, body: &[u8]) -> Respo
                     Ok(m) => m,
                     Err(r) => return r,
                 };
-                ("POST", Some(ask_shards(shared, short, |tx| AdminRequest::Mode(selector.clone(), mode, tx))))
+                (
+                    "POST",
+                    Some(ask_shards(shared, short, |tx| {
+                        AdminRequest::Mode(selector.clone(), mode, tx)
+                    })),
+                )
             }
         }
         "messages" => (
@@ -245,7 +287,10 @@ fn queue_action(shared: &Shared, method: &str, rest: &str, body: &[u8]) -> Respo
             } else if n == 0 {
                 Response::error(404, format!("no queue matches {selector}"))
             } else {
-                Response::json(200, &json!({ "queue": selector, "action": action, "queues": n }))
+                Response::json(
+                    200,
+                    &json!({ "queue": selector, "action": action, "queues": n }),
+                )
             }
         }
     }
@@ -257,18 +302,30 @@ fn parse_mode(body: &[u8]) -> Result<crate::shaper::Mode, Response> {
     struct Body {
         mode: String,
     }
-    let b: Body = serde_json::from_slice(body)
-        .map_err(|e| Response::error(400, format!("body must be {{\"mode\":\"normal\"|\"backoff\"}}: {e}")))?;
+    let b: Body = serde_json::from_slice(body).map_err(|e| {
+        Response::error(
+            400,
+            format!("body must be {{\"mode\":\"normal\"|\"backoff\"}}: {e}"),
+        )
+    })?;
     match b.mode.as_str() {
         "normal" => Ok(crate::shaper::Mode::Normal),
         "backoff" => Ok(crate::shaper::Mode::Backoff),
-        other => Err(Response::error(400, format!("mode must be normal or backoff, not {other:?}"))),
+        other => Err(Response::error(
+            400,
+            format!("mode must be normal or backoff, not {other:?}"),
+        )),
     }
 }
 
 /// Bytes used by spool segments and bytes free on its file system.
 fn spool_space(shared: &Shared) -> (u64, Option<u64>) {
-    let used = shared.spool.all_segments().iter().map(|s| s.used_bytes()).sum();
+    let used = shared
+        .spool
+        .all_segments()
+        .iter()
+        .map(|s| s.used_bytes())
+        .sum();
     let free = crate::runtime::stats::fs_available_bytes(&shared.spool.options.path);
     (used, free)
 }
@@ -276,7 +333,11 @@ fn spool_space(shared: &Shared) -> (u64, Option<u64>) {
 fn snapshot(shared: &Shared, queues: Vec<QueueView>) -> MetricsSnapshot {
     let s: &Stats = &shared.stats;
     let (spool_bytes_used, spool_bytes_free) = spool_space(shared);
-    let acct = shared.accounting.as_ref().map(|a| a.stats()).unwrap_or_default();
+    let acct = shared
+        .accounting
+        .as_ref()
+        .map(|a| a.stats())
+        .unwrap_or_default();
     use std::sync::atomic::Ordering::Relaxed;
     MetricsSnapshot {
         uptime_seconds: shared.started.elapsed().as_secs(),
@@ -305,7 +366,11 @@ fn snapshot(shared: &Shared, queues: Vec<QueueView>) -> MetricsSnapshot {
 fn metrics(shared: &Shared) -> Response {
     // A scrape still answers (without per-queue series) when a shard is stuck.
     let queues = gather_queues(shared).unwrap_or_default();
-    Response::new(200, "text/plain; version=0.0.4; charset=utf-8", render(&snapshot(shared, queues)))
+    Response::new(
+        200,
+        "text/plain; version=0.0.4; charset=utf-8",
+        render(&snapshot(shared, queues)),
+    )
 }
 
 fn status(shared: &Shared, config: &Config) -> Response {

@@ -116,7 +116,10 @@ pub fn parse_url(url: &str) -> Result<(String, String), CtlError> {
     if authority.is_empty() {
         return Err(CtlError::BadUrl(url.to_string()));
     }
-    let authority = if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+    let authority = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
         authority.to_string()
     } else {
         format!("{authority}:80")
@@ -243,14 +246,26 @@ pub fn run(args: CtlArgs) -> i32 {
     let (method, path, body) = match &args.command {
         CtlCommand::Status => ("GET", "/api/v1/status".to_string(), None),
         CtlCommand::Queues { .. } => ("GET", "/api/v1/queues".to_string(), None),
-        CtlCommand::Pause { queue } => ("POST", format!("/api/v1/queues/{}/pause", encode_segment(queue)), None),
-        CtlCommand::Resume { queue } => ("POST", format!("/api/v1/queues/{}/resume", encode_segment(queue)), None),
+        CtlCommand::Pause { queue } => (
+            "POST",
+            format!("/api/v1/queues/{}/pause", encode_segment(queue)),
+            None,
+        ),
+        CtlCommand::Resume { queue } => (
+            "POST",
+            format!("/api/v1/queues/{}/resume", encode_segment(queue)),
+            None,
+        ),
         CtlCommand::Mode { queue, mode } => (
             "POST",
             format!("/api/v1/queues/{}/mode", encode_segment(queue)),
             Some(serde_json::json!({ "mode": mode }).to_string()),
         ),
-        CtlCommand::Delete { queue } => ("DELETE", format!("/api/v1/queues/{}/messages", encode_segment(queue)), None),
+        CtlCommand::Delete { queue } => (
+            "DELETE",
+            format!("/api/v1/queues/{}/messages", encode_segment(queue)),
+            None,
+        ),
         CtlCommand::Reload => ("POST", "/api/v1/reload".to_string(), None),
     };
     let answer = match request(&admin, token.as_deref(), method, &path, body.as_deref()) {
@@ -271,7 +286,11 @@ pub fn run(args: CtlArgs) -> i32 {
     }
     if args.json {
         println!("{}", String::from_utf8_lossy(&answer.body).trim_end());
-        return if (200..300).contains(&answer.status) { EXIT_OK } else { EXIT_API_ERROR };
+        return if (200..300).contains(&answer.status) {
+            EXIT_OK
+        } else {
+            EXIT_API_ERROR
+        };
     }
     if !(200..300).contains(&answer.status) {
         match value.get("errors").and_then(Value::as_array) {
@@ -284,7 +303,10 @@ pub fn run(args: CtlArgs) -> i32 {
             None => eprintln!(
                 "spate ctl: {}: {}",
                 answer.status,
-                value.get("error").and_then(Value::as_str).unwrap_or("error")
+                value
+                    .get("error")
+                    .and_then(Value::as_str)
+                    .unwrap_or("error")
             ),
         }
         return EXIT_API_ERROR;
@@ -293,9 +315,21 @@ pub fn run(args: CtlArgs) -> i32 {
     let s = |k: &str| value.get(k).map(short).unwrap_or_default();
     match &args.command {
         CtlCommand::Status => print!("{}", status_text(&value)),
-        CtlCommand::Queues { sort } => print!("{}", queues_table(value.as_array().map(Vec::as_slice).unwrap_or_default(), *sort, now)),
+        CtlCommand::Queues { sort } => print!(
+            "{}",
+            queues_table(
+                value.as_array().map(Vec::as_slice).unwrap_or_default(),
+                *sort,
+                now
+            )
+        ),
         CtlCommand::Pause { .. } | CtlCommand::Resume { .. } | CtlCommand::Mode { .. } => {
-            println!("{}: {} queue(s) matching {}", s("action"), s("queues"), s("queue"));
+            println!(
+                "{}: {} queue(s) matching {}",
+                s("action"),
+                s("queues"),
+                s("queue")
+            );
         }
         CtlCommand::Delete { .. } => println!(
             "deleted {} recipient(s) from {} (bounced as admin-deleted)",
@@ -394,7 +428,8 @@ pub fn queues_table(rows: &[Value], sort: SortKey, now: u64) -> String {
     let name = |v: &Value| v.get("queue").map(short).unwrap_or_default();
     rows.sort_by(|a, b| {
         let key = match sort {
-            SortKey::Queued => (num(b, "queued") + num(b, "deferred")).cmp(&(num(a, "queued") + num(a, "deferred"))),
+            SortKey::Queued => (num(b, "queued") + num(b, "deferred"))
+                .cmp(&(num(a, "queued") + num(a, "deferred"))),
             SortKey::Name => std::cmp::Ordering::Equal,
             SortKey::Vmta => short(&a["vmta"]).cmp(&short(&b["vmta"])),
             SortKey::Mode => short(&a["mode"]).cmp(&short(&b["mode"])),
@@ -403,15 +438,19 @@ pub fn queues_table(rows: &[Value], sort: SortKey, now: u64) -> String {
             SortKey::Bounced => num(b, "bounced_last_hour").cmp(&num(a, "bounced_last_hour")),
             SortKey::Deferred => num(b, "deferred_last_hour").cmp(&num(a, "deferred_last_hour")),
             SortKey::Next => {
-                let n = |v: &Value| v.get("next_attempt_unix").and_then(Value::as_u64).unwrap_or(u64::MAX);
+                let n = |v: &Value| {
+                    v.get("next_attempt_unix")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(u64::MAX)
+                };
                 n(a).cmp(&n(b))
             }
         };
         key.then_with(|| name(a).cmp(&name(b)))
     });
     let header = [
-        "QUEUE", "VMTA", "MODE", "SINCE", "QUEUED", "DEFERRED", "INFLIGHT", "CONNS", "DLV/1H", "BNC/1H",
-        "DEF/1H", "NEXT", "REASON",
+        "QUEUE", "VMTA", "MODE", "SINCE", "QUEUED", "DEFERRED", "INFLIGHT", "CONNS", "DLV/1H",
+        "BNC/1H", "DEF/1H", "NEXT", "REASON",
     ];
     let mut table: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
     for r in &rows {
@@ -435,7 +474,11 @@ pub fn queues_table(rows: &[Value], sort: SortKey, now: u64) -> String {
             .or_else(|| r.get("last_error").filter(|v| !v.is_null()))
             .map(short)
             .unwrap_or_else(|| "-".into());
-        let reason: String = reason.replace(['\r', '\n'], " ").chars().take(REASON_CHARS_MAX).collect();
+        let reason: String = reason
+            .replace(['\r', '\n'], " ")
+            .chars()
+            .take(REASON_CHARS_MAX)
+            .collect();
         table.push(vec![
             name(r),
             short(&r["vmta"]),
@@ -454,7 +497,13 @@ pub fn queues_table(rows: &[Value], sort: SortKey, now: u64) -> String {
     }
     let cols = header.len();
     let widths: Vec<usize> = (0..cols)
-        .map(|c| table.iter().map(|row| row.get(c).map_or(0, |s| s.chars().count())).max().unwrap_or(0))
+        .map(|c| {
+            table
+                .iter()
+                .map(|row| row.get(c).map_or(0, |s| s.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut out = String::new();
     for row in &table {
@@ -485,9 +534,18 @@ mod tests {
 
     #[test]
     fn urls_and_segments() {
-        assert_eq!(parse_url("http://127.0.0.1:8025").unwrap(), ("127.0.0.1:8025".into(), "".into()));
-        assert_eq!(parse_url("http://localhost/x/").unwrap(), ("localhost:80".into(), "/x".into()));
-        assert_eq!(parse_url("http://[::1]:9/").unwrap(), ("[::1]:9".into(), "".into()));
+        assert_eq!(
+            parse_url("http://127.0.0.1:8025").unwrap(),
+            ("127.0.0.1:8025".into(), "".into())
+        );
+        assert_eq!(
+            parse_url("http://localhost/x/").unwrap(),
+            ("localhost:80".into(), "/x".into())
+        );
+        assert_eq!(
+            parse_url("http://[::1]:9/").unwrap(),
+            ("[::1]:9".into(), "".into())
+        );
         assert!(parse_url("https://x").is_err());
         assert!(parse_url("http://").is_err());
         assert_eq!(encode_segment("gmail.com/ip1"), "gmail.com%2Fip1");
@@ -509,7 +567,11 @@ mod tests {
         let lines: Vec<&str> = t.lines().collect();
         assert!(lines[0].starts_with("QUEUE"));
         assert!(lines[1].starts_with("b.test/v2"), "{t}");
-        assert!(lines[1].contains("backoff,paused") && lines[1].contains("1m0s") && lines[1].contains("421 slow down"));
+        assert!(
+            lines[1].contains("backoff,paused")
+                && lines[1].contains("1m0s")
+                && lines[1].contains("421 slow down")
+        );
         assert!(lines[1].contains("in 1m0s"));
         let t = queues_table(&rows, SortKey::Name, 100);
         assert!(t.lines().nth(1).unwrap().starts_with("a.test/v1"));

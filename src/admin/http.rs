@@ -236,7 +236,10 @@ mod tests {
         );
         let mut r = Chunks(vec![big.as_bytes()]);
         assert!(matches!(read_request(&mut r), Err(ReadError::TooLarge)));
-        let head = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(REQUEST_HEAD_BYTES_MAX));
+        let head = format!(
+            "GET / HTTP/1.1\r\nX: {}\r\n",
+            "a".repeat(REQUEST_HEAD_BYTES_MAX)
+        );
         let mut r = Chunks(vec![head.as_bytes()]);
         assert!(matches!(read_request(&mut r), Err(ReadError::TooLarge)));
         let mut r = Chunks(vec![b"GET /\0 HTTP/1.1\r\n\r\n"]);

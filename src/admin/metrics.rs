@@ -42,6 +42,14 @@ pub struct MetricsSnapshot {
     pub accounting_errors: u64,
 }
 
+/// A per-queue gauge: name, type, help and how to read it from a view.
+type QueueGauge = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&QueueView) -> u64,
+);
+
 /// Escapes a label value: backslash, double quote and line feed.
 pub fn escape_label(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
@@ -87,33 +95,145 @@ impl Out {
 
 /// Renders the exposition text.
 pub fn render(s: &MetricsSnapshot) -> String {
-    let mut o = Out(String::with_capacity(4096 + s.queues.len().min(QUEUE_SERIES_MAX) * 400));
+    let mut o = Out(String::with_capacity(
+        4096 + s.queues.len().min(QUEUE_SERIES_MAX) * 400,
+    ));
     let c = "counter";
     let g = "gauge";
-    o.single("spate_uptime_seconds", g, "Seconds since the process started.", s.uptime_seconds);
-    o.single("spate_received_messages_total", c, "Messages accepted and spooled.", s.received_messages);
-    o.single("spate_received_recipients_total", c, "Recipients of accepted messages.", s.received_recipients);
-    o.single("spate_rejected_messages_total", c, "Messages refused at the end of DATA or BDAT.", s.rejected_messages);
-    o.single("spate_delivered_total", c, "Recipients delivered.", s.delivered);
-    o.single("spate_bounced_total", c, "Recipients bounced (permanent failure, expiry or admin delete).", s.bounced);
-    o.single("spate_deferred_total", c, "Delivery attempts that ended in a transient failure.", s.deferred);
-    o.single("spate_expired_total", c, "Recipients bounced because they stayed queued past bounce_after.", s.expired);
-    o.single("spate_dkim_signing_failures_total", c, "Messages sent unsigned because signing failed.", s.signing_failures);
-    o.single("spate_connections_in", g, "Open inbound SMTP connections.", s.connections_in);
-    o.single("spate_connections_out", g, "Open outbound SMTP connections.", s.connections_out);
-    o.single("spate_queued_messages", g, "Messages with at least one recipient not yet settled.", s.queued_messages);
-    o.single("spate_queued_recipients", g, "Recipients not yet settled.", s.queued_recipients);
-    o.single("spate_spool_bytes_used", g, "Bytes of spool segments in use.", s.spool_bytes_used);
+    o.single(
+        "spate_uptime_seconds",
+        g,
+        "Seconds since the process started.",
+        s.uptime_seconds,
+    );
+    o.single(
+        "spate_received_messages_total",
+        c,
+        "Messages accepted and spooled.",
+        s.received_messages,
+    );
+    o.single(
+        "spate_received_recipients_total",
+        c,
+        "Recipients of accepted messages.",
+        s.received_recipients,
+    );
+    o.single(
+        "spate_rejected_messages_total",
+        c,
+        "Messages refused at the end of DATA or BDAT.",
+        s.rejected_messages,
+    );
+    o.single(
+        "spate_delivered_total",
+        c,
+        "Recipients delivered.",
+        s.delivered,
+    );
+    o.single(
+        "spate_bounced_total",
+        c,
+        "Recipients bounced (permanent failure, expiry or admin delete).",
+        s.bounced,
+    );
+    o.single(
+        "spate_deferred_total",
+        c,
+        "Delivery attempts that ended in a transient failure.",
+        s.deferred,
+    );
+    o.single(
+        "spate_expired_total",
+        c,
+        "Recipients bounced because they stayed queued past bounce_after.",
+        s.expired,
+    );
+    o.single(
+        "spate_dkim_signing_failures_total",
+        c,
+        "Messages sent unsigned because signing failed.",
+        s.signing_failures,
+    );
+    o.single(
+        "spate_connections_in",
+        g,
+        "Open inbound SMTP connections.",
+        s.connections_in,
+    );
+    o.single(
+        "spate_connections_out",
+        g,
+        "Open outbound SMTP connections.",
+        s.connections_out,
+    );
+    o.single(
+        "spate_queued_messages",
+        g,
+        "Messages with at least one recipient not yet settled.",
+        s.queued_messages,
+    );
+    o.single(
+        "spate_queued_recipients",
+        g,
+        "Recipients not yet settled.",
+        s.queued_recipients,
+    );
+    o.single(
+        "spate_spool_bytes_used",
+        g,
+        "Bytes of spool segments in use.",
+        s.spool_bytes_used,
+    );
     if let Some(free) = s.spool_bytes_free {
-        o.single("spate_spool_bytes_free", g, "Bytes available to spate on the spool file system.", free);
+        o.single(
+            "spate_spool_bytes_free",
+            g,
+            "Bytes available to spate on the spool file system.",
+            free,
+        );
     }
-    o.single("spate_dns_lookups_total", c, "DNS lookups requested (cache hits included).", s.dns.lookups);
-    o.single("spate_dns_cache_hits_total", c, "DNS queries answered from the cache.", s.dns.cache_hits);
-    o.single("spate_dns_queries_total", c, "DNS queries sent to name servers.", s.dns.queries);
-    o.single("spate_dns_failures_total", c, "DNS lookups that failed (timeout, SERVFAIL, busy).", s.dns.failures);
-    o.single("spate_accounting_written_total", c, "Accounting records written.", s.accounting_written);
-    o.single("spate_accounting_dropped_total", c, "Accounting records dropped because a writer fell behind.", s.accounting_dropped);
-    o.single("spate_accounting_errors_total", c, "Failed accounting writes, renames or reopens.", s.accounting_errors);
+    o.single(
+        "spate_dns_lookups_total",
+        c,
+        "DNS lookups requested (cache hits included).",
+        s.dns.lookups,
+    );
+    o.single(
+        "spate_dns_cache_hits_total",
+        c,
+        "DNS queries answered from the cache.",
+        s.dns.cache_hits,
+    );
+    o.single(
+        "spate_dns_queries_total",
+        c,
+        "DNS queries sent to name servers.",
+        s.dns.queries,
+    );
+    o.single(
+        "spate_dns_failures_total",
+        c,
+        "DNS lookups that failed (timeout, SERVFAIL, busy).",
+        s.dns.failures,
+    );
+    o.single(
+        "spate_accounting_written_total",
+        c,
+        "Accounting records written.",
+        s.accounting_written,
+    );
+    o.single(
+        "spate_accounting_dropped_total",
+        c,
+        "Accounting records dropped because a writer fell behind.",
+        s.accounting_dropped,
+    );
+    o.single(
+        "spate_accounting_errors_total",
+        c,
+        "Failed accounting writes, renames or reopens.",
+        s.accounting_errors,
+    );
 
     // Per vMTA: every queue counts, whatever the per-queue cap.
     let mut vmtas: BTreeMap<&str, (u64, u64, u64)> = BTreeMap::new();
@@ -123,11 +243,19 @@ pub fn render(s: &MetricsSnapshot) -> String {
         e.1 += q.queued + q.deferred;
         e.2 += q.in_flight;
     }
-    o.family("spate_vmta_connections", g, "Open outbound connections per vMTA.");
+    o.family(
+        "spate_vmta_connections",
+        g,
+        "Open outbound connections per vMTA.",
+    );
     for (v, (conns, _, _)) in &vmtas {
         o.sample("spate_vmta_connections", &[("vmta", v)], conns);
     }
-    o.family("spate_vmta_queued_recipients", g, "Recipients queued (ready or waiting to retry) per vMTA.");
+    o.family(
+        "spate_vmta_queued_recipients",
+        g,
+        "Recipients queued (ready or waiting to retry) per vMTA.",
+    );
     for (v, (_, queued, _)) in &vmtas {
         o.sample("spate_vmta_queued_recipients", &[("vmta", v)], queued);
     }
@@ -147,19 +275,58 @@ pub fn render(s: &MetricsSnapshot) -> String {
         "Queues left out of the per-queue series (cap 1000, largest kept).",
         omitted,
     );
-    let families: [(&str, &str, &str, fn(&QueueView) -> u64); 7] = [
-        ("spate_queue_recipients", g, "Recipients ready to send in the queue.", |q| q.queued),
-        ("spate_queue_deferred_recipients", g, "Recipients waiting to retry in the queue.", |q| q.deferred),
-        ("spate_queue_in_flight_recipients", g, "Recipients being delivered from the queue.", |q| q.in_flight),
-        ("spate_queue_connections", g, "Open outbound connections of the queue.", |q| u64::from(q.connections)),
-        ("spate_queue_mode", g, "Queue mode: 0 normal, 1 backoff.", |q| u64::from(q.mode == "backoff")),
-        ("spate_queue_paused", g, "1 when an operator paused the queue.", |q| u64::from(q.paused)),
-        ("spate_queue_mode_since_seconds", g, "Unix time the queue entered its current mode.", |q| q.mode_since_unix),
+    let families: [QueueGauge; 7] = [
+        (
+            "spate_queue_recipients",
+            g,
+            "Recipients ready to send in the queue.",
+            |q| q.queued,
+        ),
+        (
+            "spate_queue_deferred_recipients",
+            g,
+            "Recipients waiting to retry in the queue.",
+            |q| q.deferred,
+        ),
+        (
+            "spate_queue_in_flight_recipients",
+            g,
+            "Recipients being delivered from the queue.",
+            |q| q.in_flight,
+        ),
+        (
+            "spate_queue_connections",
+            g,
+            "Open outbound connections of the queue.",
+            |q| u64::from(q.connections),
+        ),
+        (
+            "spate_queue_mode",
+            g,
+            "Queue mode: 0 normal, 1 backoff.",
+            |q| u64::from(q.mode == "backoff"),
+        ),
+        (
+            "spate_queue_paused",
+            g,
+            "1 when an operator paused the queue.",
+            |q| u64::from(q.paused),
+        ),
+        (
+            "spate_queue_mode_since_seconds",
+            g,
+            "Unix time the queue entered its current mode.",
+            |q| q.mode_since_unix,
+        ),
     ];
     for (name, kind, help, value) in families {
         o.family(name, kind, help);
         for q in &order {
-            let labels = [("queue", q.queue.as_str()), ("domain", q.domain.as_str()), ("vmta", q.vmta.as_str())];
+            let labels = [
+                ("queue", q.queue.as_str()),
+                ("domain", q.domain.as_str()),
+                ("vmta", q.vmta.as_str()),
+            ];
             o.sample(name, &labels, value(q));
         }
     }
@@ -229,6 +396,8 @@ mod tests {
         assert!(text.contains("queue=\"d1004.test/v\""));
         // Per-vMTA totals still count every queue.
         let total: u64 = (0..QUEUE_SERIES_MAX as u64 + 5).sum();
-        assert!(text.contains(&format!("spate_vmta_queued_recipients{{vmta=\"v\"}} {total}\n")));
+        assert!(text.contains(&format!(
+            "spate_vmta_queued_recipients{{vmta=\"v\"}} {total}\n"
+        )));
     }
 }

@@ -115,5 +115,8 @@ const DRAIN_MS: u64 = 1_000;
 fn drain(stream: &mut TcpStream) {
     let _ = stream.shutdown(std::net::Shutdown::Write);
     let _ = stream.set_read_timeout(Some(Duration::from_millis(DRAIN_MS)));
-    let _ = std::io::copy(&mut std::io::Read::take(&mut *stream, DRAIN_BYTES_MAX), &mut std::io::sink());
+    let _ = std::io::copy(
+        &mut std::io::Read::take(&mut *stream, DRAIN_BYTES_MAX),
+        &mut std::io::sink(),
+    );
 }

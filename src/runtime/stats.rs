@@ -67,5 +67,6 @@ pub fn fs_available_bytes(path: &std::path::Path) -> Option<u64> {
     // SAFETY: statvfs returned 0, so it initialised the whole struct (and it
     // was zeroed before anyway).
     let st = unsafe { st.assume_init() };
+    #[allow(clippy::unnecessary_cast)] // reason: the statvfs field types differ between targets
     Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }

@@ -13,7 +13,13 @@ pub const TOKEN: &str = "s3cret-admin-token";
 
 /// A configuration with vMTA `ip1` (127.0.0.2) delivering `sink.test` to
 /// the sink, an admin API on `admin` with the token in `<dir>/token`.
-pub fn config(dir: &Path, smtp: SocketAddr, sink: SocketAddr, admin: SocketAddr, extra: &str) -> String {
+pub fn config(
+    dir: &Path,
+    smtp: SocketAddr,
+    sink: SocketAddr,
+    admin: SocketAddr,
+    extra: &str,
+) -> String {
     let token = dir.join("token");
     std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
     use std::os::unix::fs::PermissionsExt;
@@ -90,10 +96,19 @@ impl Answer {
 }
 
 /// Sends one request (optionally with the bearer token) and reads the answer.
-pub fn http(admin: SocketAddr, method: &str, path: &str, token: Option<&str>, body: &str) -> Answer {
+pub fn http(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> Answer {
     let mut s = TcpStream::connect(admin).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(70))).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n", body.len());
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     if let Some(t) = token {
         req.push_str(&format!("Authorization: Bearer {t}\r\n"));
     }
@@ -103,8 +118,16 @@ pub fn http(admin: SocketAddr, method: &str, path: &str, token: Option<&str>, bo
     let mut raw = String::new();
     s.read_to_string(&mut raw).unwrap();
     let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    Answer { status, head: head.to_string(), body: body.to_string() }
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Answer {
+        status,
+        head: head.to_string(),
+        body: body.to_string(),
+    }
 }
 
 pub fn get(admin: SocketAddr, path: &str) -> Answer {
@@ -128,7 +151,12 @@ pub fn wait_admin(admin: SocketAddr) {
 pub fn queue(admin: SocketAddr, name: &str) -> Option<serde_json::Value> {
     let a = get(admin, "/api/v1/queues");
     assert_eq!(a.status, 200, "{}", a.body);
-    a.json().as_array().unwrap().iter().find(|q| q["queue"] == name).cloned()
+    a.json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["queue"] == name)
+        .cloned()
 }
 
 /// One sample of the exposition.
@@ -156,7 +184,9 @@ pub fn parse_prometheus(text: &str) -> Result<Vec<Sample>, String> {
             let mut parts = rest.splitn(3, ' ');
             let kw = parts.next().unwrap_or("");
             let name = parts.next().ok_or(format!("line {ln}: no metric name"))?;
-            let arg = parts.next().ok_or(format!("line {ln}: nothing after the name"))?;
+            let arg = parts
+                .next()
+                .ok_or(format!("line {ln}: nothing after the name"))?;
             check_name(name).map_err(|e| format!("line {ln}: {e}"))?;
             match kw {
                 "HELP" => {}
@@ -181,11 +211,15 @@ pub fn parse_prometheus(text: &str) -> Result<Vec<Sample>, String> {
         if line.is_empty() || line.starts_with('#') {
             return Err(format!("line {ln}: unexpected line {line:?}"));
         }
-        let name_end = line.find(['{', ' ']).ok_or(format!("line {ln}: no value"))?;
+        let name_end = line
+            .find(['{', ' '])
+            .ok_or(format!("line {ln}: no value"))?;
         let name = &line[..name_end];
         check_name(name).map_err(|e| format!("line {ln}: {e}"))?;
         if !types.contains_key(name) {
-            return Err(format!("line {ln}: sample of {name} without a TYPE before it"));
+            return Err(format!(
+                "line {ln}: sample of {name} without a TYPE before it"
+            ));
         }
         let mut rest = &line[name_end..];
         let mut labels = Vec::new();
@@ -193,12 +227,17 @@ pub fn parse_prometheus(text: &str) -> Result<Vec<Sample>, String> {
             let mut chars = r.char_indices().peekable();
             let end;
             loop {
-                let (start, _) = *chars.peek().ok_or(format!("line {ln}: unterminated labels"))?;
+                let (start, _) = *chars
+                    .peek()
+                    .ok_or(format!("line {ln}: unterminated labels"))?;
                 if r[start..].starts_with('}') {
                     end = start + 1;
                     break;
                 }
-                let eq = r[start..].find('=').ok_or(format!("line {ln}: label without ="))? + start;
+                let eq = r[start..]
+                    .find('=')
+                    .ok_or(format!("line {ln}: label without ="))?
+                    + start;
                 let lname = &r[start..eq];
                 check_name(lname).map_err(|e| format!("line {ln}: label {e}"))?;
                 if !r[eq + 1..].starts_with('"') {
@@ -209,7 +248,9 @@ pub fn parse_prometheus(text: &str) -> Result<Vec<Sample>, String> {
                 }
                 let mut value = String::new();
                 loop {
-                    let (_, c) = chars.next().ok_or(format!("line {ln}: unterminated label value"))?;
+                    let (_, c) = chars
+                        .next()
+                        .ok_or(format!("line {ln}: unterminated label value"))?;
                     match c {
                         '"' => break,
                         '\\' => match chars.next().map(|x| x.1) {
@@ -229,28 +270,46 @@ pub fn parse_prometheus(text: &str) -> Result<Vec<Sample>, String> {
                         end = i + 1;
                         break;
                     }
-                    other => return Err(format!("line {ln}: expected , or }} after a label, got {other:?}")),
+                    other => {
+                        return Err(format!(
+                            "line {ln}: expected , or }} after a label, got {other:?}"
+                        ));
+                    }
                 }
             }
             rest = &r[end..];
         }
-        let value_text = rest.strip_prefix(' ').ok_or(format!("line {ln}: no space before the value"))?;
+        let value_text = rest
+            .strip_prefix(' ')
+            .ok_or(format!("line {ln}: no space before the value"))?;
         let value: f64 = match value_text {
             "+Inf" => f64::INFINITY,
             "-Inf" => f64::NEG_INFINITY,
             "NaN" => f64::NAN,
-            v => v.parse().map_err(|_| format!("line {ln}: bad value {v:?}"))?,
+            v => v
+                .parse()
+                .map_err(|_| format!("line {ln}: bad value {v:?}"))?,
         };
         sampled.insert(name.to_string());
-        out.push(Sample { name: name.to_string(), labels, value });
+        out.push(Sample {
+            name: name.to_string(),
+            labels,
+            value,
+        });
     }
     Ok(out)
 }
 
 fn check_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
-        && name.chars().enumerate().all(|(i, c)| c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit()));
-    if ok { Ok(()) } else { Err(format!("bad name {name:?}")) }
+        && name.chars().enumerate().all(|(i, c)| {
+            c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit())
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("bad name {name:?}"))
+    }
 }
 
 #[test]
@@ -261,7 +320,13 @@ fn the_parser_rejects_bad_expositions() {
     assert!(parse_prometheus("# TYPE a gauge\na{x=1} 1\n").is_err());
     assert!(parse_prometheus("# TYPE a gauge\na{x=\"a\\q\"} 1\n").is_err());
     assert!(parse_prometheus("# TYPE a gauge\na one\n").is_err());
-    assert!(parse_prometheus("# TYPE a counter\na 1\n").is_err(), "counter without _total");
+    assert!(
+        parse_prometheus("# TYPE a counter\na 1\n").is_err(),
+        "counter without _total"
+    );
     let s = parse_prometheus("# TYPE a gauge\na{x=\"q\\\"\\n\",y=\"\"} 2.5\n").unwrap();
-    assert_eq!(s[0].labels, vec![("x".into(), "q\"\n".into()), ("y".into(), String::new())]);
+    assert_eq!(
+        s[0].labels,
+        vec![("x".into(), "q\"\n".into()), ("y".into(), String::new())]
+    );
 }
