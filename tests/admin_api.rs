@@ -328,6 +328,17 @@ fn pause_resume_mode_and_delete() {
     );
     let s = get(admin, "/api/v1/status").json();
     assert_eq!(s["totals"]["bounced"], 2, "{s}");
+    let m = parse_prometheus(&http(admin, "GET", "/metrics", None, "").body).unwrap();
+    let by_cat = |cat: &str| {
+        m.iter()
+            .find(|x| {
+                x.name == "spate_bounced_by_category_total"
+                    && x.labels == [("category".to_string(), cat.to_string())]
+            })
+            .map(|x| x.value)
+    };
+    assert_eq!(by_cat("admin-deleted"), Some(2.0));
+    assert_eq!(by_cat("bad-mailbox"), Some(0.0));
 }
 
 #[test]

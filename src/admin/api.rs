@@ -346,6 +346,11 @@ fn snapshot(shared: &Shared, queues: Vec<QueueView>) -> MetricsSnapshot {
         rejected_messages: s.rejected_messages.load(Relaxed),
         delivered: s.delivered.load(Relaxed),
         bounced: s.bounced.load(Relaxed),
+        bounced_by_category: crate::delivery::bounce::BounceCategory::ALL
+            .iter()
+            .zip(s.bounced_by_category.iter())
+            .map(|(c, n)| (c.as_str(), n.load(Relaxed)))
+            .collect(),
         deferred: s.deferred.load(Relaxed),
         expired: s.expired.load(Relaxed),
         signing_failures: s.signing_failures.load(Relaxed),

@@ -26,6 +26,8 @@ pub struct MetricsSnapshot {
     pub rejected_messages: u64,
     pub delivered: u64,
     pub bounced: u64,
+    /// (category, count) for every bounce category.
+    pub bounced_by_category: Vec<(&'static str, u64)>,
     pub deferred: u64,
     pub expired: u64,
     pub signing_failures: u64,
@@ -136,6 +138,18 @@ pub fn render(s: &MetricsSnapshot) -> String {
         "Recipients bounced (permanent failure, expiry or admin delete).",
         s.bounced,
     );
+    o.family(
+        "spate_bounced_by_category_total",
+        c,
+        "Recipients bounced, by bounce category.",
+    );
+    for (category, n) in &s.bounced_by_category {
+        o.sample(
+            "spate_bounced_by_category_total",
+            &[("category", category)],
+            n,
+        );
+    }
     o.single(
         "spate_deferred_total",
         c,

@@ -22,6 +22,8 @@ pub struct Stats {
     pub connections_out: AtomicI64,
     pub queued_recipients: AtomicI64,
     pub queued_messages: AtomicI64,
+    /// Bounced recipients by category, indexed like `BounceCategory::ALL`.
+    pub bounced_by_category: [AtomicU64; crate::delivery::bounce::BounceCategory::ALL.len()],
 }
 
 impl Stats {
@@ -46,6 +48,15 @@ impl Stats {
     }
     pub fn connections_out_closed(&self) {
         self.connections_out.fetch_sub(1, Relaxed);
+    }
+    /// Counts one bounced recipient under its category.
+    pub fn add_bounce_category(&self, category: crate::delivery::bounce::BounceCategory) {
+        let all = crate::delivery::bounce::BounceCategory::ALL;
+        if let Some(i) = all.iter().position(|c| *c == category) {
+            if let Some(counter) = self.bounced_by_category.get(i) {
+                counter.fetch_add(1, Relaxed);
+            }
+        }
     }
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Relaxed)
