@@ -122,7 +122,16 @@ fn status_page_shows_a_queue_in_backoff() {
             .unwrap_or(false),
         "no screenshot"
     );
-    eprintln!("screenshot: {}", shot.display());
+    let phone = shot.with_file_name("admin-status-page-phone.png");
+    chromium(
+        &dir.path().join("chrome-d"),
+        &[
+            format!("--screenshot={}", phone.display()),
+            "--window-size=390,844".into(),
+        ],
+        &url,
+    );
+    eprintln!("screenshots: {} {}", shot.display(), phone.display());
 
     // Without it the page asks for the token and shows no queue.
     let dom = chromium(

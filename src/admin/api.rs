@@ -442,3 +442,66 @@ fn status(shared: &Shared, config: &Config) -> Response {
     });
     Response::json(200, &body)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(auth: Option<&str>) -> Request {
+        Request {
+            method: "GET".into(),
+            path: "/api/v1/status".into(),
+            headers: auth
+                .map(|a| vec![("Authorization".to_string(), a.to_string())])
+                .unwrap_or_default(),
+            body: Vec::new(),
+        }
+    }
+
+    fn config_with(admin: &str, dir: &std::path::Path) -> Config {
+        let text = format!(
+            "[spool]\npath = \"{}\"\n\n[admin]\n{admin}\n",
+            dir.join("spool").display()
+        );
+        crate::config::load_str("t.toml", &text, Some(dir.join("t.toml")))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn bearer_token_is_required_and_compared() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "  tok-123\n").unwrap();
+        let admin = format!(
+            "listen = \"127.0.0.1:8025\"\ntoken_file = \"{}\"",
+            token.display()
+        );
+        let config = config_with(&admin, dir.path());
+        assert_eq!(authorise(&config, &request(None)).unwrap_err().status, 401);
+        let wrong = authorise(&config, &request(Some("Bearer tok-12"))).unwrap_err();
+        assert_eq!(wrong.status, 401);
+        assert!(
+            wrong
+                .headers
+                .iter()
+                .any(|(n, v)| *n == "WWW-Authenticate" && v.starts_with("Bearer"))
+        );
+        assert!(authorise(&config, &request(Some("Basic tok-123"))).is_err());
+        assert!(authorise(&config, &request(Some("Bearer tok-123"))).is_ok());
+        assert!(authorise(&config, &request(Some("bearer  tok-123 "))).is_ok());
+        // An emptied token file locks the API rather than opening it.
+        std::fs::write(&token, "\n").unwrap();
+        assert!(authorise(&config, &request(Some("Bearer "))).is_err());
+        assert!(authorise(&config, &request(Some("Bearer tok-123"))).is_err());
+    }
+
+    #[test]
+    fn no_token_on_loopback_without_token_file_and_for_the_embedded_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_with("listen = \"127.0.0.1:8025\"", dir.path());
+        assert!(authorise(&config, &request(None)).is_ok());
+        let embedded = crate::config::load(None).unwrap();
+        assert!(embedded.is_embedded_default());
+        assert!(authorise(&embedded, &request(None)).is_ok());
+    }
+}
