@@ -42,6 +42,24 @@ enum Command {
     HashPassword,
     /// Management client for the admin API.
     Ctl(spate::admin::ctl::CtlArgs),
+    /// Generate a DKIM key: writes the private key PEM (mode 0600) and prints
+    /// the DNS TXT record to publish.
+    DkimKeygen {
+        /// Signing domain (d=).
+        #[arg(long)]
+        domain: String,
+        /// Selector (s=); the record goes at SELECTOR._domainkey.DOMAIN.
+        #[arg(long)]
+        selector: String,
+        #[arg(long, value_enum, default_value = "rsa")]
+        algorithm: DkimAlgorithmArg,
+        /// RSA modulus size, 2048 or 4096 (ignored for ed25519).
+        #[arg(long, default_value_t = 2048)]
+        bits: u32,
+        /// Key file to create (never overwritten); default SELECTOR.DOMAIN.pem.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 fn init_logging(format: LogFormat) {
@@ -53,6 +71,37 @@ fn init_logging(format: LogFormat) {
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum DkimAlgorithmArg {
+    Rsa,
+    Ed25519,
+}
+
+fn dkim_keygen(
+    domain: &str,
+    selector: &str,
+    algorithm: DkimAlgorithmArg,
+    bits: u32,
+    out: Option<PathBuf>,
+) -> ExitCode {
+    let algorithm = match algorithm {
+        DkimAlgorithmArg::Rsa => spate::dkim::KeyAlgorithm::RsaSha256,
+        DkimAlgorithmArg::Ed25519 => spate::dkim::KeyAlgorithm::Ed25519Sha256,
+    };
+    let out = out.unwrap_or_else(|| PathBuf::from(format!("{selector}.{domain}.pem")));
+    match spate::dkim::keygen(domain, selector, algorithm, bits, &out) {
+        Ok(record) => {
+            eprintln!("spate: wrote private key {}", out.display());
+            println!("{record}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("spate: {error}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -82,6 +131,13 @@ fn main() -> ExitCode {
             let code = spate::admin::ctl::run(args);
             ExitCode::from(u8::try_from(code).unwrap_or(1))
         }
+        Command::DkimKeygen {
+            domain,
+            selector,
+            algorithm,
+            bits,
+            out,
+        } => dkim_keygen(&domain, &selector, algorithm, bits, out),
         Command::HashPassword => {
             let mut input = String::new();
             if let Err(e) = std::io::stdin().read_to_string(&mut input) {

@@ -12,6 +12,7 @@
 //!
 //! Everything targets loopback unless `--allow-remote` is given.
 
+pub mod dkim;
 pub mod dns;
 pub mod inject;
 pub mod relay;

@@ -27,6 +27,8 @@ enum Command {
     Spool(spate_bench::spool::SpoolArgs),
     /// Rate controller accuracy and cost over many simulated queues.
     Shaper(spate_bench::shaper::ShaperArgs),
+    /// DKIM signatures per second per core (RSA-2048, Ed25519; 2 KB and 100 KB).
+    Dkim(spate_bench::dkim::DkimArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,5 +40,6 @@ fn main() -> anyhow::Result<()> {
         Command::Relay(args) => spate_bench::relay::run(args),
         Command::Spool(args) => spate_bench::spool::run(args),
         Command::Shaper(args) => spate_bench::shaper::run(args),
+        Command::Dkim(args) => spate_bench::dkim::run(args),
     }
 }

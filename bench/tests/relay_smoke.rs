@@ -23,10 +23,22 @@ fn raw_leg_delivers_everything() {
     assert_eq!(r.e2e_latency.count, 300);
 }
 
+/// The debug `spate` binary of this workspace, built if a lone
+/// `cargo test -p spate-bench` has not built it yet.
+fn spate_bin() -> std::path::PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let status = std::process::Command::new(env!("CARGO"))
+        .args(["build", "-q", "-p", "spate", "--bin", "spate"])
+        .current_dir(&root)
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "cargo build -p spate failed");
+    root.join("target/debug/spate")
+}
+
 #[test]
-#[ignore = "enable once `spate run` relays (issues 4 and 5): build with `cargo build --release -p spate` first"]
 fn spate_leg_delivers_everything() {
-    let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/spate");
+    let bin = spate_bin();
     let r = run_spate(&small_load(), &bin, None).unwrap();
     assert_eq!(r.error, None);
     assert_eq!(r.delivered, 300);

@@ -168,6 +168,31 @@ impl Client {
         self.reply()
     }
 
+    /// Reads one reply and returns all its lines.
+    pub fn reply_lines(&mut self) -> Vec<String> {
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            if self.reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return lines;
+            }
+            let done = line.len() < 4 || line.as_bytes()[3] != b'-';
+            lines.push(line.trim_end().to_string());
+            if done {
+                return lines;
+            }
+        }
+    }
+
+    /// The raw socket, e.g. to start TLS on it (nothing must be buffered).
+    pub fn into_stream(self) -> TcpStream {
+        assert!(
+            self.reader.buffer().is_empty(),
+            "unread bytes would be lost"
+        );
+        self.writer
+    }
+
     pub fn read_rest(&mut self) -> String {
         let mut s = String::new();
         let _ = self.reader.read_to_string(&mut s);

@@ -1,0 +1,1 @@
+ScLBKbaejy3QluW0Os0/c340+IM0KAdmO9ucQjZSAVs=
