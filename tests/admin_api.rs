@@ -10,7 +10,9 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use admin_support::{TOKEN, body, config, get, http, parse_prometheus, post, queue, wait_admin};
+use admin_support::{
+    TOKEN, body, config, get, http, parse_prometheus, post, queue, wait_admin, wait_delivered,
+};
 use support::sink::Sink;
 use support::spate_proc::{Client, Spate, free_port};
 
@@ -73,6 +75,7 @@ fn auth_status_queues_and_errors() {
         "{}",
         spate.log_text()
     );
+    wait_delivered(admin, 2);
 
     let s = get(admin, "/api/v1/status");
     assert_eq!(s.status, 200, "{}", s.body);
@@ -174,6 +177,7 @@ fn metrics_parse_as_prometheus_text() {
         "{}",
         spate.log_text()
     );
+    wait_delivered(admin, 3);
     let a = http(admin, "GET", "/metrics", None, "");
     assert_eq!(a.status, 200);
     assert!(a.head.contains("text/plain; version=0.0.4"), "{}", a.head);
@@ -424,6 +428,7 @@ fn ctl_commands_and_errors() {
         "{}",
         spate.log_text()
     );
+    wait_delivered(admin, 1);
     let token = dir.path().join("token");
     let t = Some(token.as_path());
 

@@ -330,3 +330,16 @@ fn the_parser_rejects_bad_expositions() {
         vec![("x".into(), "q\"\n".into()), ("y".into(), String::new())]
     );
 }
+
+/// Waits until spate counts `n` deliveries (the sink sees a message
+/// before spate has read the 250 and counted it).
+pub fn wait_delivered(admin: SocketAddr, n: u64) {
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = get(admin, "/api/v1/status").json();
+        if s["totals"]["delivered"].as_u64().unwrap_or(0) >= n || std::time::Instant::now() > end {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
