@@ -40,6 +40,8 @@ enum Command {
     },
     /// Read a password from stdin and print an argon2id hash for `[[user]] password_hash`.
     HashPassword,
+    /// Management client for the admin API.
+    Ctl(spate::admin::ctl::CtlArgs),
     /// Generate a DKIM key: writes the private key PEM (mode 0600) and prints
     /// the DNS TXT record to publish.
     DkimKeygen {
@@ -123,6 +125,10 @@ fn main() -> ExitCode {
                 }
             };
             let code = spate::runtime::server::run(config);
+            ExitCode::from(u8::try_from(code).unwrap_or(1))
+        }
+        Command::Ctl(args) => {
+            let code = spate::admin::ctl::run(args);
             ExitCode::from(u8::try_from(code).unwrap_or(1))
         }
         Command::DkimKeygen {

@@ -435,10 +435,18 @@ async fn apply(
                     engine.settle_recipient(&mut state, *r);
                     engine.deps.stats.expired.fetch_add(1, Relaxed);
                     engine.deps.stats.bounced.fetch_add(1, Relaxed);
+                    engine
+                        .deps
+                        .stats
+                        .add_bounce_category(cat.unwrap_or(BounceCategory::MessageExpired));
                 }
                 _ => {
                     engine.settle_recipient(&mut state, *r);
                     engine.deps.stats.bounced.fetch_add(1, Relaxed);
+                    engine
+                        .deps
+                        .stats
+                        .add_bounce_category(cat.unwrap_or(BounceCategory::Other));
                 }
             }
             if let Some(acct) = &engine.deps.accounting {

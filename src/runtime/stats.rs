@@ -22,6 +22,8 @@ pub struct Stats {
     pub connections_out: AtomicI64,
     pub queued_recipients: AtomicI64,
     pub queued_messages: AtomicI64,
+    /// Bounced recipients by category, indexed like `BounceCategory::ALL`.
+    pub bounced_by_category: [AtomicU64; crate::delivery::bounce::BounceCategory::ALL.len()],
 }
 
 impl Stats {
@@ -47,7 +49,35 @@ impl Stats {
     pub fn connections_out_closed(&self) {
         self.connections_out.fetch_sub(1, Relaxed);
     }
+    /// Counts one bounced recipient under its category.
+    pub fn add_bounce_category(&self, category: crate::delivery::bounce::BounceCategory) {
+        let all = crate::delivery::bounce::BounceCategory::ALL;
+        if let Some(i) = all.iter().position(|c| *c == category) {
+            if let Some(counter) = self.bounced_by_category.get(i) {
+                counter.fetch_add(1, Relaxed);
+            }
+        }
+    }
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Relaxed)
     }
+}
+
+/// Bytes available to unprivileged users on the file system holding
+/// `path` (statvfs `f_bavail * f_frsize`); `None` when it cannot be read.
+pub fn fs_available_bytes(path: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: `c_path` is a valid NUL-terminated string that outlives the
+    // call, and `st` points to writable memory of the size statvfs fills.
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it initialised the whole struct (and it
+    // was zeroed before anyway).
+    let st = unsafe { st.assume_init() };
+    #[allow(clippy::unnecessary_cast)] // reason: the statvfs field types differ between targets
+    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
