@@ -100,6 +100,16 @@ async fn connection(engine: &Rc<Engine>, queue: &str) {
             return;
         }
     };
+    // mx_rollup: from now on, recipients of this domain queue under the
+    // key of its MX host set, shared with every domain the same hosts serve.
+    if policy.mx_rollup
+        && hosts.is_empty()
+        && let Some(key) = super::route::rollup_key(
+            &route.hosts.iter().map(|h| h.name.as_str()).collect::<Vec<_>>(),
+        )
+    {
+        engine.state.borrow_mut().rollup.insert(domain.clone(), key);
+    }
     let mut last_error = String::from("451 4.4.1 no answer from host");
     for host in &route.hosts {
         for addr in &host.addrs {
