@@ -92,12 +92,9 @@ pub async fn settle_transaction(
                         let text = r.to_string();
                         let out = q.controller.on_reply(now, &text);
                         if r.is_permanent() {
-                            let cat = out
-                                .bounce_category
-                                .and_then(|c| c.as_str().parse::<BounceCategory>().ok())
-                                .unwrap_or_else(|| {
-                                    bounce::classify(enhanced_of(&text), &text, None)
-                                });
+                            let cat = out.bounce_category.unwrap_or_else(|| {
+                                bounce::classify(enhanced_of(&text), &text, None)
+                            });
                             Verdict::Bounced(text, cat)
                         } else {
                             Verdict::Deferred(text)

@@ -76,7 +76,7 @@ pub fn pattern_lists(config: &Config) -> HashMap<String, Arc<PatternList>> {
                     QueueMode::Backoff => ModeAction::Backoff,
                     QueueMode::Normal => ModeAction::Normal,
                 }),
-                bounce_category: r.bounce_category.and_then(|c| c.as_str().parse().ok()),
+                bounce_category: r.bounce_category,
                 disable_source_ip: r
                     .disable_source_ip
                     .then(|| r.reenable_after.unwrap_or(Duration::from_secs(3600))),
