@@ -15,7 +15,7 @@
 
 use std::fmt::Write as _;
 
-use crate::delivery::bounce::EnhancedStatus;
+use crate::smtp::reply::EnhancedStatus;
 
 /// RET=FULL returns at most this many bytes of message; larger: headers.
 pub const DSN_RETURN_FULL_BYTES_MAX: usize = 10 * 1024 * 1024;

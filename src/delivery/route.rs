@@ -17,8 +17,8 @@ use std::net::{IpAddr, SocketAddr};
 use rand::Rng;
 use rand::seq::SliceRandom;
 
-use crate::delivery::bounce::EnhancedStatus;
 use crate::dns::{Answer, DnsClient, DnsError, MxRecord};
+use crate::smtp::reply::EnhancedStatus;
 
 /// The SMTP port for MX-routed delivery.
 pub const SMTP_PORT: u16 = 25;
