@@ -1,8 +1,9 @@
 //! From configuration to what a queue enforces.
 //!
-//! The shaper and the router take their own plain input types (they are
-//! pure and know nothing of the configuration format); this file maps a
-//! resolved [`DomainPolicy`] and the configured pattern lists onto them.
+//! The shaper takes its own plain input types (it is pure and knows
+//! nothing of the configuration format); this file maps a resolved
+//! [`DomainPolicy`] and the configured pattern lists onto them. The router
+//! takes `DomainPolicy::smtp_hosts` as it is.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,7 +11,6 @@ use std::time::Duration;
 
 use crate::config::values::Rate as ConfigRate;
 use crate::config::{Config, DomainPolicy, QueueMode, RuleScope};
-use crate::delivery::route::SmtpHost;
 use crate::shaper::{self, Actions, ModeAction, ModeLimits, PatternList, QueueLimits, Scope};
 
 fn rate(r: &ConfigRate) -> Option<shaper::Rate> {
@@ -46,18 +46,6 @@ pub fn queue_limits(policy: &DomainPolicy) -> QueueLimits {
         backoff_to_normal_after_delivery: policy.backoff_to_normal_after_delivery,
         ramp_up: policy.backoff_ramp_up.min(Duration::from_secs(24 * 3600)),
     }
-}
-
-/// `smtp_hosts` in the router's terms.
-pub fn smtp_hosts(policy: &DomainPolicy) -> Vec<SmtpHost> {
-    policy
-        .smtp_hosts
-        .iter()
-        .map(|h| SmtpHost {
-            host: h.host.clone(),
-            port: h.port,
-        })
-        .collect()
 }
 
 /// Compiles every pattern list a configuration can name: its own lists,
