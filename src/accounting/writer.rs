@@ -209,13 +209,10 @@ fn open_file(path: &Path, format: AccountingFormat) -> io::Result<File> {
 /// `<path>.<YYYYmmdd-HHMMSS>`, with `.N` added if that name is taken.
 fn rotated_name(path: &Path, boundary_unix: u64) -> PathBuf {
     let unix = i64::try_from(boundary_unix).unwrap_or(i64::MAX);
-    let (y, mo, d) = crate::delivery::dsn::civil_from_days(unix.div_euclid(86_400));
-    let s = unix.rem_euclid(86_400);
+    let t = crate::util::time::civil_from_unix(unix);
     let stamp = format!(
-        "{y:04}{mo:02}{d:02}-{:02}{:02}{:02}",
-        s / 3600,
-        s % 3600 / 60,
-        s % 60
+        "{:04}{:02}{:02}-{:02}{:02}{:02}",
+        t.year, t.month, t.day, t.hour, t.minute, t.second
     );
     let mut base = path.as_os_str().to_owned();
     base.push(".");
