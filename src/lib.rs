@@ -41,6 +41,7 @@
 //! | [`accounting`] | accounting files (CSV/JSONL, PowerMTA field names) |
 //! | [`admin`] | the control plane: admin HTTP API, metrics, status page, `spate ctl` |
 //! | [`limits`] | every bound in one place, with its unit and why |
+//! | [`util`] | small shared helpers no module owns: civil (calendar) time for dates in headers, DSNs and accounting |
 
 pub mod accounting;
 pub mod admin;
@@ -56,3 +57,4 @@ pub mod session;
 pub mod shaper;
 pub mod smtp;
 pub mod spool;
+pub mod util;

@@ -156,6 +156,10 @@ fn bad_values() {
             "smtp_pattern_list.l.rules[0].bounce_category",
         ),
         (
+            "[smtp_pattern_list.l]\nrules = [{ reply = 'x', bounce_category = \"admin-deleted\" }]",
+            "smtp_pattern_list.l.rules[0].bounce_category",
+        ),
+        (
             "[smtp_pattern_list.l]\nrules = [{ reply = 'x', reenable_after = \"1h\" }]",
             "smtp_pattern_list.l.rules[0].reenable_after",
         ),

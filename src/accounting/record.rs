@@ -248,13 +248,10 @@ fn json_string(out: &mut Vec<u8>, s: &str) {
 
 /// `2026-11-27 22:04:58+0000`.
 pub fn accounting_time(unix: i64) -> String {
-    let (y, mo, d) = crate::delivery::dsn::civil_from_days(unix.div_euclid(86_400));
-    let s = unix.rem_euclid(86_400);
+    let t = crate::util::time::civil_from_unix(unix);
     format!(
-        "{y:04}-{mo:02}-{d:02} {:02}:{:02}:{:02}+0000",
-        s / 3600,
-        s % 3600 / 60,
-        s % 60
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}+0000",
+        t.year, t.month, t.day, t.hour, t.minute, t.second
     )
 }
 

@@ -15,12 +15,13 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crossbeam::channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::record::{AccountingRecord, write_csv_header};
 use super::{AccountingFormat, AccountingOptions};
+use crate::runtime::local::unix_now_s;
 
 /// Encoded bytes held before a write even if the flush interval has not
 /// passed.
@@ -56,12 +57,6 @@ pub(super) struct FileWriter {
     records_in_file: u64,
 }
 
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 fn next_boundary(now: u64, rotate: Option<Duration>) -> Option<u64> {
     let period = rotate?.as_secs().max(1);
     Some((now / period + 1) * period)
@@ -71,7 +66,7 @@ impl FileWriter {
     /// Opens (or creates) the file; errors surface at start, not later.
     pub(super) fn open(options: AccountingOptions, stats: Arc<WriterStats>) -> io::Result<Self> {
         let file = open_file(&options.path, options.format)?;
-        let next_rotation_unix = next_boundary(now_unix(), options.rotate);
+        let next_rotation_unix = next_boundary(unix_now_s(), options.rotate);
         Ok(Self {
             options,
             file,
@@ -163,7 +158,7 @@ impl FileWriter {
         let Some(boundary) = self.next_rotation_unix else {
             return;
         };
-        let now = now_unix();
+        let now = unix_now_s();
         if now < boundary {
             return;
         }
@@ -209,13 +204,10 @@ fn open_file(path: &Path, format: AccountingFormat) -> io::Result<File> {
 /// `<path>.<YYYYmmdd-HHMMSS>`, with `.N` added if that name is taken.
 fn rotated_name(path: &Path, boundary_unix: u64) -> PathBuf {
     let unix = i64::try_from(boundary_unix).unwrap_or(i64::MAX);
-    let (y, mo, d) = crate::delivery::dsn::civil_from_days(unix.div_euclid(86_400));
-    let s = unix.rem_euclid(86_400);
+    let t = crate::util::time::civil_from_unix(unix);
     let stamp = format!(
-        "{y:04}{mo:02}{d:02}-{:02}{:02}{:02}",
-        s / 3600,
-        s % 3600 / 60,
-        s % 60
+        "{:04}{:02}{:02}-{:02}{:02}{:02}",
+        t.year, t.month, t.day, t.hour, t.minute, t.second
     );
     let mut base = path.as_os_str().to_owned();
     base.push(".");

@@ -279,63 +279,10 @@ pub enum QueueMode {
     Backoff,
 }
 
-/// PowerMTA's bounce categories.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum BounceCategory {
-    BadMailbox,
-    BadDomain,
-    InactiveMailbox,
-    QuotaIssues,
-    NoAnswerFromHost,
-    MessageExpired,
-    PolicyRelated,
-    SpamRelated,
-    VirusRelated,
-    ContentRelated,
-    RoutingErrors,
-    ProtocolErrors,
-    BadConnection,
-    InvalidSender,
-    RelayingIssues,
-    BadConfiguration,
-    Other,
-}
-
-impl BounceCategory {
-    /// Every category with its accounting name.
-    pub const ALL: [(&'static str, BounceCategory); 17] = [
-        ("bad-mailbox", BounceCategory::BadMailbox),
-        ("bad-domain", BounceCategory::BadDomain),
-        ("inactive-mailbox", BounceCategory::InactiveMailbox),
-        ("quota-issues", BounceCategory::QuotaIssues),
-        ("no-answer-from-host", BounceCategory::NoAnswerFromHost),
-        ("message-expired", BounceCategory::MessageExpired),
-        ("policy-related", BounceCategory::PolicyRelated),
-        ("spam-related", BounceCategory::SpamRelated),
-        ("virus-related", BounceCategory::VirusRelated),
-        ("content-related", BounceCategory::ContentRelated),
-        ("routing-errors", BounceCategory::RoutingErrors),
-        ("protocol-errors", BounceCategory::ProtocolErrors),
-        ("bad-connection", BounceCategory::BadConnection),
-        ("invalid-sender", BounceCategory::InvalidSender),
-        ("relaying-issues", BounceCategory::RelayingIssues),
-        ("bad-configuration", BounceCategory::BadConfiguration),
-        ("other", BounceCategory::Other),
-    ];
-
-    /// The name used in accounting files (`bounceCat`) and configuration.
-    pub fn as_str(&self) -> &'static str {
-        Self::ALL
-            .iter()
-            .find(|(_, c)| c == self)
-            .map_or("other", |(n, _)| n)
-    }
-
-    /// Parses an accounting name.
-    pub fn from_name(name: &str) -> Option<BounceCategory> {
-        Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, c)| *c)
-    }
-}
+/// PowerMTA's bounce categories: the one vocabulary lives in
+/// `delivery::bounce`. `admin-deleted` is not configurable; `parse_domain`
+/// refuses it.
+pub use crate::delivery::bounce::BounceCategory;
 
 /// DKIM canonicalisation (header/body).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -205,8 +205,15 @@ fn parse_rule(ctx: &mut Ctx, item: &Item<'_, '_>) -> Option<PatternRule> {
     });
     let bounce_category = t.opt(ctx, "bounce_category", |c, it| {
         c.parse(it, |s| {
-            BounceCategory::from_name(s).ok_or_else(|| {
-                let names: Vec<&str> = BounceCategory::ALL.iter().map(|(n, _)| *n).collect();
+            // Exact names only; `admin-deleted` is spate's own (set by
+            // `spate ctl delete`), never a pattern-list verdict.
+            let configurable = || {
+                BounceCategory::ALL
+                    .into_iter()
+                    .filter(|c| *c != BounceCategory::AdminDeleted)
+            };
+            configurable().find(|c| c.as_str() == s).ok_or_else(|| {
+                let names: Vec<&str> = configurable().map(BounceCategory::as_str).collect();
                 format!(
                     "unknown bounce category \"{s}\"; one of {}",
                     names.join(", ")

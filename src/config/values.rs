@@ -317,6 +317,15 @@ pub struct SmtpHost {
     pub port: u16,
 }
 
+impl std::str::FromStr for SmtpHost {
+    type Err = String;
+
+    /// Same as [`parse_smtp_host`].
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_smtp_host(s)
+    }
+}
+
 /// Parses "127.0.0.2:2526", "[::1]:25", "mx.example.net" or "mx.example.net:2525".
 pub fn parse_smtp_host(text: &str) -> Result<SmtpHost, String> {
     let s = text.trim();

@@ -109,63 +109,9 @@ impl FromStr for BounceCategory {
     }
 }
 
-/// An RFC 3463 enhanced status code `class.subject.detail`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct EnhancedStatus {
-    pub class: u8,
-    pub subject: u16,
-    pub detail: u16,
-}
-
-impl EnhancedStatus {
-    pub const fn new(class: u8, subject: u16, detail: u16) -> Self {
-        Self {
-            class,
-            subject,
-            detail,
-        }
-    }
-
-    /// Parses `"5.1.1"`; `None` for anything else (class must be 2, 4 or 5,
-    /// subject and detail at most three digits as RFC 3463 says).
-    pub fn parse(s: &str) -> Option<Self> {
-        let mut parts = s.split('.');
-        let class_text = parts.next()?;
-        let subject_text = parts.next()?;
-        let detail_text = parts.next()?;
-        if parts.next().is_some() {
-            return None;
-        }
-        let digits = |t: &str, max: usize| {
-            !t.is_empty() && t.len() <= max && t.bytes().all(|b| b.is_ascii_digit())
-        };
-        if !digits(class_text, 1) || !digits(subject_text, 3) || !digits(detail_text, 3) {
-            return None;
-        }
-        let class: u8 = class_text.parse().ok()?;
-        if !matches!(class, 2 | 4 | 5) {
-            return None;
-        }
-        Some(Self::new(
-            class,
-            subject_text.parse().ok()?,
-            detail_text.parse().ok()?,
-        ))
-    }
-
-    /// Finds the first enhanced status code in a reply text such as
-    /// `"550 5.1.1 <a@b>: user unknown"`.
-    pub fn find_in(text: &str) -> Option<Self> {
-        text.split(|c: char| c.is_ascii_whitespace() || c == '-' || c == '(' || c == ')')
-            .find_map(|word| Self::parse(word.trim_end_matches([',', ';', ':'])))
-    }
-}
-
-impl fmt::Display for EnhancedStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}.{}", self.class, self.subject, self.detail)
-    }
-}
+/// The RFC 3463 code type is the SMTP codec's; re-exported because the
+/// classifier, DSN and outcome code name it from here.
+pub use crate::smtp::reply::EnhancedStatus;
 
 /// Chooses the bounce category of a failed recipient.
 ///
@@ -266,22 +212,6 @@ mod tests {
             Ok(BounceCategory::SpamRelated)
         );
         assert!("spam".parse::<BounceCategory>().is_err());
-    }
-
-    #[test]
-    fn enhanced_status_parsing() {
-        assert_eq!(code("5.1.1"), Some(EnhancedStatus::new(5, 1, 1)));
-        assert_eq!(code("4.7.650"), Some(EnhancedStatus::new(4, 7, 650)));
-        assert_eq!(code("3.1.1"), None);
-        assert_eq!(code("5.1"), None);
-        assert_eq!(code("5.1.1.1"), None);
-        assert_eq!(code("5.1.x"), None);
-        assert_eq!(code("5.1000.1"), None);
-        assert_eq!(
-            EnhancedStatus::find_in("550-5.1.1 The email account does not exist"),
-            Some(EnhancedStatus::new(5, 1, 1))
-        );
-        assert_eq!(EnhancedStatus::find_in("550 no code here 1.2"), None);
     }
 
     #[test]

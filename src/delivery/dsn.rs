@@ -15,7 +15,8 @@
 
 use std::fmt::Write as _;
 
-use crate::delivery::bounce::EnhancedStatus;
+use crate::smtp::reply::EnhancedStatus;
+use crate::util::time::rfc5322_date;
 
 /// RET=FULL returns at most this many bytes of message; larger: headers.
 pub const DSN_RETURN_FULL_BYTES_MAX: usize = 10 * 1024 * 1024;
@@ -381,59 +382,9 @@ fn diagnostic_text(d: &str) -> String {
     text
 }
 
-/// `Fri, 27 Nov 2026 22:04:58 +0000` for unix seconds.
-pub fn rfc5322_date(unix: i64) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let days = unix.div_euclid(86_400);
-    let secs = unix.rem_euclid(86_400);
-    let (year, month, day) = civil_from_days(days);
-    let weekday = DAYS
-        .get(usize::try_from(days.rem_euclid(7)).unwrap_or(0))
-        .copied()
-        .unwrap_or("Thu");
-    let month_name = MONTHS
-        .get(usize::try_from(month - 1).unwrap_or(0))
-        .copied()
-        .unwrap_or("Jan");
-    format!(
-        "{weekday}, {day:02} {month_name} {year} {:02}:{:02}:{:02} +0000",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
-}
-
-/// Days since 1970-01-01 → (year, month 1-12, day 1-31); Howard Hinnant's
-/// civil-from-days algorithm.
-pub(crate) fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dates() {
-        assert_eq!(rfc5322_date(0), "Thu, 01 Jan 1970 00:00:00 +0000");
-        assert_eq!(
-            rfc5322_date(1_795_817_098),
-            "Fri, 27 Nov 2026 22:04:58 +0000"
-        );
-        assert_eq!(rfc5322_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
-    }
 
     #[test]
     fn notify_parsing_and_defaults() {

@@ -68,6 +68,30 @@ fn is_permanent(text: &str) -> bool {
     text.starts_with('5')
 }
 
+/// Groups recipients by their message, in first-seen order, so each
+/// message's states go in one commit. Recipients whose message is no
+/// longer in memory are dropped.
+fn group_by_message(
+    engine: &Engine,
+    rcpts: impl IntoIterator<Item = Recipient>,
+) -> Vec<(MessageRef, Vec<Recipient>)> {
+    let mut by_message: Vec<(MessageRef, Vec<Recipient>)> = Vec::new();
+    for r in rcpts {
+        let msg = engine
+            .state
+            .borrow()
+            .messages
+            .get(&r.message)
+            .map(|m| m.message.clone());
+        let Some(msg) = msg else { continue };
+        match by_message.iter_mut().find(|(m, _)| m.id() == r.message) {
+            Some((_, v)) => v.push(r),
+            None => by_message.push((msg, vec![r])),
+        }
+    }
+    by_message
+}
+
 /// Settles every recipient of a transaction.
 pub async fn settle_transaction(
     engine: &Rc<Engine>,
@@ -92,12 +116,9 @@ pub async fn settle_transaction(
                         let text = r.to_string();
                         let out = q.controller.on_reply(now, &text);
                         if r.is_permanent() {
-                            let cat = out
-                                .bounce_category
-                                .and_then(|c| c.as_str().parse::<BounceCategory>().ok())
-                                .unwrap_or_else(|| {
-                                    bounce::classify(enhanced_of(&text), &text, None)
-                                });
+                            let cat = out.bounce_category.unwrap_or_else(|| {
+                                bounce::classify(enhanced_of(&text), &text, None)
+                            });
                             Verdict::Bounced(text, cat)
                         } else {
                             Verdict::Deferred(text)
@@ -157,20 +178,7 @@ pub async fn fail_ready(
         q.ready.drain(..).collect()
     };
     // Group by message so each message's states go in one commit.
-    let mut by_message: Vec<(MessageRef, Vec<Recipient>)> = Vec::new();
-    for r in taken {
-        let msg = engine
-            .state
-            .borrow()
-            .messages
-            .get(&r.message)
-            .map(|m| m.message.clone());
-        let Some(msg) = msg else { continue };
-        match by_message.iter_mut().find(|(m, _)| m.id() == r.message) {
-            Some((_, v)) => v.push(r),
-            None => by_message.push((msg, vec![r])),
-        }
-    }
+    let by_message = group_by_message(engine, taken);
     let remote = remote.unwrap_or_default();
     for (msg, rcpts) in by_message {
         let verdicts = rcpts
@@ -229,20 +237,7 @@ pub async fn delete_queued(engine: &Rc<Engine>, selector: &str) -> usize {
             }
             (ready, timed)
         };
-        let mut by_message: Vec<(MessageRef, Vec<Recipient>)> = Vec::new();
-        for r in ready.into_iter().chain(timed) {
-            let msg = engine
-                .state
-                .borrow()
-                .messages
-                .get(&r.message)
-                .map(|m| m.message.clone());
-            let Some(msg) = msg else { continue };
-            match by_message.iter_mut().find(|(m, _)| m.id() == r.message) {
-                Some((_, v)) => v.push(r),
-                None => by_message.push((msg, vec![r])),
-            }
-        }
+        let by_message = group_by_message(engine, ready.into_iter().chain(timed));
         for (msg, rcpts) in by_message {
             total += rcpts.len();
             let verdicts = rcpts
@@ -275,11 +270,7 @@ fn recipient_queue_is(
     let Some(rec) = env.recipients().nth(r.index as usize) else {
         return false;
     };
-    let domain = rec
-        .forward_path
-        .rsplit_once('@')
-        .map_or("", |(_, d)| d)
-        .to_ascii_lowercase();
+    let domain = crate::queue::recipient_domain(rec.forward_path);
     crate::queue::split_queue_name(queue).is_some_and(|(d, v)| {
         v == env.vmta && (d == domain || d.ends_with(".rollup") || d == "overflow")
     })

@@ -17,8 +17,8 @@ use std::net::{IpAddr, SocketAddr};
 use rand::Rng;
 use rand::seq::SliceRandom;
 
-use crate::delivery::bounce::EnhancedStatus;
 use crate::dns::{Answer, DnsClient, DnsError, MxRecord};
+use crate::smtp::reply::EnhancedStatus;
 
 /// The SMTP port for MX-routed delivery.
 pub const SMTP_PORT: u16 = 25;
@@ -80,49 +80,9 @@ impl RouteError {
     }
 }
 
-/// One `smtp_hosts` entry: `host:port`, `[v6]:port`, or a host alone (25).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct SmtpHost {
-    pub host: String,
-    pub port: u16,
-}
-
-/// An `smtp_hosts` entry that does not parse.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid smtp_hosts entry {0:?}: expected host:port")]
-pub struct SmtpHostParseError(pub String);
-
-impl std::str::FromStr for SmtpHost {
-    type Err = SmtpHostParseError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || SmtpHostParseError(s.to_string());
-        let s = s.trim();
-        if let Ok(addr) = s.parse::<SocketAddr>() {
-            return Ok(Self {
-                host: addr.ip().to_string(),
-                port: addr.port(),
-            });
-        }
-        if let Ok(ip) = s.parse::<IpAddr>() {
-            return Ok(Self {
-                host: ip.to_string(),
-                port: SMTP_PORT,
-            });
-        }
-        let (host, port) = match s.rsplit_once(':') {
-            Some((host, port)) => (host, port.parse::<u16>().map_err(|_| bad())?),
-            None => (s, SMTP_PORT),
-        };
-        if host.is_empty() || port == 0 || crate::dns::normalize_name(host).is_err() {
-            return Err(bad());
-        }
-        Ok(Self {
-            host: host.to_ascii_lowercase(),
-            port,
-        })
-    }
-}
+/// One `smtp_hosts` entry, as configuration parses it (`host:port`,
+/// `[v6]:port`, or a host alone for port 25).
+pub use crate::config::SmtpHost;
 
 /// What the MX answer says to do next.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -479,6 +439,7 @@ mod tests {
             p("127.0.0.2:2526"),
             Ok(SmtpHost {
                 host: "127.0.0.2".into(),
+                ip: Some("127.0.0.2".parse().unwrap()),
                 port: 2526
             })
         );
@@ -486,6 +447,7 @@ mod tests {
             p("[::1]:25"),
             Ok(SmtpHost {
                 host: "::1".into(),
+                ip: Some("::1".parse().unwrap()),
                 port: 25
             })
         );
@@ -493,6 +455,7 @@ mod tests {
             p("MX.Example.com:587"),
             Ok(SmtpHost {
                 host: "mx.example.com".into(),
+                ip: None,
                 port: 587
             })
         );

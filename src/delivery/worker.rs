@@ -19,7 +19,6 @@ use super::route::{RouteError, resolve_route};
 use crate::config::StartTls;
 use crate::queue::Recipient;
 use crate::queue::engine::Engine;
-use crate::queue::policy::smtp_hosts;
 use crate::runtime::local::now_ms;
 use crate::runtime::stream::Conn;
 use crate::smtp::address::{Mailbox, ReversePath};
@@ -85,9 +84,15 @@ async fn connection(engine: &Rc<Engine>, queue: &str) {
         Some(v) => (v.source_ip, v.ehlo.clone()),
         None => (IpAddr::V4(Ipv4Addr::UNSPECIFIED), config.hostname.clone()),
     };
-    let hosts = smtp_hosts(&policy);
     let mut rng = rand::rngs::StdRng::seed_from_u64(engine.rng.borrow_mut().random());
-    let route = match resolve_route(&engine.deps.dns, &domain, Some(&hosts), &mut rng).await {
+    let route = match resolve_route(
+        &engine.deps.dns,
+        &domain,
+        Some(&policy.smtp_hosts),
+        &mut rng,
+    )
+    .await
+    {
         Ok(r) => r,
         Err(RouteError::Permanent { enhanced, text }) => {
             let reply = format!("550 {enhanced} {text}");

@@ -194,12 +194,7 @@ impl Engine {
         let count = envelope.recipient_count as usize;
         let domains: Vec<String> = envelope
             .recipients()
-            .map(|r| {
-                r.forward_path
-                    .rsplit_once('@')
-                    .map_or("", |(_, d)| d)
-                    .to_ascii_lowercase()
-            })
+            .map(|r| super::recipient_domain(r.forward_path))
             .collect();
         let id = message.id();
         let mut attempts = vec![0u16; count].into_boxed_slice();
@@ -306,15 +301,8 @@ impl Engine {
         let entry = state.messages.get(&rcpt.message)?;
         let envelope = entry.message.envelope().ok()?;
         let vmta = envelope.vmta.to_string();
-        let fp = envelope
-            .recipients()
-            .nth(rcpt.index as usize)?
-            .forward_path
-            .to_string();
-        let domain = fp
-            .rsplit_once('@')
-            .map_or("", |(_, d)| d)
-            .to_ascii_lowercase();
+        let domain =
+            super::recipient_domain(envelope.recipients().nth(rcpt.index as usize)?.forward_path);
         Some(self.queue_for(state, &domain, &vmta))
     }
 

@@ -136,6 +136,15 @@ pub fn split_queue_name(name: &str) -> Option<(&str, &str)> {
     name.rsplit_once('/')
 }
 
+/// The destination domain of a spooled forward path, lowercase: the part
+/// after the last `@`, or "" when there is none.
+pub fn recipient_domain(forward_path: &str) -> String {
+    forward_path
+        .rsplit_once('@')
+        .map_or("", |(_, d)| d)
+        .to_ascii_lowercase()
+}
+
 /// Whether `selector` (`domain/vmta`, `domain/*`, `*/vmta` or `*/*`)
 /// selects the queue `name`.
 pub fn selector_matches(selector: &str, name: &str) -> bool {
@@ -200,6 +209,13 @@ mod tests {
         assert!(selector_matches("*/*", "yahoo.com/ip2"));
         assert!(!selector_matches("*/ip1", "yahoo.com/ip2"));
         assert!(!selector_matches("gmail.com", "gmail.com/ip1"));
+    }
+
+    #[test]
+    fn recipient_domains() {
+        assert_eq!(recipient_domain("a@Gmail.COM"), "gmail.com");
+        assert_eq!(recipient_domain("\"x@y\"@b.example"), "b.example");
+        assert_eq!(recipient_domain("postmaster"), "");
     }
 
     #[test]

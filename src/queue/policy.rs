@@ -1,8 +1,9 @@
 //! From configuration to what a queue enforces.
 //!
-//! The shaper and the router take their own plain input types (they are
-//! pure and know nothing of the configuration format); this file maps a
-//! resolved [`DomainPolicy`] and the configured pattern lists onto them.
+//! The shaper takes its own plain input types (it is pure and knows
+//! nothing of the configuration format); this file maps a resolved
+//! [`DomainPolicy`] and the configured pattern lists onto them. The router
+//! takes `DomainPolicy::smtp_hosts` as it is.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,7 +11,6 @@ use std::time::Duration;
 
 use crate::config::values::Rate as ConfigRate;
 use crate::config::{Config, DomainPolicy, QueueMode, RuleScope};
-use crate::delivery::route::SmtpHost;
 use crate::shaper::{self, Actions, ModeAction, ModeLimits, PatternList, QueueLimits, Scope};
 
 fn rate(r: &ConfigRate) -> Option<shaper::Rate> {
@@ -48,18 +48,6 @@ pub fn queue_limits(policy: &DomainPolicy) -> QueueLimits {
     }
 }
 
-/// `smtp_hosts` in the router's terms.
-pub fn smtp_hosts(policy: &DomainPolicy) -> Vec<SmtpHost> {
-    policy
-        .smtp_hosts
-        .iter()
-        .map(|h| SmtpHost {
-            host: h.host.clone(),
-            port: h.port,
-        })
-        .collect()
-}
-
 /// Compiles every pattern list a configuration can name: its own lists,
 /// and the built-in ISP profiles it does not override.
 pub fn pattern_lists(config: &Config) -> HashMap<String, Arc<PatternList>> {
@@ -76,7 +64,7 @@ pub fn pattern_lists(config: &Config) -> HashMap<String, Arc<PatternList>> {
                     QueueMode::Backoff => ModeAction::Backoff,
                     QueueMode::Normal => ModeAction::Normal,
                 }),
-                bounce_category: r.bounce_category.and_then(|c| c.as_str().parse().ok()),
+                bounce_category: r.bounce_category,
                 disable_source_ip: r
                     .disable_source_ip
                     .then(|| r.reenable_after.unwrap_or(Duration::from_secs(3600))),

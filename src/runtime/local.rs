@@ -57,6 +57,13 @@ pub fn unix_now_s() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Wall-clock unix milliseconds (for spool records).
+pub fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// The monotonic time at which a wall-clock unix time (seconds) falls.
 pub fn mono_ms_for_unix(unix_s: u64) -> u64 {
     let now_unix = unix_now_s();

@@ -7,6 +7,8 @@
 
 use std::fmt::Write as _;
 
+use crate::util::time::rfc5322_date;
+
 /// Control headers found in a message.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ControlHeaders {
@@ -151,60 +153,17 @@ pub fn received_field(info: &ReceivedInfo<'_>) -> String {
     if let Some(rcpt) = info.single_recipient {
         let _ = write!(s, "\r\n\tfor <{rcpt}>");
     }
-    let _ = write!(s, ";\r\n\t{}\r\n", rfc5322_date(info.now_unix));
+    let _ = write!(
+        s,
+        ";\r\n\t{}\r\n",
+        rfc5322_date(i64::try_from(info.now_unix).unwrap_or(i64::MAX))
+    );
     s
-}
-
-/// Formats a unix time as an RFC 5322 date in UTC, e.g.
-/// `Fri, 27 Nov 2026 21:51:16 +0000`.
-pub fn rfc5322_date(unix_secs: u64) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let days = unix_secs / 86_400;
-    let secs = unix_secs % 86_400;
-    let (y, m, d) = civil_from_days(days as i64);
-    format!(
-        "{}, {:02} {} {} {:02}:{:02}:{:02} +0000",
-        DAYS[(days % 7) as usize],
-        d,
-        MONTHS[(m - 1) as usize],
-        y,
-        secs / 3600,
-        (secs / 60) % 60,
-        secs % 60
-    )
-}
-
-/// Days since 1970-01-01 to (year, month 1..=12, day 1..=31), proleptic
-/// Gregorian (Howard Hinnant's civil calendar algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dates() {
-        assert_eq!(rfc5322_date(0), "Thu, 01 Jan 1970 00:00:00 +0000");
-        assert_eq!(
-            rfc5322_date(1_795_816_276),
-            "Fri, 27 Nov 2026 21:51:16 +0000"
-        );
-        assert_eq!(rfc5322_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
-    }
 
     #[test]
     fn strips_control_headers_including_folded_and_repeated() {

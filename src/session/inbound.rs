@@ -11,7 +11,7 @@ use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use compio::tls::TlsAcceptor;
 
@@ -19,6 +19,7 @@ use super::auth::{FailureLimiter, verify_password};
 use super::headers::{ReceivedInfo, received_field, take_control_headers};
 use super::vmta::{Choice, PoolPicker};
 use crate::config::{Config, ListenerConfig};
+use crate::runtime::local::unix_now_ms;
 use crate::runtime::stats::Stats;
 use crate::runtime::stream::Conn;
 use crate::smtp::address::{ForwardPath, ReversePath};
@@ -52,12 +53,6 @@ pub struct InboundContext {
 struct Tally {
     accepted: u32,
     rejected: u32,
-}
-
-fn now_unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn forward_path_text(p: &ForwardPath) -> Option<String> {
@@ -385,7 +380,7 @@ async fn finish_message(
         return Reply::with_status(554, (5, 5, 1), "No valid recipients");
     }
 
-    let received_unix_ms = now_unix_ms();
+    let received_unix_ms = unix_now_ms();
     let id_hint = format!("{:x}", received_unix_ms);
     let single = (rcpts.len() == 1).then(|| rcpts[0].0.as_str());
     let trace = received_field(&ReceivedInfo {

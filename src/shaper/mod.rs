@@ -52,7 +52,7 @@ pub use controller::RateController;
 pub use limits::{LimitsError, ModeLimits, QueueLimits, RAMP_UP_DEFAULT, Rate};
 pub use pattern::{
     Actions, BounceCategory, Classification, ModeAction, PatternError, PatternList, Scope,
-    is_per_recipient_throttle,
+    is_per_recipient_throttle, parse_bounce_category,
 };
 pub use profiles::{BUILTIN_NAMES, ProfileError, builtin, builtin_source, parse_profile};
 pub use report::{

@@ -58,47 +58,9 @@ pub enum Scope {
     Content,
 }
 
-/// PowerMTA's bounce categories, so accounting pipelines keep working.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BounceCategory {
-    BadConfiguration,
-    BadConnection,
-    BadDomain,
-    BadMailbox,
-    ContentRelated,
-    InactiveMailbox,
-    InvalidSender,
-    MessageExpired,
-    NoAnswerFromHost,
-    Other,
-    PolicyRelated,
-    ProtocolErrors,
-    QuotaIssues,
-    RelayingIssues,
-    RoutingErrors,
-    SpamRelated,
-    VirusRelated,
-}
-
-const BOUNCE_NAMES: [(BounceCategory, &str); 17] = [
-    (BounceCategory::BadConfiguration, "bad-configuration"),
-    (BounceCategory::BadConnection, "bad-connection"),
-    (BounceCategory::BadDomain, "bad-domain"),
-    (BounceCategory::BadMailbox, "bad-mailbox"),
-    (BounceCategory::ContentRelated, "content-related"),
-    (BounceCategory::InactiveMailbox, "inactive-mailbox"),
-    (BounceCategory::InvalidSender, "invalid-sender"),
-    (BounceCategory::MessageExpired, "message-expired"),
-    (BounceCategory::NoAnswerFromHost, "no-answer-from-host"),
-    (BounceCategory::Other, "other"),
-    (BounceCategory::PolicyRelated, "policy-related"),
-    (BounceCategory::ProtocolErrors, "protocol-errors"),
-    (BounceCategory::QuotaIssues, "quota-issues"),
-    (BounceCategory::RelayingIssues, "relaying-issues"),
-    (BounceCategory::RoutingErrors, "routing-errors"),
-    (BounceCategory::SpamRelated, "spam-related"),
-    (BounceCategory::VirusRelated, "virus-related"),
-];
+/// PowerMTA's bounce categories, so accounting pipelines keep working; the
+/// one vocabulary lives in `delivery::bounce`.
+pub use crate::delivery::bounce::BounceCategory;
 
 const SCOPE_NAMES: [(Scope, &str); 6] = [
     (Scope::Recipient, "recipient"),
@@ -109,34 +71,18 @@ const SCOPE_NAMES: [(Scope, &str); 6] = [
     (Scope::Content, "content"),
 ];
 
-impl BounceCategory {
-    /// The accounting name (`bounceCat`).
-    pub fn as_str(self) -> &'static str {
-        BOUNCE_NAMES
-            .iter()
-            .find(|(c, _)| *c == self)
-            .map_or("other", |(_, n)| n)
-    }
-}
-
-impl FromStr for BounceCategory {
-    type Err = PatternError;
-    fn from_str(s: &str) -> Result<Self, PatternError> {
-        BOUNCE_NAMES
-            .iter()
-            .find(|(_, n)| n.eq_ignore_ascii_case(s))
-            .map(|(c, _)| *c)
-            .ok_or_else(|| PatternError::UnknownName {
-                what: "bounce_category",
-                name: s.to_owned(),
-            })
-    }
-}
-
-impl fmt::Display for BounceCategory {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
+/// Parses a profile rule's `bounce_category`: case-insensitive, exact
+/// names only. `admin-deleted` is set by `spate ctl delete`, never by a
+/// reply pattern, so a profile cannot name it.
+pub fn parse_bounce_category(s: &str) -> Result<BounceCategory, PatternError> {
+    BounceCategory::ALL
+        .into_iter()
+        .filter(|c| *c != BounceCategory::AdminDeleted)
+        .find(|c| c.as_str().eq_ignore_ascii_case(s))
+        .ok_or_else(|| PatternError::UnknownName {
+            what: "bounce_category",
+            name: s.to_owned(),
+        })
 }
 
 impl Scope {
@@ -444,6 +390,12 @@ mod tests {
             Ok(BounceCategory::PolicyRelated)
         );
         assert!("nope".parse::<Scope>().is_err());
+        assert_eq!(
+            parse_bounce_category("Policy-Related"),
+            Ok(BounceCategory::PolicyRelated)
+        );
+        assert!(parse_bounce_category("admin-deleted").is_err());
+        assert!(parse_bounce_category(" spam-related").is_err());
     }
 
     #[test]

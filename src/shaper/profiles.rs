@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::pattern::{Actions, ModeAction, PatternError, PatternList};
+use super::pattern::{Actions, ModeAction, PatternError, PatternList, parse_bounce_category};
 
 /// Names of the built-in pattern lists, as config refers to them.
 pub const BUILTIN_NAMES: [&str; 3] = ["gmail", "yahoo", "microsoft"];
@@ -112,7 +112,7 @@ pub fn parse_profile(name: &str, text: &str) -> Result<PatternList, ProfileError
             bounce_category: rule
                 .bounce_category
                 .as_deref()
-                .map(str::parse)
+                .map(parse_bounce_category)
                 .transpose()?,
             disable_source_ip,
             defer_queue: rule.defer_queue,

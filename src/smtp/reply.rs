@@ -53,6 +53,14 @@ impl EnhancedStatus {
             detail: parse_1_to_3_digits(detail)?,
         })
     }
+
+    /// Finds the first enhanced status code in free reply text such as
+    /// `"550 5.1.1 <a@b>: user unknown"` (used by bounce classification on
+    /// text that did not come through [`ReplyParser`]).
+    pub fn find_in(text: &str) -> Option<Self> {
+        text.split(|c: char| c.is_ascii_whitespace() || c == '-' || c == '(' || c == ')')
+            .find_map(|word| Self::parse(word.trim_end_matches([',', ';', ':'])))
+    }
 }
 
 fn parse_1_to_3_digits(s: &str) -> Option<u16> {
@@ -355,6 +363,26 @@ pub fn parse_replies(input: &[u8]) -> Result<(Vec<Reply>, bool), ReplyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn code(s: &str) -> Option<EnhancedStatus> {
+        EnhancedStatus::parse(s)
+    }
+
+    #[test]
+    fn enhanced_status_parsing() {
+        assert_eq!(code("5.1.1"), Some(EnhancedStatus::new(5, 1, 1)));
+        assert_eq!(code("4.7.650"), Some(EnhancedStatus::new(4, 7, 650)));
+        assert_eq!(code("3.1.1"), None);
+        assert_eq!(code("5.1"), None);
+        assert_eq!(code("5.1.1.1"), None);
+        assert_eq!(code("5.1.x"), None);
+        assert_eq!(code("5.1000.1"), None);
+        assert_eq!(
+            EnhancedStatus::find_in("550-5.1.1 The email account does not exist"),
+            Some(EnhancedStatus::new(5, 1, 1))
+        );
+        assert_eq!(EnhancedStatus::find_in("550 no code here 1.2"), None);
+    }
 
     fn one(input: &[u8]) -> Result<Reply, ReplyError> {
         let mut parser = ReplyParser::new();
