@@ -108,9 +108,13 @@ async fn connection(engine: &Rc<Engine>, queue: &str) {
     // mx_rollup: from now on, recipients of this domain queue under the
     // key of its MX host set, shared with every domain the same hosts serve.
     if policy.mx_rollup
-        && hosts.is_empty()
+        && policy.smtp_hosts.is_empty()
         && let Some(key) = super::route::rollup_key(
-            &route.hosts.iter().map(|h| h.name.as_str()).collect::<Vec<_>>(),
+            &route
+                .hosts
+                .iter()
+                .map(|h| h.name.as_str())
+                .collect::<Vec<_>>(),
         )
     {
         engine.state.borrow_mut().rollup.insert(domain.clone(), key);
