@@ -258,6 +258,8 @@ fn smuggling_limits_and_pipelining_over_a_socket() {
 fn per_ip_connection_cap_gets_421() {
     // A listener with a per-IP cap of 3.
     let s = start_with_cap(3);
+    // Spate::start probes the port; let those probe sessions close first.
+    std::thread::sleep(Duration::from_millis(1000));
     let clients: Vec<Client> = (0..3).map(|_| Client::connect(s.smtp)).collect();
     let mut extra = TcpStream::connect(s.smtp).unwrap();
     extra
