@@ -145,16 +145,27 @@ pub async fn settle_transaction(
         }
         q.in_flight = q.in_flight.saturating_sub(tx.rcpts.len() as u32);
     }
-    apply(
-        engine,
-        queue,
-        &tx.message,
-        &tx.rcpts,
-        verdicts,
-        remote,
-        Some(addr),
-    )
-    .await;
+    // The connection goes on with its next transaction while the outcome
+    // is made durable: a delivered recipient's state record only prevents a
+    // duplicate after a crash, so waiting for its fsync here would cost a
+    // disk flush per message per connection for nothing. Recipients stay out
+    // of every queue until the record commits.
+    let engine = engine.clone();
+    let queue = queue.to_string();
+    let remote = remote.to_string();
+    compio::runtime::spawn(async move {
+        apply(
+            &engine,
+            &queue,
+            &tx.message,
+            &tx.rcpts,
+            verdicts,
+            &remote,
+            Some(addr),
+        )
+        .await;
+    })
+    .detach();
 }
 
 /// Fails every recipient waiting in `queue` with `reply` (a connection or
