@@ -289,3 +289,59 @@ fn sigterm_exits_zero_promptly() {
     assert_eq!(spate.terminate(), Some(0), "log:\n{}", spate.log_text());
     assert!(start.elapsed() < Duration::from_secs(30));
 }
+
+#[test]
+fn a_long_deferred_message_does_not_pin_its_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start();
+    let smtp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let cfg = config(dir.path(), smtp, sink.addr, "").replace("shards = 2", "shards = 1");
+    let spate = Spate::start(dir.path(), &cfg, smtp);
+    let spool = dir.path().join("spool");
+    let segments = || {
+        let mut v: Vec<String> = std::fs::read_dir(&spool)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .filter(|n| n.ends_with(".seg"))
+            .collect();
+        v.sort();
+        v
+    };
+    let mut c = Client::connect(smtp);
+    c.cmd("EHLO client.test");
+    // First into the first segment: a recipient that is always deferred.
+    let r = c.message("a@sink.test", &["tempfail+stuck@sink.test"], &body("stuck"));
+    assert!(r.starts_with("250"), "{r}");
+    let first = segments().first().cloned().expect("a segment");
+    // Then enough delivered mail to seal that 1 MiB segment.
+    let filler = format!("Subject: filler\r\n\r\n{}\r\n", "y".repeat(4000));
+    for i in 0..300 {
+        let r = c.message("a@sink.test", &[&format!("f{i}@sink.test")], &filler);
+        assert!(r.starts_with("250"), "{r}");
+    }
+    assert!(sink.wait_for(300, Duration::from_secs(30)).len() >= 300);
+    assert!(
+        segments().iter().any(|s| *s > first),
+        "the filler should have rolled over to a new segment: {:?}",
+        segments()
+    );
+    // The stuck recipient's next deferral rewrites it forward; the first
+    // segment is then reclaimed although the message is still queued.
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    while segments().contains(&first) {
+        assert!(
+            std::time::Instant::now() < end,
+            "{first} still pinned by one deferred message: {:?}\n{}",
+            segments(),
+            spate.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        !sink
+            .messages()
+            .iter()
+            .any(|m| m.rcpts == ["<tempfail+stuck@sink.test>"])
+    );
+}

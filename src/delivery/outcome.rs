@@ -391,6 +391,18 @@ async fn apply(
         }
     }
 
+    // Remember the states for compaction's rewrite.
+    {
+        let mut state = engine.state.borrow_mut();
+        if let Some(entry) = state.messages.get_mut(&message.id()) {
+            for (idx, rs, _, _) in &states {
+                if let Some(slot) = entry.states.get_mut(*idx as usize) {
+                    *slot = *rs;
+                }
+            }
+        }
+    }
+
     // Then memory, counters, accounting.
     let mut dsn_rcpts: Vec<DsnRecipient> = Vec::new();
     let all: Vec<_> = env.recipients().collect();
@@ -497,8 +509,46 @@ async fn apply(
         state.mark(queue);
     }
     engine.wake.notify_all();
+    if durable
+        && states
+            .iter()
+            .any(|s| matches!(s.1, RecipientState::Deferred { .. }))
+        && engine.deps.spool.needs_rewrite(message)
+    {
+        compact(engine, message).await;
+    }
     if !dsn_rcpts.is_empty() {
         send_dsn(engine, message, &dsn_rcpts).await;
+    }
+}
+
+/// Moves a long-deferred message out of a mostly finished segment (the
+/// spool's compaction), so one message cannot pin a whole segment on disk.
+async fn compact(engine: &Rc<Engine>, message: &MessageRef) {
+    let states = {
+        let mut state = engine.state.borrow_mut();
+        let states = match state.messages.get(&message.id()) {
+            Some(entry) if entry.message.segment() == message.segment() => entry.states.clone(),
+            _ => return,
+        };
+        if !state.rewriting.insert(message.id()) {
+            return;
+        }
+        states
+    };
+    let result = engine
+        .deps
+        .spool
+        .rewrite_message(message, &states, None)
+        .await;
+    engine.state.borrow_mut().rewriting.remove(&message.id());
+    match result {
+        Ok(moved) => {
+            if let Some(entry) = engine.state.borrow_mut().messages.get_mut(&message.id()) {
+                entry.message = moved;
+            }
+        }
+        Err(e) => tracing::warn!(id = %message.id(), error = %e, "compaction rewrite failed"),
     }
 }
 

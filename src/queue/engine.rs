@@ -198,6 +198,15 @@ impl Engine {
             .collect();
         let id = message.id();
         let mut attempts = vec![0u16; count].into_boxed_slice();
+        let mut rcpt_states = vec![
+            if states.is_some() {
+                RecipientState::Delivered
+            } else {
+                RecipientState::Queued
+            };
+            count
+        ]
+        .into_boxed_slice();
         let live: Vec<(u32, RecipientState)> = match states {
             Some(s) => s.to_vec(),
             None => (0..count as u32)
@@ -210,6 +219,9 @@ impl Engine {
             let Some(domain) = domains.get(*index as usize) else {
                 continue;
             };
+            if let Some(slot) = rcpt_states.get_mut(*index as usize) {
+                *slot = *rs;
+            }
             let name = self.queue_for(&mut state, domain, &vmta);
             let rcpt = Recipient {
                 message: id,
@@ -245,6 +257,7 @@ impl Engine {
                     message,
                     attempts,
                     pending,
+                    states: rcpt_states,
                 },
             );
             self.deps

@@ -38,6 +38,10 @@ pub struct MessageEntry {
     pub attempts: Box<[u16]>,
     /// Recipients not yet final.
     pub pending: u32,
+    /// Each recipient's last recorded state, for compaction's rewrite.
+    /// Recipients already final when the message was recovered show as
+    /// `Delivered` (recovery hands over live recipients only).
+    pub states: Box<[crate::spool::RecipientState]>,
 }
 
 /// Hour-bucketed outcome counts for `spate ctl queues`.
@@ -165,6 +169,8 @@ pub struct ShardQueues {
     pub dirty: VecDeque<String>,
     /// Domain → rollup destination, for `mx_rollup` domains already resolved.
     pub rollup: HashMap<String, String>,
+    /// Messages being rewritten by compaction right now.
+    pub rewriting: std::collections::HashSet<MessageId>,
 }
 
 /// What the shard's timer holds.
