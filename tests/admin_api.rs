@@ -208,6 +208,19 @@ fn metrics_parse_as_prometheus_text() {
     ] {
         assert!(value(name).is_some(), "{name} missing");
     }
+    assert!(value("spate_rate_limit_waits_total").is_some());
+    // Three messages were spooled with sync = "group": at least one fsync
+    // was timed, and the +Inf bucket holds every observation.
+    let fsyncs = value("spate_spool_fsync_seconds_count").expect("fsync histogram");
+    assert!(fsyncs >= 1.0, "{fsyncs}");
+    let inf = samples
+        .iter()
+        .find(|s| {
+            s.name == "spate_spool_fsync_seconds_bucket"
+                && s.labels == vec![("le".into(), "+Inf".into())]
+        })
+        .expect("+Inf bucket");
+    assert_eq!(inf.value, fsyncs);
     let q = samples
         .iter()
         .find(|s| s.name == "spate_queue_mode")

@@ -365,6 +365,8 @@ fn snapshot(shared: &Shared, queues: Vec<QueueView>) -> MetricsSnapshot {
         accounting_written: acct.iter().map(|a| a.written).sum(),
         accounting_dropped: acct.iter().map(|a| a.dropped).sum(),
         accounting_errors: acct.iter().map(|a| a.errors).sum(),
+        rate_limit_waits: s.rate_limit_waits.load(Relaxed),
+        spool_fsync: shared.spool.sync_latency.snapshot(),
     }
 }
 

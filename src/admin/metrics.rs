@@ -42,6 +42,8 @@ pub struct MetricsSnapshot {
     pub accounting_written: u64,
     pub accounting_dropped: u64,
     pub accounting_errors: u64,
+    pub rate_limit_waits: u64,
+    pub spool_fsync: crate::util::histogram::HistogramSnapshot,
 }
 
 /// A per-queue gauge: name, type, help and how to read it from a view.
@@ -108,6 +110,36 @@ pub fn render(s: &MetricsSnapshot) -> String {
         "Seconds since the process started.",
         s.uptime_seconds,
     );
+    o.single(
+        "spate_rate_limit_waits_total",
+        c,
+        "Times a queue with work waited for its rate limit (max_msg_rate, max_connect_rate).",
+        s.rate_limit_waits,
+    );
+    o.family(
+        "spate_spool_fsync_seconds",
+        "histogram",
+        "Latency of the spool's group-commit fdatasync.",
+    );
+    let mut cumulative = 0u64;
+    for (i, n) in s.spool_fsync.buckets.iter().enumerate() {
+        cumulative += n;
+        let le = match crate::util::histogram::LATENCY_BUCKETS_US.get(i) {
+            Some(us) => format!("{}", *us as f64 / 1e6),
+            None => "+Inf".to_string(),
+        };
+        o.sample(
+            "spate_spool_fsync_seconds_bucket",
+            &[("le", &le)],
+            cumulative,
+        );
+    }
+    o.sample(
+        "spate_spool_fsync_seconds_sum",
+        &[],
+        s.spool_fsync.sum_us as f64 / 1e6,
+    );
+    o.sample("spate_spool_fsync_seconds_count", &[], s.spool_fsync.count);
     o.single(
         "spate_received_messages_total",
         c,

@@ -238,7 +238,16 @@ fn next_transaction(engine: &Engine, queue: &str, sent: u32) -> Next {
         .count();
     let grant = match q.controller.try_send_recipients(now, wanted as u32) {
         Ok(g) => g,
-        Err(wait) => return Next::Wait(wait.until_ms()),
+        Err(wait) => {
+            if matches!(wait, crate::shaper::Wait::RateLimited { .. }) {
+                engine
+                    .deps
+                    .stats
+                    .rate_limit_waits
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            return Next::Wait(wait.until_ms());
+        }
     };
     let take = (grant.recipients as usize).min(wanted).max(1);
     let rcpts: Vec<Recipient> = q.ready.drain(..take).collect();

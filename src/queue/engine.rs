@@ -397,6 +397,12 @@ impl Engine {
                         .detach();
                 }
                 Err(wait) => {
+                    if matches!(wait, crate::shaper::Wait::RateLimited { .. }) {
+                        self.deps
+                            .stats
+                            .rate_limit_waits
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     if let Some(until) = wait.until_ms() {
                         q.next_attempt_ms = Some(until);
                         if q.wake_at_ms.is_none_or(|t| t > until) {

@@ -18,6 +18,8 @@ pub struct Stats {
     pub deferred: AtomicU64,
     pub expired: AtomicU64,
     pub signing_failures: AtomicU64,
+    /// Times a queue had work but its rate limit said wait.
+    pub rate_limit_waits: AtomicU64,
     pub connections_in: AtomicI64,
     pub connections_out: AtomicI64,
     pub queued_recipients: AtomicI64,

@@ -372,6 +372,7 @@ pub fn recover(options: &SpoolOptions, shards: u16) -> Result<Recovery, SpoolErr
         segments: Mutex::new(segs.into_iter().flatten().map(|s| (s.id, s)).collect()),
         next_number: next_number.into_iter().map(AtomicU32::new).collect(),
         _lock: Some(lock),
+        sync_latency: Default::default(),
     });
     report.elapsed = started.elapsed();
     Ok(Recovery {

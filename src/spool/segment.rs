@@ -245,6 +245,8 @@ pub struct SpoolShared {
     pub(crate) next_number: Vec<AtomicU32>,
     /// The exclusive lock on `<path>/lock`, held while this value lives.
     pub(crate) _lock: Option<File>,
+    /// Latency of every group-commit fdatasync (for metrics).
+    pub sync_latency: crate::util::histogram::LatencyHistogram,
 }
 
 impl SpoolShared {

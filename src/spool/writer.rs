@@ -585,7 +585,9 @@ impl Inner {
             Ok(()) => match self.shared.options.sync {
                 SyncMode::Group | SyncMode::EachRecord => {
                     let injected = self.inject_sync_failures.get();
+                    let sync_started = std::time::Instant::now();
                     let r = file.sync_data().await;
+                    self.shared.sync_latency.observe(sync_started.elapsed());
                     if injected > 0 {
                         self.inject_sync_failures.set(injected - 1);
                         let eio = std::io::Error::from_raw_os_error(libc::EIO);

@@ -216,7 +216,13 @@ pub fn parse_prometheus(text: &str) -> Result<Vec<Sample>, String> {
             .ok_or(format!("line {ln}: no value"))?;
         let name = &line[..name_end];
         check_name(name).map_err(|e| format!("line {ln}: {e}"))?;
-        if !types.contains_key(name) {
+        // A histogram's samples are its family name plus _bucket, _sum or
+        // _count (and a _bucket sample needs an `le` label, checked below).
+        let histogram_base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|sfx| name.strip_suffix(sfx))
+            .filter(|base| types.get(*base).is_some_and(|t| t == "histogram"));
+        if !types.contains_key(name) && histogram_base.is_none() {
             return Err(format!(
                 "line {ln}: sample of {name} without a TYPE before it"
             ));
@@ -290,7 +296,7 @@ pub fn parse_prometheus(text: &str) -> Result<Vec<Sample>, String> {
                 .parse()
                 .map_err(|_| format!("line {ln}: bad value {v:?}"))?,
         };
-        sampled.insert(name.to_string());
+        sampled.insert(histogram_base.unwrap_or(name).to_string());
         out.push(Sample {
             name: name.to_string(),
             labels,
