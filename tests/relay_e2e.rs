@@ -345,3 +345,53 @@ fn a_long_deferred_message_does_not_pin_its_segment() {
             .any(|m| m.rcpts == ["<tempfail+stuck@sink.test>"])
     );
 }
+
+#[test]
+fn notify_delay_sends_one_delay_notice() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start();
+    let smtp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let extra = format!(
+        "[domain.\"slow.test\"]\nsmtp_hosts = [\"{}\"]\ndsn_delay_after = \"1s\"\n",
+        sink.addr
+    );
+    let spate = Spate::start(
+        dir.path(),
+        &config(dir.path(), smtp, sink.addr, &extra),
+        smtp,
+    );
+    let mut c = Client::connect(smtp);
+    c.cmd("EHLO client.test");
+    assert!(
+        c.cmd("MAIL FROM:<sender@sink.test> ENVID=env42")
+            .starts_with("250")
+    );
+    assert!(
+        c.cmd("RCPT TO:<tempfail+late@slow.test> NOTIFY=DELAY,FAILURE")
+            .starts_with("250")
+    );
+    // A second recipient without NOTIFY=DELAY gets no delay notice.
+    assert!(
+        c.cmd("RCPT TO:<tempfail+quiet@slow.test>")
+            .starts_with("250")
+    );
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(&body("slow"));
+    c.send(".\r\n");
+    assert!(c.reply().starts_with("250"));
+    // Retries every second; after 1 s in the queue the first deferral sends
+    // the notice, and later ones do not repeat it.
+    let got = sink.wait_for(1, Duration::from_secs(20));
+    assert_eq!(got.len(), 1, "{}", spate.log_text());
+    std::thread::sleep(Duration::from_secs(3));
+    let got = sink.messages();
+    assert_eq!(got.len(), 1, "exactly one delay notice: {got:?}");
+    let text = String::from_utf8_lossy(&got[0].data);
+    assert_eq!(got[0].mail_from, "<>");
+    assert_eq!(got[0].rcpts, ["<sender@sink.test>"]);
+    assert!(text.contains("Action: delayed"), "{text}");
+    assert!(text.contains("tempfail+late@slow.test"), "{text}");
+    assert!(!text.contains("tempfail+quiet@slow.test"), "{text}");
+    assert!(text.contains("Original-Envelope-Id: env42"), "{text}");
+    assert!(text.contains("Will-Retry-Until:"), "{text}");
+}

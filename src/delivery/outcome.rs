@@ -301,17 +301,16 @@ async fn apply(
     let now_unix = unix_now_s();
     let Ok(env) = message.envelope() else { return };
     let received_unix = env.received_unix_ms / 1000;
-    let (bounce_after, retry_after) = {
+    let (bounce_after, delay_after) = {
         let state = engine.state.borrow();
         let q = state.queues.get(queue);
         (
             q.map(|q| q.policy.bounce_after),
-            q.map(|q| (q.controller.retry_delay(0), q.controller.mode())),
+            q.and_then(|q| q.policy.dsn_delay_after),
         )
     };
-    let _ = retry_after;
-    let expired =
-        bounce_after.is_some_and(|b| now_unix.saturating_sub(received_unix) >= b.as_secs());
+    let age_s = now_unix.saturating_sub(received_unix);
+    let expired = bounce_after.is_some_and(|b| age_s >= b.as_secs());
 
     // Decide the final state of each recipient.
     let mut states: Vec<(u32, RecipientState, String, Verdict)> = Vec::with_capacity(rcpts.len());
@@ -405,6 +404,7 @@ async fn apply(
 
     // Then memory, counters, accounting.
     let mut dsn_rcpts: Vec<DsnRecipient> = Vec::new();
+    let mut delay_rcpts: Vec<DsnRecipient> = Vec::new();
     let all: Vec<_> = env.recipients().collect();
     {
         let mut state = engine.state.borrow_mut();
@@ -435,6 +435,41 @@ async fn apply(
                     let due = crate::runtime::local::mono_ms_for_unix(*next_attempt_unix_s);
                     engine.defer_recipient(&mut state, queue, *r, due);
                     engine.deps.stats.deferred.fetch_add(1, Relaxed);
+                    // NOTIFY=DELAY: one delay notice per recipient once it has
+                    // waited `dsn_delay_after` (per process run: a restart may
+                    // send another).
+                    let wants_delay = rec.is_some_and(|x| x.notify & NOTIFY_DELAY != 0);
+                    let first_notice = state
+                        .messages
+                        .get_mut(&r.message)
+                        .and_then(|m| m.delay_notified.get_mut(r.index as usize))
+                        .is_some_and(|flag| !std::mem::replace(flag, true));
+                    if let (true, Some(after), Some(rec)) = (wants_delay, delay_after, rec)
+                        && age_s >= after.as_secs()
+                        && first_notice
+                    {
+                        delay_rcpts.push(DsnRecipient {
+                            recipient: rec.forward_path.to_string(),
+                            orcpt: (!rec.orcpt.is_empty()).then(|| rec.orcpt.to_string()),
+                            notify: dsn_notify(rec.notify),
+                            action: DsnAction::Delayed,
+                            status: enhanced_of(text).unwrap_or(EnhancedStatus::new(4, 0, 0)),
+                            remote_mta: (!remote.is_empty()).then(|| remote.to_string()),
+                            diagnostic: Some(text.clone()),
+                            last_attempt_unix: now_unix as i64,
+                            will_retry_until_unix: bounce_after
+                                .map(|b| (received_unix + b.as_secs()) as i64),
+                        });
+                    } else if first_notice {
+                        // Not due yet: allow the notice on a later deferral.
+                        if let Some(flag) = state
+                            .messages
+                            .get_mut(&r.message)
+                            .and_then(|m| m.delay_notified.get_mut(r.index as usize))
+                        {
+                            *flag = false;
+                        }
+                    }
                 }
                 _ if !durable => {
                     // Not recorded: keep it queued for another try rather
@@ -519,6 +554,9 @@ async fn apply(
     }
     if !dsn_rcpts.is_empty() {
         send_dsn(engine, message, &dsn_rcpts).await;
+    }
+    if !delay_rcpts.is_empty() {
+        send_dsn(engine, message, &delay_rcpts).await;
     }
 }
 

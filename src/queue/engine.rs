@@ -258,6 +258,7 @@ impl Engine {
                     attempts,
                     pending,
                     states: rcpt_states,
+                    delay_notified: vec![false; count].into_boxed_slice(),
                 },
             );
             self.deps

@@ -42,6 +42,8 @@ pub struct MessageEntry {
     /// Recipients already final when the message was recovered show as
     /// `Delivered` (recovery hands over live recipients only).
     pub states: Box<[crate::spool::RecipientState]>,
+    /// A NOTIFY=DELAY notice was sent for this recipient (this run).
+    pub delay_notified: Box<[bool]>,
 }
 
 /// Hour-bucketed outcome counts for `spate ctl queues`.
