@@ -320,10 +320,10 @@ async fn apply(
             let attempts = state
                 .messages
                 .get_mut(&r.message)
-                .and_then(|m| m.attempts.get_mut(r.index as usize))
-                .map(|a| {
-                    *a = a.saturating_add(1);
-                    u32::from(*a)
+                .and_then(|m| m.rcpts.get_mut(r.index as usize))
+                .map(|slot| {
+                    slot.attempts = slot.attempts.saturating_add(1);
+                    u32::from(slot.attempts)
                 })
                 .unwrap_or(1);
             let (rs, verdict) = match verdict {
@@ -395,8 +395,8 @@ async fn apply(
         let mut state = engine.state.borrow_mut();
         if let Some(entry) = state.messages.get_mut(&message.id()) {
             for (idx, rs, _, _) in &states {
-                if let Some(slot) = entry.states.get_mut(*idx as usize) {
-                    *slot = *rs;
+                if let Some(slot) = entry.rcpts.get_mut(*idx as usize) {
+                    slot.state = *rs;
                 }
             }
         }
@@ -442,8 +442,8 @@ async fn apply(
                     let first_notice = state
                         .messages
                         .get_mut(&r.message)
-                        .and_then(|m| m.delay_notified.get_mut(r.index as usize))
-                        .is_some_and(|flag| !std::mem::replace(flag, true));
+                        .and_then(|m| m.rcpts.get_mut(r.index as usize))
+                        .is_some_and(|slot| !std::mem::replace(&mut slot.delay_notified, true));
                     if let (true, Some(after), Some(rec)) = (wants_delay, delay_after, rec)
                         && age_s >= after.as_secs()
                         && first_notice
@@ -462,12 +462,12 @@ async fn apply(
                         });
                     } else if first_notice {
                         // Not due yet: allow the notice on a later deferral.
-                        if let Some(flag) = state
+                        if let Some(slot) = state
                             .messages
                             .get_mut(&r.message)
-                            .and_then(|m| m.delay_notified.get_mut(r.index as usize))
+                            .and_then(|m| m.rcpts.get_mut(r.index as usize))
                         {
-                            *flag = false;
+                            slot.delay_notified = false;
                         }
                     }
                 }
@@ -566,7 +566,9 @@ async fn compact(engine: &Rc<Engine>, message: &MessageRef) {
     let states = {
         let mut state = engine.state.borrow_mut();
         let states = match state.messages.get(&message.id()) {
-            Some(entry) if entry.message.segment() == message.segment() => entry.states.clone(),
+            Some(entry) if entry.message.segment() == message.segment() => {
+                entry.rcpts.iter().map(|s| s.state).collect::<Vec<_>>()
+            }
             _ => return,
         };
         if !state.rewriting.insert(message.id()) {

@@ -197,12 +197,16 @@ impl Engine {
             .map(|r| super::recipient_domain(r.forward_path))
             .collect();
         let id = message.id();
-        let mut attempts = vec![0u16; count].into_boxed_slice();
-        let mut rcpt_states = vec![
-            if states.is_some() {
-                RecipientState::Delivered
-            } else {
-                RecipientState::Queued
+        let initial = if states.is_some() {
+            RecipientState::Delivered
+        } else {
+            RecipientState::Queued
+        };
+        let mut slots = vec![
+            super::RcptSlot {
+                state: initial,
+                attempts: 0,
+                delay_notified: false
             };
             count
         ]
@@ -219,8 +223,8 @@ impl Engine {
             let Some(domain) = domains.get(*index as usize) else {
                 continue;
             };
-            if let Some(slot) = rcpt_states.get_mut(*index as usize) {
-                *slot = *rs;
+            if let Some(slot) = slots.get_mut(*index as usize) {
+                slot.state = *rs;
             }
             let name = self.queue_for(&mut state, domain, &vmta);
             let rcpt = Recipient {
@@ -233,8 +237,8 @@ impl Engine {
                     attempts: a,
                     next_attempt_unix_s,
                 } => {
-                    if let Some(slot) = attempts.get_mut(*index as usize) {
-                        *slot = (*a).min(u32::from(u16::MAX)) as u16;
+                    if let Some(slot) = slots.get_mut(*index as usize) {
+                        slot.attempts = (*a).min(u32::from(u16::MAX)) as u16;
                     }
                     let due = mono_ms_for_unix(*next_attempt_unix_s);
                     state.timer.insert(due, TimerItem::Retry(rcpt));
@@ -255,10 +259,8 @@ impl Engine {
                 id,
                 MessageEntry {
                     message,
-                    attempts,
                     pending,
-                    states: rcpt_states,
-                    delay_notified: vec![false; count].into_boxed_slice(),
+                    rcpts: slots,
                 },
             );
             self.deps

@@ -34,16 +34,24 @@ pub struct Recipient {
 #[derive(Debug)]
 pub struct MessageEntry {
     pub message: MessageRef,
-    /// Delivery attempts so far, per recipient (RCPT order).
-    pub attempts: Box<[u16]>,
     /// Recipients not yet final.
     pub pending: u32,
-    /// Each recipient's last recorded state, for compaction's rewrite.
-    /// Recipients already final when the message was recovered show as
-    /// `Delivered` (recovery hands over live recipients only).
-    pub states: Box<[crate::spool::RecipientState]>,
+    /// Per recipient, in RCPT order (one allocation per message: this is
+    /// most of the heap a queued recipient costs).
+    pub rcpts: Box<[RcptSlot]>,
+}
+
+/// What the shard tracks per recipient of a queued message.
+#[derive(Debug, Clone, Copy)]
+pub struct RcptSlot {
+    /// The last recorded state, for compaction's rewrite. Recipients already
+    /// final when the message was recovered show as `Delivered` (recovery
+    /// hands over live recipients only).
+    pub state: crate::spool::RecipientState,
+    /// Delivery attempts so far.
+    pub attempts: u16,
     /// A NOTIFY=DELAY notice was sent for this recipient (this run).
-    pub delay_notified: Box<[bool]>,
+    pub delay_notified: bool,
 }
 
 /// Hour-bucketed outcome counts for `spate ctl queues`.
