@@ -228,12 +228,17 @@ pub async fn delete_queued(engine: &Rc<Engine>, selector: &str) -> usize {
             };
             // Deferred recipients of this queue sit in the shard timer.
             let ShardQueues {
-                timer, messages, ..
+                timer,
+                messages,
+                rollup,
+                queues,
+                ..
             } = &mut *state;
             let timed: Vec<Recipient> = timer
                 .extract_if(|item| match item {
                     crate::queue::TimerItem::Retry(r) => {
-                        recipient_queue_is(messages, engine, r, &name)
+                        crate::queue::current_queue_name(messages, rollup, queues, r).as_deref()
+                            == Some(name.as_str())
                     }
                     _ => false,
                 })
@@ -264,27 +269,6 @@ pub async fn delete_queued(engine: &Rc<Engine>, selector: &str) -> usize {
         }
     }
     total
-}
-
-fn recipient_queue_is(
-    messages: &std::collections::HashMap<crate::spool::MessageId, crate::queue::MessageEntry>,
-    _engine: &Engine,
-    r: &Recipient,
-    queue: &str,
-) -> bool {
-    let Some(m) = messages.get(&r.message) else {
-        return false;
-    };
-    let Ok(env) = m.message.envelope() else {
-        return false;
-    };
-    let Some(rec) = env.recipients().nth(r.index as usize) else {
-        return false;
-    };
-    let domain = crate::queue::recipient_domain(rec.forward_path);
-    crate::queue::split_queue_name(queue).is_some_and(|(d, v)| {
-        v == env.vmta && (d == domain || d.ends_with(".rollup") || d == "overflow")
-    })
 }
 
 /// Records, counts and reports the verdicts for recipients of one message.
@@ -438,16 +422,16 @@ async fn apply(
                     // NOTIFY=DELAY: one delay notice per recipient once it has
                     // waited `dsn_delay_after` (per process run: a restart may
                     // send another).
-                    let wants_delay = rec.is_some_and(|x| x.notify & NOTIFY_DELAY != 0);
-                    let first_notice = state
+                    let due = rec.is_some_and(|x| x.notify & NOTIFY_DELAY != 0)
+                        && delay_after.is_some_and(|after| age_s >= after.as_secs());
+                    let slot = state
                         .messages
                         .get_mut(&r.message)
-                        .and_then(|m| m.rcpts.get_mut(r.index as usize))
-                        .is_some_and(|slot| !std::mem::replace(&mut slot.delay_notified, true));
-                    if let (true, Some(after), Some(rec)) = (wants_delay, delay_after, rec)
-                        && age_s >= after.as_secs()
-                        && first_notice
+                        .and_then(|m| m.rcpts.get_mut(r.index as usize));
+                    if let (true, Some(slot), Some(rec)) = (due, slot, rec)
+                        && !slot.delay_notified
                     {
+                        slot.delay_notified = true;
                         delay_rcpts.push(DsnRecipient {
                             recipient: rec.forward_path.to_string(),
                             orcpt: (!rec.orcpt.is_empty()).then(|| rec.orcpt.to_string()),
@@ -460,15 +444,6 @@ async fn apply(
                             will_retry_until_unix: bounce_after
                                 .map(|b| (received_unix + b.as_secs()) as i64),
                         });
-                    } else if first_notice {
-                        // Not due yet: allow the notice on a later deferral.
-                        if let Some(slot) = state
-                            .messages
-                            .get_mut(&r.message)
-                            .and_then(|m| m.rcpts.get_mut(r.index as usize))
-                        {
-                            slot.delay_notified = false;
-                        }
                     }
                 }
                 _ if !durable => {

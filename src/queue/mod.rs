@@ -159,6 +159,27 @@ pub fn recipient_domain(forward_path: &str) -> String {
         .to_ascii_lowercase()
 }
 
+/// The name of the existing queue a recipient is served by now: its
+/// domain's destination (the rollup key once known) through the message's
+/// vMTA, or that vMTA's overflow queue. `None` when neither exists.
+pub fn current_queue_name(
+    messages: &HashMap<MessageId, MessageEntry>,
+    rollup: &HashMap<String, String>,
+    queues: &HashMap<String, Queue>,
+    rcpt: &Recipient,
+) -> Option<String> {
+    let entry = messages.get(&rcpt.message)?;
+    let envelope = entry.message.envelope().ok()?;
+    let domain = recipient_domain(envelope.recipients().nth(rcpt.index as usize)?.forward_path);
+    let destination = rollup.get(&domain).map_or(domain.as_str(), String::as_str);
+    let name = queue_name(destination, envelope.vmta);
+    if queues.contains_key(&name) {
+        return Some(name);
+    }
+    let overflow = queue_name("overflow", envelope.vmta);
+    queues.contains_key(&overflow).then_some(overflow)
+}
+
 /// Whether `selector` (`domain/vmta`, `domain/*`, `*/vmta` or `*/*`)
 /// selects the queue `name`.
 pub fn selector_matches(selector: &str, name: &str) -> bool {
