@@ -1,5 +1,8 @@
 //! A seconds-long run of the relay harness, to keep it honest.
 
+mod common;
+use common::spate_bin;
+
 use spate_bench::relay::{Load, run_raw, run_spate};
 
 fn small_load() -> Load {
@@ -21,19 +24,6 @@ fn raw_leg_delivers_everything() {
     assert!(r.end_to_end_msgs_per_s > 0.0);
     assert_eq!(r.ack_latency.count, 300);
     assert_eq!(r.e2e_latency.count, 300);
-}
-
-/// The debug `spate` binary of this workspace, built if a lone
-/// `cargo test -p spate-bench` has not built it yet.
-fn spate_bin() -> std::path::PathBuf {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let status = std::process::Command::new(env!("CARGO"))
-        .args(["build", "-q", "-p", "spate", "--bin", "spate"])
-        .current_dir(&root)
-        .status()
-        .expect("run cargo build");
-    assert!(status.success(), "cargo build -p spate failed");
-    root.join("target/debug/spate")
 }
 
 #[test]

@@ -6,6 +6,9 @@
 //! other vMTA's queue to the same sink goes on at full rate; and once the
 //! throttling stops and the backoff interval ends, delivery recovers.
 
+mod common;
+use common::spate_bin;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -13,17 +16,6 @@ use std::time::{Duration, Instant};
 
 use spate_bench::script::Script;
 use spate_bench::sink::{SinkConfig, spawn};
-
-fn spate_bin() -> std::path::PathBuf {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "-q", "-p", "spate", "--bin", "spate"])
-        .current_dir(&root)
-        .status()
-        .expect("run cargo build");
-    assert!(status.success());
-    root.join("target/debug/spate")
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
