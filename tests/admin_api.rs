@@ -145,7 +145,12 @@ fn auth_status_queues_and_errors() {
     );
     assert_eq!(post(admin, "/api/v1/queues/nodomain/pause", "").status, 400);
     assert_eq!(
-        post(admin, "/api/v1/queues/other.test%2Fip1/pause", "").status,
+        post(
+            admin,
+            "/api/v1/queues/other.test%2Fip1/mode",
+            r#"{"mode":"normal"}"#
+        )
+        .status,
         404
     );
     let big = "x".repeat(70 * 1024);
@@ -247,8 +252,16 @@ fn pause_resume_mode_and_delete() {
         smtp,
     );
     wait_admin(admin);
-    // The queue exists once mail went through it.
+    // A pause given before its queue exists holds the queue once mail makes it.
+    let a = post(admin, "/api/v1/queues/sink.test%2F%2A/pause", "");
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.json()["queues"], 0);
     send(smtp, 1, "first");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(sink.messages().is_empty(), "a queue paused in advance delivered");
+    assert_eq!(queue(admin, "sink.test/ip1").unwrap()["paused"], true);
+    let a = post(admin, "/api/v1/queues/sink.test%2F%2A/resume", "");
+    assert_eq!(a.json()["queues"], 1, "{}", a.body);
     assert_eq!(
         sink.wait_for(1, Duration::from_secs(15)).len(),
         1,
@@ -464,9 +477,14 @@ fn ctl_commands_and_errors() {
     assert!(out.contains("1 queue(s)"), "{out}");
     let (_, out, _) = ctl(admin, t, &["queues"]);
     assert!(out.contains("backoff"), "{out}");
-    let (code, _, err) = ctl(admin, t, &["pause", "nosuch.test/ip1"]);
+    let (code, _, err) = ctl(admin, t, &["mode", "nosuch.test/ip1", "normal"]);
     assert_eq!(code, 1);
     assert!(err.contains("404"), "{err}");
+    let (code, out, err) = ctl(admin, t, &["pause", "nosuch.test/ip1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("0 queue(s)") && out.contains("later"), "{out}");
+    let (code, _, err) = ctl(admin, t, &["resume", "nosuch.test/ip1"]);
+    assert_eq!(code, 0, "{err}");
     let (code, out, _) = ctl(admin, t, &["delete", "--queue", "*/ip1"]);
     assert_eq!(code, 0);
     assert!(out.contains("deleted 0"), "{out}");

@@ -284,9 +284,11 @@ fn queue_action(shared: &Shared, method: &str, rest: &str, body: &[u8]) -> Respo
             let n: usize = counts.iter().sum();
             if action == "messages" {
                 Response::json(200, &json!({ "queue": selector, "deleted_recipients": n }))
-            } else if n == 0 {
+            } else if n == 0 && action == "mode" {
                 Response::error(404, format!("no queue matches {selector}"))
             } else {
+                // A pause also holds queues created later (and a resume lifts
+                // that), so matching no queue yet is not an error for them.
                 Response::json(
                     200,
                     &json!({ "queue": selector, "action": action, "queues": n }),

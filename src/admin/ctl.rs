@@ -330,6 +330,9 @@ pub fn run(args: CtlArgs) -> i32 {
                 s("queues"),
                 s("queue")
             );
+            if matches!(args.command, CtlCommand::Pause { .. }) {
+                println!("queues created later that match it start paused, until resumed");
+            }
         }
         CtlCommand::Delete { .. } => println!(
             "deleted {} recipient(s) from {} (bounced as admin-deleted)",

@@ -147,7 +147,7 @@ impl Engine {
             let patterns = self.patterns_for(policy.smtp_pattern_list.as_deref());
             let limits = queue_limits(&policy);
             let now = now_ms();
-            let controller = match RateController::new(now, limits, patterns.clone()) {
+            let mut controller = match RateController::new(now, limits, patterns.clone()) {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!(queue = %name, error = %e, "queue limits invalid; using defaults");
@@ -155,6 +155,9 @@ impl Engine {
                         .expect("default queue limits are valid")
                 }
             };
+            if state.starts_paused(&name) {
+                controller.pause();
+            }
             state.queues.insert(
                 name.clone(),
                 Queue {

@@ -202,6 +202,10 @@ pub struct ShardQueues {
     pub rollup: HashMap<String, String>,
     /// Messages being rewritten by compaction right now.
     pub rewriting: std::collections::HashSet<MessageId>,
+    /// Operator pauses by selector (`domain/vmta`, `domain/*`, `*/vmta`):
+    /// a queue created later that matches one starts paused, so a pause
+    /// holds for mail that has not arrived yet. Kept in memory only.
+    pub paused_selectors: Vec<String>,
 }
 
 /// What the shard's timer holds.
@@ -214,6 +218,28 @@ pub enum TimerItem {
 }
 
 impl ShardQueues {
+    /// Remembers an operator pause so queues created later start paused.
+    pub fn pause_selector(&mut self, selector: &str) {
+        if !self.paused_selectors.iter().any(|s| s == selector) {
+            self.paused_selectors.push(selector.to_string());
+        }
+    }
+
+    /// Forgets the pauses a resume of `selector` lifts: the same selector,
+    /// and every selector it covers (`*/*` lifts them all, `a.test/*` lifts
+    /// `a.test/v1`).
+    pub fn resume_selector(&mut self, selector: &str) {
+        self.paused_selectors
+            .retain(|s| s != selector && !selector_matches(selector, s));
+    }
+
+    /// Whether a new queue named `name` starts paused.
+    pub fn starts_paused(&self, name: &str) -> bool {
+        self.paused_selectors
+            .iter()
+            .any(|s| selector_matches(s, name))
+    }
+
     /// Marks a queue for the scheduler.
     pub fn mark(&mut self, name: &str) {
         if let Some(q) = self.queues.get_mut(name)
@@ -236,6 +262,26 @@ impl ShardQueues {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pauses_hold_later_queues_until_a_covering_resume() {
+        let mut s = ShardQueues::default();
+        s.pause_selector("a.test/*");
+        s.pause_selector("*/ip2");
+        s.pause_selector("*/ip2");
+        assert_eq!(s.paused_selectors.len(), 2);
+        assert!(s.starts_paused("a.test/ip1"));
+        assert!(s.starts_paused("b.test/ip2"));
+        assert!(!s.starts_paused("b.test/ip1"));
+        // A narrower resume does not lift a wider pause.
+        s.resume_selector("a.test/ip1");
+        assert!(s.starts_paused("a.test/ip1"));
+        s.resume_selector("a.test/*");
+        assert!(!s.starts_paused("a.test/ip1"));
+        assert!(s.starts_paused("b.test/ip2"));
+        s.resume_selector("*/*");
+        assert!(s.paused_selectors.is_empty());
+    }
 
     #[test]
     fn selectors() {

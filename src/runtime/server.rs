@@ -585,9 +585,11 @@ async fn handle_admin(engine: &Rc<Engine>, req: AdminRequest) {
             let _ = tx.send(engine.views());
         }
         AdminRequest::Pause(sel, tx) => {
+            engine.state.borrow_mut().pause_selector(&sel);
             let _ = tx.send(engine.for_queues(&sel, |q, _| q.controller.pause()));
         }
         AdminRequest::Resume(sel, tx) => {
+            engine.state.borrow_mut().resume_selector(&sel);
             let _ = tx.send(engine.for_queues(&sel, |q, _| q.controller.resume()));
         }
         AdminRequest::Mode(sel, mode, tx) => {
