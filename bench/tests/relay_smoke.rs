@@ -29,10 +29,21 @@ fn raw_leg_delivers_everything() {
 #[test]
 fn spate_leg_delivers_everything() {
     let bin = spate_bin();
-    let r = run_spate(&small_load(), &bin, None).unwrap();
+    let r = run_spate(&small_load(), &bin, None, false).unwrap();
     assert_eq!(r.error, None);
     assert_eq!(r.delivered, 300);
     assert!(r.cpu_s.is_some() && r.peak_rss_kib.is_some());
+}
+
+#[test]
+fn spate_leg_with_delivery_paused_measures_injection_only() {
+    let bin = spate_bin();
+    let r = run_spate(&small_load(), &bin, None, true).unwrap();
+    assert_eq!(r.error, None);
+    assert_eq!(r.injected_ok, 300);
+    assert_eq!(r.delivered, 0, "a paused spate delivered");
+    assert!(r.injection_msgs_per_s > 0.0);
+    assert_eq!(r.ack_latency.count, 300);
 }
 
 #[test]
@@ -41,6 +52,7 @@ fn spate_leg_fails_clearly_when_the_binary_is_missing() {
         &small_load(),
         std::path::Path::new("/nonexistent/spate"),
         None,
+        false,
     )
     .unwrap_err();
     assert!(format!("{err:#}").contains("not found"), "{err:#}");

@@ -23,7 +23,9 @@ use crate::sink::{SinkConfig, SinkHandle};
 
 mod postfix;
 
-pub use postfix::{Postfix, ensure_postfix_installed, run_postfix, run_smtp_source, start_postfix};
+pub use postfix::{
+    Postfix, ensure_postfix_installed, run_postfix, run_smtp_sink, run_smtp_source, start_postfix,
+};
 
 /// How long an MTA may take to start listening.
 pub const MTA_START_TIMEOUT_MS: u64 = 15_000;
@@ -312,6 +314,7 @@ pub fn run_spate(
     load: &Load,
     spate_bin: &Path,
     config: Option<&Path>,
+    pause_delivery: bool,
 ) -> anyhow::Result<LegResult> {
     anyhow::ensure!(
         spate_bin.exists(),
@@ -355,17 +358,79 @@ pub fn run_spate(
         name: "spate".into(),
     };
     wait_listening(listen, &mut guard, &log).context("spate leg: spate did not start")?;
-    let result = inject_and_drain("spate", listen, &sink, load, Some(guard.child.id()));
+    let pid = Some(guard.child.id());
+    let result = if pause_delivery {
+        wait_listening(admin, &mut guard, &log).context("spate leg: admin API did not start")?;
+        admin_post(admin, "spate-bench-token", "/api/v1/queues/*%2F*/pause")
+            .context("spate leg: pausing delivery")?;
+        let mut r = inject_only("spate (delivery paused)", listen, load, pid)?;
+        // What reached the sink anyway (0 unless the pause failed).
+        std::thread::sleep(Duration::from_millis(500));
+        r.delivered = sink.report().total.messages;
+        Ok(r)
+    } else {
+        inject_and_drain("spate", listen, &sink, load, pid)
+    };
     guard.terminate(Duration::from_secs(30));
     result
+}
+
+/// Injects without waiting for delivery: the injection-only legs (spate with
+/// its queues paused, Postfix's smtp-sink which stores nothing).
+fn inject_only(
+    name: &str,
+    to: SocketAddr,
+    load: &Load,
+    mta_pid: Option<u32>,
+) -> anyhow::Result<LegResult> {
+    let inject: InjectReport = run_inject(inject_config(to, load))?;
+    let cpu_s = mta_pid.and_then(tree_cpu_s);
+    Ok(LegResult {
+        name: name.into(),
+        messages: load.messages,
+        injected_ok: inject.accepted,
+        elapsed_s: inject.elapsed_s,
+        injection_msgs_per_s: inject.messages_per_s,
+        ack_latency: inject.ack_latency,
+        cpu_s,
+        cpu_ms_per_msg: cpu_s
+            .filter(|_| inject.accepted > 0)
+            .map(|c| c * 1000.0 / inject.accepted as f64),
+        peak_rss_kib: mta_pid.and_then(peak_rss_kib),
+        injector_failures: inject.failures,
+        ..LegResult::default()
+    })
+}
+
+/// One POST to spate's admin API with a bearer token; fails unless 2xx.
+fn admin_post(admin: SocketAddr, token: &str, path: &str) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {admin}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)?;
+    let status = answer.split_whitespace().nth(1).unwrap_or_default();
+    anyhow::ensure!(status.starts_with('2'), "POST {path}: {answer}");
+    Ok(())
 }
 
 /// Arguments of `spate-bench relay`.
 #[derive(clap::Args, Debug)]
 pub struct RelayArgs {
-    /// Extra legs beside spate: raw, postfix, smtp-source (comma-separated).
+    /// Extra legs beside spate: raw, postfix, smtp-source, smtp-sink
+    /// (comma-separated). `smtp-sink` is this injector into Postfix's
+    /// smtp-sink, which stores nothing: an injection-only reference.
     #[arg(long, value_delimiter = ',')]
     pub compare: Vec<String>,
+    /// Pause every spate queue before injecting and measure injection only
+    /// (messages are still fsynced before each 250, then wait in the queue).
+    #[arg(long)]
+    pub pause_delivery: bool,
     /// Skip the spate leg (e.g. to run only --compare raw,postfix).
     #[arg(long)]
     pub no_spate: bool,
@@ -445,7 +510,20 @@ pub fn print_table(rows: &[LegResult]) {
             .find(|r| r.name.starts_with(name) && r.error.is_none())
             .map(|r| r.end_to_end_msgs_per_s)
     };
-    if let Some(s) = rate("spate") {
+    let inject_rate = |name: &str| {
+        rows.iter()
+            .find(|r| r.name.starts_with(name) && r.error.is_none())
+            .map(|r| r.injection_msgs_per_s)
+            .filter(|r| *r > 0.0)
+    };
+    if let Some(s) = inject_rate("spate") {
+        for other in ["smtp-sink", "postfix", "raw"] {
+            if let Some(o) = inject_rate(other) {
+                println!("injection: spate / {other} = {:.2}x", s / o);
+            }
+        }
+    }
+    if let Some(s) = rate("spate").filter(|s| *s > 0.0) {
         if let Some(p) = rate("postfix").filter(|p| *p > 0.0) {
             println!("spate / postfix = {:.2}x", s / p);
         }
@@ -474,9 +552,12 @@ pub fn run(args: RelayArgs) -> anyhow::Result<()> {
     };
     for leg in &args.compare {
         anyhow::ensure!(
-            matches!(leg.as_str(), "raw" | "postfix" | "smtp-source"),
-            "unknown --compare leg {leg:?} (raw, postfix, smtp-source)"
+            matches!(leg.as_str(), "raw" | "postfix" | "smtp-source" | "smtp-sink"),
+            "unknown --compare leg {leg:?} (raw, postfix, smtp-source, smtp-sink)"
         );
+    }
+    if args.compare.iter().any(|l| l == "smtp-sink") {
+        rows.push(run_smtp_sink(&load).unwrap_or_else(|e| failed("smtp-sink", e)));
     }
     if args.compare.iter().any(|l| l == "raw") {
         rows.push(run_raw(&load).unwrap_or_else(|e| failed("raw", e)));
@@ -486,7 +567,12 @@ pub fn run(args: RelayArgs) -> anyhow::Result<()> {
     }
     if !args.no_spate {
         rows.push(
-            run_spate(&load, &args.spate_bin, args.config.as_deref())
+            run_spate(
+                &load,
+                &args.spate_bin,
+                args.config.as_deref(),
+                args.pause_delivery,
+            )
                 .unwrap_or_else(|e| failed("spate", e)),
         );
     }

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use super::{
-    ChildGuard, LegResult, Load, MTA_START_TIMEOUT_MS, free_port, inject_and_drain, start_sink,
+    ChildGuard, LegResult, Load, MTA_START_TIMEOUT_MS, free_port, inject_and_drain, inject_only,
+    start_sink,
     tail, wait_listening,
 };
 
@@ -200,15 +201,14 @@ pub fn run_postfix(load: &Load) -> anyhow::Result<LegResult> {
     result
 }
 
-/// Reference leg: Postfix's `smtp-source` into Postfix's `smtp-sink` (both
-/// from the postfix package). Only wall-clock throughput: the tools report no
-/// latencies. `smtp-source` does not pipeline, so this is round-trip bound.
-pub fn run_smtp_source(load: &Load) -> anyhow::Result<LegResult> {
+/// Postfix's `smtp-sink` on a free loopback port, with the guard that stops it.
+fn start_smtp_sink() -> anyhow::Result<(SocketAddr, ChildGuard)> {
     ensure_postfix_installed()?;
     let port = free_port()?;
-    let addr = format!("127.0.0.1:{port}");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    // -u drops privileges when run as root; 1024 is the listen backlog.
     let sink = Command::new("smtp-sink")
-        .args(["-u", "postfix", &addr, "1024"])
+        .args(["-u", "postfix", &addr.to_string(), "1024"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -218,9 +218,25 @@ pub fn run_smtp_source(load: &Load) -> anyhow::Result<LegResult> {
         child: sink,
         name: "smtp-sink".into(),
     };
-    let sock: SocketAddr = addr.parse()?;
-    let log = PathBuf::from("/dev/null");
-    wait_listening(sock, &mut guard, &log)?;
+    wait_listening(addr, &mut guard, Path::new("/dev/null"))?;
+    Ok((addr, guard))
+}
+
+/// Injection-only reference: this injector into Postfix's `smtp-sink`, which
+/// acknowledges every message and stores nothing.
+pub fn run_smtp_sink(load: &Load) -> anyhow::Result<LegResult> {
+    let (addr, mut guard) = start_smtp_sink()?;
+    let result = inject_only("inject -> smtp-sink", addr, load, Some(guard.child.id()));
+    guard.terminate(Duration::from_secs(2));
+    result
+}
+
+/// Reference leg: Postfix's `smtp-source` into Postfix's `smtp-sink` (both
+/// from the postfix package). Only wall-clock throughput: the tools report no
+/// latencies. `smtp-source` does not pipeline, so this is round-trip bound.
+pub fn run_smtp_source(load: &Load) -> anyhow::Result<LegResult> {
+    let (sock, mut guard) = start_smtp_sink()?;
+    let addr = sock.to_string();
     let started = Instant::now();
     let out = Command::new("smtp-source")
         .args([
