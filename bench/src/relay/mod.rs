@@ -517,8 +517,12 @@ pub fn print_table(rows: &[LegResult]) {
             .filter(|r| *r > 0.0)
     };
     if let Some(s) = inject_rate("spate") {
-        for other in ["smtp-sink", "postfix", "raw"] {
-            if let Some(o) = inject_rate(other) {
+        for (other, leg) in [
+            ("smtp-sink", "inject -> smtp-sink"),
+            ("postfix", "postfix"),
+            ("raw", "raw"),
+        ] {
+            if let Some(o) = inject_rate(leg) {
                 println!("injection: spate / {other} = {:.2}x", s / o);
             }
         }
