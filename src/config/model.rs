@@ -220,6 +220,7 @@ pub struct DomainSettings {
     pub backoff_to_normal_after_delivery: Option<bool>,
     pub backoff_ramp_up: Option<Duration>,
     pub mx_rollup: Option<bool>,
+    pub use_chunking: Option<bool>,
     pub smtp_hosts: Option<Vec<SmtpHost>>,
 }
 

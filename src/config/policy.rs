@@ -58,6 +58,8 @@ pub struct DomainPolicy {
     pub backoff_ramp_up: Duration,
     /// Queue by MX host set rather than by domain.
     pub mx_rollup: bool,
+    /// Send bodies with BDAT (RFC 3030) when the receiver offers CHUNKING.
+    pub use_chunking: bool,
     /// Route to these hosts instead of an MX lookup; empty = MX lookup.
     pub smtp_hosts: Vec<SmtpHost>,
 }
@@ -96,6 +98,7 @@ impl DomainPolicy {
             backoff_to_normal_after_delivery: true,
             backoff_ramp_up: mins(30),
             mx_rollup: false,
+            use_chunking: true,
             smtp_hosts: Vec::new(),
         }
     }
@@ -131,6 +134,7 @@ impl DomainPolicy {
             backoff_to_normal_after_delivery,
             backoff_ramp_up,
             mx_rollup,
+            use_chunking,
             smtp_hosts,
         );
     }

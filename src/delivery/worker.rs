@@ -274,6 +274,7 @@ async fn session(
     policy: &crate::config::DomainPolicy,
 ) -> SessionEnd {
     let mut cfg = ClientConfig::new(ehlo);
+    cfg.use_chunking = policy.use_chunking;
     cfg.starttls = match policy.starttls {
         StartTls::Off => StartTlsPolicy::Off,
         StartTls::Opportunistic => StartTlsPolicy::Opportunistic,
@@ -396,6 +397,9 @@ async fn session(
                             Ok(()) => {
                                 timeout = policy.command_timeout;
                                 in_tx = Some(tx);
+                                // With BDAT the body may go now: the events
+                                // above write it with the commands, in one write.
+                                continue;
                             }
                             Err(e) => {
                                 let text = match e {
