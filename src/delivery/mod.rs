@@ -5,6 +5,7 @@ pub mod bounce;
 pub mod connect;
 pub mod dsn;
 pub mod outcome;
+pub mod relocate;
 pub mod route;
 pub mod tls;
 pub mod worker;
