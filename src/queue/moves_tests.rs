@@ -8,9 +8,11 @@ use crate::shaper::RateController;
 use crate::spool::{MessageRef, NewMessage, NewRecipient, Ret, Spool, SpoolOptions};
 
 struct Fixture {
-    _dir: tempfile::TempDir,
-    _spool: Spool,
     messages: Vec<MessageRef>,
+    // Dropped in this order: the spool inside its runtime's lifetime.
+    _spool: Spool,
+    _rt: compio::runtime::Runtime,
+    _dir: tempfile::TempDir,
 }
 
 /// Spools one message per entry of `specs` (vMTA, recipients).
@@ -19,8 +21,8 @@ fn spool_messages(specs: &[(&str, &[&str])]) -> Fixture {
     let mut options = SpoolOptions::new(dir.path());
     options.segment_bytes = 1 << 20;
     let recovery = crate::spool::recover(&options, 1).expect("recover");
-    let spool = Spool::open(recovery.shared, 0).expect("open");
     let rt = compio::runtime::Runtime::new().expect("runtime");
+    let spool = rt.block_on(async { Spool::open(recovery.shared, 0).expect("open") });
     let messages = rt.block_on(async {
         let mut out = Vec::new();
         for (vmta, rcpts) in specs {
@@ -48,9 +50,10 @@ fn spool_messages(specs: &[(&str, &[&str])]) -> Fixture {
         out
     });
     Fixture {
-        _dir: dir,
-        _spool: spool,
         messages,
+        _spool: spool,
+        _rt: rt,
+        _dir: dir,
     }
 }
 
