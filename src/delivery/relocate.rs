@@ -350,3 +350,7 @@ async fn hand_off(
     }
     engine.enqueue(message, Some(&live));
 }
+
+#[cfg(test)]
+#[path = "relocate_tests.rs"]
+mod tests;
