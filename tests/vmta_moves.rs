@@ -28,7 +28,13 @@ fn ip(s: &str) -> IpAddr {
 /// vMTAs ip1 (127.0.0.2) and ip2 (127.0.0.3), pool1 of both; `sink.test`
 /// goes to the sink with the pattern list `blocks` (TSS09 disables the
 /// source IP for an hour).
-fn config(dir: &std::path::Path, smtp: SocketAddr, admin: SocketAddr, sink: SocketAddr, default_vmta: &str) -> String {
+fn config(
+    dir: &std::path::Path,
+    smtp: SocketAddr,
+    admin: SocketAddr,
+    sink: SocketAddr,
+    default_vmta: &str,
+) -> String {
     format!(
         r#"
 hostname = "relay.test"
@@ -113,10 +119,19 @@ fn held(admin: SocketAddr, name: &str) -> u64 {
     })
 }
 
-fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool, log: impl Fn() -> String) {
+fn wait_until(
+    what: &str,
+    timeout: Duration,
+    mut ok: impl FnMut() -> bool,
+    log: impl Fn() -> String,
+) {
     let end = Instant::now() + timeout;
     while !ok() {
-        assert!(Instant::now() < end, "timed out waiting for {what}; log:\n{}", log());
+        assert!(
+            Instant::now() < end,
+            "timed out waiting for {what}; log:\n{}",
+            log()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -166,10 +181,16 @@ fn reroute_moves_deferred_mail_to_another_vmta_and_survives_a_restart() {
     );
 
     // Bad targets are refused with a clear error.
-    let (code, _, err) = ctl(admin, &["reroute", "--queue", "sink.test/ip1", "--vmta", "nope"]);
+    let (code, _, err) = ctl(
+        admin,
+        &["reroute", "--queue", "sink.test/ip1", "--vmta", "nope"],
+    );
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("\"nope\" is not a configured vMTA"), "{err}");
-    let (code, _, err) = ctl(admin, &["reroute", "--queue", "sink.test/ip1", "--vmta", "pool1"]);
+    let (code, _, err) = ctl(
+        admin,
+        &["reroute", "--queue", "sink.test/ip1", "--vmta", "pool1"],
+    );
     assert_eq!(code, 1);
     assert!(err.contains("is a pool"), "{err}");
     let a = admin_support::post(admin, "/api/v1/queues/sink.test%2Fip1/reroute", "");
@@ -177,7 +198,14 @@ fn reroute_moves_deferred_mail_to_another_vmta_and_survives_a_restart() {
 
     let (code, out, err) = ctl(
         admin,
-        &["--json", "reroute", "--queue", "sink.test/ip1", "--vmta", "ip2"],
+        &[
+            "--json",
+            "reroute",
+            "--queue",
+            "sink.test/ip1",
+            "--vmta",
+            "ip2",
+        ],
     );
     assert_eq!(code, 0, "{out}{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();

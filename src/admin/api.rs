@@ -217,13 +217,7 @@ pub fn gather_queues(shared: &Shared) -> Result<Vec<QueueView>, String> {
     Ok(all)
 }
 
-fn queue_action(
-    shared: &Shared,
-    method: &str,
-    rest: &str,
-    query: &str,
-    body: &[u8],
-) -> Response {
+fn queue_action(shared: &Shared, method: &str, rest: &str, query: &str, body: &[u8]) -> Response {
     // `{queue}/{action}`: the queue may hold a literal slash, so split on the last one.
     let Some((raw_queue, action)) = rest.rsplit_once('/') else {
         return Response::error(

@@ -62,10 +62,7 @@ pub fn read_request(stream: &mut impl Read) -> Result<Request, ReadError> {
                 let method = req.method.unwrap_or("").to_string();
                 let target = req.path.unwrap_or("");
                 let path = target.split('?').next().unwrap_or("").to_string();
-                let query = target
-                    .split_once('?')
-                    .map_or("", |(_, q)| q)
-                    .to_string();
+                let query = target.split_once('?').map_or("", |(_, q)| q).to_string();
                 let headers: Vec<(String, String)> = req
                     .headers
                     .iter()

@@ -296,20 +296,22 @@ async fn move_one(engine: &Rc<Engine>, taken: Taken, vmta: String) -> Option<u64
         .spool
         .rewrite_message(&old, &all, Some(&vmta))
         .await;
-    let mut guard = engine.state.borrow_mut();
-    let state = &mut *guard;
-    state.rewriting.remove(&id);
-    let moved = match result {
-        Ok(m) => m,
-        Err(e) => {
-            tracing::warn!(%id, %vmta, error = %e, "cannot rewrite the message for its move; it stays");
-            moves::put_back(state, taken);
-            return None;
+    let (moved, entry) = {
+        let mut guard = engine.state.borrow_mut();
+        let state = &mut *guard;
+        state.rewriting.remove(&id);
+        match result {
+            Ok(m) => {
+                state.pending_moves.remove(&id);
+                (m, state.messages.remove(&id))
+            }
+            Err(e) => {
+                tracing::warn!(%id, %vmta, error = %e, "cannot rewrite the message for its move; it stays");
+                moves::put_back(state, taken);
+                return None;
+            }
         }
     };
-    let entry = state.messages.remove(&id);
-    state.pending_moves.remove(&id);
-    drop(guard);
     if let Some(entry) = entry {
         engine.deps.stats.queued_messages.fetch_sub(1, Relaxed);
         engine
@@ -318,7 +320,10 @@ async fn move_one(engine: &Rc<Engine>, taken: Taken, vmta: String) -> Option<u64
             .queued_recipients
             .fetch_sub(i64::from(entry.pending), Relaxed);
     }
-    let from = old.envelope().map(|e| e.vmta.to_string()).unwrap_or_default();
+    let from = old
+        .envelope()
+        .map(|e| e.vmta.to_string())
+        .unwrap_or_default();
     tracing::debug!(%id, %from, to = %vmta, recipients = live.len(), "message moved");
     let n = live.len() as u64;
     hand_off(engine, moved, live, &vmta).await;

@@ -43,9 +43,14 @@ async fn append(spool: &Spool, rcpts: &[&str]) -> MessageRef {
 }
 
 fn ready_ids(engine: &Engine, queue: &str) -> Vec<(MessageId, u32)> {
-    engine.state.borrow().queues.get(queue).map_or(Vec::new(), |q| {
-        q.ready.iter().map(|r| (r.message, r.index)).collect()
-    })
+    engine
+        .state
+        .borrow()
+        .queues
+        .get(queue)
+        .map_or(Vec::new(), |q| {
+            q.ready.iter().map(|r| (r.message, r.index)).collect()
+        })
 }
 
 #[test]

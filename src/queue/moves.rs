@@ -133,10 +133,8 @@ pub fn movable(state: &ShardQueues, ids: &[MessageId]) -> (HashSet<MessageId>, V
 /// Takes every waiting recipient of the messages in `ids` out of the ready
 /// lists and the timer (keeping the queues' counters right).
 pub fn take_waiting(state: &mut ShardQueues, ids: &HashSet<MessageId>) -> Vec<Taken> {
-    let mut by_id: HashMap<MessageId, Taken> = ids
-        .iter()
-        .map(|id| (*id, Taken::new(*id)))
-        .collect();
+    let mut by_id: HashMap<MessageId, Taken> =
+        ids.iter().map(|id| (*id, Taken::new(*id))).collect();
     for q in state.queues.values_mut() {
         if !q.ready.iter().any(|r| ids.contains(&r.message)) {
             continue;

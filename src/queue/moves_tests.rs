@@ -138,7 +138,8 @@ fn scenario() -> (Fixture, ShardQueues, String) {
     add_entry(&mut st, &c, &[queued, slot(DEFERRED, 2)]);
     add_entry(&mut st, &d, &[queued]);
     let q = st.queues.get_mut(&q1).expect("q1");
-    q.ready.extend([rcpt(&a, 0), rcpt(&a, 1), rcpt(&b, 0), rcpt(&c, 0)]);
+    q.ready
+        .extend([rcpt(&a, 0), rcpt(&a, 1), rcpt(&b, 0), rcpt(&c, 0)]);
     q.deferred = 1;
     q.in_flight = 1; // b's second recipient
     st.timer.insert(9_000, TimerItem::Retry(rcpt(&c, 1)));
@@ -235,7 +236,10 @@ fn matching_finds_live_recipients_of_selected_queues_only() {
     let mut want: Vec<MessageId> = fx.messages[..3].iter().map(MessageRef::id).collect();
     want.sort();
     assert_eq!(on_ip1, want, "in-flight B is found too");
-    assert_eq!(messages_matching(&st, "a.test/ip2"), vec![fx.messages[3].id()]);
+    assert_eq!(
+        messages_matching(&st, "a.test/ip2"),
+        vec![fx.messages[3].id()]
+    );
     assert!(messages_matching(&st, "b.test/*").is_empty());
     // A message whose recipients are all final matches nothing.
     let d = fx.messages[3].id();
@@ -251,10 +255,7 @@ fn weighted_pick_follows_weights_and_skips_zero() {
     let picks: Vec<_> = (0..8).map(|r| pick_weighted(&members, r)).collect();
     assert_eq!(
         picks,
-        [
-            "ip1", "ip1", "ip1", "ip3", "ip1", "ip1", "ip1", "ip3"
-        ]
-        .map(Some)
+        ["ip1", "ip1", "ip1", "ip3", "ip1", "ip1", "ip1", "ip3"].map(Some)
     );
     assert_eq!(pick_weighted(&[("ip1", 0)], 5), None);
     assert_eq!(pick_weighted(&[], 5), None);

@@ -35,8 +35,8 @@ struct State {
     messages: Vec<Received>,
     connections: usize,
     seen_once: HashSet<String>,
-    /// Client IP → (code, enhanced status, text) answered to its MAIL FROM.
-    refused: HashMap<IpAddr, (u16, (u8, u16, u16), String)>,
+    /// Client IP → the reply to its MAIL FROM.
+    refused: HashMap<IpAddr, Reply>,
 }
 
 /// A running sink; stops when dropped.
@@ -75,7 +75,7 @@ impl Sink {
             .lock()
             .unwrap()
             .refused
-            .insert(ip, (code, status, text.to_string()));
+            .insert(ip, Reply::with_status(code, status, text));
     }
 
     /// Accepts mail from `ip` again.
@@ -150,9 +150,7 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, state: Arc<Mutex<State>>) {
                 ServerEvent::MailFrom(_) => {
                     let refusal = state.lock().unwrap().refused.get(&peer.ip()).cloned();
                     let _ = match refusal {
-                        Some((code, status, text)) => {
-                            session.reject(Reply::with_status(code, status, text))
-                        }
+                        Some(reply) => session.reject(reply),
                         None => session.accept(),
                     };
                 }
