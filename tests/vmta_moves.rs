@@ -155,6 +155,11 @@ fn accounting(dir: &std::path::Path) -> String {
 
 #[test]
 fn reroute_moves_deferred_mail_to_another_vmta_and_survives_a_restart() {
+    // The two vMTAs live on different shards: moves cross the mesh.
+    assert_ne!(
+        spate::runtime::shard_for_vmta("ip1", 2),
+        spate::runtime::shard_for_vmta("ip2", 2)
+    );
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start();
     // Both source IPs are refused for now: mail waits deferred.
@@ -213,7 +218,6 @@ fn reroute_moves_deferred_mail_to_another_vmta_and_survives_a_restart() {
     // A message being retried at this instant moves once its attempt settles.
     let moved = v["moved_messages"].as_u64().unwrap();
     assert_eq!(moved + v["pending_messages"].as_u64().unwrap(), 5, "{out}");
-    assert!(moved > 0, "{out}");
     wait_until(
         "all 5 recipients on sink.test/ip2",
         Duration::from_secs(10),

@@ -17,9 +17,17 @@ const CONFIG: &str = r#"
 source_ip = "127.0.0.2"
 [vmta.ip2]
 source_ip = "127.0.0.3"
+[vmta.ip3]
+source_ip = "127.0.0.4"
+[pool.pool1]
+vmtas = ["ip1", "ip2", "ip3"]
 "#;
 
 async fn append(spool: &Spool, rcpts: &[&str]) -> MessageRef {
+    append_via(spool, "ip1", rcpts).await
+}
+
+async fn append_via(spool: &Spool, vmta_or_pool: &str, rcpts: &[&str]) -> MessageRef {
     let recipients: Vec<NewRecipient<'_>> = rcpts
         .iter()
         .map(|r| NewRecipient {
@@ -34,7 +42,7 @@ async fn append(spool: &Spool, rcpts: &[&str]) -> MessageRef {
         recipients: &recipients,
         ret: Ret::Unspecified,
         envid: "",
-        vmta_or_pool: "ip1",
+        vmta_or_pool,
         vmta: "ip1",
         job_id: "",
         content: b"Subject: x\r\n\r\nbody\r\n",
@@ -53,10 +61,12 @@ fn ready_ids(engine: &Engine, queue: &str) -> Vec<(MessageId, u32)> {
         })
 }
 
-#[test]
-fn reroute_moves_waiting_mail_now_and_busy_mail_when_it_settles() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut options = SpoolOptions::new(dir.path().join("spool"));
+/// Runs `test` with a one-shard engine on a fresh spool in `dir`.
+fn with_engine<F: std::future::Future<Output = ()>>(
+    dir: &std::path::Path,
+    test: impl FnOnce(Rc<Engine>, Rc<Spool>) -> F,
+) {
+    let mut options = SpoolOptions::new(dir.join("spool"));
     options.segment_bytes = 1 << 20;
     let recovery = crate::spool::recover(&options, 1).expect("recover");
     let config = crate::config::load_str("t.toml", CONFIG, None).expect("config");
@@ -79,6 +89,15 @@ fn reroute_moves_waiting_mail_now_and_busy_mail_when_it_settles() {
             mesh: None,
             source_disables: Arc::default(),
         });
+        test(engine, spool.clone()).await;
+        spool.close().await;
+    });
+}
+
+#[test]
+fn reroute_moves_waiting_mail_now_and_busy_mail_when_it_settles() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    with_engine(dir.path(), |engine, spool| async move {
         let a = append(&spool, &["x@a.test", "y@a.test"]).await;
         let b = append(&spool, &["z@a.test"]).await;
         let c = append(&spool, &["w@other.test"]).await;
@@ -151,7 +170,6 @@ fn reroute_moves_waiting_mail_now_and_busy_mail_when_it_settles() {
         // A second reroute to the same vMTA finds nothing to do.
         let again = reroute(&engine, "*/ip2", "ip2").await;
         assert_eq!(again, MoveReport::default());
-        spool.close().await;
     });
 
     // On disk (read-only inspector): the newest copies say ip2, every
@@ -180,4 +198,49 @@ fn reroute_moves_waiting_mail_now_and_busy_mail_when_it_settles() {
         ]
         .map(|(a, b)| (a.to_string(), b.to_string()))
     );
+}
+
+#[test]
+fn evacuation_moves_pooled_mail_to_a_usable_member_and_leaves_direct_mail() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    with_engine(dir.path(), |engine, spool| async move {
+        let pooled = append_via(&spool, "pool1", &["x@a.test"]).await;
+        let direct = append_via(&spool, "ip1", &["y@a.test"]).await;
+        engine.enqueue(pooled.clone(), None);
+        engine.enqueue(direct.clone(), None);
+        // ip2 is disabled for a.test elsewhere: ip3 is the only choice.
+        let now = now_ms();
+        engine
+            .deps
+            .source_disables
+            .disable("a.test", "ip2", now + 60_000, now);
+        let report = evacuate(&engine, "a.test/ip1").await;
+        assert_eq!(
+            report,
+            MoveReport {
+                moved_messages: 1,
+                moved_recipients: 1,
+                pending_messages: 0,
+                stayed_messages: 0,
+            }
+        );
+        assert_eq!(ready_ids(&engine, "a.test/ip3"), vec![(pooled.id(), 0)]);
+        assert_eq!(ready_ids(&engine, "a.test/ip1"), vec![(direct.id(), 0)]);
+        assert!(ready_ids(&engine, "a.test/ip2").is_empty());
+
+        // With every other member disabled, pooled mail stays and waits.
+        let late = append_via(&spool, "pool1", &["z@a.test"]).await;
+        engine.enqueue(late.clone(), None);
+        engine
+            .deps
+            .source_disables
+            .disable("a.test", "ip3", now + 60_000, now);
+        let report = evacuate(&engine, "a.test/ip1").await;
+        assert_eq!(report.stayed_messages, 1, "{report:?}");
+        assert_eq!(report.moved_messages, 0);
+        assert_eq!(
+            ready_ids(&engine, "a.test/ip1"),
+            vec![(direct.id(), 0), (late.id(), 0)]
+        );
+    });
 }
