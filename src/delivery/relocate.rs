@@ -237,31 +237,40 @@ async fn move_messages(
     pending: &MoveTarget,
 ) -> MoveReport {
     let mut report = MoveReport::default();
-    for chunk in targets.chunks(moves::MOVE_BATCH_MESSAGES) {
-        let to: HashMap<MessageId, &String> = chunk.iter().map(|(id, v)| (*id, v)).collect();
-        let jobs: Vec<(Taken, String)> = {
-            let mut guard = engine.state.borrow_mut();
-            let state = &mut *guard;
-            let ids: Vec<MessageId> = chunk.iter().map(|(id, _)| *id).collect();
-            let (ready, busy) = moves::movable(state, &ids);
-            for id in busy {
-                state.pending_moves.insert(id, pending.clone());
-                report.pending_messages += 1;
-            }
-            let mut jobs = Vec::new();
-            for taken in moves::take_waiting(state, &ready) {
-                match to.get(&taken.id) {
-                    Some(vmta) => {
-                        state.rewriting.insert(taken.id);
-                        jobs.push((taken, (*vmta).clone()));
-                    }
-                    None => moves::put_back(state, taken),
+    // One pass over the queues and the timer takes everything that can
+    // move; the rewrites then go in bounded concurrent batches (each batch
+    // shares the spool's group commits). Taken recipients wait for their
+    // move out of every queue, so nothing starts delivering them meanwhile.
+    let jobs: Vec<(Taken, String)> = {
+        let mut guard = engine.state.borrow_mut();
+        let state = &mut *guard;
+        let mut to: HashMap<MessageId, String> = targets.into_iter().collect();
+        let ids: Vec<MessageId> = to.keys().copied().collect();
+        let (ready, busy) = moves::movable(state, &ids);
+        for id in busy {
+            state.pending_moves.insert(id, pending.clone());
+            report.pending_messages += 1;
+        }
+        let mut jobs = Vec::new();
+        for taken in moves::take_waiting(state, &ready) {
+            match to.remove(&taken.id) {
+                Some(vmta) => {
+                    state.rewriting.insert(taken.id);
+                    jobs.push((taken, vmta));
                 }
+                None => moves::put_back(state, taken),
             }
-            jobs
-        };
+        }
+        jobs
+    };
+    let mut jobs = jobs.into_iter();
+    loop {
+        let batch: Vec<(Taken, String)> = jobs.by_ref().take(moves::MOVE_BATCH_MESSAGES).collect();
+        if batch.is_empty() {
+            break;
+        }
         let results =
-            futures_util::future::join_all(jobs.into_iter().map(|(t, v)| move_one(engine, t, v)))
+            futures_util::future::join_all(batch.into_iter().map(|(t, v)| move_one(engine, t, v)))
                 .await;
         for r in results {
             match r {
