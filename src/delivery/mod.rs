@@ -1,5 +1,6 @@
 //! Outbound delivery: routing, connections from vMTA source IPs, the SMTP
-//! client driver, and the outcome of every recipient.
+//! client driver, the outcome of every recipient, and moving queued
+//! messages to another vMTA (`relocate`).
 
 pub mod bounce;
 pub mod connect;

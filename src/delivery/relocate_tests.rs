@@ -244,3 +244,30 @@ fn evacuation_moves_pooled_mail_to_a_usable_member_and_leaves_direct_mail() {
         );
     });
 }
+
+/// Reroute throughput, by hand (not a timed test: it only prints):
+/// `N=20000 cargo test -p spate --lib measure_reroute -- --ignored --nocapture`.
+#[test]
+#[ignore = "measurement, run by hand"]
+fn measure_reroute() {
+    let n: usize = std::env::var("N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5000);
+    let dir = tempfile::tempdir().expect("tempdir");
+    with_engine(dir.path(), |engine, spool| async move {
+        for i in 0..n {
+            let r = format!("r{i}@a.test");
+            let m = append(&spool, &[r.as_str()]).await;
+            engine.enqueue(m, None);
+        }
+        let t = std::time::Instant::now();
+        let report = reroute(&engine, "a.test/ip1", "ip2").await;
+        let ms = t.elapsed().as_secs_f64() * 1000.0;
+        eprintln!(
+            "reroute of {n} messages: {report:?} in {ms:.1} ms ({:.0} msgs/s)",
+            n as f64 / ms * 1000.0
+        );
+        assert_eq!(report.moved_messages, n as u64);
+    });
+}

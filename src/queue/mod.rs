@@ -10,6 +10,10 @@
 //! a queue with nothing due costs no CPU. Entries are 16 bytes (message id
 //! and recipient index): envelopes and bodies stay in the spool's mapped
 //! segments and are decoded only when a transaction is built.
+//!
+//! [`moves`] decides which messages may move to another vMTA (operator
+//! reroute, pool evacuation after `disable_source_ip`) and takes them out
+//! of the queues; `delivery::relocate` rewrites and hands them over.
 
 pub mod engine;
 pub mod moves;
