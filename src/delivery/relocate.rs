@@ -78,7 +78,20 @@ pub async fn reroute(engine: &Rc<Engine>, selector: &str, vmta: &str) -> MoveRep
             .map(|id| (id, vmta.to_string()))
             .collect()
     };
-    move_messages(engine, targets, &MoveTarget::Vmta(vmta.to_string())).await
+    let report = move_messages(engine, targets, &MoveTarget::Vmta(vmta.to_string())).await;
+    if report != MoveReport::default() {
+        tracing::info!(
+            shard = engine.deps.shard,
+            %selector,
+            %vmta,
+            moved = report.moved_messages,
+            recipients = report.moved_recipients,
+            pending = report.pending_messages,
+            stayed = report.stayed_messages,
+            "operator reroute"
+        );
+    }
+    report
 }
 
 /// Called when `q`'s controller reports its source IP disabled until
