@@ -119,7 +119,8 @@ pub fn source_disabled(engine: &Rc<Engine>, q: &mut Queue, until_ms: u64, now: u
     let queue = q.name.clone();
     compio::runtime::spawn(async move {
         let report = evacuate(&engine, &queue).await;
-        if report != MoveReport::default() {
+        // Only what moved is news; mail that stays is rescanned often.
+        if report.moved_messages + report.pending_messages > 0 {
             tracing::info!(
                 %queue,
                 moved = report.moved_messages,
