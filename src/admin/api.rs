@@ -22,6 +22,8 @@ use crate::runtime::stats::Stats;
 const SHARD_ANSWER_MS: u64 = 5_000;
 /// How long shards have to bounce everything a delete selects.
 const SHARD_DELETE_MS: u64 = 60_000;
+/// How long shards have to rewrite everything a reroute selects.
+const SHARD_REROUTE_MS: u64 = 60_000;
 /// Pause between tries when a shard's inbox is full.
 const SHARD_SEND_RETRY_MS: u64 = 2;
 
@@ -89,6 +91,7 @@ pub fn handle(shared: &Shared, req: &Request, peer: IpAddr) -> Response {
             shared,
             method,
             path.strip_prefix(QUEUES_PREFIX).unwrap_or(""),
+            &req.query,
             &req.body,
         ),
     }
@@ -214,12 +217,12 @@ pub fn gather_queues(shared: &Shared) -> Result<Vec<QueueView>, String> {
     Ok(all)
 }
 
-fn queue_action(shared: &Shared, method: &str, rest: &str, body: &[u8]) -> Response {
+fn queue_action(shared: &Shared, method: &str, rest: &str, query: &str, body: &[u8]) -> Response {
     // `{queue}/{action}`: the queue may hold a literal slash, so split on the last one.
     let Some((raw_queue, action)) = rest.rsplit_once('/') else {
         return Response::error(
             404,
-            "expected /api/v1/queues/{queue}/{pause|resume|mode|messages}",
+            "expected /api/v1/queues/{queue}/{pause|resume|mode|messages|reroute}",
         );
     };
     let Some(selector) = percent_decode(raw_queue) else {
@@ -230,6 +233,12 @@ fn queue_action(shared: &Shared, method: &str, rest: &str, body: &[u8]) -> Respo
             400,
             format!("queue must be domain/vmta, domain/* or */vmta, not {selector:?}"),
         );
+    }
+    if action == "reroute" {
+        return match method {
+            "POST" => reroute(shared, selector, query),
+            _ => not_allowed("POST"),
+        };
     }
     let short = Duration::from_millis(SHARD_ANSWER_MS);
     let (expected, result) = match action {
@@ -296,6 +305,57 @@ fn queue_action(shared: &Shared, method: &str, rest: &str, body: &[u8]) -> Respo
             }
         }
     }
+}
+
+/// `POST /api/v1/queues/{queue}/reroute?vmta=NAME`: moves every message
+/// with a recipient queued in the selected queues to the vMTA `NAME`.
+fn reroute(shared: &Shared, selector: String, query: &str) -> Response {
+    let vmta = match query_param(query, "vmta") {
+        Some(Some(v)) if !v.is_empty() => v,
+        Some(None) => return Response::error(400, "bad percent-encoding in vmta"),
+        _ => return Response::error(400, "missing ?vmta=NAME: the vMTA to move the messages to"),
+    };
+    let config = current_config(shared);
+    if config.vmta(&vmta).is_none() {
+        let what = if config.pool(&vmta).is_some() {
+            "is a pool; name one of its vMTAs"
+        } else {
+            "is not a configured vMTA"
+        };
+        return Response::error(400, format!("{vmta:?} {what}"));
+    }
+    let answers = ask_shards(shared, Duration::from_millis(SHARD_REROUTE_MS), |tx| {
+        AdminRequest::Reroute(selector.clone(), vmta.clone(), tx)
+    });
+    match answers {
+        Err(e) => Response::error(503, e),
+        Ok(reports) => {
+            let mut total = crate::delivery::relocate::MoveReport::default();
+            for r in &reports {
+                total.add(r);
+            }
+            Response::json(
+                200,
+                &json!({
+                    "queue": selector,
+                    "vmta": vmta,
+                    "moved_messages": total.moved_messages,
+                    "moved_recipients": total.moved_recipients,
+                    "pending_messages": total.pending_messages,
+                    "stayed_messages": total.stayed_messages,
+                }),
+            )
+        }
+    }
+}
+
+/// The value of `name` in a query string: `None` when absent,
+/// `Some(None)` when its percent-encoding is bad.
+fn query_param(query: &str, name: &str) -> Option<Option<String>> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| percent_decode(&v.replace('+', " ")))
+    })
 }
 
 fn parse_mode(body: &[u8]) -> Result<crate::shaper::Mode, Response> {
@@ -455,6 +515,7 @@ mod tests {
         Request {
             method: "GET".into(),
             path: "/api/v1/status".into(),
+            query: String::new(),
             headers: auth
                 .map(|a| vec![("Authorization".to_string(), a.to_string())])
                 .unwrap_or_default(),
@@ -497,6 +558,18 @@ mod tests {
         std::fs::write(&token, "\n").unwrap();
         assert!(authorise(&config, &request(Some("Bearer "))).is_err());
         assert!(authorise(&config, &request(Some("Bearer tok-123"))).is_err());
+    }
+
+    #[test]
+    fn query_parameters() {
+        assert_eq!(query_param("vmta=ip2", "vmta"), Some(Some("ip2".into())));
+        assert_eq!(
+            query_param("a=1&vmta=ip%2D2&b", "vmta"),
+            Some(Some("ip-2".into()))
+        );
+        assert_eq!(query_param("vmtax=1", "vmta"), None);
+        assert_eq!(query_param("", "vmta"), None);
+        assert_eq!(query_param("vmta=%G1", "vmta"), Some(None));
     }
 
     #[test]

@@ -69,6 +69,15 @@ pub enum CtlCommand {
         #[arg(long)]
         queue: String,
     },
+    /// Move the messages queued in QUEUE to another vMTA (retries keep it).
+    Reroute {
+        /// domain/vmta, domain/* or */vmta.
+        #[arg(long)]
+        queue: String,
+        /// A configured vMTA (not a pool).
+        #[arg(long)]
+        vmta: String,
+    },
     /// Reload the configuration (as SIGHUP).
     Reload,
 }
@@ -266,6 +275,15 @@ pub fn run(args: CtlArgs) -> i32 {
             format!("/api/v1/queues/{}/messages", encode_segment(queue)),
             None,
         ),
+        CtlCommand::Reroute { queue, vmta } => (
+            "POST",
+            format!(
+                "/api/v1/queues/{}/reroute?vmta={}",
+                encode_segment(queue),
+                encode_segment(vmta)
+            ),
+            None,
+        ),
         CtlCommand::Reload => ("POST", "/api/v1/reload".to_string(), None),
     };
     let answer = match request(&admin, token.as_deref(), method, &path, body.as_deref()) {
@@ -339,9 +357,35 @@ pub fn run(args: CtlArgs) -> i32 {
             s("deleted_recipients"),
             s("queue")
         ),
+        CtlCommand::Reroute { .. } => print!("{}", reroute_text(&value)),
         CtlCommand::Reload => println!("reloaded: {}", s("summary")),
     }
     EXIT_OK
+}
+
+/// The human form of a reroute's answer.
+pub fn reroute_text(v: &Value) -> String {
+    let s = |k: &str| v.get(k).map(short).unwrap_or_default();
+    let mut out = format!(
+        "rerouted {} message(s) ({} recipient(s)) from {} to {}\n",
+        num(v, "moved_messages"),
+        num(v, "moved_recipients"),
+        s("queue"),
+        s("vmta")
+    );
+    if num(v, "pending_messages") > 0 {
+        out += &format!(
+            "{} message(s) with recipients being delivered move when those settle\n",
+            num(v, "pending_messages")
+        );
+    }
+    if num(v, "stayed_messages") > 0 {
+        out += &format!(
+            "{} message(s) could not be moved and stay (see the server log)\n",
+            num(v, "stayed_messages")
+        );
+    }
+    out
 }
 
 fn short(v: &Value) -> String {
@@ -557,6 +601,21 @@ mod tests {
             super::super::http::percent_decode(&encode_segment("a.b/ü*")).unwrap(),
             "a.b/ü*"
         );
+    }
+
+    #[test]
+    fn reroute_answer_text() {
+        let v: Value = serde_json::from_str(
+            r#"{"queue":"a.test/ip1","vmta":"ip2","moved_messages":3,"moved_recipients":4,"pending_messages":1,"stayed_messages":0}"#,
+        )
+        .unwrap();
+        let t = reroute_text(&v);
+        assert!(
+            t.starts_with("rerouted 3 message(s) (4 recipient(s)) from a.test/ip1 to ip2\n"),
+            "{t}"
+        );
+        assert!(t.contains("1 message(s) with recipients being delivered"));
+        assert!(!t.contains("could not be moved"));
     }
 
     #[test]

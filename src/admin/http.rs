@@ -22,6 +22,8 @@ pub struct Request {
     pub method: String,
     /// The request target without the query string, still percent-encoded.
     pub path: String,
+    /// The query string (after `?`), still percent-encoded; "" when none.
+    pub query: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
@@ -60,6 +62,7 @@ pub fn read_request(stream: &mut impl Read) -> Result<Request, ReadError> {
                 let method = req.method.unwrap_or("").to_string();
                 let target = req.path.unwrap_or("");
                 let path = target.split('?').next().unwrap_or("").to_string();
+                let query = target.split_once('?').map_or("", |(_, q)| q).to_string();
                 let headers: Vec<(String, String)> = req
                     .headers
                     .iter()
@@ -73,6 +76,7 @@ pub fn read_request(stream: &mut impl Read) -> Result<Request, ReadError> {
                 let mut request = Request {
                     method,
                     path,
+                    query,
                     headers,
                     body: Vec::new(),
                 };

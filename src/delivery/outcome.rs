@@ -7,6 +7,12 @@
 //! forgets it, is reported to the rate controller, counted, written to
 //! accounting, and, for bounces and expiries, reported to the sender in a
 //! DSN that is itself spooled and queued like any message.
+//!
+//! A reply matching a `disable_source_ip` rule defers the recipient even
+//! when it is a 5xx (it blames our IP, not the mailbox) and starts the
+//! evacuation of the queue's pooled messages ([`super::relocate`]); a move
+//! that waited for a message's in-flight recipients is retried here once
+//! they settle.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -104,6 +110,7 @@ pub async fn settle_transaction(
     let now = now_ms();
     let mut verdicts = Vec::with_capacity(tx.rcpts.len());
     let mut delivered = 0u32;
+    let mut disabled_until: Option<u64> = None;
     {
         let mut state = engine.state.borrow_mut();
         let q = state.queues.get_mut(queue);
@@ -115,7 +122,13 @@ pub async fn settle_transaction(
                     RecipientOutcome::Refused(r) => {
                         let text = r.to_string();
                         let out = q.controller.on_reply(now, &text);
-                        if r.is_permanent() {
+                        if let Some(until) = out.disable_source_ip_until_ms {
+                            // The reply blames our source IP, not the
+                            // recipient: it waits (or moves to another pool
+                            // member) instead of bouncing.
+                            disabled_until = Some(until);
+                            Verdict::Deferred(text)
+                        } else if r.is_permanent() {
                             let cat = out.bounce_category.unwrap_or_else(|| {
                                 bounce::classify(enhanced_of(&text), &text, None)
                             });
@@ -144,6 +157,9 @@ pub async fn settle_transaction(
             q.controller.on_delivered(now, tx.granted_at_ms, delivered);
         }
         q.in_flight = q.in_flight.saturating_sub(tx.rcpts.len() as u32);
+        if let Some(until) = disabled_until {
+            let _ = super::relocate::source_disabled(engine, q, until, now);
+        }
     }
     // The connection goes on with its next transaction while the outcome
     // is made durable: a delivered recipient's state record only prevents a
@@ -175,7 +191,7 @@ pub async fn fail_ready(
     engine: &Rc<Engine>,
     queue: &str,
     reply: &str,
-    temporary: bool,
+    mut temporary: bool,
     remote: Option<String>,
 ) {
     let now = now_ms();
@@ -184,7 +200,12 @@ pub async fn fail_ready(
         let Some(q) = state.queues.get_mut(queue) else {
             return;
         };
-        let _ = q.controller.on_reply(now, reply);
+        let out = q.controller.on_reply(now, reply);
+        if let Some(until) = out.disable_source_ip_until_ms {
+            // Our source IP is refused: nobody bounces for it.
+            temporary = true;
+            let _ = super::relocate::source_disabled(engine, q, until, now);
+        }
         q.last_error = Some(reply.to_string());
         q.ready.drain(..).collect()
     };
@@ -532,6 +553,15 @@ async fn apply(
     }
     if !delay_rcpts.is_empty() {
         send_dsn(engine, message, &delay_rcpts).await;
+    }
+    // A move (reroute, pool evacuation) that waited for these recipients.
+    let pending_move = engine
+        .state
+        .borrow()
+        .pending_moves
+        .contains_key(&message.id());
+    if pending_move {
+        super::relocate::retry_pending(engine, message.id()).await;
     }
 }
 

@@ -44,6 +44,12 @@ pub struct EngineDeps {
     pub accounting: Option<AccountingSink>,
     pub stats: Arc<Stats>,
     pub tls: compio::tls::TlsConnector,
+    /// The mesh to hand moved messages to the shard owning their new vMTA;
+    /// `None` (tests, one shard) keeps them on this shard.
+    pub mesh: Option<crate::runtime::mesh::MeshSender<crate::runtime::server::ShardMsg>>,
+    /// (destination, vMTA) pairs stopped by `disable_source_ip`, shared by
+    /// every shard so a pool evacuation skips members disabled elsewhere.
+    pub source_disables: Arc<super::moves::SourceDisables>,
 }
 
 /// A queue's state for the control plane.
@@ -179,6 +185,8 @@ impl Engine {
                     },
                     last_error: None,
                     next_attempt_ms: None,
+                    evacuating: false,
+                    evacuate_after_ms: 0,
                 },
             );
         }
@@ -308,6 +316,7 @@ impl Engine {
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         if remove {
             state.messages.remove(&rcpt.message);
+            state.pending_moves.remove(&rcpt.message);
             self.deps
                 .stats
                 .queued_messages
@@ -408,6 +417,16 @@ impl Engine {
                             .stats
                             .rate_limit_waits
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    // Pooled mail waiting here (new arrivals, retries come
+                    // due) goes to the pool's other members.
+                    if let crate::shaper::Wait::SourceIpDisabled { until_ms } = wait
+                        && let Some(at) =
+                            crate::delivery::relocate::source_disabled(self, q, until_ms, now)
+                        && q.wake_at_ms.is_none_or(|t| t > at)
+                    {
+                        q.wake_at_ms = Some(at);
+                        state.timer.insert(at, TimerItem::Wake(name.to_string()));
                     }
                     if let Some(until) = wait.until_ms() {
                         q.next_attempt_ms = Some(until);

@@ -10,8 +10,13 @@
 //! a queue with nothing due costs no CPU. Entries are 16 bytes (message id
 //! and recipient index): envelopes and bodies stay in the spool's mapped
 //! segments and are decoded only when a transaction is built.
+//!
+//! [`moves`] decides which messages may move to another vMTA (operator
+//! reroute, pool evacuation after `disable_source_ip`) and takes them out
+//! of the queues; `delivery::relocate` rewrites and hands them over.
 
 pub mod engine;
+pub mod moves;
 pub mod policy;
 pub mod timer;
 
@@ -138,6 +143,11 @@ pub struct Queue {
     pub last_error: Option<String>,
     /// When this queue should next be attempted (retry or rate limit).
     pub next_attempt_ms: Option<u64>,
+    /// A pool evacuation (source IP disabled) is running for this queue.
+    pub evacuating: bool,
+    /// No new evacuation before this time (bounds the rescans, see
+    /// [`moves::EVACUATE_INTERVAL_MS`]).
+    pub evacuate_after_ms: u64,
 }
 
 /// The queue name for a destination and a vMTA.
@@ -170,13 +180,24 @@ pub fn current_queue_name(
 ) -> Option<String> {
     let entry = messages.get(&rcpt.message)?;
     let envelope = entry.message.envelope().ok()?;
-    let domain = recipient_domain(envelope.recipients().nth(rcpt.index as usize)?.forward_path);
+    let forward_path = envelope.recipients().nth(rcpt.index as usize)?.forward_path;
+    serving_queue_name(rollup, queues, envelope.vmta, forward_path)
+}
+
+/// [`current_queue_name`] for a recipient whose envelope is already decoded.
+pub fn serving_queue_name(
+    rollup: &HashMap<String, String>,
+    queues: &HashMap<String, Queue>,
+    vmta: &str,
+    forward_path: &str,
+) -> Option<String> {
+    let domain = recipient_domain(forward_path);
     let destination = rollup.get(&domain).map_or(domain.as_str(), String::as_str);
-    let name = queue_name(destination, envelope.vmta);
+    let name = queue_name(destination, vmta);
     if queues.contains_key(&name) {
         return Some(name);
     }
-    let overflow = queue_name("overflow", envelope.vmta);
+    let overflow = queue_name("overflow", vmta);
     queues.contains_key(&overflow).then_some(overflow)
 }
 
@@ -200,12 +221,14 @@ pub struct ShardQueues {
     pub dirty: VecDeque<String>,
     /// Domain → rollup destination, for `mx_rollup` domains already resolved.
     pub rollup: HashMap<String, String>,
-    /// Messages being rewritten by compaction right now.
+    /// Messages being rewritten by compaction or a move right now.
     pub rewriting: std::collections::HashSet<MessageId>,
     /// Operator pauses by selector (`domain/vmta`, `domain/*`, `*/vmta`):
     /// a queue created later that matches one starts paused, so a pause
     /// holds for mail that has not arrived yet. Kept in memory only.
     pub paused_selectors: Vec<String>,
+    /// Moves waiting for in-flight recipients of a message to settle.
+    pub pending_moves: HashMap<MessageId, moves::MoveTarget>,
 }
 
 /// What the shard's timer holds.

@@ -73,13 +73,22 @@ impl<T> TimerWheel<T> {
 
     /// Removes every entry for which `remove` returns true (e.g. all
     /// recipients of a deleted queue) and returns them.
-    pub fn extract_if(&mut self, mut remove: impl FnMut(&T) -> bool) -> Vec<T> {
+    pub fn extract_if(&mut self, remove: impl FnMut(&T) -> bool) -> Vec<T> {
+        self.extract_due_if(remove)
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect()
+    }
+
+    /// As [`Self::extract_if`], with each entry's due time (ms, rounded up
+    /// to the tick) so it can be put back unchanged.
+    pub fn extract_due_if(&mut self, mut remove: impl FnMut(&T) -> bool) -> Vec<(u64, T)> {
         let mut taken = Vec::new();
-        for values in self.buckets.values_mut() {
+        for (tick, values) in self.buckets.iter_mut() {
             let mut i = 0;
             while i < values.len() {
                 if remove(&values[i]) {
-                    taken.push(values.swap_remove(i));
+                    taken.push((tick * TIMER_TICK_MS, values.swap_remove(i)));
                 } else {
                     i += 1;
                 }
@@ -88,6 +97,14 @@ impl<T> TimerWheel<T> {
         self.buckets.retain(|_, v| !v.is_empty());
         self.len -= taken.len();
         taken
+    }
+
+    /// Every entry with its due time (ms, rounded up to the tick), in no
+    /// particular order within a tick.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &T)> {
+        self.buckets
+            .iter()
+            .flat_map(|(tick, values)| values.iter().map(move |v| (tick * TIMER_TICK_MS, v)))
     }
 
     /// The earliest time (ms) at which an entry is due, for sleeping.

@@ -58,6 +58,12 @@ pub enum AdminRequest {
         crossbeam::channel::Sender<usize>,
     ),
     Delete(String, crossbeam::channel::Sender<usize>),
+    /// Moves the messages of the selected queues to this vMTA.
+    Reroute(
+        String,
+        String,
+        crossbeam::channel::Sender<crate::delivery::relocate::MoveReport>,
+    ),
 }
 
 /// One shard's listening sockets, with the index of their `[[listener]]`.
@@ -79,6 +85,8 @@ pub struct Shared {
     /// The DKIM signing table in force (replaced on reload).
     pub dkim_table: Mutex<Arc<crate::dkim::SigningTable>>,
     pub dkim_pool: Arc<crate::dkim::SigningPool>,
+    /// (destination, vMTA) pairs stopped by `disable_source_ip`.
+    pub source_disables: Arc<crate::queue::moves::SourceDisables>,
 }
 
 fn spool_options(config: &Config) -> SpoolOptions {
@@ -239,6 +247,7 @@ pub fn run(config: Config) -> i32 {
         started: std::time::Instant::now(),
         dkim_table: Mutex::new(dkim_table),
         dkim_pool,
+        source_disables: Arc::default(),
     });
     let receivers: Arc<Mutex<Vec<Option<MeshReceiver<ShardMsg>>>>> =
         Arc::new(Mutex::new(receivers.into_iter().map(Some).collect()));
@@ -388,6 +397,8 @@ async fn shard_main(id: usize, shared: Arc<Shared>, rx: Option<MeshReceiver<Shar
         accounting: shared.accounting.clone(),
         stats: shared.stats.clone(),
         tls: tls_connector,
+        mesh: Some(shared.mesh.clone()),
+        source_disables: shared.source_disables.clone(),
     });
     let scheduler = compio::runtime::spawn(engine.clone().run_scheduler());
 
@@ -600,6 +611,16 @@ async fn handle_admin(engine: &Rc<Engine>, req: AdminRequest) {
         AdminRequest::Delete(sel, tx) => {
             let n = crate::delivery::outcome::delete_queued(engine, &sel).await;
             let _ = tx.send(n);
+        }
+        AdminRequest::Reroute(sel, vmta, tx) => {
+            // In its own task: it hands messages to other shards, whose
+            // inboxes this shard must keep draining meanwhile.
+            let engine = engine.clone();
+            compio::runtime::spawn(async move {
+                let report = crate::delivery::relocate::reroute(&engine, &sel, &vmta).await;
+                let _ = tx.send(report);
+            })
+            .detach();
         }
     }
 }

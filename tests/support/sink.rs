@@ -3,12 +3,13 @@
 //! Records every message with the client's address and EHLO name. Replies
 //! by recipient local part: `permfail+...` gets 550 5.1.1, `tempfail+...`
 //! 451 4.3.0 every time, `tempfail-once+...` 451 4.3.0 on the first attempt
-//! only. It uses spate's own sans-IO server session, so the tests exercise
+//! only. [`Sink::refuse_from`] makes it refuse MAIL FROM with a given reply
+//! for one client IP (a blocked source address). It uses spate's own sans-IO server session, so the tests exercise
 //! real SMTP on real sockets (our client against our server).
 
 #![allow(dead_code)] // reason: each test binary uses a different subset
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,6 +35,8 @@ struct State {
     messages: Vec<Received>,
     connections: usize,
     seen_once: HashSet<String>,
+    /// Client IP → the reply to its MAIL FROM.
+    refused: HashMap<IpAddr, Reply>,
 }
 
 /// A running sink; stops when dropped.
@@ -64,6 +67,20 @@ impl Sink {
             }
         });
         Sink { addr, state, stop }
+    }
+
+    /// Refuses every MAIL FROM from `ip` with this reply until [`Self::accept_from`].
+    pub fn refuse_from(&self, ip: IpAddr, code: u16, status: (u8, u16, u16), text: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .refused
+            .insert(ip, Reply::with_status(code, status, text));
+    }
+
+    /// Accepts mail from `ip` again.
+    pub fn accept_from(&self, ip: IpAddr) {
+        self.state.lock().unwrap().refused.remove(&ip);
     }
 
     pub fn messages(&self) -> Vec<Received> {
@@ -130,7 +147,14 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, state: Arc<Mutex<State>>) {
                         None => session.accept(),
                     };
                 }
-                ServerEvent::Helo { .. } | ServerEvent::MailFrom(_) | ServerEvent::Auth(_) => {
+                ServerEvent::MailFrom(_) => {
+                    let refusal = state.lock().unwrap().refused.get(&peer.ip()).cloned();
+                    let _ = match refusal {
+                        Some(reply) => session.reject(reply),
+                        None => session.accept(),
+                    };
+                }
+                ServerEvent::Helo { .. } | ServerEvent::Auth(_) => {
                     let _ = session.accept();
                 }
                 ServerEvent::DataStart => data.clear(),
