@@ -258,7 +258,10 @@ fn pause_resume_mode_and_delete() {
     assert_eq!(a.json()["queues"], 0);
     send(smtp, 1, "first");
     std::thread::sleep(Duration::from_secs(2));
-    assert!(sink.messages().is_empty(), "a queue paused in advance delivered");
+    assert!(
+        sink.messages().is_empty(),
+        "a queue paused in advance delivered"
+    );
     assert_eq!(queue(admin, "sink.test/ip1").unwrap()["paused"], true);
     let a = post(admin, "/api/v1/queues/sink.test%2F%2A/resume", "");
     assert_eq!(a.json()["queues"], 1, "{}", a.body);

@@ -54,7 +54,28 @@ pub enum Driver {
 /// Builds a compio runtime for the current thread, pinned to `core` when
 /// given, and says which driver it got.
 pub fn build_runtime(core: Option<usize>) -> io::Result<(compio::runtime::Runtime, Driver)> {
+    // One thread submits to each ring, so the kernel may skip the
+    // cross-thread signalling (IPIs) it needs for general rings: completions
+    // run as cooperative task work the next time the shard enters the kernel.
+    // Kernels before 6.0 refuse these flags; they get a plain ring instead.
+    let tuned = build_with(core, true)?;
+    if tuned.1 == Driver::IoUring {
+        return Ok(tuned);
+    }
+    drop(tuned);
+    build_with(core, false)
+}
+
+fn build_with(core: Option<usize>, tuned: bool) -> io::Result<(compio::runtime::Runtime, Driver)> {
     let mut builder = compio::runtime::RuntimeBuilder::new();
+    if tuned {
+        let mut proactor = compio::driver::ProactorBuilder::new();
+        proactor
+            .single_issuer(true)
+            .coop_taskrun(true)
+            .taskrun_flag(true);
+        builder.with_proactor(proactor);
+    }
     if let Some(core) = core {
         builder.thread_affinity(HashSet::from([core]));
     }

@@ -556,7 +556,10 @@ pub fn run(args: RelayArgs) -> anyhow::Result<()> {
     };
     for leg in &args.compare {
         anyhow::ensure!(
-            matches!(leg.as_str(), "raw" | "postfix" | "smtp-source" | "smtp-sink"),
+            matches!(
+                leg.as_str(),
+                "raw" | "postfix" | "smtp-source" | "smtp-sink"
+            ),
             "unknown --compare leg {leg:?} (raw, postfix, smtp-source, smtp-sink)"
         );
     }
@@ -577,7 +580,7 @@ pub fn run(args: RelayArgs) -> anyhow::Result<()> {
                 args.config.as_deref(),
                 args.pause_delivery,
             )
-                .unwrap_or_else(|e| failed("spate", e)),
+            .unwrap_or_else(|e| failed("spate", e)),
         );
     }
     if args.compare.iter().any(|l| l == "postfix") {

@@ -11,8 +11,7 @@ use anyhow::Context;
 
 use super::{
     ChildGuard, LegResult, Load, MTA_START_TIMEOUT_MS, free_port, inject_and_drain, inject_only,
-    start_sink,
-    tail, wait_listening,
+    start_sink, tail, wait_listening,
 };
 
 /// A private Postfix instance under a temp dir.
