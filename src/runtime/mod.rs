@@ -58,12 +58,10 @@ pub fn build_runtime(core: Option<usize>) -> io::Result<(compio::runtime::Runtim
     // cross-thread signalling (IPIs) it needs for general rings: completions
     // run as cooperative task work the next time the shard enters the kernel.
     // Kernels before 6.0 refuse these flags; they get a plain ring instead.
-    let tuned = build_with(core, true)?;
-    if tuned.1 == Driver::IoUring {
-        return Ok(tuned);
+    match build_with(core, true) {
+        Ok(tuned) if tuned.1 == Driver::IoUring => Ok(tuned),
+        _ => build_with(core, false),
     }
-    drop(tuned);
-    build_with(core, false)
 }
 
 fn build_with(core: Option<usize>, tuned: bool) -> io::Result<(compio::runtime::Runtime, Driver)> {
