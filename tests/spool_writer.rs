@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 
 use spate::spool::record::RECORD_HEADER_BYTES;
 use spate::spool::{
@@ -19,6 +20,8 @@ fn rt() -> compio::runtime::Runtime {
 fn options(dir: &Path, segment_bytes: u64) -> SpoolOptions {
     let mut o = SpoolOptions::new(dir);
     o.segment_bytes = segment_bytes;
+    // These tests count segments; `prepared_segments_*` covers preparation.
+    o.prepare_segments = false;
     o
 }
 
@@ -606,4 +609,47 @@ fn finished_segments_that_refer_to_each_other_are_both_reclaimed() {
         "{} segments left",
         rec.report.segments
     );
+}
+
+#[test]
+fn prepared_segments_take_over_and_everything_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(dir.path(), 256 * 1024);
+    opts.prepare_segments = true;
+    let (ids, prepared) = {
+        let rec = recover(&opts, 1).unwrap();
+        rt().block_on(async {
+            let spool = Spool::open(rec.shared.clone(), 0).unwrap();
+            let mut ids = Vec::new();
+            for i in 0..300 {
+                let m = append(&spool, i, 2000, 1).await;
+                ids.push((m.id(), i));
+                if i % 50 == 0 {
+                    // Give the helper thread time to zero the next segment.
+                    compio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+            spool.close().await;
+            (ids, rec.shared.segments_prepared.load(Ordering::Relaxed))
+        })
+    };
+    assert!(prepared >= 2, "only {prepared} prepared segments used");
+    // A preparation cut short by the end of the run is deleted by recovery.
+    std::fs::write(dir.path().join("prep-shard-0.tmp"), b"partial").unwrap();
+    let rec = recover(&opts, 1).unwrap();
+    assert!(!dir.path().join("prep-shard-0.tmp").exists());
+    assert!(
+        rec.report.corrupt.is_empty() && rec.report.torn_tails.is_empty(),
+        "{:?}",
+        rec.report
+    );
+    let by_id: HashMap<MessageId, &spate::spool::RecoveredMessage> =
+        rec.messages.iter().map(|m| (m.message.id(), m)).collect();
+    assert_eq!(by_id.len(), 300);
+    for (id, i) in ids {
+        assert_eq!(
+            by_id[&id].message.content(),
+            content_for(i, 2000).as_slice()
+        );
+    }
 }

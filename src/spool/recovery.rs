@@ -270,6 +270,9 @@ pub fn recover(options: &SpoolOptions, shards: u16) -> Result<Recovery, SpoolErr
         let Some(name) = name.to_str() else { continue };
         if let Some(id) = segment::parse_file_name(name) {
             files.push((id, entry.path()));
+        } else if segment::is_prepared_file_name(name) {
+            // A segment being prepared when the last run stopped: never used.
+            let _ = std::fs::remove_file(entry.path());
         }
     }
     files.sort();
@@ -373,6 +376,7 @@ pub fn recover(options: &SpoolOptions, shards: u16) -> Result<Recovery, SpoolErr
         next_number: next_number.into_iter().map(AtomicU32::new).collect(),
         _lock: Some(lock),
         sync_latency: Default::default(),
+        segments_prepared: Default::default(),
     });
     report.elapsed = started.elapsed();
     Ok(Recovery {

@@ -3,7 +3,9 @@
 //! shared sequence counter, and [`MessageRef`], a handle to one spooled message.
 //!
 //! Creating a segment (open, `fallocate`, header, fsync, directory fsync) is
-//! here; appending is `writer.rs`'s job, deleting is `reclaim.rs`'s.
+//! here, and so is preparing one ahead of need (a zero-filled
+//! `prep-shard-N.tmp` renamed into place when the shard rotates); appending is
+//! `writer.rs`'s job, deleting is `reclaim.rs`'s.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -247,6 +249,8 @@ pub struct SpoolShared {
     pub(crate) _lock: Option<File>,
     /// Latency of every group-commit fdatasync (for metrics).
     pub sync_latency: crate::util::histogram::LatencyHistogram,
+    /// Segments made from a prepared (zero-filled) file since start.
+    pub segments_prepared: AtomicU64,
 }
 
 impl SpoolShared {
@@ -317,6 +321,107 @@ pub(crate) fn create_segment(
                 &std::io::Error::last_os_error(),
             ));
         }
+        file.write_all_at(&SegmentHeader { id }.encode(), 0)
+            .map_err(|e| SpoolError::io("write segment header", &e))?;
+        file.sync_all()
+            .map_err(|e| SpoolError::io("fsync new segment", &e))?;
+        sync_dir(dir)
+    })();
+    match result {
+        Ok(()) => Ok((file, path)),
+        Err(e) => {
+            drop(file);
+            let _ = std::fs::remove_file(&path);
+            Err(e)
+        }
+    }
+}
+
+/// Zeros written per call while preparing a segment.
+const PREPARE_CHUNK_BYTES: usize = 1 << 20;
+
+/// Name of shard `shard`'s segment being prepared; recovery deletes leftovers.
+pub(crate) fn prepared_file_name(shard: u16) -> String {
+    format!("prep-shard-{shard}.tmp")
+}
+
+/// Whether `name` is a leftover of [`prepare_segment`].
+pub(crate) fn is_prepared_file_name(name: &str) -> bool {
+    name.starts_with("prep-shard-") && name.ends_with(".tmp")
+}
+
+/// A segment file written full of zeros and synced, not yet a segment.
+#[derive(Debug)]
+pub(crate) struct PreparedSegment {
+    file: File,
+    path: PathBuf,
+}
+
+/// Makes the next segment file of `shard` ahead of need: reserve the space,
+/// write it full of zeros (so later overwrites change no extent metadata and
+/// their fdatasyncs are cheap), sync. Blocking; runs on a helper thread.
+/// Zeros read as the end of the records, so the file is valid as it stands.
+pub(crate) fn prepare_segment(
+    dir: &Path,
+    shard: u16,
+    segment_bytes: u64,
+) -> Result<PreparedSegment, SpoolError> {
+    let path = dir.join(prepared_file_name(shard));
+    let _ = std::fs::remove_file(&path);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| SpoolError::io("create prepared segment", &e))?;
+    let result = (|| {
+        let len = libc::off_t::try_from(segment_bytes).map_err(|_| SpoolError::TooLarge)?;
+        // SAFETY: fallocate on a file descriptor we own, with no pointers passed.
+        let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
+        if rc != 0 {
+            return Err(SpoolError::io(
+                "fallocate",
+                &std::io::Error::last_os_error(),
+            ));
+        }
+        let zeros = vec![0u8; PREPARE_CHUNK_BYTES];
+        let mut at = 0u64;
+        while at < segment_bytes {
+            let n = usize::try_from(segment_bytes - at)
+                .unwrap_or(usize::MAX)
+                .min(PREPARE_CHUNK_BYTES);
+            file.write_all_at(zeros.get(..n).unwrap_or(&zeros), at)
+                .map_err(|e| SpoolError::io("zero prepared segment", &e))?;
+            at += n as u64;
+        }
+        file.sync_data()
+            .map_err(|e| SpoolError::io("fsync prepared segment", &e))
+    })();
+    match result {
+        Ok(()) => Ok(PreparedSegment { file, path }),
+        Err(e) => {
+            drop(file);
+            let _ = std::fs::remove_file(&path);
+            Err(e)
+        }
+    }
+}
+
+/// Turns a prepared file into segment `id`: rename, header, fsync, directory
+/// fsync. On failure the file is removed.
+pub(crate) fn install_prepared(
+    dir: &Path,
+    id: SegmentId,
+    prepared: PreparedSegment,
+) -> Result<(File, PathBuf), SpoolError> {
+    let PreparedSegment { file, path: tmp } = prepared;
+    let path = dir.join(file_name(id));
+    if let Err(e) = std::fs::rename(&tmp, &path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(SpoolError::io("rename prepared segment", &e));
+    }
+    let result = (|| {
         file.write_all_at(&SegmentHeader { id }.encode(), 0)
             .map_err(|e| SpoolError::io("write segment header", &e))?;
         file.sync_all()

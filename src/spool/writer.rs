@@ -73,6 +73,10 @@ pub(crate) struct State {
     /// This shard's sealed segments that still exist (reclamation candidates).
     pub(crate) own_sealed: Vec<Arc<SegmentShared>>,
     disk_full_until: Option<Instant>,
+    /// The next segment being prepared on a helper thread, if any.
+    preparing: Option<std::sync::mpsc::Receiver<Result<segment::PreparedSegment, SpoolError>>>,
+    /// A prepared segment ready for the next rotation.
+    prepared: Option<segment::PreparedSegment>,
     closing: bool,
     flusher_done: bool,
 }
@@ -82,6 +86,8 @@ struct Current {
     file: compio::fs::File,
     write_pos: u64,
     capacity: u64,
+    /// Made from a prepared (zero-filled) file rather than `fallocate`.
+    zeroed: bool,
 }
 
 struct Entry {
@@ -151,6 +157,8 @@ impl Spool {
                 current: None,
                 own_sealed,
                 disk_full_until: None,
+                preparing: None,
+                prepared: None,
                 closing: false,
                 flusher_done: false,
             }),
@@ -159,6 +167,7 @@ impl Spool {
             closed: RefCell::new(Vec::new()),
             inject_sync_failures: Cell::new(0),
         });
+        inner.start_preparing(&mut inner.st.borrow_mut());
         compio::runtime::spawn(flush_loop(inner.clone())).detach();
         Ok(Spool { inner })
     }
@@ -490,11 +499,23 @@ impl Inner {
             shard: self.shard,
             number,
         };
-        let created =
-            segment::create_segment(&opts.path, id, opts.segment_bytes).and_then(|(file, path)| {
-                let seg = SegmentShared::map(id, path, &file, SEGMENT_HEADER_BYTES as u64, false)?;
-                Ok((file, seg))
-            });
+        // A prepared (zero-filled) file if one is ready; otherwise create one
+        // here, and the helper's file serves a later rotation.
+        poll_prepared(st);
+        let prepared = st.prepared.take();
+        let zeroed = prepared.is_some();
+        let created = match prepared {
+            Some(p) => segment::install_prepared(&opts.path, id, p).inspect(|_| {
+                self.shared
+                    .segments_prepared
+                    .fetch_add(1, Ordering::Relaxed);
+            }),
+            None => segment::create_segment(&opts.path, id, opts.segment_bytes),
+        }
+        .and_then(|(file, path)| {
+            let seg = SegmentShared::map(id, path, &file, SEGMENT_HEADER_BYTES as u64, false)?;
+            Ok((file, seg))
+        });
         match created {
             Ok((file, seg)) => {
                 let seg = Arc::new(seg);
@@ -508,8 +529,10 @@ impl Inner {
                     file,
                     write_pos: SEGMENT_HEADER_BYTES as u64,
                     capacity: opts.segment_bytes,
+                    zeroed,
                 });
                 st.disk_full_until = None;
+                self.start_preparing(st);
                 Ok(())
             }
             Err(e) => {
@@ -517,6 +540,26 @@ impl Inner {
                     Some(Instant::now() + Duration::from_millis(opts.disk_full_retry_ms));
                 Err(e)
             }
+        }
+    }
+
+    /// Starts preparing this shard's next segment on a helper thread, unless
+    /// one is already being prepared or ready, or the option is off.
+    fn start_preparing(&self, st: &mut State) {
+        let opts = &self.shared.options;
+        if !opts.prepare_segments || st.preparing.is_some() || st.prepared.is_some() || st.closing {
+            return;
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let (dir, shard, bytes) = (opts.path.clone(), self.shard, opts.segment_bytes);
+        let spawned = std::thread::Builder::new()
+            .name(format!("spate-spool-prep-{shard}"))
+            .spawn(move || {
+                let _ = tx.send(segment::prepare_segment(&dir, shard, bytes));
+            });
+        match spawned {
+            Ok(_) => st.preparing = Some(rx),
+            Err(e) => tracing::warn!(error = %e, "cannot start the segment preparer"),
         }
     }
 
@@ -547,6 +590,16 @@ impl Inner {
                 .current
                 .as_ref()
                 .is_some_and(|c| c.write_pos + first <= c.capacity);
+            // A shard starts on a fallocated segment (the first prepared one
+            // is not ready yet); it moves to the prepared one as soon as it is.
+            let early = fits && st.current.as_ref().is_some_and(|c| !c.zeroed) && {
+                poll_prepared(&mut st);
+                st.prepared.is_some()
+            };
+            if early && self.rotate(&mut st).is_err() {
+                // Not a full disk: the current segment still has room.
+                st.disk_full_until = None;
+            }
             if !fits && let Err(e) = self.rotate(&mut st) {
                 let room = st.current.as_ref().map_or(0, |c| c.capacity - c.write_pos);
                 self.fail_oversized(&mut st, room, &e);
@@ -657,6 +710,25 @@ impl Inner {
             off += entry.len as u64;
             entry.slot.resolve(Ok(result));
         }
+    }
+}
+
+/// Moves a finished preparation into `st.prepared` (a failed one is logged
+/// and dropped: rotation then falls back to `fallocate`).
+fn poll_prepared(st: &mut State) {
+    let Some(rx) = st.preparing.as_ref() else {
+        return;
+    };
+    match rx.try_recv() {
+        Ok(result) => {
+            st.preparing = None;
+            match result {
+                Ok(p) => st.prepared = Some(p),
+                Err(e) => tracing::warn!(error = %e, "preparing a spool segment failed"),
+            }
+        }
+        Err(std::sync::mpsc::TryRecvError::Disconnected) => st.preparing = None,
+        Err(std::sync::mpsc::TryRecvError::Empty) => {}
     }
 }
 
