@@ -287,6 +287,8 @@ timeout = "2s"
 
 [[listener]]
 address = "{listen}"
+# The injector is one client address with up to a few hundred connections.
+max_connections_per_ip = 2000
 
 [[source]]
 networks = ["127.0.0.0/8"]
