@@ -12,6 +12,7 @@ fn small_load() -> Load {
         per_connection: 20,
         size: 2048,
         inject_threads: 1,
+        rate: None,
     }
 }
 

@@ -61,6 +61,9 @@ pub struct Load {
     pub size: usize,
     /// Injector worker threads (each its own runtime).
     pub inject_threads: usize,
+    /// Messages per second over all connections; None = as fast as possible
+    /// (latency at a given load, e.g. half the peak rate).
+    pub rate: Option<f64>,
 }
 
 /// A child process killed (SIGTERM, then SIGKILL) when dropped.
@@ -197,6 +200,7 @@ fn inject_config(to: SocketAddr, load: &Load) -> InjectConfig {
     cfg.per_connection = load.per_connection;
     cfg.sizes = vec![load.size];
     cfg.threads = load.inject_threads;
+    cfg.rate = load.rate;
     cfg
 }
 
@@ -447,6 +451,9 @@ pub struct RelayArgs {
     /// Injector threads (same for every leg).
     #[arg(long, default_value_t = 1)]
     pub inject_threads: usize,
+    /// Cap the injection at this many messages per second (all connections).
+    #[arg(long)]
+    pub rate: Option<f64>,
     /// A spate configuration template instead of the generated one; the
     /// placeholders {listen}, {admin}, {dns}, {sink} and {dir} (temp dir for
     /// the spool and admin.token) are filled in. It must route example.test
@@ -548,6 +555,7 @@ pub fn run(args: RelayArgs) -> anyhow::Result<()> {
         per_connection: args.per_connection,
         size: args.size,
         inject_threads: args.inject_threads,
+        rate: args.rate,
     };
     let mut rows = Vec::new();
     let failed = |name: &str, e: anyhow::Error| LegResult {
