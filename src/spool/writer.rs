@@ -1,13 +1,16 @@
 //! [`Spool`]: one shard's appender. Records are encoded into a pending
-//! buffer by the calling task; a single flusher task on the shard's compio
-//! runtime writes everything pending with one `write_at` at the end of the
-//! current segment, then one `fdatasync`, then resolves every waiter in that
-//! batch. While a write+sync is in flight new records accumulate for the next
-//! one (group commit); only one sync is ever in flight.
+//! buffer by the calling task; a flusher task on the shard's compio runtime
+//! takes everything pending as one batch, writes it with one `write_at` at the
+//! end of the current segment, then one `fdatasync`, then resolves every
+//! waiter in that batch (group commit). Two batches may be in flight: the next
+//! one is written as soon as the previous write finished, and its fdatasync
+//! runs while the previous one completes, so a record waits about one sync.
 //!
-//! Because batches are written in order and each waiter is resolved only after
-//! the sync covering its whole batch, the acknowledged records of a segment
-//! are always a contiguous prefix: a crash leaves at most a torn tail.
+//! Batches are written in order, each fdatasync starts after every earlier
+//! write finished, and batches resolve strictly in order, a batch failing when
+//! the one before it in the same segment failed. So the acknowledged records
+//! of a segment are always a contiguous prefix: a crash leaves at most a torn
+//! tail.
 //!
 //! Failure rules: a failed write or fsync fails every record of that batch
 //! (the caller answers 451 4.3.0) and seals the segment; nothing is retried
@@ -62,6 +65,67 @@ pub(crate) struct Inner {
     closed: RefCell<Vec<Waker>>,
     /// Test hook: the next N syncs report EIO (see [`Spool::inject_sync_failures`]).
     inject_sync_failures: Cell<u32>,
+    /// Flushes started and not yet resolved (at most [`FLUSHES_IN_FLIGHT_MAX`]).
+    in_flight: Cell<u32>,
+    /// A flush's write is not finished yet: the next flush waits for it, so
+    /// each fdatasync starts after every earlier write is in the page cache.
+    writing: Cell<bool>,
+    /// The outcome of the newest flush; the next one resolves after it.
+    last_outcome: RefCell<Option<Rc<Outcome>>>,
+}
+
+/// Two flushes overlap: the next batch is written and its fdatasync issued
+/// while the previous fdatasync is still running, so a record waits about
+/// one sync instead of the rest of the running one plus its own.
+const FLUSHES_IN_FLIGHT_MAX: u32 = 2;
+
+/// Whether a flush made its batch durable; its successor waits for it.
+/// Batches resolve strictly in order, and a batch succeeds only if the one
+/// before it in the same segment did: its records lie after those, and
+/// recovery stops at the first torn record, so an acknowledged record is never
+/// behind a bad one. (A failure seals the segment; later batches go to a new
+/// one and do not inherit it.)
+struct Outcome {
+    segment: SegmentId,
+    ok: Cell<Option<bool>>,
+    waiter: Cell<Option<Waker>>,
+}
+
+impl Outcome {
+    fn new(segment: SegmentId) -> Outcome {
+        Outcome {
+            segment,
+            ok: Cell::new(None),
+            waiter: Cell::new(None),
+        }
+    }
+
+    fn set(&self, ok: bool) {
+        self.ok.set(Some(ok));
+        if let Some(w) = self.waiter.take() {
+            w.wake();
+        }
+    }
+
+    async fn wait(&self) -> bool {
+        poll_fn(|cx| match self.ok.get() {
+            Some(ok) => Poll::Ready(ok),
+            None => {
+                self.waiter.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// One batch taken from the pending buffer, ready to write.
+struct Batch {
+    file: compio::fs::File,
+    seg: Arc<SegmentShared>,
+    pos: u64,
+    bytes: Vec<u8>,
+    entries: Vec<Entry>,
 }
 
 pub(crate) struct State {
@@ -166,6 +230,9 @@ impl Spool {
             room: RefCell::new(Vec::new()),
             closed: RefCell::new(Vec::new()),
             inject_sync_failures: Cell::new(0),
+            in_flight: Cell::new(0),
+            writing: Cell::new(false),
+            last_outcome: RefCell::new(None),
         });
         inner.start_preparing(&mut inner.st.borrow_mut());
         compio::runtime::spawn(flush_loop(inner.clone())).detach();
@@ -580,57 +647,78 @@ impl Inner {
         }
     }
 
-    async fn flush_once(&self) {
-        let (file, seg, pos, bytes, batch) = {
-            let mut st = self.st.borrow_mut();
-            let Some(first) = st.entries.front().map(|e| e.len as u64) else {
-                return;
-            };
-            let fits = st
-                .current
-                .as_ref()
-                .is_some_and(|c| c.write_pos + first <= c.capacity);
-            // A shard starts on a fallocated segment (the first prepared one
-            // is not ready yet); it moves to the prepared one as soon as it is.
-            let early = fits && st.current.as_ref().is_some_and(|c| !c.zeroed) && {
-                poll_prepared(&mut st);
-                st.prepared.is_some()
-            };
-            if early && self.rotate(&mut st).is_err() {
-                // Not a full disk: the current segment still has room.
-                st.disk_full_until = None;
-            }
-            if !fits && let Err(e) = self.rotate(&mut st) {
-                let room = st.current.as_ref().map_or(0, |c| c.capacity - c.write_pos);
-                self.fail_oversized(&mut st, room, &e);
-                return;
-            }
-            let st = &mut *st;
-            let Some(cur) = st.current.as_mut() else {
-                return;
-            };
-            let room = cur.capacity - cur.write_pos;
-            let one = self.shared.options.sync == SyncMode::EachRecord;
-            let mut n = 0;
-            let mut bytes = 0usize;
-            for e in &st.entries {
-                if (bytes + e.len) as u64 > room || (one && n == 1) {
-                    break;
-                }
-                bytes += e.len;
-                n += 1;
-            }
-            let batch: Vec<Entry> = st.entries.drain(..n).collect();
-            let mut buf = std::mem::replace(&mut st.pending, std::mem::take(&mut st.spare));
-            st.pending
-                .extend_from_slice(buf.get(bytes..).unwrap_or(&[]));
-            buf.truncate(bytes);
-            let pos = cur.write_pos;
-            cur.write_pos += bytes as u64;
-            (cur.file.clone(), cur.seg.clone(), pos, buf, batch)
+    /// Takes the next batch from the pending buffer (rotating first if it
+    /// does not fit). `None`: nothing to write now (empty, or failed for lack
+    /// of space); `Some(None)`: a rotation waits until no flush is in flight.
+    fn take_batch(&self) -> Option<Option<Batch>> {
+        let mut st = self.st.borrow_mut();
+        let first = st.entries.front().map(|e| e.len as u64)?;
+        let fits = st
+            .current
+            .as_ref()
+            .is_some_and(|c| c.write_pos + first <= c.capacity);
+        // A shard starts on a fallocated segment (the first prepared one
+        // is not ready yet); it moves to the prepared one as soon as it is.
+        let early = fits && st.current.as_ref().is_some_and(|c| !c.zeroed) && {
+            poll_prepared(&mut st);
+            st.prepared.is_some()
         };
+        if (!fits || early) && self.in_flight.get() > 0 {
+            // Never rotate under a flush still writing to the old segment.
+            return Some(None);
+        }
+        if early && self.rotate(&mut st).is_err() {
+            // Not a full disk: the current segment still has room.
+            st.disk_full_until = None;
+        }
+        if !fits && let Err(e) = self.rotate(&mut st) {
+            let room = st.current.as_ref().map_or(0, |c| c.capacity - c.write_pos);
+            self.fail_oversized(&mut st, room, &e);
+            return None;
+        }
+        let st = &mut *st;
+        let cur = st.current.as_mut()?;
+        let room = cur.capacity - cur.write_pos;
+        let one = self.shared.options.sync == SyncMode::EachRecord;
+        let mut n = 0;
+        let mut bytes = 0usize;
+        for e in &st.entries {
+            if (bytes + e.len) as u64 > room || (one && n == 1) {
+                break;
+            }
+            bytes += e.len;
+            n += 1;
+        }
+        let entries: Vec<Entry> = st.entries.drain(..n).collect();
+        let mut buf = std::mem::replace(&mut st.pending, std::mem::take(&mut st.spare));
+        st.pending
+            .extend_from_slice(buf.get(bytes..).unwrap_or(&[]));
+        buf.truncate(bytes);
+        let pos = cur.write_pos;
+        cur.write_pos += bytes as u64;
+        Some(Some(Batch {
+            file: cur.file.clone(),
+            seg: cur.seg.clone(),
+            pos,
+            bytes: buf,
+            entries,
+        }))
+    }
+
+    /// Writes and syncs one batch, then (after `prev` resolved) resolves its
+    /// waiters. See [`Outcome`] for the ordering rule.
+    async fn run_flush(self: Rc<Self>, batch: Batch, prev: Option<Rc<Outcome>>, mine: Rc<Outcome>) {
+        let Batch {
+            file,
+            seg,
+            pos,
+            bytes,
+            entries,
+        } = batch;
         let mut writer = &file;
         let BufResult(res, mut buf) = writer.write_all_at(bytes, pos).await;
+        self.writing.set(false);
+        self.wake_flusher();
         let written = buf.len() as u64;
         buf.clear();
         let res = match res {
@@ -652,8 +740,37 @@ impl Inner {
                 SyncMode::None => Ok(()),
             },
         };
+        let prev_ok = match &prev {
+            Some(p) => p.wait().await || p.segment != seg.id,
+            None => true,
+        };
+        let res = match res {
+            Ok(()) if !prev_ok => Err(SpoolError::io(
+                "fdatasync",
+                &std::io::Error::other("an earlier batch of this segment failed"),
+            )),
+            other => other,
+        };
+        let ok = res.is_ok();
+        self.finish_flush(&seg, pos, written, buf, entries, res);
+        self.in_flight.set(self.in_flight.get().saturating_sub(1));
+        mine.set(ok);
+        self.wake_flusher();
+        self.wake_room();
+    }
+
+    /// Resolves a batch's waiters with the flush's result.
+    fn finish_flush(
+        &self,
+        seg: &Arc<SegmentShared>,
+        pos: u64,
+        written: u64,
+        buf: Vec<u8>,
+        batch: Vec<Entry>,
+        res: Result<(), SpoolError>,
+    ) {
         let mut st = self.st.borrow_mut();
-        if buf.capacity() <= PENDING_BYTES_MAX {
+        if buf.capacity() <= PENDING_BYTES_MAX && st.spare.capacity() < buf.capacity() {
             st.spare = buf;
         }
         if let Err(e) = res {
@@ -661,7 +778,7 @@ impl Inner {
             if st
                 .current
                 .as_ref()
-                .is_some_and(|c| Arc::ptr_eq(&c.seg, &seg))
+                .is_some_and(|c| Arc::ptr_eq(&c.seg, seg))
             {
                 self.seal_current(&mut st);
             }
@@ -736,10 +853,14 @@ async fn flush_loop(inner: Rc<Inner>) {
     loop {
         let work = poll_fn(|cx| {
             let st = inner.st.borrow();
-            if !st.entries.is_empty() {
+            let idle = inner.in_flight.get() == 0;
+            if !st.entries.is_empty()
+                && !inner.writing.get()
+                && inner.in_flight.get() < FLUSHES_IN_FLIGHT_MAX
+            {
                 return Poll::Ready(true);
             }
-            if st.closing {
+            if st.closing && st.entries.is_empty() && idle {
                 return Poll::Ready(false);
             }
             inner.flusher.set(Some(cx.waker().clone()));
@@ -749,8 +870,31 @@ async fn flush_loop(inner: Rc<Inner>) {
         if !work {
             break;
         }
-        inner.flush_once().await;
-        inner.wake_room();
+        let batch = match inner.take_batch() {
+            Some(Some(batch)) => batch,
+            Some(None) => {
+                // A rotation: let the flushes in flight finish first.
+                poll_fn(|cx| {
+                    if inner.in_flight.get() == 0 {
+                        return Poll::Ready(());
+                    }
+                    inner.flusher.set(Some(cx.waker().clone()));
+                    Poll::Pending
+                })
+                .await;
+                continue;
+            }
+            None => {
+                // Failed for lack of space: those waiters have their answer.
+                inner.wake_room();
+                continue;
+            }
+        };
+        let mine = Rc::new(Outcome::new(batch.seg.id));
+        let prev = inner.last_outcome.replace(Some(mine.clone()));
+        inner.in_flight.set(inner.in_flight.get() + 1);
+        inner.writing.set(true);
+        compio::runtime::spawn(inner.clone().run_flush(batch, prev, mine)).detach();
     }
     {
         let mut st = inner.st.borrow_mut();
