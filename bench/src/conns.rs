@@ -4,12 +4,13 @@
 //! Owns the scenario: sink processes (each with its own descriptor limit)
 //! listening on several 127.0.0.x addresses and holding every end-of-DATA
 //! reply for `--hold`; spate (release) with a generated configuration (a
-//! pool of vMTAs on distinct 127.0.1.x source IPs, one destination domain
+//! pool of vMTAs on distinct 127.0.213.x source IPs, one destination domain
 //! per sink address, `max_smtp_out` = target / queues, spate's soft
 //! descriptor limit lowered first so that raising it is part of the test);
-//! 2 × N one-recipient messages (a queue opens a connection only while it
+//! 3 × N one-recipient messages (a queue opens a connection only while it
 //! has fewer connections, busy ones included, than ready recipients, so the
-//! backlog must exceed the cap for every slot to fill); then, every
+//! backlog must exceed twice the cap, in every queue, for every slot to
+//! fill; the pool's spread is not exact, hence 3); then, every
 //! `SAMPLE_INTERVAL_MS`, spate's
 //! `connections_out` gauge, its socket descriptors from `/proc`, its RSS,
 //! an EHLO probe on its listener and a GET on its admin API. It ends when
@@ -32,9 +33,9 @@ pub const SAMPLE_INTERVAL_MS: u64 = 1_000;
 /// First listen address octet of the sinks: 127.0.0.(10 + i).
 const SINK_ADDR_FIRST_OCTET: u8 = 10;
 /// The vMTAs' source IPs are 127.0.(this).(1 + i).
-const VMTA_SUBNET_THIRD_OCTET: u8 = 1;
+const VMTA_SUBNET_THIRD_OCTET: u8 = 213;
 /// Messages injected per target connection (see the module comment).
-pub const MESSAGES_PER_CONNECTION: u64 = 2;
+pub const MESSAGES_PER_CONNECTION: u64 = 3;
 /// Sink addresses and vMTAs are bounded by the last octet.
 pub const ADDRS_MAX: usize = 200;
 
@@ -55,6 +56,8 @@ pub struct ConnsConfig {
     pub inject_connections: u64,
     /// Lower spate's soft RLIMIT_NOFILE to this before exec.
     pub spate_soft_nofile: Option<u64>,
+    /// Lower spate's hard RLIMIT_NOFILE to this (to run it out of descriptors).
+    pub spate_hard_nofile: Option<u64>,
     pub spate_bin: PathBuf,
     /// The `spate-bench` binary that runs the sinks.
     pub bench_bin: PathBuf,
@@ -250,7 +253,12 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// Takes one sample, probing the listener and the admin API.
-fn sample(spate: &SpateProcess, started: Instant, report: &mut ConnsReport) -> Sample {
+fn sample(
+    spate: &SpateProcess,
+    sink_port: u16,
+    started: Instant,
+    report: &mut ConnsReport,
+) -> Sample {
     let pid = spate.pid();
     let admin_started = Instant::now();
     let status = spate.status();
@@ -267,6 +275,11 @@ fn sample(spate: &SpateProcess, started: Instant, report: &mut ConnsReport) -> S
             None
         }
     };
+    // The kernel's figures right after spate's own, before the probe.
+    let (fds, socket_fds) = probe::fd_counts(pid).unwrap_or((0, 0));
+    let established_out =
+        probe::established_from_loopback_24(VMTA_SUBNET_THIRD_OCTET, sink_port).unwrap_or(0);
+    let rss_kib = probe::status_kib(pid, "VmRSS").unwrap_or(0);
     let ehlo_ms = match probe::smtp_ehlo(spate.listen) {
         Ok(d) => {
             report.ehlo_ok += 1;
@@ -280,14 +293,13 @@ fn sample(spate: &SpateProcess, started: Instant, report: &mut ConnsReport) -> S
         }
     };
     let status = status.unwrap_or_default();
-    let (fds, socket_fds) = probe::fd_counts(pid).unwrap_or((0, 0));
     Sample {
         t_s: started.elapsed().as_secs_f64(),
-        established_out: probe::established_from_loopback_24(VMTA_SUBNET_THIRD_OCTET).unwrap_or(0),
+        established_out,
         connections_out: json_u64(&status, "connections_out"),
         socket_fds,
         fds,
-        rss_kib: probe::status_kib(pid, "VmRSS").unwrap_or(0),
+        rss_kib,
         delivered: json_u64(&status, "totals.delivered"),
         ehlo_ms,
         admin_ms,
@@ -308,12 +320,19 @@ pub fn run_conns(cfg: &ConnsConfig) -> anyhow::Result<ConnsReport> {
         ..ConnsReport::default()
     };
     let dir = tempfile::tempdir()?;
-    let addrs = sink_addrs(cfg.sink_addrs, crate::relay::free_port()?);
+    let sink_port = crate::relay::free_port()?;
+    let addrs = sink_addrs(cfg.sink_addrs, sink_port);
     let sinks = start_sinks(cfg, dir.path(), &addrs)?;
     let zone = crate::dns::Zone::parse("conns.test A 127.0.0.1\n")?;
     let dns = crate::dns::spawn("127.0.0.1:0".parse()?, zone)?;
     let config = spate_config(cfg, &addrs, dns.addr);
-    let mut spate = probe::start_spate(&cfg.spate_bin, dir.path(), &config, cfg.spate_soft_nofile)?;
+    let mut spate = probe::start_spate(
+        &cfg.spate_bin,
+        dir.path(),
+        &config,
+        cfg.spate_soft_nofile,
+        cfg.spate_hard_nofile,
+    )?;
     report.spate_nofile_soft = probe::nofile_soft(spate.pid());
 
     let started = Instant::now();
@@ -336,7 +355,7 @@ pub fn run_conns(cfg: &ConnsConfig) -> anyhow::Result<ConnsReport> {
     let mut inject_done: Option<Instant> = None;
     let mut injector = Some(injector);
     loop {
-        let s = sample(&spate, started, &mut report);
+        let s = sample(&spate, sink_port, started, &mut report);
         if s.established_out >= cfg.connections && report.time_to_target_s.is_none() {
             report.time_to_target_s = Some(s.t_s);
         }
@@ -412,7 +431,7 @@ pub fn run_conns(cfg: &ConnsConfig) -> anyhow::Result<ConnsReport> {
 /// Arguments of `spate-bench conns`.
 #[derive(clap::Args, Debug)]
 pub struct ConnsArgs {
-    /// Concurrent outbound connections to reach (twice as many messages are injected).
+    /// Concurrent outbound connections to reach (three times as many messages are injected).
     #[arg(long, default_value_t = 19_000)]
     pub connections: u64,
     #[arg(long, default_value_t = 2)]
@@ -420,7 +439,7 @@ pub struct ConnsArgs {
     /// Sink listen addresses 127.0.0.10.. (one destination domain each).
     #[arg(long, default_value_t = 5)]
     pub sink_addrs: usize,
-    /// vMTAs in the pool, on source IPs 127.0.1.1..
+    /// vMTAs in the pool, on source IPs 127.0.213.1..
     #[arg(long, default_value_t = 4)]
     pub vmtas: usize,
     /// How long the sinks hold each end-of-DATA reply (e.g. 60s).
@@ -431,6 +450,10 @@ pub struct ConnsArgs {
     /// Lower spate's soft open-files limit to this before it starts (0 = leave it).
     #[arg(long, default_value_t = 1024)]
     pub spate_soft_nofile: u64,
+    /// Lower spate's hard open-files limit to this (0 = leave it), to see it
+    /// run out of descriptors with fewer connections.
+    #[arg(long, default_value_t = 0)]
+    pub spate_hard_nofile: u64,
     #[arg(long, default_value = "target/release/spate")]
     pub spate_bin: PathBuf,
     #[arg(long, default_value = "120s", value_parser = crate::parse_duration)]
@@ -504,6 +527,7 @@ pub fn run(args: ConnsArgs) -> anyhow::Result<()> {
         hold: args.hold,
         inject_connections: args.inject_connections,
         spate_soft_nofile: (args.spate_soft_nofile > 0).then_some(args.spate_soft_nofile),
+        spate_hard_nofile: (args.spate_hard_nofile > 0).then_some(args.spate_hard_nofile),
         spate_bin: args.spate_bin,
         bench_bin: std::env::current_exe()?,
         drain_timeout: args.drain_timeout,

@@ -127,6 +127,7 @@ pub fn run_memory(cfg: &MemoryConfig) -> anyhow::Result<MemoryReport> {
         dir.path(),
         &spate_config(dns.addr, sink_addr),
         None,
+        None,
     )?;
     let pid = spate.pid();
     // Let start-up allocations (TLS provider, shard runtimes) finish.

@@ -53,12 +53,14 @@ impl SpateProcess {
 /// Writes `config` (placeholders `{listen}`, `{admin}`, `{dir}`, `{token}`
 /// filled in) under `dir` and starts `bin run` on it, waiting until its
 /// listener accepts. `fd_soft_limit` lowers the child's soft
-/// `RLIMIT_NOFILE` first, to check that spate raises it again.
+/// `RLIMIT_NOFILE` first, to check that spate raises it again;
+/// `fd_hard_limit` lowers the hard one (to run out of descriptors early).
 pub fn start_spate(
     bin: &Path,
     dir: &Path,
     config: &str,
     fd_soft_limit: Option<u64>,
+    fd_hard_limit: Option<u64>,
 ) -> anyhow::Result<SpateProcess> {
     anyhow::ensure!(
         bin.exists(),
@@ -84,7 +86,7 @@ pub fn start_spate(
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&log)?)
         .stderr(std::fs::File::create(&log)?);
-    if let Some(soft) = fd_soft_limit {
+    if fd_soft_limit.is_some() || fd_hard_limit.is_some() {
         use std::os::unix::process::CommandExt;
         // SAFETY: the closure runs in the child between fork and exec and
         // only calls getrlimit/setrlimit, which are async-signal-safe.
@@ -97,7 +99,10 @@ pub fn start_spate(
                 if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                lim.rlim_cur = soft.min(lim.rlim_max);
+                if let Some(hard) = fd_hard_limit {
+                    lim.rlim_max = lim.rlim_max.min(hard);
+                }
+                lim.rlim_cur = fd_soft_limit.unwrap_or(lim.rlim_cur).min(lim.rlim_max);
                 if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -284,24 +289,27 @@ pub fn json_u64(v: &serde_json::Value, path: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Established IPv4 TCP connections whose local address is in
-/// `127.0.<third>.0/24`, from `/proc/net/tcp` (this network namespace).
-/// The scenarios give spate's vMTAs a /24 nobody else uses, so this counts
-/// exactly spate's outbound connections the kernel considers open.
-pub fn established_from_loopback_24(third: u8) -> Option<u64> {
+/// Established IPv4 TCP connections from `127.0.<third>.0/24` to port
+/// `remote_port`, from `/proc/net/tcp` (this network namespace, so other
+/// processes' sockets are in the table too: the scenarios give spate's
+/// vMTAs a /24 of their own and the sinks a fresh port, and both must match).
+pub fn established_from_loopback_24(third: u8, remote_port: u16) -> Option<u64> {
     let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
-    // Addresses are printed as the raw little-endian u32: 127.0.1.5 is
-    // "0501007F"; the state column is "01" for ESTABLISHED.
+    // Addresses are printed as the raw little-endian u32 (127.0.1.5 is
+    // "0501007F"), ports as hex in host order; "01" is ESTABLISHED.
     let suffix = format!("{third:02X}007F");
+    let port = format!("{remote_port:04X}");
     let mut n = 0;
     for line in table.lines().skip(1) {
         let mut cols = line.split_whitespace();
-        let (Some(local), Some(_remote), Some(state)) = (cols.nth(1), cols.next(), cols.next())
+        let (Some(local), Some(remote), Some(state)) = (cols.nth(1), cols.next(), cols.next())
         else {
             continue;
         };
         let ip = local.split(':').next().unwrap_or("");
-        if state == "01" && ip.len() == 8 && ip.get(2..) == Some(suffix.as_str()) {
+        let rport = remote.split(':').nth(1).unwrap_or("");
+        if state == "01" && ip.len() == 8 && ip.get(2..) == Some(suffix.as_str()) && rport == port
+        {
             n += 1;
         }
     }
