@@ -34,6 +34,8 @@ pub const SAMPLE_INTERVAL_MS: u64 = 1_000;
 const SINK_ADDR_FIRST_OCTET: u8 = 10;
 /// The vMTAs' source IPs are 127.0.(this).(1 + i).
 const VMTA_SUBNET_THIRD_OCTET: u8 = 213;
+/// WARN/ERROR lines of spate's log kept in the report.
+const LOG_EXCERPT_LINES_MAX: u64 = 5;
 /// Messages injected per target connection (see the module comment).
 pub const MESSAGES_PER_CONNECTION: u64 = 3;
 /// Sink addresses and vMTAs are bounded by the last octet.
@@ -111,6 +113,8 @@ pub struct ConnsReport {
     /// Log lines of spate at WARN or ERROR, and how many were about descriptors.
     pub log_warnings: u64,
     pub log_fd_lines: u64,
+    /// spate's open-files line and its first WARN/ERROR lines.
+    pub log_excerpt: Vec<String>,
     pub sink_connections: u64,
     pub sink_session_errors: u64,
     pub elapsed_s: f64,
@@ -408,7 +412,13 @@ pub fn run_conns(cfg: &ConnsConfig) -> anyhow::Result<ConnsReport> {
     spate.guard.terminate(Duration::from_secs(30));
     let log = std::fs::read_to_string(&spate.log).unwrap_or_default();
     for line in log.lines() {
+        if line.contains("open-files limit") {
+            report.log_excerpt.push(line.to_string());
+        }
         if line.contains("WARN") || line.contains("ERROR") {
+            if report.log_warnings < LOG_EXCERPT_LINES_MAX {
+                report.log_excerpt.push(line.to_string());
+            }
             report.log_warnings += 1;
             if line.contains("file descriptors") || line.contains("open files") {
                 report.log_fd_lines += 1;
@@ -510,6 +520,9 @@ pub fn print_report(r: &ConnsReport) {
         "load average            {} -> {}",
         r.loadavg_start, r.loadavg_end
     );
+    for line in &r.log_excerpt {
+        println!("  spate log: {line}");
+    }
     for e in r.probe_errors.iter().take(10) {
         println!("  probe error: {e}");
     }
