@@ -71,6 +71,10 @@ pub fn start_spate(
     let admin: SocketAddr = format!("127.0.0.1:{}", crate::relay::free_port()?).parse()?;
     let token = dir.join("admin.token");
     std::fs::write(&token, format!("{ADMIN_TOKEN}\n"))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600))?;
+    }
     let text = config
         .replace("{listen}", &listen.to_string())
         .replace("{admin}", &admin.to_string())
@@ -118,6 +122,8 @@ pub fn start_spate(
         name: "spate".into(),
     };
     crate::relay::wait_listening(listen, &mut guard, &log).context("spate did not start")?;
+    // The admin API starts beside the shards, not necessarily before them.
+    crate::relay::wait_listening(admin, &mut guard, &log).context("spate's admin API did not start")?;
     Ok(SpateProcess {
         guard,
         listen,
