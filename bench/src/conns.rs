@@ -372,7 +372,10 @@ pub fn run_conns(cfg: &ConnsConfig) -> anyhow::Result<ConnsReport> {
         report.peak_fds = report.peak_fds.max(s.fds);
         let delivered = s.delivered;
         report.samples.push(s);
-        if injector.as_ref().is_some_and(std::thread::JoinHandle::is_finished) {
+        if injector
+            .as_ref()
+            .is_some_and(std::thread::JoinHandle::is_finished)
+        {
             let r = injector
                 .take()
                 .context("injector")?
@@ -492,7 +495,8 @@ pub fn print_report(r: &ConnsReport) {
     println!(
         "RSS at peak / VmHWM     {} MiB / {} MiB",
         r.rss_at_peak_kib / 1024,
-        r.peak_rss_kib.map_or("-".into(), |k| (k / 1024).to_string())
+        r.peak_rss_kib
+            .map_or("-".into(), |k| (k / 1024).to_string())
     );
     println!(
         "EHLO probes             {} ok, {} failed, max {:.1} ms",
@@ -526,7 +530,10 @@ pub fn print_report(r: &ConnsReport) {
     for e in r.probe_errors.iter().take(10) {
         println!("  probe error: {e}");
     }
-    println!("result                  {}", if r.passed() { "PASS" } else { "FAIL" });
+    println!(
+        "result                  {}",
+        if r.passed() { "PASS" } else { "FAIL" }
+    );
 }
 
 /// Runs `spate-bench conns`.
@@ -551,6 +558,9 @@ pub fn run(args: ConnsArgs) -> anyhow::Result<()> {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    anyhow::ensure!(report.passed(), "the run did not meet its target (see above)");
+    anyhow::ensure!(
+        report.passed(),
+        "the run did not meet its target (see above)"
+    );
     Ok(())
 }

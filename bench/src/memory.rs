@@ -183,10 +183,16 @@ pub fn run_memory(cfg: &MemoryConfig) -> anyhow::Result<MemoryReport> {
     report.spool_bytes_used = json_u64(&status, "spool.bytes_used");
     report.peak_rss_kib = probe::status_kib(pid, "VmHWM").unwrap_or(0);
     let n = report.queued_recipients.max(1) as f64;
-    report.anon_bytes_per_recipient =
-        report.loaded_rss_anon_kib.saturating_sub(report.idle_rss_anon_kib) as f64 * 1024.0 / n;
-    report.file_bytes_per_recipient =
-        report.loaded_rss_file_kib.saturating_sub(report.idle_rss_file_kib) as f64 * 1024.0 / n;
+    report.anon_bytes_per_recipient = report
+        .loaded_rss_anon_kib
+        .saturating_sub(report.idle_rss_anon_kib) as f64
+        * 1024.0
+        / n;
+    report.file_bytes_per_recipient = report
+        .loaded_rss_file_kib
+        .saturating_sub(report.idle_rss_file_kib) as f64
+        * 1024.0
+        / n;
     report.loadavg_end = probe::loadavg();
     spate.guard.terminate(Duration::from_secs(60));
     Ok(report)

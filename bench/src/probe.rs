@@ -123,7 +123,8 @@ pub fn start_spate(
     };
     crate::relay::wait_listening(listen, &mut guard, &log).context("spate did not start")?;
     // The admin API starts beside the shards, not necessarily before them.
-    crate::relay::wait_listening(admin, &mut guard, &log).context("spate's admin API did not start")?;
+    crate::relay::wait_listening(admin, &mut guard, &log)
+        .context("spate's admin API did not start")?;
     Ok(SpateProcess {
         guard,
         listen,
@@ -167,7 +168,10 @@ fn read_reply(reader: &mut impl BufRead) -> anyhow::Result<String> {
             return Ok(line.trim_end().to_string());
         }
     }
-    bail!("reply longer than {} lines", spate::limits::SMTP_REPLY_LINES_MAX)
+    bail!(
+        "reply longer than {} lines",
+        spate::limits::SMTP_REPLY_LINES_MAX
+    )
 }
 
 /// A blocking HTTP/1.1 GET; returns the status code and body.
@@ -196,7 +200,10 @@ pub fn http_get(
         .nth(1)
         .and_then(|c| c.parse::<u16>().ok())
         .context("HTTP answer without a status code")?;
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(body)
     } else {
         body.to_string()
@@ -314,8 +321,7 @@ pub fn established_from_loopback_24(third: u8, remote_port: u16) -> Option<u64> 
         };
         let ip = local.split(':').next().unwrap_or("");
         let rport = remote.split(':').nth(1).unwrap_or("");
-        if state == "01" && ip.len() == 8 && ip.get(2..) == Some(suffix.as_str()) && rport == port
-        {
+        if state == "01" && ip.len() == 8 && ip.get(2..) == Some(suffix.as_str()) && rport == port {
             n += 1;
         }
     }

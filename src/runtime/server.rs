@@ -510,8 +510,7 @@ async fn shard_main(id: usize, shared: Arc<Shared>, rx: Option<MeshReceiver<Shar
                         // Logged once a minute, not per failed accept; the
                         // pending client waits in the backlog meanwhile.
                         super::fdlimit::note_exhaustion("accept", Some(&e));
-                        compio::time::sleep(Duration::from_millis(ACCEPT_EXHAUSTED_SLEEP_MS))
-                            .await;
+                        compio::time::sleep(Duration::from_millis(ACCEPT_EXHAUSTED_SLEEP_MS)).await;
                         continue;
                     }
                     Err(e) => {
