@@ -132,7 +132,10 @@ async fn try_connect(
     let timeout = deadline.saturating_duration_since(std::time::Instant::now());
     let stream = match compio::time::timeout(timeout, socket.connect(peer)).await {
         Ok(Ok(stream)) => stream,
-        Ok(Err(error)) => return Err(local(error)),
+        Ok(Err(error)) if crate::runtime::fdlimit::is_local_exhaustion_at_connect(&error) => {
+            return Err(ConnectError::LocalResources { peer, error });
+        }
+        Ok(Err(error)) => return Err(ConnectError::Refused { peer, error }),
         Err(_) => return Err(ConnectError::Timeout { peer }),
     };
     let _ = stream.set_nodelay(true);
@@ -166,6 +169,19 @@ mod tests {
                 .await
                 .unwrap_err();
             assert!(matches!(err, ConnectError::FamilyMismatch { .. }), "{err}");
+
+            // A source address this host does not have is a configuration
+            // error reported at once, not a shortage to wait out.
+            let started = std::time::Instant::now();
+            let err = connect_from(
+                "192.0.2.1".parse().unwrap(),
+                addr,
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap_err();
+            assert!(matches!(err, ConnectError::Bind { .. }), "{err}");
+            assert!(started.elapsed() < Duration::from_secs(1));
         });
     }
 }

@@ -105,12 +105,19 @@ pub fn outbound_fd_allowed(fd: i32) -> bool {
 }
 
 /// Whether an error means this process (or the system) ran out of
-/// descriptors or local ports, rather than the peer failing.
+/// descriptors or socket memory, rather than the peer failing.
 pub fn is_local_exhaustion(error: &io::Error) -> bool {
     matches!(
         error.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
     )
+}
+
+/// As [`is_local_exhaustion`], for `connect(2)`, where EADDRNOTAVAIL means
+/// no ephemeral port was free. (At `bind(2)` it means the source address is
+/// not on this host: a configuration error, which this must not hide.)
+pub fn is_local_exhaustion_at_connect(error: &io::Error) -> bool {
+    is_local_exhaustion(error) || error.raw_os_error() == Some(libc::EADDRNOTAVAIL)
 }
 
 /// Counts one exhaustion and logs a warning if none was logged within
@@ -160,9 +167,9 @@ mod tests {
         assert!(is_local_exhaustion(&io::Error::from_raw_os_error(
             libc::EMFILE
         )));
-        assert!(is_local_exhaustion(&io::Error::from_raw_os_error(
-            libc::EADDRNOTAVAIL
-        )));
+        let no_port = io::Error::from_raw_os_error(libc::EADDRNOTAVAIL);
+        assert!(!is_local_exhaustion(&no_port));
+        assert!(is_local_exhaustion_at_connect(&no_port));
         assert!(!is_local_exhaustion(&io::Error::from_raw_os_error(
             libc::ECONNREFUSED
         )));
