@@ -173,13 +173,9 @@ mod tests {
             // A source address this host does not have is a configuration
             // error reported at once, not a shortage to wait out.
             let started = std::time::Instant::now();
-            let err = connect_from(
-                "192.0.2.1".parse().unwrap(),
-                addr,
-                Duration::from_secs(5),
-            )
-            .await
-            .unwrap_err();
+            let err = connect_from("192.0.2.1".parse().unwrap(), addr, Duration::from_secs(5))
+                .await
+                .unwrap_err();
             assert!(matches!(err, ConnectError::Bind { .. }), "{err}");
             assert!(started.elapsed() < Duration::from_secs(1));
         });
