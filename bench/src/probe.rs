@@ -312,7 +312,9 @@ pub fn established_from_loopback_24(third: u8, remote_port: u16) -> Option<u64> 
     // "0501007F"), ports as hex in host order; "01" is ESTABLISHED.
     let suffix = format!("{third:02X}007F");
     let port = format!("{remote_port:04X}");
-    let mut n = 0;
+    // The kernel walks its hash table in chunks while sockets come and go,
+    // so one read can list a socket twice: count distinct 4-tuples.
+    let mut seen = std::collections::HashSet::new();
     for line in table.lines().skip(1) {
         let mut cols = line.split_whitespace();
         let (Some(local), Some(remote), Some(state)) = (cols.nth(1), cols.next(), cols.next())
@@ -322,8 +324,8 @@ pub fn established_from_loopback_24(third: u8, remote_port: u16) -> Option<u64> 
         let ip = local.split(':').next().unwrap_or("");
         let rport = remote.split(':').nth(1).unwrap_or("");
         if state == "01" && ip.len() == 8 && ip.get(2..) == Some(suffix.as_str()) && rport == port {
-            n += 1;
+            seen.insert((local, remote));
         }
     }
-    Some(n)
+    Some(seen.len() as u64)
 }

@@ -27,7 +27,7 @@ fn holds_every_connection_and_keeps_answering() {
     };
     let r = run_conns(&cfg).unwrap();
     assert!(r.passed(), "{r:#?}");
-    assert!(r.peak_established_out >= 50, "{r:#?}");
+    assert!(r.peak_held >= 50, "{r:#?}");
     assert_eq!(r.delivered, 150);
     // spate raised its soft limit from 256 to the hard limit.
     assert!(r.spate_nofile_soft.is_some_and(|s| s > 256), "{r:#?}");
