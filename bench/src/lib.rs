@@ -9,12 +9,18 @@
 //! | [`inject`] | the SMTP injector on compio: pipelined load, ack latency, failures |
 //! | [`relay`] | the scenario runner: dns + sink + spate or Postfix + injector |
 //! | [`report`] | latency summaries shared by sink, injector and relay |
+//! | [`conns`] | concurrent outbound connections held by one spate |
+//! | [`memory`] | resident memory per queued recipient |
+//! | [`probe`] | starting spate for a scenario; SMTP/admin probes; `/proc` figures |
 //!
 //! Everything targets loopback unless `--allow-remote` is given.
 
+pub mod conns;
 pub mod dkim;
 pub mod dns;
 pub mod inject;
+pub mod memory;
+pub mod probe;
 pub mod relay;
 pub mod report;
 pub mod script;

@@ -23,6 +23,10 @@ enum Command {
     Dns(spate_bench::dns::DnsArgs),
     /// Scenario runner: dns + sink + spate (and Postfix / raw) + injector.
     Relay(spate_bench::relay::RelayArgs),
+    /// Concurrent outbound connections one spate holds open, with probes.
+    Conns(spate_bench::conns::ConnsArgs),
+    /// Resident memory per queued (deferred) recipient.
+    Memory(spate_bench::memory::MemoryArgs),
     /// Spool append throughput (group commit vs fsync per message) and recovery time.
     Spool(spate_bench::spool::SpoolArgs),
     /// Rate controller accuracy and cost over many simulated queues.
@@ -33,11 +37,15 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // Sinks and injectors hold thousands of sockets: use the hard limit.
+    let _ = spate_bench::probe::raise_own_nofile();
     match cli.command {
         Command::Sink(args) => spate_bench::sink::run(args),
         Command::Inject(args) => spate_bench::inject::run(args),
         Command::Dns(args) => spate_bench::dns::run(args),
         Command::Relay(args) => spate_bench::relay::run(args),
+        Command::Conns(args) => spate_bench::conns::run(args),
+        Command::Memory(args) => spate_bench::memory::run(args),
         Command::Spool(args) => spate_bench::spool::run(args),
         Command::Shaper(args) => spate_bench::shaper::run(args),
         Command::Dkim(args) => spate_bench::dkim::run(args),

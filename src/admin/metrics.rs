@@ -213,6 +213,12 @@ pub fn render(s: &MetricsSnapshot) -> String {
         s.connections_out,
     );
     o.single(
+        "spate_fd_exhausted_total",
+        c,
+        "Times a socket could not be had: out of descriptors (EMFILE/ENFILE, or the outbound share spent) or local ports.",
+        crate::runtime::fdlimit::exhausted_total(),
+    );
+    o.single(
         "spate_queued_messages",
         g,
         "Messages with at least one recipient not yet settled.",

@@ -130,6 +130,11 @@ async fn connection(engine: &Rc<Engine>, queue: &str) {
             .await
             {
                 Ok(s) => s,
+                // Our descriptors or ports ran out, not the destination:
+                // leave the recipients ready (no deferral, no reply for the
+                // rate controller); the queue opens a new attempt when this
+                // slot is released.
+                Err(super::connect::ConnectError::LocalResources { .. }) => return,
                 Err(e) => {
                     last_error = format!("451 4.4.1 {e}");
                     continue;

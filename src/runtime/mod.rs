@@ -6,6 +6,7 @@
 //! the process's signals. What a shard *does* (accept, spool, queue,
 //! deliver) is up to the closure given to [`spawn_shards`].
 
+pub mod fdlimit;
 pub mod local;
 pub mod mesh;
 pub mod server;

@@ -28,6 +28,8 @@ use crate::session::inbound::{InboundContext, run_session};
 use crate::session::vmta::PoolPicker;
 use crate::spool::{MessageRef, RecoveredMessage, Spool, SpoolOptions, SyncMode};
 
+/// How long an acceptor out of descriptors waits before accepting again.
+const ACCEPT_EXHAUSTED_SLEEP_MS: u64 = 100;
 /// Messages one shard drains from its inbox per wake-up.
 const INBOX_BATCH_MESSAGES: usize = 256;
 /// How often a shard runs spool reclamation.
@@ -126,6 +128,24 @@ pub fn run(config: Config) -> i32 {
     if let Err(e) = signals::block_handled_signals() {
         tracing::error!(error = %e, "cannot block signals");
         return 71;
+    }
+    match super::fdlimit::raise_nofile_limit() {
+        Ok(l) => {
+            tracing::info!(
+                soft_before = l.soft_before,
+                soft = l.soft,
+                hard = l.hard,
+                outbound_max = l.outbound_max,
+                "open-files limit"
+            );
+            if l.soft < super::fdlimit::FD_LIMIT_WARN_BELOW {
+                tracing::warn!(
+                    soft = l.soft,
+                    "open-files limit is low: few concurrent connections are possible"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-files limit"),
     }
     crate::session::tls::warm_provider();
     if config.is_embedded_default() {
@@ -497,6 +517,13 @@ async fn shard_main(id: usize, shared: Arc<Shared>, rx: Option<MeshReceiver<Shar
             loop {
                 let (stream, peer) = match listener.accept().await {
                     Ok(x) => x,
+                    Err(e) if super::fdlimit::is_local_exhaustion(&e) => {
+                        // Logged once a minute, not per failed accept; the
+                        // pending client waits in the backlog meanwhile.
+                        super::fdlimit::note_exhaustion("accept", Some(&e));
+                        compio::time::sleep(Duration::from_millis(ACCEPT_EXHAUSTED_SLEEP_MS)).await;
+                        continue;
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
                         compio::time::sleep(Duration::from_millis(10)).await;

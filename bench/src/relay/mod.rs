@@ -110,7 +110,7 @@ pub fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-fn wait_listening(addr: SocketAddr, child: &mut ChildGuard, log: &Path) -> anyhow::Result<()> {
+pub fn wait_listening(addr: SocketAddr, child: &mut ChildGuard, log: &Path) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_millis(MTA_START_TIMEOUT_MS);
     loop {
         if let Ok(Some(status)) = child.child.try_wait() {
@@ -136,7 +136,7 @@ fn wait_listening(addr: SocketAddr, child: &mut ChildGuard, log: &Path) -> anyho
     }
 }
 
-fn tail(path: &Path) -> String {
+pub fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
