@@ -653,3 +653,63 @@ fn prepared_segments_take_over_and_everything_recovers() {
         );
     }
 }
+
+#[test]
+fn with_two_batches_in_flight_every_acknowledged_record_survives_a_failed_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = options(dir.path(), 1024 * 1024);
+    let (acked, failed) = {
+        let rec = recover(&opts, 1).unwrap();
+        rt().block_on(async {
+            let spool = Spool::open(rec.shared.clone(), 0).unwrap();
+            let mut tasks = Vec::new();
+            for i in 0..120 {
+                if i == 40 {
+                    spool.inject_sync_failures(1);
+                }
+                let spool = spool.clone();
+                tasks.push(compio::runtime::spawn(async move {
+                    let addrs = [NewRecipient {
+                        forward_path: "a@b.example",
+                        orcpt: "",
+                        notify: 0,
+                    }];
+                    let content = content_for(i, 700);
+                    let msg = NewMessage {
+                        received_unix_ms: i as u64,
+                        reverse_path: "s@example.com",
+                        recipients: &addrs,
+                        ret: Ret::Unspecified,
+                        envid: "",
+                        vmta_or_pool: "",
+                        vmta: "ip1",
+                        job_id: "",
+                        content: &content,
+                    };
+                    spool.append_message(&msg).await.map(|m| (m.id(), i))
+                }));
+                if i % 7 == 0 {
+                    compio::time::sleep(std::time::Duration::from_micros(200)).await;
+                }
+            }
+            let (mut acked, mut failed) = (Vec::new(), 0);
+            for t in tasks {
+                match t.await.unwrap() {
+                    Ok(x) => acked.push(x),
+                    Err(_) => failed += 1,
+                }
+            }
+            spool.close().await;
+            (acked, failed)
+        })
+    };
+    assert!(failed > 0, "the injected sync failure failed nothing");
+    assert!(acked.len() > 40, "only {} acknowledged", acked.len());
+    let rec = recover(&opts, 1).unwrap();
+    let by_id: HashMap<MessageId, &spate::spool::RecoveredMessage> =
+        rec.messages.iter().map(|m| (m.message.id(), m)).collect();
+    for (id, i) in acked {
+        let m = by_id.get(&id).expect("an acknowledged message was lost");
+        assert_eq!(m.message.content(), content_for(i, 700).as_slice());
+    }
+}

@@ -408,8 +408,9 @@ pub(crate) fn prepare_segment(
     }
 }
 
-/// Turns a prepared file into segment `id`: rename, header, fsync, directory
-/// fsync. On failure the file is removed.
+/// Turns a prepared file into segment `id`: header and fsync while it still
+/// has its temporary name (so a `.seg` file never lacks its header), then
+/// rename and directory fsync. On failure the file is removed.
 pub(crate) fn install_prepared(
     dir: &Path,
     id: SegmentId,
@@ -417,17 +418,22 @@ pub(crate) fn install_prepared(
 ) -> Result<(File, PathBuf), SpoolError> {
     let PreparedSegment { file, path: tmp } = prepared;
     let path = dir.join(file_name(id));
+    let headed = file
+        .write_all_at(&SegmentHeader { id }.encode(), 0)
+        .map_err(|e| SpoolError::io("write segment header", &e))
+        .and_then(|()| {
+            file.sync_data()
+                .map_err(|e| SpoolError::io("fsync new segment", &e))
+        });
+    if let Err(e) = headed {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     if let Err(e) = std::fs::rename(&tmp, &path) {
         let _ = std::fs::remove_file(&tmp);
         return Err(SpoolError::io("rename prepared segment", &e));
     }
-    let result = (|| {
-        file.write_all_at(&SegmentHeader { id }.encode(), 0)
-            .map_err(|e| SpoolError::io("write segment header", &e))?;
-        file.sync_all()
-            .map_err(|e| SpoolError::io("fsync new segment", &e))?;
-        sync_dir(dir)
-    })();
+    let result = sync_dir(dir);
     match result {
         Ok(()) => Ok((file, path)),
         Err(e) => {

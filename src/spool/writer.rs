@@ -147,7 +147,13 @@ pub(crate) struct State {
 
 struct Current {
     seg: Arc<SegmentShared>,
-    file: compio::fs::File,
+    /// Two open file descriptions of the segment, used by alternate batches:
+    /// a write-back error is reported once per open file description, so two
+    /// fdatasyncs in flight on one description could see it reported to the
+    /// later one only, and the earlier batch acknowledged without its data.
+    files: [compio::fs::File; 2],
+    /// Which of `files` the next batch uses.
+    next_file: usize,
     write_pos: u64,
     capacity: u64,
     /// Made from a prepared (zero-filled) file rather than `fallocate`.
@@ -451,8 +457,10 @@ impl Spool {
 
 impl Drop for Spool {
     fn drop(&mut self) {
-        // The last handle besides the flusher's own: let the flusher drain and exit.
-        if Rc::strong_count(&self.inner) == 2 {
+        // The last handle besides the flusher's own and those of the flushes
+        // in flight: let the flusher drain and exit.
+        let in_flight = self.inner.in_flight.get() as usize;
+        if Rc::strong_count(&self.inner) == 2 + in_flight {
             self.inner.st.borrow_mut().closing = true;
             self.inner.wake_flusher();
         }
@@ -571,29 +579,43 @@ impl Inner {
         poll_prepared(st);
         let prepared = st.prepared.take();
         let zeroed = prepared.is_some();
-        let created = match prepared {
-            Some(p) => segment::install_prepared(&opts.path, id, p).inspect(|_| {
-                self.shared
-                    .segments_prepared
-                    .fetch_add(1, Ordering::Relaxed);
-            }),
+        let installed = prepared.and_then(|p| {
+            segment::install_prepared(&opts.path, id, p)
+                .inspect(|_| {
+                    self.shared
+                        .segments_prepared
+                        .fetch_add(1, Ordering::Relaxed);
+                })
+                .inspect_err(|e| tracing::warn!(error = %e, "installing a prepared segment failed"))
+                .ok()
+        });
+        let zeroed = zeroed && installed.is_some();
+        let created = match installed {
+            Some(made) => Ok(made),
             None => segment::create_segment(&opts.path, id, opts.segment_bytes),
         }
         .and_then(|(file, path)| {
+            let second = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(|e| SpoolError::io("open segment", &e))?;
             let seg = SegmentShared::map(id, path, &file, SEGMENT_HEADER_BYTES as u64, false)?;
-            Ok((file, seg))
+            Ok(([file, second], seg))
         });
         match created {
-            Ok((file, seg)) => {
+            Ok(([first, second], seg)) => {
                 let seg = Arc::new(seg);
                 self.shared.register(seg.clone());
                 self.seal_current(st);
                 // SAFETY: `into_raw_fd` hands us sole ownership of an open
                 // descriptor; compio's attach is a no-op on Linux drivers.
-                let file = unsafe { compio::fs::File::from_raw_fd(file.into_raw_fd()) };
+                let files = [first, second]
+                    .map(|f| unsafe { compio::fs::File::from_raw_fd(f.into_raw_fd()) });
                 st.current = Some(Current {
                     seg,
-                    file,
+                    files,
+                    next_file: 0,
                     write_pos: SEGMENT_HEADER_BYTES as u64,
                     capacity: opts.segment_bytes,
                     zeroed,
@@ -696,8 +718,9 @@ impl Inner {
         buf.truncate(bytes);
         let pos = cur.write_pos;
         cur.write_pos += bytes as u64;
+        cur.next_file ^= 1;
         Some(Some(Batch {
-            file: cur.file.clone(),
+            file: cur.files[cur.next_file].clone(),
             seg: cur.seg.clone(),
             pos,
             bytes: buf,
@@ -717,6 +740,17 @@ impl Inner {
         } = batch;
         let mut writer = &file;
         let BufResult(res, mut buf) = writer.write_all_at(bytes, pos).await;
+        if res.is_err() {
+            // Before the next batch can be written after this bad region.
+            let mut st = self.st.borrow_mut();
+            if st
+                .current
+                .as_ref()
+                .is_some_and(|c| Arc::ptr_eq(&c.seg, &seg))
+            {
+                self.seal_current(&mut st);
+            }
+        }
         self.writing.set(false);
         self.wake_flusher();
         let written = buf.len() as u64;
@@ -726,11 +760,13 @@ impl Inner {
             Ok(()) => match self.shared.options.sync {
                 SyncMode::Group | SyncMode::EachRecord => {
                     let injected = self.inject_sync_failures.get();
+                    if injected > 0 {
+                        self.inject_sync_failures.set(injected - 1);
+                    }
                     let sync_started = std::time::Instant::now();
                     let r = file.sync_data().await;
                     self.shared.sync_latency.observe(sync_started.elapsed());
                     if injected > 0 {
-                        self.inject_sync_failures.set(injected - 1);
                         let eio = std::io::Error::from_raw_os_error(libc::EIO);
                         Err(SpoolError::io("fdatasync", &eio))
                     } else {
@@ -895,6 +931,9 @@ async fn flush_loop(inner: Rc<Inner>) {
         inner.in_flight.set(inner.in_flight.get() + 1);
         inner.writing.set(true);
         compio::runtime::spawn(inner.clone().run_flush(batch, prev, mine)).detach();
+        // The pending buffer was drained into the batch: appenders held back
+        // for room may go on.
+        inner.wake_room();
     }
     {
         let mut st = inner.st.borrow_mut();
