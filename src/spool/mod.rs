@@ -36,6 +36,7 @@
 //!   segments (compaction) or to reroute them to another vMTA.
 //! - housekeeping (about once a second): [`Spool::reclaim`].
 
+mod dsync;
 pub mod inspect;
 pub mod reclaim;
 pub mod record;
