@@ -119,7 +119,7 @@ pub fn render(s: &MetricsSnapshot) -> String {
     o.family(
         "spate_spool_fsync_seconds",
         "histogram",
-        "Latency of the spool's group-commit durable write (write + data sync).",
+        "Latency of the spool's group-commit fdatasync.",
     );
     let mut cumulative = 0u64;
     for (i, n) in s.spool_fsync.buckets.iter().enumerate() {

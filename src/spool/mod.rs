@@ -36,7 +36,6 @@
 //!   segments (compaction) or to reroute them to another vMTA.
 //! - housekeeping (about once a second): [`Spool::reclaim`].
 
-mod dsync;
 pub mod inspect;
 pub mod reclaim;
 pub mod record;

@@ -247,7 +247,7 @@ pub struct SpoolShared {
     pub(crate) next_number: Vec<AtomicU32>,
     /// The exclusive lock on `<path>/lock`, held while this value lives.
     pub(crate) _lock: Option<File>,
-    /// Latency of every group-commit durable write (for metrics).
+    /// Latency of every group-commit fdatasync (for metrics).
     pub sync_latency: crate::util::histogram::LatencyHistogram,
     /// Segments made from a prepared (zero-filled) file since start.
     pub segments_prepared: AtomicU64,

@@ -1,17 +1,16 @@
 //! [`Spool`]: one shard's appender. Records are encoded into a pending
 //! buffer by the calling task; a flusher task on the shard's compio runtime
-//! takes everything pending as one batch, writes it at the end of the current
-//! segment with one io_uring write flagged `RWF_DSYNC` (durable on completion:
-//! `dsync.rs`), then resolves every waiter in that batch (group commit). Two
-//! batches may be in flight, so a record waits about one sync rather than the
-//! rest of the running one plus its own. (`sync = "none"`: a plain write.)
+//! takes everything pending as one batch, writes it with one `write_at` at the
+//! end of the current segment, then one `fdatasync`, then resolves every
+//! waiter in that batch (group commit). Two batches may be in flight: the next
+//! one is written as soon as the previous write finished, and its fdatasync
+//! runs while the previous one completes, so a record waits about one sync.
 //!
-//! Batches resolve strictly in order, a batch failing when the one before it
-//! in the same segment failed, and a failed write seals its segment. So the
-//! acknowledged records of a segment are always a contiguous prefix: a crash
-//! leaves at most a torn tail. (A batch written after one that then fails is
-//! answered 451 but may be on disk: recovery may bring it back, so a client's
-//! retry can duplicate it. At least once, never lost.)
+//! Batches are written in order, each fdatasync starts after every earlier
+//! write finished, and batches resolve strictly in order, a batch failing when
+//! the one before it in the same segment failed. So the acknowledged records
+//! of a segment are always a contiguous prefix: a crash leaves at most a torn
+//! tail.
 //!
 //! Failure rules: a failed write or fsync fails every record of that batch
 //! (the caller answers 451 4.3.0) and seals the segment; nothing is retried
@@ -150,9 +149,8 @@ struct Current {
     seg: Arc<SegmentShared>,
     /// Two open file descriptions of the segment, used by alternate batches:
     /// a write-back error is reported once per open file description, so two
-    /// durable writes (RWF_DSYNC runs the same sync as fdatasync) in flight on
-    /// one description could see it reported to the later one only, and the
-    /// earlier batch acknowledged without its data.
+    /// fdatasyncs in flight on one description could see it reported to the
+    /// later one only, and the earlier batch acknowledged without its data.
     files: [compio::fs::File; 2],
     /// Which of `files` the next batch uses.
     next_file: usize,
@@ -740,45 +738,10 @@ impl Inner {
             bytes,
             entries,
         } = batch;
-        let len = bytes.len() as u64;
-        let (res, mut buf) = if self.shared.options.sync == SyncMode::None {
-            let mut writer = &file;
-            let BufResult(r, buf) = writer.write_all_at(bytes, pos).await;
-            self.writing.set(false);
-            self.wake_flusher();
-            (r.map_err(|e| SpoolError::io("write", &e)), buf)
-        } else {
-            // Each write is durable on its own (RWF_DSYNC), so the next batch
-            // need not wait for this one to be written.
-            self.writing.set(false);
-            self.wake_flusher();
-            let injected = self.inject_sync_failures.get();
-            if injected > 0 {
-                self.inject_sync_failures.set(injected - 1);
-            }
-            let started = std::time::Instant::now();
-            let BufResult(r, op) =
-                compio::runtime::submit(super::dsync::WriteDsync::new(file.clone(), bytes, pos))
-                    .await;
-            self.shared.sync_latency.observe(started.elapsed());
-            let r = match r {
-                Ok(n) if n as u64 == len && injected == 0 => Ok(()),
-                Ok(n) if n as u64 == len => Err(SpoolError::io(
-                    "write (O_DSYNC)",
-                    &std::io::Error::from_raw_os_error(libc::EIO),
-                )),
-                // A preallocated segment never takes a short write; if one
-                // happens, the batch is not known durable.
-                Ok(_) => Err(SpoolError::io(
-                    "write (O_DSYNC)",
-                    &std::io::Error::from(std::io::ErrorKind::WriteZero),
-                )),
-                Err(e) => Err(SpoolError::io("write (O_DSYNC)", &e)),
-            };
-            (r, op.into_buf())
-        };
+        let mut writer = &file;
+        let BufResult(res, mut buf) = writer.write_all_at(bytes, pos).await;
         if res.is_err() {
-            // No batch goes after this bad region from now on.
+            // Before the next batch can be written after this bad region.
             let mut st = self.st.borrow_mut();
             if st
                 .current
@@ -788,8 +751,31 @@ impl Inner {
                 self.seal_current(&mut st);
             }
         }
+        self.writing.set(false);
+        self.wake_flusher();
         let written = buf.len() as u64;
         buf.clear();
+        let res = match res {
+            Err(e) => Err(SpoolError::io("write", &e)),
+            Ok(()) => match self.shared.options.sync {
+                SyncMode::Group | SyncMode::EachRecord => {
+                    let injected = self.inject_sync_failures.get();
+                    if injected > 0 {
+                        self.inject_sync_failures.set(injected - 1);
+                    }
+                    let sync_started = std::time::Instant::now();
+                    let r = file.sync_data().await;
+                    self.shared.sync_latency.observe(sync_started.elapsed());
+                    if injected > 0 {
+                        let eio = std::io::Error::from_raw_os_error(libc::EIO);
+                        Err(SpoolError::io("fdatasync", &eio))
+                    } else {
+                        r.map_err(|e| SpoolError::io("fdatasync", &e))
+                    }
+                }
+                SyncMode::None => Ok(()),
+            },
+        };
         let prev_ok = match &prev {
             Some(p) => p.wait().await || p.segment != seg.id,
             None => true,
