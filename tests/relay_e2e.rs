@@ -355,11 +355,8 @@ fn notify_delay_sends_one_delay_notice() {
         "[domain.\"slow.test\"]\nsmtp_hosts = [\"{}\"]\ndsn_delay_after = \"1s\"\n",
         sink.addr
     );
-    let spate = Spate::start(
-        dir.path(),
-        &config(dir.path(), smtp, sink.addr, &extra),
-        smtp,
-    );
+    let cfg = config(dir.path(), smtp, sink.addr, &extra);
+    let mut spate = Spate::start(dir.path(), &cfg, smtp);
     let mut c = Client::connect(smtp);
     c.cmd("EHLO client.test");
     assert!(
@@ -394,4 +391,18 @@ fn notify_delay_sends_one_delay_notice() {
     assert!(!text.contains("tempfail+quiet@slow.test"), "{text}");
     assert!(text.contains("Original-Envelope-Id: env42"), "{text}");
     assert!(text.contains("Will-Retry-Until:"), "{text}");
+
+    // The notice is part of the recorded state: after kill -9 and a restart
+    // the recipient keeps being retried, and no second notice goes out.
+    spate.kill9();
+    let spate = Spate::start(dir.path(), &cfg, smtp);
+    std::thread::sleep(Duration::from_secs(4));
+    let got = sink.messages();
+    assert_eq!(
+        got.len(),
+        1,
+        "a restart sent another delay notice ({} messages at the sink)\n{}",
+        got.len(),
+        spate.log_text()
+    );
 }

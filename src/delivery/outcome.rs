@@ -316,21 +316,29 @@ async fn apply(
     };
     let age_s = now_unix.saturating_sub(received_unix);
     let expired = bounce_after.is_some_and(|b| age_s >= b.as_secs());
+    let all: Vec<_> = env.recipients().collect();
+    // NOTIFY=DELAY recipients that waited long enough get their delay notice
+    // now (below, once); the deferred state records it durably first.
+    let delay_due = |index: u32| {
+        all.get(index as usize)
+            .is_some_and(|x| x.notify & NOTIFY_DELAY != 0)
+            && delay_after.is_some_and(|after| age_s >= after.as_secs())
+    };
 
     // Decide the final state of each recipient.
     let mut states: Vec<(u32, RecipientState, String, Verdict)> = Vec::with_capacity(rcpts.len());
     {
         let mut state = engine.state.borrow_mut();
         for (r, verdict) in rcpts.iter().zip(verdicts) {
-            let attempts = state
+            let (attempts, notified) = state
                 .messages
                 .get_mut(&r.message)
                 .and_then(|m| m.rcpts.get_mut(r.index as usize))
                 .map(|slot| {
                     slot.attempts = slot.attempts.saturating_add(1);
-                    u32::from(slot.attempts)
+                    (u32::from(slot.attempts), slot.delay_notified)
                 })
-                .unwrap_or(1);
+                .unwrap_or((1, false));
             let (rs, verdict) = match verdict {
                 Verdict::Delivered(t) => (RecipientState::Delivered, Verdict::Delivered(t)),
                 Verdict::Bounced(t, c) => {
@@ -363,9 +371,14 @@ async fn apply(
                             q.controller.retry_delay(attempts)
                         });
                     let next = now_unix + delay.as_secs().max(1);
+                    let flag = if notified || delay_due(r.index) {
+                        crate::spool::record::ATTEMPTS_DELAY_NOTIFIED
+                    } else {
+                        0
+                    };
                     (
                         RecipientState::Deferred {
-                            attempts,
+                            attempts: attempts | flag,
                             next_attempt_unix_s: next,
                         },
                         Verdict::Deferred(t),
@@ -410,7 +423,6 @@ async fn apply(
     // Then memory, counters, accounting.
     let mut dsn_rcpts: Vec<DsnRecipient> = Vec::new();
     let mut delay_rcpts: Vec<DsnRecipient> = Vec::new();
-    let all: Vec<_> = env.recipients().collect();
     {
         let mut state = engine.state.borrow_mut();
         for (r, (idx, rs, text, verdict)) in rcpts.iter().zip(states.iter()) {
@@ -441,10 +453,9 @@ async fn apply(
                     engine.defer_recipient(&mut state, queue, *r, due);
                     engine.deps.stats.deferred.fetch_add(1, Relaxed);
                     // NOTIFY=DELAY: one delay notice per recipient once it has
-                    // waited `dsn_delay_after` (per process run: a restart may
-                    // send another).
-                    let due = rec.is_some_and(|x| x.notify & NOTIFY_DELAY != 0)
-                        && delay_after.is_some_and(|after| age_s >= after.as_secs());
+                    // waited `dsn_delay_after`; the flag is in the recorded
+                    // state, so a restart or a move does not send another.
+                    let due = delay_due(*idx);
                     let slot = state
                         .messages
                         .get_mut(&r.message)

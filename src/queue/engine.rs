@@ -249,7 +249,9 @@ impl Engine {
                     next_attempt_unix_s,
                 } => {
                     if let Some(slot) = slots.get_mut(*index as usize) {
-                        slot.attempts = (*a).min(u32::from(u16::MAX)) as u16;
+                        let (a, notified) = crate::spool::record::deferred_attempts(*a);
+                        slot.attempts = a.min(u32::from(u16::MAX)) as u16;
+                        slot.delay_notified = notified;
                     }
                     let due = mono_ms_for_unix(*next_attempt_unix_s);
                     state.timer.insert(due, TimerItem::Retry(rcpt));

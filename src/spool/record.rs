@@ -206,6 +206,20 @@ pub const NOTIFY_FAILURE: u8 = 2;
 pub const NOTIFY_DELAY: u8 = 4;
 pub const NOTIFY_NEVER: u8 = 8;
 
+/// A flag in [`RecipientState::Deferred`]'s `attempts`: the recipient got
+/// its delay notice (NOTIFY=DELAY), so a restart does not send another. The
+/// attempt count is the other 31 bits ([`deferred_attempts`]).
+pub const ATTEMPTS_DELAY_NOTIFIED: u32 = 1 << 31;
+
+/// The attempt count and delay-notice flag packed in a deferred state's
+/// `attempts`.
+pub fn deferred_attempts(packed: u32) -> (u32, bool) {
+    (
+        packed & !ATTEMPTS_DELAY_NOTIFIED,
+        packed & ATTEMPTS_DELAY_NOTIFIED != 0,
+    )
+}
+
 /// The state of one recipient. `Queued` and `Deferred` are live; the rest are final.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecipientState {

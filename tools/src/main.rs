@@ -171,7 +171,9 @@ fn state_text(s: &spate::spool::RecipientState) -> String {
             attempts,
             next_attempt_unix_s,
         } => {
-            format!("deferred ({attempts} attempts, next at unix {next_attempt_unix_s})")
+            let (attempts, notified) = spate::spool::record::deferred_attempts(*attempts);
+            let notice = if notified { ", delay notice sent" } else { "" };
+            format!("deferred ({attempts} attempts, next at unix {next_attempt_unix_s}{notice})")
         }
         other => other.name().to_string(),
     }
@@ -193,7 +195,9 @@ fn message_json(m: &MessageInfo) -> serde_json::Value {
         "recipients": m.recipients.iter().map(|r| {
             let mut v = json!({"forward_path": r.forward_path, "orcpt": r.orcpt, "notify": r.notify, "state": r.state.name()});
             if let spate::spool::RecipientState::Deferred { attempts, next_attempt_unix_s } = r.state {
+                let (attempts, notified) = spate::spool::record::deferred_attempts(attempts);
                 v["attempts"] = json!(attempts);
+                v["delay_notice_sent"] = json!(notified);
                 v["next_attempt_unix_s"] = json!(next_attempt_unix_s);
             }
             if let spate::spool::RecipientState::Bounced { category } = r.state {
