@@ -304,37 +304,59 @@ pub(crate) fn create_segment(
     segment_bytes: u64,
 ) -> Result<(File, PathBuf), SpoolError> {
     let path = dir.join(file_name(id));
+    let file = create_reserved(&path, segment_bytes, "create segment")?;
+    let headed = write_header(&file, id).and_then(|()| sync_dir(dir));
+    or_remove(&path, headed)?;
+    Ok((file, path))
+}
+
+/// Creates `path` (new, mode 0600) and reserves `segment_bytes` for it with
+/// `fallocate` (never sparse). On failure the file is removed.
+fn create_reserved(
+    path: &Path,
+    segment_bytes: u64,
+    what: &'static str,
+) -> Result<File, SpoolError> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(&path)
-        .map_err(|e| SpoolError::io("create segment", &e))?;
-    let result = (|| {
-        let len = libc::off_t::try_from(segment_bytes).map_err(|_| SpoolError::TooLarge)?;
-        // SAFETY: fallocate on a file descriptor we own, with no pointers passed.
-        let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
-        if rc != 0 {
-            return Err(SpoolError::io(
-                "fallocate",
-                &std::io::Error::last_os_error(),
-            ));
-        }
-        file.write_all_at(&SegmentHeader { id }.encode(), 0)
-            .map_err(|e| SpoolError::io("write segment header", &e))?;
-        file.sync_all()
-            .map_err(|e| SpoolError::io("fsync new segment", &e))?;
-        sync_dir(dir)
-    })();
-    match result {
-        Ok(()) => Ok((file, path)),
-        Err(e) => {
-            drop(file);
-            let _ = std::fs::remove_file(&path);
-            Err(e)
-        }
+        .open(path)
+        .map_err(|e| SpoolError::io(what, &e))?;
+    let reserved = libc::off_t::try_from(segment_bytes)
+        .map_err(|_| SpoolError::TooLarge)
+        .and_then(|len| {
+            // SAFETY: fallocate on a file descriptor we own, with no pointers passed.
+            let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
+            if rc == 0 {
+                Ok(())
+            } else {
+                Err(SpoolError::io(
+                    "fallocate",
+                    &std::io::Error::last_os_error(),
+                ))
+            }
+        });
+    or_remove(path, reserved)?;
+    Ok(file)
+}
+
+/// Writes segment `id`'s header at the start of `file` and syncs the file.
+fn write_header(file: &File, id: SegmentId) -> Result<(), SpoolError> {
+    file.write_all_at(&SegmentHeader { id }.encode(), 0)
+        .map_err(|e| SpoolError::io("write segment header", &e))?;
+    file.sync_all()
+        .map_err(|e| SpoolError::io("fsync new segment", &e))
+}
+
+/// `result`, after removing `path` if it is an error: a file whose creation
+/// failed half way gives its space back.
+fn or_remove<T>(path: &Path, result: Result<T, SpoolError>) -> Result<T, SpoolError> {
+    if result.is_err() {
+        let _ = std::fs::remove_file(path);
     }
+    result
 }
 
 /// Zeros written per call while preparing a segment.
@@ -368,44 +390,25 @@ pub(crate) fn prepare_segment(
 ) -> Result<PreparedSegment, SpoolError> {
     let path = dir.join(prepared_file_name(shard));
     let _ = std::fs::remove_file(&path);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| SpoolError::io("create prepared segment", &e))?;
-    let result = (|| {
-        let len = libc::off_t::try_from(segment_bytes).map_err(|_| SpoolError::TooLarge)?;
-        // SAFETY: fallocate on a file descriptor we own, with no pointers passed.
-        let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
-        if rc != 0 {
-            return Err(SpoolError::io(
-                "fallocate",
-                &std::io::Error::last_os_error(),
-            ));
-        }
-        let zeros = vec![0u8; PREPARE_CHUNK_BYTES];
-        let mut at = 0u64;
-        while at < segment_bytes {
-            let n = usize::try_from(segment_bytes - at)
-                .unwrap_or(usize::MAX)
-                .min(PREPARE_CHUNK_BYTES);
-            file.write_all_at(zeros.get(..n).unwrap_or(&zeros), at)
-                .map_err(|e| SpoolError::io("zero prepared segment", &e))?;
-            at += n as u64;
-        }
-        file.sync_data()
-            .map_err(|e| SpoolError::io("fsync prepared segment", &e))
-    })();
-    match result {
-        Ok(()) => Ok(PreparedSegment { file, path }),
-        Err(e) => {
-            drop(file);
-            let _ = std::fs::remove_file(&path);
-            Err(e)
-        }
+    let file = create_reserved(&path, segment_bytes, "create prepared segment")?;
+    or_remove(&path, zero_fill(&file, segment_bytes))?;
+    Ok(PreparedSegment { file, path })
+}
+
+/// Writes `segment_bytes` of zeros over `file` and syncs its data.
+fn zero_fill(file: &File, segment_bytes: u64) -> Result<(), SpoolError> {
+    let zeros = vec![0u8; PREPARE_CHUNK_BYTES];
+    let mut at = 0u64;
+    while at < segment_bytes {
+        let n = usize::try_from(segment_bytes - at)
+            .unwrap_or(usize::MAX)
+            .min(PREPARE_CHUNK_BYTES);
+        file.write_all_at(zeros.get(..n).unwrap_or(&zeros), at)
+            .map_err(|e| SpoolError::io("zero prepared segment", &e))?;
+        at += n as u64;
     }
+    file.sync_data()
+        .map_err(|e| SpoolError::io("fsync prepared segment", &e))
 }
 
 /// Turns a prepared file into segment `id`: header and fsync while it still
@@ -418,30 +421,12 @@ pub(crate) fn install_prepared(
 ) -> Result<(File, PathBuf), SpoolError> {
     let PreparedSegment { file, path: tmp } = prepared;
     let path = dir.join(file_name(id));
-    let headed = file
-        .write_all_at(&SegmentHeader { id }.encode(), 0)
-        .map_err(|e| SpoolError::io("write segment header", &e))
-        .and_then(|()| {
-            file.sync_data()
-                .map_err(|e| SpoolError::io("fsync new segment", &e))
-        });
-    if let Err(e) = headed {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    if let Err(e) = std::fs::rename(&tmp, &path) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(SpoolError::io("rename prepared segment", &e));
-    }
-    let result = sync_dir(dir);
-    match result {
-        Ok(()) => Ok((file, path)),
-        Err(e) => {
-            drop(file);
-            let _ = std::fs::remove_file(&path);
-            Err(e)
-        }
-    }
+    or_remove(&tmp, write_header(&file, id))?;
+    let renamed =
+        std::fs::rename(&tmp, &path).map_err(|e| SpoolError::io("rename prepared segment", &e));
+    or_remove(&tmp, renamed)?;
+    or_remove(&path, sync_dir(dir))?;
+    Ok((file, path))
 }
 
 /// fsync the spool directory so created or removed entries are durable.
