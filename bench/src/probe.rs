@@ -180,14 +180,36 @@ pub fn http_get(
     path: &str,
     token: Option<&str>,
 ) -> anyhow::Result<(u16, String)> {
-    let timeout = Duration::from_millis(PROBE_TIMEOUT_MS);
+    http_request(
+        addr,
+        "GET",
+        path,
+        token,
+        Duration::from_millis(PROBE_TIMEOUT_MS),
+    )
+}
+
+/// A blocking HTTP/1.1 request without a body (GET, or a POST action of the
+/// admin API); returns the status code and body.
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    timeout: Duration,
+) -> anyhow::Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, timeout).context("connect")?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let length = if method == "GET" {
+        ""
+    } else {
+        "Content-Length: 0\r\n"
+    };
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}{length}Connection: close\r\n\r\n"
     )?;
     let mut raw = Vec::new();
     stream.take(HTTP_BODY_BYTES_MAX).read_to_end(&mut raw)?;

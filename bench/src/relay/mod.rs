@@ -410,18 +410,9 @@ fn inject_only(
 
 /// One POST to spate's admin API with a bearer token; fails unless 2xx.
 fn admin_post(admin: SocketAddr, token: &str, path: &str) -> anyhow::Result<()> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: {admin}\r\nAuthorization: Bearer {token}\r\n\
-         Content-Length: 0\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut answer = String::new();
-    s.read_to_string(&mut answer)?;
-    let status = answer.split_whitespace().nth(1).unwrap_or_default();
-    anyhow::ensure!(status.starts_with('2'), "POST {path}: {answer}");
+    let (code, body) =
+        crate::probe::http_request(admin, "POST", path, Some(token), Duration::from_secs(10))?;
+    anyhow::ensure!((200..300).contains(&code), "POST {path}: {code} {body}");
     Ok(())
 }
 
