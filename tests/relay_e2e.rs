@@ -10,29 +10,14 @@ use support::sink::Sink;
 use support::spate_proc::{Client, Spate, free_port};
 
 fn config(dir: &std::path::Path, smtp: SocketAddr, sink: SocketAddr, extra: &str) -> String {
+    let head = support::config::head(
+        dir,
+        smtp,
+        &format!("listen = \"127.0.0.1:{}\"", free_port()),
+    );
+    let acct = support::config::accounting(dir);
     format!(
-        r#"
-hostname = "relay.test"
-
-[spool]
-path = "{spool}"
-segment_size = "1MiB"
-
-[runtime]
-shards = 2
-pin_cores = false
-shutdown_timeout = "5s"
-
-[admin]
-listen = "127.0.0.1:{admin}"
-
-[dns]
-nameservers = ["127.0.0.1:9"]
-timeout = "1s"
-
-[[listener]]
-address = "{smtp}"
-
+        r#"{head}
 [[source]]
 networks = ["127.0.0.1/32"]
 allow_relaying = true
@@ -58,16 +43,8 @@ bounce_after = "1h"
 
 [domain."sink.test"]
 smtp_hosts = ["{sink}"]
-
-[[accounting]]
-path = "{acct}"
-format = "csv"
-records = ["d", "b", "t"]
-{extra}
+{acct}{extra}
 "#,
-        spool = dir.join("spool").display(),
-        admin = free_port(),
-        acct = dir.join("acct.csv").display(),
     )
 }
 

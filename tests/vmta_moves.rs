@@ -35,29 +35,10 @@ fn config(
     sink: SocketAddr,
     default_vmta: &str,
 ) -> String {
+    let head = support::config::head(dir, smtp, &format!("listen = \"{admin}\""));
+    let acct = support::config::accounting(dir);
     format!(
-        r#"
-hostname = "relay.test"
-
-[spool]
-path = "{spool}"
-segment_size = "1MiB"
-
-[runtime]
-shards = 2
-pin_cores = false
-shutdown_timeout = "5s"
-
-[admin]
-listen = "{admin}"
-
-[dns]
-nameservers = ["127.0.0.1:9"]
-timeout = "1s"
-
-[[listener]]
-address = "{smtp}"
-
+        r#"{head}
 [[source]]
 networks = ["127.0.0.1/32"]
 allow_relaying = true
@@ -87,14 +68,7 @@ smtp_pattern_list = "blocks"
 rules = [
   {{ reply = '\[TSS09\]', disable_source_ip = true, reenable_after = "1h" }},
 ]
-
-[[accounting]]
-path = "{acct}"
-format = "csv"
-records = ["d", "b", "t"]
-"#,
-        spool = dir.join("spool").display(),
-        acct = dir.join("acct.csv").display(),
+{acct}"#,
     )
 }
 

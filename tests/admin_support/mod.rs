@@ -24,30 +24,14 @@ pub fn config(
     std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let head = crate::support::config::head(
+        dir,
+        smtp,
+        &format!("listen = \"{admin}\"\ntoken_file = \"{}\"", token.display()),
+    );
+    let acct = crate::support::config::accounting(dir);
     format!(
-        r#"
-hostname = "relay.test"
-
-[spool]
-path = "{spool}"
-segment_size = "1MiB"
-
-[runtime]
-shards = 2
-pin_cores = false
-shutdown_timeout = "5s"
-
-[admin]
-listen = "{admin}"
-token_file = "{token}"
-
-[dns]
-nameservers = ["127.0.0.1:9"]
-timeout = "1s"
-
-[[listener]]
-address = "{smtp}"
-
+        r#"{head}
 [[source]]
 networks = ["127.0.0.1/32"]
 allow_relaying = true
@@ -64,16 +48,8 @@ bounce_after = "1h"
 
 [domain."sink.test"]
 smtp_hosts = ["{sink}"]
-
-[[accounting]]
-path = "{acct}"
-format = "csv"
-records = ["d", "b", "t"]
-{extra}
+{acct}{extra}
 "#,
-        spool = dir.join("spool").display(),
-        token = token.display(),
-        acct = dir.join("acct.csv").display(),
     )
 }
 
