@@ -1,8 +1,8 @@
 //! [`Spool`]: one shard's appender. Records are encoded into a pending
 //! buffer by the calling task; a flusher task on the shard's compio runtime
-//! takes everything pending as one batch, writes it with one `write_at` at the
-//! end of the current segment, then one `fdatasync`, then resolves every
-//! waiter in that batch (group commit). Two batches may be in flight: the next
+//! takes everything pending as one batch, writes it with one `pwrite` at the
+//! end of the current segment, then one `fdatasync` (through io_uring), then
+//! resolves every waiter in that batch (group commit). Two batches may be in flight: the next
 //! one is written as soon as the previous write finished, and its fdatasync
 //! runs while the previous one completes, so a record waits about one sync.
 //!
@@ -31,8 +31,6 @@ use std::sync::atomic::Ordering;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use compio::BufResult;
-use compio::io::AsyncWriteAtExt;
 
 use super::record::{
     self, NewMessage, NewRecipient, RECIPIENT_SUPERSEDED, RecipientState, SEGMENT_HEADER_BYTES,
@@ -738,8 +736,7 @@ impl Inner {
             bytes,
             entries,
         } = batch;
-        let mut writer = &file;
-        let BufResult(res, mut buf) = writer.write_all_at(bytes, pos).await;
+        let (res, mut buf) = (pwrite_all(&file, &bytes, pos), bytes);
         if res.is_err() {
             // Before the next batch can be written after this bad region.
             let mut st = self.st.borrow_mut();
@@ -864,6 +861,32 @@ impl Inner {
             entry.slot.resolve(Ok(result));
         }
     }
+}
+
+/// Writes `bytes` at `pos` with `pwrite` on the calling thread: a buffered
+/// write into the page cache, which io_uring would hand to a kernel worker
+/// thread on ext4 (no non-blocking buffered writes there), one thread switch
+/// per batch more.
+fn pwrite_all(file: &compio::fs::File, mut bytes: &[u8], mut pos: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    while !bytes.is_empty() {
+        // SAFETY: `bytes` is a live slice; `fd` stays open while `file` lives.
+        let n = unsafe { libc::pwrite(fd, bytes.as_ptr().cast(), bytes.len(), pos as libc::off_t) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        bytes = &bytes[n as usize..];
+        pos += n as u64;
+    }
+    Ok(())
 }
 
 /// Moves a finished preparation into `st.prepared` (a failed one is logged
