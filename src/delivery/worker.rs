@@ -448,23 +448,11 @@ async fn session(
                 Next::Quit => client.quit(),
                 Next::Wait(until) => {
                     let _ = conn.write_all(client.take_output()).await;
-                    let idle = policy.idle_timeout;
-                    let wait = until.map_or(idle, |t| {
-                        Duration::from_millis(t.saturating_sub(now_ms())).min(idle)
-                    });
-                    mark_idle(engine, queue, 1);
-                    let _ = compio::time::timeout(wait, engine.work.notified()).await;
-                    mark_idle(engine, queue, -1);
-                    let has_work = {
-                        let state = engine.state.borrow();
-                        state.queues.get(queue).is_some_and(|q| !q.ready.is_empty())
-                    };
-                    if !has_work || engine.is_shutting_down() {
-                        client.quit();
-                    } else {
+                    if wait_for_work(engine, queue, until, policy.idle_timeout).await {
                         ready = true;
                         continue;
                     }
+                    client.quit();
                 }
             }
         }
@@ -509,6 +497,38 @@ async fn session(
                     SessionEnd::TryNext(text.into())
                 };
             }
+        }
+    }
+}
+
+/// Keeps an idle connection open until its queue has work (true) or
+/// `idle_timeout` passed without any (false). `until`: a rate limit's next
+/// slot, when the queue has work it may not send yet. A wake-up for work
+/// another connection took first goes back to waiting: every idle connection
+/// of the shard is woken for each new message, and quitting then would close
+/// all but one of them each time.
+async fn wait_for_work(engine: &Engine, queue: &str, until: Option<u64>, idle: Duration) -> bool {
+    let deadline = std::time::Instant::now() + idle;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() || engine.is_shutting_down() {
+            return false;
+        }
+        let wait = until.map_or(left, |t| {
+            Duration::from_millis(t.saturating_sub(now_ms())).min(left)
+        });
+        mark_idle(engine, queue, 1);
+        let _ = compio::time::timeout(wait, engine.work.notified()).await;
+        mark_idle(engine, queue, -1);
+        if engine.is_shutting_down() {
+            return false;
+        }
+        let has_work = {
+            let state = engine.state.borrow();
+            state.queues.get(queue).is_some_and(|q| !q.ready.is_empty())
+        };
+        if has_work {
+            return true;
         }
     }
 }

@@ -31,7 +31,6 @@ use std::sync::atomic::Ordering;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-
 use super::record::{
     self, NewMessage, NewRecipient, RECIPIENT_SUPERSEDED, RecipientState, SEGMENT_HEADER_BYTES,
     StateRecord,

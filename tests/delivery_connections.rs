@@ -1,0 +1,101 @@
+//! Outbound connections are kept and reused: an idle connection waits
+//! `idle_timeout` for work, and a new message wakes the idle connections of
+//! its queue without closing the ones that did not get it (they used to
+//! quit, so a steady trickle of mail opened a connection every few messages).
+
+mod admin_support;
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use admin_support::{body, get, post, wait_admin};
+use support::sink::Sink;
+use support::spate_proc::{Client, Spate, free_port};
+
+fn addr() -> SocketAddr {
+    format!("127.0.0.1:{}", free_port()).parse().unwrap()
+}
+
+fn connections_out(admin: SocketAddr) -> u64 {
+    let a = get(admin, "/api/v1/status");
+    assert_eq!(a.status, 200, "{}", a.body);
+    a.json()["connections_out"]
+        .as_u64()
+        .expect("connections_out")
+}
+
+/// Waits until spate has `n` outbound connections open.
+fn wait_connections_out(admin: SocketAddr, n: u64, spate: &Spate) {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let open = connections_out(admin);
+        if open == n {
+            return;
+        }
+        assert!(
+            Instant::now() < end,
+            "{open} outbound connections open, expected {n}; log:\n{}",
+            spate.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn send(smtp: SocketAddr, subjects: &[&str]) {
+    let mut c = Client::connect(smtp);
+    c.cmd("EHLO client.test");
+    for s in subjects {
+        let r = c.message("sender@sink.test", &["rcpt@sink.test"], &body(s));
+        assert!(r.starts_with("250"), "{r}");
+    }
+    c.cmd("QUIT");
+}
+
+#[test]
+fn idle_connections_stay_open_and_are_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start();
+    let (smtp, admin) = (addr(), addr());
+    let spate = Spate::start(
+        dir.path(),
+        &admin_support::config(dir.path(), smtp, sink.addr, admin, ""),
+        smtp,
+    );
+    wait_admin(admin);
+
+    // Four messages wait in a paused queue; the resume opens one connection
+    // per waiting message in one pass.
+    let a = post(admin, "/api/v1/queues/sink.test%2Fip1/pause", "");
+    assert_eq!(a.status, 200, "{}", a.body);
+    send(smtp, &["a", "b", "c", "d"]);
+    let a = post(admin, "/api/v1/queues/sink.test%2Fip1/resume", "");
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(sink.wait_for(4, Duration::from_secs(20)).len(), 4);
+    let opened = sink.connections();
+    assert!(
+        opened >= 2,
+        "the resume opened {opened} connection(s); the test needs several idle ones"
+    );
+    wait_connections_out(admin, opened as u64, &spate);
+
+    // One new message: one idle connection takes it, the others stay open.
+    send(smtp, &["e"]);
+    assert_eq!(sink.wait_for(5, Duration::from_secs(20)).len(), 5);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        connections_out(admin),
+        opened as u64,
+        "idle connections closed when another one took the work; log:\n{}",
+        spate.log_text()
+    );
+
+    // More messages go out on the connections already open.
+    send(smtp, &["f", "g", "h"]);
+    assert_eq!(sink.wait_for(8, Duration::from_secs(20)).len(), 8);
+    assert_eq!(
+        sink.connections(),
+        opened,
+        "new connections were opened while idle ones waited"
+    );
+}
