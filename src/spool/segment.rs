@@ -305,7 +305,7 @@ pub(crate) fn create_segment(
 ) -> Result<(File, PathBuf), SpoolError> {
     let path = dir.join(file_name(id));
     let file = create_reserved(&path, segment_bytes, "create segment")?;
-    let headed = write_header(&file, id).and_then(|()| sync_dir(dir));
+    let headed = write_header(&file, id, segment_bytes).and_then(|()| sync_dir(dir));
     or_remove(&path, headed)?;
     Ok((file, path))
 }
@@ -342,9 +342,14 @@ fn create_reserved(
     Ok(file)
 }
 
-/// Writes segment `id`'s header at the start of `file` and syncs the file.
-fn write_header(file: &File, id: SegmentId) -> Result<(), SpoolError> {
-    file.write_all_at(&SegmentHeader { id }.encode(), 0)
+/// Writes segment `id`'s header at the start of `file`, as a whole first
+/// page (the rest zeros, which the file holds anyway) so that no block is
+/// read back, and syncs the file.
+fn write_header(file: &File, id: SegmentId, segment_bytes: u64) -> Result<(), SpoolError> {
+    let mut page = SegmentHeader { id }.encode().to_vec();
+    let len = usize::try_from(PAGE_BYTES.min(segment_bytes)).unwrap_or(page.len());
+    page.resize(len.max(page.len()), 0);
+    file.write_all_at(&page, 0)
         .map_err(|e| SpoolError::io("write segment header", &e))?;
     file.sync_all()
         .map_err(|e| SpoolError::io("fsync new segment", &e))
@@ -377,6 +382,7 @@ pub(crate) fn is_prepared_file_name(name: &str) -> bool {
 pub(crate) struct PreparedSegment {
     file: File,
     path: PathBuf,
+    bytes: u64,
 }
 
 /// Makes the next segment file of `shard` ahead of need: reserve the space,
@@ -391,14 +397,46 @@ pub(crate) fn prepare_segment(
     let path = dir.join(prepared_file_name(shard));
     let _ = std::fs::remove_file(&path);
     let file = create_reserved(&path, segment_bytes, "create prepared segment")?;
-    or_remove(&path, zero_fill(&file, segment_bytes))?;
-    Ok(PreparedSegment { file, path })
+    or_remove(&path, zero_fill(&file, &path, segment_bytes))?;
+    Ok(PreparedSegment {
+        file,
+        path,
+        bytes: segment_bytes,
+    })
 }
 
-/// Writes `segment_bytes` of zeros over `file` and syncs its data.
-fn zero_fill(file: &File, segment_bytes: u64) -> Result<(), SpoolError> {
-    let zeros = vec![0u8; PREPARE_CHUNK_BYTES];
+/// Writes `segment_bytes` of zeros over `file` (at `path`) and syncs its data.
+///
+/// The whole-page part goes through a second descriptor opened `O_DIRECT`:
+/// the zeros go from one aligned buffer to the disk without passing through
+/// the page cache, which would cost a copy and a write-back per page (for
+/// 100 KB messages, zero-filling through the page cache took about a fifth
+/// of the end-to-end rate). A file system without `O_DIRECT` gets buffered
+/// writes. The commit path never reads these blocks back: its writes cover
+/// whole pages ([`PAGE_BYTES`]).
+fn zero_fill(file: &File, path: &Path, segment_bytes: u64) -> Result<(), SpoolError> {
+    let direct_end = segment_bytes - segment_bytes % PAGE_BYTES;
+    let direct = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .ok()
+        .and_then(|d| AlignedZeros::new().map(|z| (d, z)));
     let mut at = 0u64;
+    if let Some((dfile, zeros)) = direct {
+        while at < direct_end {
+            let n = usize::try_from(direct_end - at)
+                .unwrap_or(usize::MAX)
+                .min(PREPARE_CHUNK_BYTES);
+            match dfile.write_all_at(zeros.get(n), at) {
+                Ok(()) => at += n as u64,
+                // EINVAL: this file system takes no O_DIRECT writes after all.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => break,
+                Err(e) => return Err(SpoolError::io("zero prepared segment", &e)),
+            }
+        }
+    }
+    let zeros = vec![0u8; PREPARE_CHUNK_BYTES];
     while at < segment_bytes {
         let n = usize::try_from(segment_bytes - at)
             .unwrap_or(usize::MAX)
@@ -411,6 +449,41 @@ fn zero_fill(file: &File, segment_bytes: u64) -> Result<(), SpoolError> {
         .map_err(|e| SpoolError::io("fsync prepared segment", &e))
 }
 
+/// The page size writes are rounded to, so that the kernel never reads a
+/// block back to merge a partial page (4 KiB covers every common page and
+/// logical block size).
+pub(crate) const PAGE_BYTES: u64 = 4096;
+
+/// [`PREPARE_CHUNK_BYTES`] of zeros aligned for `O_DIRECT`.
+struct AlignedZeros(std::ptr::NonNull<u8>);
+
+impl AlignedZeros {
+    fn layout() -> std::alloc::Layout {
+        // PREPARE_CHUNK_BYTES is a non-zero multiple of the alignment.
+        std::alloc::Layout::from_size_align(PREPARE_CHUNK_BYTES, PAGE_BYTES as usize)
+            .unwrap_or_else(|_| std::alloc::Layout::new::<u8>())
+    }
+
+    fn new() -> Option<AlignedZeros> {
+        // SAFETY: the layout has a non-zero size.
+        let p = unsafe { std::alloc::alloc_zeroed(Self::layout()) };
+        std::ptr::NonNull::new(p).map(AlignedZeros)
+    }
+
+    fn get(&self, n: usize) -> &[u8] {
+        // SAFETY: the allocation holds PREPARE_CHUNK_BYTES initialised bytes
+        // and lives as long as `self`.
+        unsafe { std::slice::from_raw_parts(self.0.as_ptr(), n.min(PREPARE_CHUNK_BYTES)) }
+    }
+}
+
+impl Drop for AlignedZeros {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { std::alloc::dealloc(self.0.as_ptr(), Self::layout()) }
+    }
+}
+
 /// Turns a prepared file into segment `id`: header and fsync while it still
 /// has its temporary name (so a `.seg` file never lacks its header), then
 /// rename and directory fsync. On failure the file is removed.
@@ -419,9 +492,13 @@ pub(crate) fn install_prepared(
     id: SegmentId,
     prepared: PreparedSegment,
 ) -> Result<(File, PathBuf), SpoolError> {
-    let PreparedSegment { file, path: tmp } = prepared;
+    let PreparedSegment {
+        file,
+        path: tmp,
+        bytes,
+    } = prepared;
     let path = dir.join(file_name(id));
-    or_remove(&tmp, write_header(&file, id))?;
+    or_remove(&tmp, write_header(&file, id, bytes))?;
     let renamed =
         std::fs::rename(&tmp, &path).map_err(|e| SpoolError::io("rename prepared segment", &e));
     or_remove(&tmp, renamed)?;
@@ -434,4 +511,32 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| SpoolError::io("fsync spool directory", &e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The prepared file is all zeros and exactly `segment_bytes` long, also
+    /// when that is not a whole number of pages (the tail is written through
+    /// the page cache) or not even one page.
+    #[test]
+    fn prepared_segment_is_zeros_of_the_requested_length() {
+        let dir = tempfile::tempdir().unwrap();
+        for bytes in [3 * PREPARE_CHUNK_BYTES as u64 + 4096 + 100, 64 * 1024, 1000] {
+            let p = prepare_segment(dir.path(), 7, bytes).unwrap();
+            let data = std::fs::read(&p.path).unwrap();
+            assert_eq!(data.len() as u64, bytes);
+            assert!(data.iter().all(|&b| b == 0), "non-zero byte in {bytes}");
+            let (file, path) = install_prepared(dir.path(), SegmentId { shard: 7, number: 1 }, p)
+                .unwrap();
+            drop(file);
+            let data = std::fs::read(&path).unwrap();
+            assert_eq!(data.len() as u64, bytes);
+            let header = &data[..record::SEGMENT_HEADER_BYTES];
+            assert_eq!(&header[..8], b"SPATESG1");
+            assert!(data[record::SEGMENT_HEADER_BYTES..].iter().all(|&b| b == 0));
+            std::fs::remove_file(path).unwrap();
+        }
+    }
 }

@@ -121,6 +121,8 @@ struct Batch {
     file: compio::fs::File,
     seg: Arc<SegmentShared>,
     pos: u64,
+    /// The segment's size: the end a write's page padding stops at.
+    limit: u64,
     bytes: Vec<u8>,
     entries: Vec<Entry>,
 }
@@ -720,6 +722,7 @@ impl Inner {
             file: cur.files[cur.next_file].clone(),
             seg: cur.seg.clone(),
             pos,
+            limit: cur.capacity,
             bytes: buf,
             entries,
         }))
@@ -732,10 +735,22 @@ impl Inner {
             file,
             seg,
             pos,
-            bytes,
+            limit,
+            mut bytes,
             entries,
         } = batch;
-        let (res, mut buf) = (pwrite_all(&file, &bytes, pos), bytes);
+        // Up to the end of the last page (the segment holds zeros there):
+        // a partial page not in the page cache would be read from disk first.
+        let len = bytes.len();
+        let end = pos + len as u64;
+        let padded = end
+            .next_multiple_of(segment::PAGE_BYTES)
+            .min(limit)
+            .max(end);
+        bytes.resize(len + (padded - end) as usize, 0);
+        let res = pwrite_all(&file, &bytes, pos);
+        bytes.truncate(len);
+        let mut buf = bytes;
         if res.is_err() {
             // Before the next batch can be written after this bad region.
             let mut st = self.st.borrow_mut();
