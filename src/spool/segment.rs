@@ -198,7 +198,8 @@ impl MessageRef {
                 needed: end,
                 available: self.0.segment.map.len(),
             })?;
-        let raw = record::decode_raw(bytes)?;
+        // Verified when the segment was scanned or when this process wrote it.
+        let raw = record::decode_verified(bytes)?;
         record::decode_message(raw.payload)
     }
 
@@ -528,8 +529,15 @@ mod tests {
             let data = std::fs::read(&p.path).unwrap();
             assert_eq!(data.len() as u64, bytes);
             assert!(data.iter().all(|&b| b == 0), "non-zero byte in {bytes}");
-            let (file, path) = install_prepared(dir.path(), SegmentId { shard: 7, number: 1 }, p)
-                .unwrap();
+            let (file, path) = install_prepared(
+                dir.path(),
+                SegmentId {
+                    shard: 7,
+                    number: 1,
+                },
+                p,
+            )
+            .unwrap();
             drop(file);
             let data = std::fs::read(&path).unwrap();
             assert_eq!(data.len() as u64, bytes);

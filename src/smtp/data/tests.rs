@@ -180,6 +180,29 @@ fn encoder_borrows_instead_of_copying() {
     );
 }
 
+#[test]
+fn bdat_sends_a_crlf_body_as_one_piece() {
+    let body = b"Subject: x\r\n\r\n.dot\r\nlast\r\n";
+    let pieces: Vec<Piece> = BodyEncoder::new(body, BodyMode::Bdat).collect();
+    assert_eq!(pieces, vec![Piece::Body(0..body.len())]);
+    let body = b"no line end";
+    let pieces: Vec<Piece> = BodyEncoder::new(body, BodyMode::Bdat).collect();
+    assert_eq!(
+        pieces,
+        vec![Piece::Body(0..body.len()), Piece::Static(b"\r\n")]
+    );
+    for bare in [
+        &b"a\nb\r\n"[..],
+        b"a\rb\r\n",
+        b"\na\r\n",
+        b"a\r\nb\r",
+        b"\r\r\n",
+    ] {
+        assert!(!crlf_only(bare), "{bare:?}");
+        assert_eq!(BodyEncoder::to_vec(bare, BodyMode::Bdat), normalise(bare));
+    }
+}
+
 fn normalise(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     let mut i = 0;
