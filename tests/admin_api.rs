@@ -11,40 +11,17 @@ use std::process::Command;
 use std::time::Duration;
 
 use admin_support::{
-    TOKEN, body, config, get, http, parse_prometheus, post, queue, wait_admin, wait_delivered,
+    TOKEN, addr, config, get, http, parse_prometheus, post, queue, send, start, wait_admin,
+    wait_delivered,
 };
 use support::sink::Sink;
-use support::spate_proc::{Client, Spate, free_port};
-
-fn addr() -> SocketAddr {
-    format!("127.0.0.1:{}", free_port()).parse().unwrap()
-}
-
-fn send(smtp: SocketAddr, n: usize, tag: &str) {
-    let mut c = Client::connect(smtp);
-    assert!(c.cmd("EHLO client.test").starts_with("250"));
-    for i in 0..n {
-        let r = c.message(
-            "a@sink.test",
-            &["b@sink.test"],
-            &body(&format!("{tag} {i}")),
-        );
-        assert!(r.starts_with("250"), "{r}");
-    }
-    c.cmd("QUIT");
-}
+use support::spate_proc::{Spate, free_port};
 
 #[test]
 fn auth_status_queues_and_errors() {
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start();
-    let (smtp, admin) = (addr(), addr());
-    let spate = Spate::start(
-        dir.path(),
-        &config(dir.path(), smtp, sink.addr, admin, ""),
-        smtp,
-    );
-    wait_admin(admin);
+    let (spate, smtp, admin) = start(dir.path(), sink.addr);
 
     let a = http(admin, "GET", "/api/v1/status", None, "");
     assert_eq!(a.status, 401, "{a:?}");
@@ -168,13 +145,7 @@ fn auth_status_queues_and_errors() {
 fn metrics_parse_as_prometheus_text() {
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start();
-    let (smtp, admin) = (addr(), addr());
-    let spate = Spate::start(
-        dir.path(),
-        &config(dir.path(), smtp, sink.addr, admin, ""),
-        smtp,
-    );
-    wait_admin(admin);
+    let (spate, smtp, admin) = start(dir.path(), sink.addr);
     send(smtp, 3, "metrics");
     assert_eq!(
         sink.wait_for(3, Duration::from_secs(15)).len(),
@@ -245,13 +216,7 @@ fn metrics_parse_as_prometheus_text() {
 fn pause_resume_mode_and_delete() {
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start();
-    let (smtp, admin) = (addr(), addr());
-    let spate = Spate::start(
-        dir.path(),
-        &config(dir.path(), smtp, sink.addr, admin, ""),
-        smtp,
-    );
-    wait_admin(admin);
+    let (spate, smtp, admin) = start(dir.path(), sink.addr);
     // A pause given before its queue exists holds the queue once mail makes it.
     let a = post(admin, "/api/v1/queues/sink.test%2F%2A/pause", "");
     assert_eq!(a.status, 200, "{}", a.body);
@@ -443,13 +408,7 @@ fn ctl(admin: SocketAddr, token: Option<&std::path::Path>, args: &[&str]) -> (i3
 fn ctl_commands_and_errors() {
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start();
-    let (smtp, admin) = (addr(), addr());
-    let spate = Spate::start(
-        dir.path(),
-        &config(dir.path(), smtp, sink.addr, admin, ""),
-        smtp,
-    );
-    wait_admin(admin);
+    let (spate, smtp, admin) = start(dir.path(), sink.addr);
     send(smtp, 1, "ctl");
     assert_eq!(
         sink.wait_for(1, Duration::from_secs(15)).len(),

@@ -9,13 +9,9 @@ mod support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use admin_support::{body, get, post, wait_admin};
+use admin_support::{get, post, send, start};
 use support::sink::Sink;
-use support::spate_proc::{Client, Spate, free_port};
-
-fn addr() -> SocketAddr {
-    format!("127.0.0.1:{}", free_port()).parse().unwrap()
-}
+use support::spate_proc::Spate;
 
 fn connections_out(admin: SocketAddr) -> u64 {
     let a = get(admin, "/api/v1/status");
@@ -42,33 +38,17 @@ fn wait_connections_out(admin: SocketAddr, n: u64, spate: &Spate) {
     }
 }
 
-fn send(smtp: SocketAddr, subjects: &[&str]) {
-    let mut c = Client::connect(smtp);
-    c.cmd("EHLO client.test");
-    for s in subjects {
-        let r = c.message("sender@sink.test", &["rcpt@sink.test"], &body(s));
-        assert!(r.starts_with("250"), "{r}");
-    }
-    c.cmd("QUIT");
-}
-
 #[test]
 fn idle_connections_stay_open_and_are_reused() {
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start();
-    let (smtp, admin) = (addr(), addr());
-    let spate = Spate::start(
-        dir.path(),
-        &admin_support::config(dir.path(), smtp, sink.addr, admin, ""),
-        smtp,
-    );
-    wait_admin(admin);
+    let (spate, smtp, admin) = start(dir.path(), sink.addr);
 
     // Four messages wait in a paused queue; the resume opens one connection
     // per waiting message in one pass.
     let a = post(admin, "/api/v1/queues/sink.test%2Fip1/pause", "");
     assert_eq!(a.status, 200, "{}", a.body);
-    send(smtp, &["a", "b", "c", "d"]);
+    send(smtp, 4, "first");
     let a = post(admin, "/api/v1/queues/sink.test%2Fip1/resume", "");
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(sink.wait_for(4, Duration::from_secs(20)).len(), 4);
@@ -80,7 +60,7 @@ fn idle_connections_stay_open_and_are_reused() {
     wait_connections_out(admin, opened as u64, &spate);
 
     // One new message: one idle connection takes it, the others stay open.
-    send(smtp, &["e"]);
+    send(smtp, 1, "second");
     assert_eq!(sink.wait_for(5, Duration::from_secs(20)).len(), 5);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
@@ -91,7 +71,7 @@ fn idle_connections_stay_open_and_are_reused() {
     );
 
     // More messages go out on the connections already open.
-    send(smtp, &["f", "g", "h"]);
+    send(smtp, 3, "third");
     assert_eq!(sink.wait_for(8, Duration::from_secs(20)).len(), 8);
     assert_eq!(
         sink.connections(),

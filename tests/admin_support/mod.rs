@@ -53,6 +53,43 @@ smtp_hosts = ["{sink}"]
     )
 }
 
+/// A free loopback address.
+pub fn addr() -> SocketAddr {
+    format!("127.0.0.1:{}", crate::support::spate_proc::free_port())
+        .parse()
+        .unwrap()
+}
+
+/// spate on [`config`] (no extra lines) in `dir`, delivering `sink.test` to
+/// `sink`; returned with its SMTP and admin addresses once the admin API
+/// answers.
+pub fn start(
+    dir: &Path,
+    sink: SocketAddr,
+) -> (crate::support::spate_proc::Spate, SocketAddr, SocketAddr) {
+    let (smtp, admin) = (addr(), addr());
+    let spate =
+        crate::support::spate_proc::Spate::start(dir, &config(dir, smtp, sink, admin, ""), smtp);
+    wait_admin(admin);
+    (spate, smtp, admin)
+}
+
+/// Sends `n` messages `a@sink.test` → `b@sink.test` in one session, subjects
+/// "`tag` 0", "`tag` 1", …; each must get 250.
+pub fn send(smtp: SocketAddr, n: usize, tag: &str) {
+    let mut c = crate::support::spate_proc::Client::connect(smtp);
+    assert!(c.cmd("EHLO client.test").starts_with("250"));
+    for i in 0..n {
+        let r = c.message(
+            "a@sink.test",
+            &["b@sink.test"],
+            &body(&format!("{tag} {i}")),
+        );
+        assert!(r.starts_with("250"), "{r}");
+    }
+    c.cmd("QUIT");
+}
+
 pub fn body(subject: &str) -> String {
     format!("From: a@sink.test\r\nTo: b@sink.test\r\nSubject: {subject}\r\n\r\nHello.\r\n")
 }
