@@ -2,6 +2,7 @@
 //! `idle_timeout` for work, and a new message wakes the idle connections of
 //! its queue without closing the ones that did not get it (they used to
 //! quit, so a steady trickle of mail opened a connection every few messages).
+//! A pause still closes idle connections at once.
 
 mod admin_support;
 mod support;
@@ -21,9 +22,9 @@ fn connections_out(admin: SocketAddr) -> u64 {
         .expect("connections_out")
 }
 
-/// Waits until spate has `n` outbound connections open.
-fn wait_connections_out(admin: SocketAddr, n: u64, spate: &Spate) {
-    let end = Instant::now() + Duration::from_secs(10);
+/// Waits (at most `secs`) until spate has `n` outbound connections open.
+fn wait_connections_out(admin: SocketAddr, n: u64, secs: u64, spate: &Spate) {
+    let end = Instant::now() + Duration::from_secs(secs);
     loop {
         let open = connections_out(admin);
         if open == n {
@@ -57,7 +58,7 @@ fn idle_connections_stay_open_and_are_reused() {
         opened >= 2,
         "the resume opened {opened} connection(s); the test needs several idle ones"
     );
-    wait_connections_out(admin, opened as u64, &spate);
+    wait_connections_out(admin, opened as u64, 10, &spate);
 
     // One new message: one idle connection takes it, the others stay open.
     send(smtp, 1, "second");
@@ -78,4 +79,10 @@ fn idle_connections_stay_open_and_are_reused() {
         opened,
         "new connections were opened while idle ones waited"
     );
+
+    // A pause closes the idle connections at once, not after idle_timeout
+    // (10 s by default).
+    let a = post(admin, "/api/v1/queues/sink.test%2Fip1/pause", "");
+    assert_eq!(a.status, 200, "{}", a.body);
+    wait_connections_out(admin, 0, 3, &spate);
 }

@@ -448,7 +448,7 @@ async fn session(
                 Next::Quit => client.quit(),
                 Next::Wait(until) => {
                     let _ = conn.write_all(client.take_output()).await;
-                    if wait_for_work(engine, queue, until, policy.idle_timeout).await {
+                    if wait_for_work(engine, queue, until, policy.idle_timeout, sent).await {
                         ready = true;
                         continue;
                     }
@@ -506,28 +506,48 @@ async fn session(
 /// slot, when the queue has work it may not send yet. A wake-up for work
 /// another connection took first goes back to waiting: every idle connection
 /// of the shard is woken for each new message, and quitting then would close
-/// all but one of them each time.
-async fn wait_for_work(engine: &Engine, queue: &str, until: Option<u64>, idle: Duration) -> bool {
+/// all but one of them each time. It does quit (false) when its queue says a
+/// connection should close (paused, blocked, fewer connections allowed in
+/// Backoff, `max_msg_per_connection` reached after `sent` messages) and at
+/// shutdown.
+async fn wait_for_work(
+    engine: &Engine,
+    queue: &str,
+    mut until: Option<u64>,
+    idle: Duration,
+    sent: u32,
+) -> bool {
     let deadline = std::time::Instant::now() + idle;
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         if left.is_zero() || engine.is_shutting_down() {
             return false;
         }
-        let wait = until.map_or(left, |t| {
-            Duration::from_millis(t.saturating_sub(now_ms())).min(left)
-        });
+        let now = now_ms();
+        let wait = match until {
+            Some(t) if t > now => Duration::from_millis(t - now).min(left),
+            Some(_) => {
+                // A slot already due: look again shortly. Never a zero wait,
+                // which completes without yielding and would spin the shard.
+                until = None;
+                Duration::from_millis(1).min(left)
+            }
+            None => left,
+        };
         mark_idle(engine, queue, 1);
         let _ = compio::time::timeout(wait, engine.work.notified()).await;
         mark_idle(engine, queue, -1);
         if engine.is_shutting_down() {
             return false;
         }
-        let has_work = {
-            let state = engine.state.borrow();
-            state.queues.get(queue).is_some_and(|q| !q.ready.is_empty())
+        let mut state = engine.state.borrow_mut();
+        let Some(q) = state.queues.get_mut(queue) else {
+            return false;
         };
-        if has_work {
+        if q.controller.connection_should_close(now_ms(), sent) {
+            return false;
+        }
+        if !q.ready.is_empty() {
             return true;
         }
     }
