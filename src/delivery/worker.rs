@@ -534,8 +534,17 @@ async fn wait_for_work(
             }
             None => left,
         };
+        let Some(work) = engine
+            .state
+            .borrow()
+            .queues
+            .get(queue)
+            .map(|q| q.work.clone())
+        else {
+            return false;
+        };
         mark_idle(engine, queue, 1);
-        let _ = compio::time::timeout(wait, engine.work.notified()).await;
+        let _ = compio::time::timeout(wait, work.notified()).await;
         mark_idle(engine, queue, -1);
         if engine.is_shutting_down() {
             return false;

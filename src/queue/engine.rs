@@ -80,8 +80,6 @@ pub struct Engine {
     patterns: RefCell<HashMap<String, Arc<PatternList>>>,
     /// Wakes the scheduler.
     pub wake: LocalNotify,
-    /// Wakes idle connections when work arrives.
-    pub work: LocalNotify,
     pub rng: RefCell<StdRng>,
     shutting_down: std::cell::Cell<bool>,
 }
@@ -95,7 +93,6 @@ impl Engine {
             state: RefCell::new(ShardQueues::default()),
             patterns: RefCell::new(patterns),
             wake: LocalNotify::default(),
-            work: LocalNotify::default(),
             rng: RefCell::new(StdRng::seed_from_u64(seed)),
             shutting_down: std::cell::Cell::new(false),
         })
@@ -113,7 +110,9 @@ impl Engine {
     pub fn begin_shutdown(&self) {
         self.shutting_down.set(true);
         self.wake.notify_all();
-        self.work.notify_all();
+        for q in self.state.borrow().queues.values() {
+            q.work.notify_all();
+        }
     }
 
     fn patterns_for(&self, name: Option<&str>) -> Arc<PatternList> {
@@ -176,6 +175,7 @@ impl Engine {
                     policy,
                     connections: 0,
                     idle: 0,
+                    work: Default::default(),
                     in_flight: 0,
                     scheduled: false,
                     wake_at_ms: None,
@@ -262,6 +262,10 @@ impl Engine {
                 _ => {
                     if let Some(q) = state.queues.get_mut(&name) {
                         q.ready.push_back(rcpt);
+                        if q.idle > 0 {
+                            // Now, not after the scheduler's next pass.
+                            q.work.notify_all();
+                        }
                     }
                     state.mark(&name);
                 }
@@ -287,7 +291,6 @@ impl Engine {
         }
         drop(state);
         self.wake.notify_all();
-        self.work.notify_all();
     }
 
     /// Puts a recipient back on its queue's timer.
@@ -374,7 +377,6 @@ impl Engine {
                 }
                 state.timer.next_deadline()
             };
-            self.work.notify_all();
             let sleep_ms = deadline.map(|d| d.saturating_sub(now_ms()).max(1));
             match sleep_ms {
                 Some(ms) => {
@@ -392,6 +394,11 @@ impl Engine {
             return;
         };
         q.scheduled = false;
+        if q.idle > 0 {
+            // They take the new work, or close if the queue was paused,
+            // blocked or limited meanwhile.
+            q.work.notify_all();
+        }
         if q.ready.is_empty() {
             return;
         }

@@ -132,6 +132,10 @@ pub struct Queue {
     pub connections: u32,
     /// Of those, connections idle and waiting for work.
     pub idle: u32,
+    /// Wakes this queue's idle connections (new work, a pause, a mode
+    /// change, shutdown); only this queue's, so one message does not wake
+    /// every idle connection of the shard.
+    pub work: std::rc::Rc<crate::runtime::local::LocalNotify>,
     /// Recipients taken by a transaction and not yet settled.
     pub in_flight: u32,
     /// In the shard's list of queues to look at.

@@ -74,6 +74,7 @@ fn add_queue(state: &mut ShardQueues, domain: &str, vmta: &str) -> String {
             policy: config.domain_policy(domain, vmta),
             connections: 0,
             idle: 0,
+            work: Default::default(),
             in_flight: 0,
             scheduled: false,
             wake_at_ms: None,
