@@ -421,3 +421,13 @@ fn write_corpus_seeds() {
         std::fs::write(dir.join(name), bytes).unwrap();
     }
 }
+
+#[test]
+fn deferred_attempts_pack_and_unpack() {
+    use spate::spool::record::{deferred_attempts, pack_deferred_attempts};
+    for (attempts, notified) in [(0, false), (1, true), (7, false), (u32::MAX >> 1, true)] {
+        let packed = pack_deferred_attempts(attempts, notified);
+        assert_eq!(deferred_attempts(packed), (attempts, notified));
+    }
+    assert_eq!(pack_deferred_attempts(3, false), 3);
+}

@@ -371,14 +371,12 @@ async fn apply(
                             q.controller.retry_delay(attempts)
                         });
                     let next = now_unix + delay.as_secs().max(1);
-                    let flag = if notified || delay_due(r.index) {
-                        crate::spool::record::ATTEMPTS_DELAY_NOTIFIED
-                    } else {
-                        0
-                    };
                     (
                         RecipientState::Deferred {
-                            attempts: attempts | flag,
+                            attempts: crate::spool::record::pack_deferred_attempts(
+                                attempts,
+                                notified || delay_due(r.index),
+                            ),
                             next_attempt_unix_s: next,
                         },
                         Verdict::Deferred(t),

@@ -209,13 +209,11 @@ pub fn moved_states(
         // A recipient recorded final but still live in memory (its state
         // record did not commit) is still owed a delivery: it goes as live.
         let state = if slot.attempts > 0 {
-            let notified = if slot.delay_notified {
-                crate::spool::record::ATTEMPTS_DELAY_NOTIFIED
-            } else {
-                0
-            };
             RecipientState::Deferred {
-                attempts: u32::from(slot.attempts) | notified,
+                attempts: crate::spool::record::pack_deferred_attempts(
+                    u32::from(slot.attempts),
+                    slot.delay_notified,
+                ),
                 next_attempt_unix_s: now_unix_s,
             }
         } else {

@@ -239,6 +239,13 @@ pub fn deferred_attempts(packed: u32) -> (u32, bool) {
     )
 }
 
+/// Packs an attempt count and the delay-notice flag into a deferred state's
+/// `attempts` (the inverse of [`deferred_attempts`]).
+pub fn pack_deferred_attempts(attempts: u32, notified: bool) -> u32 {
+    let flag = if notified { ATTEMPTS_DELAY_NOTIFIED } else { 0 };
+    (attempts & !ATTEMPTS_DELAY_NOTIFIED) | flag
+}
+
 /// The state of one recipient. `Queued` and `Deferred` are live; the rest are final.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecipientState {
