@@ -416,20 +416,28 @@ pub(crate) fn prepare_segment(
 /// writes. The commit path never reads these blocks back: its writes cover
 /// whole pages ([`PAGE_BYTES`]).
 fn zero_fill(file: &File, path: &Path, segment_bytes: u64) -> Result<(), SpoolError> {
+    // One chunk of zeros at a page-aligned address inside a slightly larger buffer.
+    let page = PAGE_BYTES as usize;
+    let buf = vec![0u8; PREPARE_CHUNK_BYTES + page];
+    // (`min`: keeps the slice in bounds should `align_offset` give up; an
+    // unaligned buffer then only makes O_DIRECT fail with EINVAL, handled below.)
+    let start = buf.as_ptr().align_offset(page).min(page);
+    let zeros = &buf[start..start + PREPARE_CHUNK_BYTES];
+    let chunk = |at: u64, end: u64| {
+        usize::try_from(end - at)
+            .unwrap_or(usize::MAX)
+            .min(PREPARE_CHUNK_BYTES)
+    };
     let direct_end = segment_bytes - segment_bytes % PAGE_BYTES;
-    let direct = OpenOptions::new()
+    let mut at = 0u64;
+    if let Ok(direct) = OpenOptions::new()
         .write(true)
         .custom_flags(libc::O_DIRECT)
         .open(path)
-        .ok()
-        .and_then(|d| AlignedZeros::new().map(|z| (d, z)));
-    let mut at = 0u64;
-    if let Some((dfile, zeros)) = direct {
+    {
         while at < direct_end {
-            let n = usize::try_from(direct_end - at)
-                .unwrap_or(usize::MAX)
-                .min(PREPARE_CHUNK_BYTES);
-            match dfile.write_all_at(zeros.get(n), at) {
+            let n = chunk(at, direct_end);
+            match direct.write_all_at(&zeros[..n], at) {
                 Ok(()) => at += n as u64,
                 // EINVAL: this file system takes no O_DIRECT writes after all.
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => break,
@@ -437,12 +445,9 @@ fn zero_fill(file: &File, path: &Path, segment_bytes: u64) -> Result<(), SpoolEr
             }
         }
     }
-    let zeros = vec![0u8; PREPARE_CHUNK_BYTES];
     while at < segment_bytes {
-        let n = usize::try_from(segment_bytes - at)
-            .unwrap_or(usize::MAX)
-            .min(PREPARE_CHUNK_BYTES);
-        file.write_all_at(zeros.get(..n).unwrap_or(&zeros), at)
+        let n = chunk(at, segment_bytes);
+        file.write_all_at(&zeros[..n], at)
             .map_err(|e| SpoolError::io("zero prepared segment", &e))?;
         at += n as u64;
     }
@@ -454,36 +459,6 @@ fn zero_fill(file: &File, path: &Path, segment_bytes: u64) -> Result<(), SpoolEr
 /// block back to merge a partial page (4 KiB covers every common page and
 /// logical block size).
 pub(crate) const PAGE_BYTES: u64 = 4096;
-
-/// [`PREPARE_CHUNK_BYTES`] of zeros aligned for `O_DIRECT`.
-struct AlignedZeros(std::ptr::NonNull<u8>);
-
-impl AlignedZeros {
-    fn layout() -> std::alloc::Layout {
-        // PREPARE_CHUNK_BYTES is a non-zero multiple of the alignment.
-        std::alloc::Layout::from_size_align(PREPARE_CHUNK_BYTES, PAGE_BYTES as usize)
-            .unwrap_or_else(|_| std::alloc::Layout::new::<u8>())
-    }
-
-    fn new() -> Option<AlignedZeros> {
-        // SAFETY: the layout has a non-zero size.
-        let p = unsafe { std::alloc::alloc_zeroed(Self::layout()) };
-        std::ptr::NonNull::new(p).map(AlignedZeros)
-    }
-
-    fn get(&self, n: usize) -> &[u8] {
-        // SAFETY: the allocation holds PREPARE_CHUNK_BYTES initialised bytes
-        // and lives as long as `self`.
-        unsafe { std::slice::from_raw_parts(self.0.as_ptr(), n.min(PREPARE_CHUNK_BYTES)) }
-    }
-}
-
-impl Drop for AlignedZeros {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this layout.
-        unsafe { std::alloc::dealloc(self.0.as_ptr(), Self::layout()) }
-    }
-}
 
 /// Turns a prepared file into segment `id`: header and fsync while it still
 /// has its temporary name (so a `.seg` file never lacks its header), then
