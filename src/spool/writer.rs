@@ -881,26 +881,14 @@ impl Inner {
 /// write into the page cache, which io_uring would hand to a kernel worker
 /// thread on ext4 (no non-blocking buffered writes there), one thread switch
 /// per batch more.
-fn pwrite_all(file: &compio::fs::File, mut bytes: &[u8], mut pos: u64) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let fd = file.as_raw_fd();
-    while !bytes.is_empty() {
-        // SAFETY: `bytes` is a live slice; `fd` stays open while `file` lives.
-        let n = unsafe { libc::pwrite(fd, bytes.as_ptr().cast(), bytes.len(), pos as libc::off_t) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        bytes = &bytes[n as usize..];
-        pos += n as u64;
-    }
-    Ok(())
+fn pwrite_all(file: &compio::fs::File, bytes: &[u8], pos: u64) -> std::io::Result<()> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::os::unix::fs::FileExt;
+    // SAFETY: a second `File` over `file`'s open descriptor, used for this
+    // call only and never dropped (so never closed): `file` keeps owning it.
+    let borrowed =
+        std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(file.as_raw_fd()) });
+    borrowed.write_all_at(bytes, pos)
 }
 
 /// Moves a finished preparation into `st.prepared` (a failed one is logged
