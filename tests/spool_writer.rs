@@ -9,8 +9,8 @@ use std::sync::atomic::Ordering;
 
 use spate::spool::record::RECORD_HEADER_BYTES;
 use spate::spool::{
-    MessageId, MessageRef, NewMessage, NewRecipient, RecipientState, Ret, Spool, SpoolOptions,
-    SyncMode, recover,
+    MessageId, MessageRef, NewMessage, NewRecipient, RecipientState, RecoveredMessage, Ret, Spool,
+    SpoolError, SpoolOptions, SyncMode, recover,
 };
 
 fn rt() -> compio::runtime::Runtime {
@@ -34,7 +34,22 @@ fn content_for(i: usize, size: usize) -> Vec<u8> {
     v
 }
 
+/// Recovered messages by id.
+fn by_id(messages: &[RecoveredMessage]) -> HashMap<MessageId, &RecoveredMessage> {
+    messages.iter().map(|m| (m.message.id(), m)).collect()
+}
+
 async fn append(spool: &Spool, i: usize, size: usize, rcpts: usize) -> MessageRef {
+    try_append(spool, i, size, rcpts).await.expect("append")
+}
+
+/// Appends message `i`: `size` bytes of [`content_for`], `rcpts` recipients.
+async fn try_append(
+    spool: &Spool,
+    i: usize,
+    size: usize,
+    rcpts: usize,
+) -> Result<MessageRef, SpoolError> {
     let addrs: Vec<String> = (0..rcpts)
         .map(|r| format!("user{r}@dest{}.example", i % 3))
         .collect();
@@ -58,7 +73,7 @@ async fn append(spool: &Spool, i: usize, size: usize, rcpts: usize) -> MessageRe
         job_id: "",
         content: &content,
     };
-    spool.append_message(&msg).await.expect("append")
+    spool.append_message(&msg).await
 }
 
 #[test]
@@ -97,8 +112,7 @@ fn append_then_recover_everything_concurrently() {
         "{:?}",
         rec.report
     );
-    let by_id: HashMap<MessageId, &spate::spool::RecoveredMessage> =
-        rec.messages.iter().map(|m| (m.message.id(), m)).collect();
+    let by_id = by_id(&rec.messages);
     assert_eq!(by_id.len(), 200);
     for (id, i) in ids {
         let m = by_id[&id];
@@ -168,8 +182,7 @@ fn states_survive_restart_and_last_state_wins_across_shards() {
         })
     };
     let rec = recover(&opts, 2).unwrap();
-    let by_id: HashMap<MessageId, &spate::spool::RecoveredMessage> =
-        rec.messages.iter().map(|m| (m.message.id(), m)).collect();
+    let by_id = by_id(&rec.messages);
     assert!(!by_id.contains_key(&b), "bounced message must not be live");
     assert_eq!(
         by_id[&c].recipients.as_ref(),
@@ -303,8 +316,7 @@ fn reclamation_deletes_finished_segments_and_carries_states_forward() {
         })
     };
     let rec = recover(&opts, 2).unwrap();
-    let by_id: HashMap<MessageId, &spate::spool::RecoveredMessage> =
-        rec.messages.iter().map(|m| (m.message.id(), m)).collect();
+    let by_id = by_id(&rec.messages);
     assert_eq!(by_id.len(), 2, "only the two live messages remain");
     assert_eq!(
         by_id[&partial].recipients.as_ref(),
@@ -643,8 +655,7 @@ fn prepared_segments_take_over_and_everything_recovers() {
         "{:?}",
         rec.report
     );
-    let by_id: HashMap<MessageId, &spate::spool::RecoveredMessage> =
-        rec.messages.iter().map(|m| (m.message.id(), m)).collect();
+    let by_id = by_id(&rec.messages);
     assert_eq!(by_id.len(), 300);
     for (id, i) in ids {
         assert_eq!(
@@ -669,24 +680,7 @@ fn with_two_batches_in_flight_every_acknowledged_record_survives_a_failed_sync()
                 }
                 let spool = spool.clone();
                 tasks.push(compio::runtime::spawn(async move {
-                    let addrs = [NewRecipient {
-                        forward_path: "a@b.example",
-                        orcpt: "",
-                        notify: 0,
-                    }];
-                    let content = content_for(i, 700);
-                    let msg = NewMessage {
-                        received_unix_ms: i as u64,
-                        reverse_path: "s@example.com",
-                        recipients: &addrs,
-                        ret: Ret::Unspecified,
-                        envid: "",
-                        vmta_or_pool: "",
-                        vmta: "ip1",
-                        job_id: "",
-                        content: &content,
-                    };
-                    spool.append_message(&msg).await.map(|m| (m.id(), i))
+                    try_append(&spool, i, 700, 1).await.map(|m| (m.id(), i))
                 }));
                 if i % 7 == 0 {
                     compio::time::sleep(std::time::Duration::from_micros(200)).await;
@@ -706,8 +700,7 @@ fn with_two_batches_in_flight_every_acknowledged_record_survives_a_failed_sync()
     assert!(failed > 0, "the injected sync failure failed nothing");
     assert!(acked.len() > 40, "only {} acknowledged", acked.len());
     let rec = recover(&opts, 1).unwrap();
-    let by_id: HashMap<MessageId, &spate::spool::RecoveredMessage> =
-        rec.messages.iter().map(|m| (m.message.id(), m)).collect();
+    let by_id = by_id(&rec.messages);
     for (id, i) in acked {
         let m = by_id.get(&id).expect("an acknowledged message was lost");
         assert_eq!(m.message.content(), content_for(i, 700).as_slice());
