@@ -16,20 +16,13 @@ fn relayed_message_is_signed_once_and_verifies() {
     let sink = Sink::start();
     let smtp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let key = dkim_support::data_path("ed25519-pkcs8.pem");
+    let head = support::config::head(
+        dir.path(),
+        smtp,
+        &format!("listen = \"127.0.0.1:{}\"", free_port()),
+    );
     let config = format!(
-        r#"
-[spool]
-path = "{spool}"
-segment_size = "1MiB"
-[runtime]
-shards = 2
-pin_cores = false
-[admin]
-listen = "127.0.0.1:{admin}"
-[dns]
-nameservers = ["127.0.0.1:9"]
-[[listener]]
-address = "{smtp}"
+        r#"{head}
 [[source]]
 networks = ["127.0.0.1/32"]
 allow_relaying = true
@@ -43,8 +36,6 @@ selector = "s1"
 key = "{key}"
 headers = ["From", "To", "Subject"]
 "#,
-        spool = dir.path().join("spool").display(),
-        admin = free_port(),
         sink = sink.addr,
         key = key.display(),
     );
