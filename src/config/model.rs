@@ -221,6 +221,7 @@ pub struct DomainSettings {
     pub backoff_ramp_up: Option<Duration>,
     pub mx_rollup: Option<bool>,
     pub use_chunking: Option<bool>,
+    pub max_transactions_in_flight: Option<u32>,
     pub smtp_hosts: Option<Vec<SmtpHost>>,
 }
 

@@ -108,6 +108,7 @@ pub(crate) fn parse_domain_table(
         backoff_ramp_up: t.opt(ctx, "backoff_ramp_up", duration),
         mx_rollup: t.opt(ctx, "mx_rollup", |c, it| c.bool(it)),
         use_chunking: t.opt(ctx, "use_chunking", |c, it| c.bool(it)),
+        max_transactions_in_flight: t.opt(ctx, "max_transactions_in_flight", count),
         smtp_hosts,
     }
 }

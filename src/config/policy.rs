@@ -60,6 +60,9 @@ pub struct DomainPolicy {
     pub mx_rollup: bool,
     /// Send bodies with BDAT (RFC 3030) when the receiver offers CHUNKING.
     pub use_chunking: bool,
+    /// Transactions one connection may have in flight at once (pipelined
+    /// behind each other) when the receiver offers PIPELINING and CHUNKING.
+    pub max_transactions_in_flight: u32,
     /// Route to these hosts instead of an MX lookup; empty = MX lookup.
     pub smtp_hosts: Vec<SmtpHost>,
 }
@@ -99,6 +102,7 @@ impl DomainPolicy {
             backoff_ramp_up: mins(30),
             mx_rollup: false,
             use_chunking: true,
+            max_transactions_in_flight: 8,
             smtp_hosts: Vec::new(),
         }
     }
@@ -135,6 +139,7 @@ impl DomainPolicy {
             backoff_ramp_up,
             mx_rollup,
             use_chunking,
+            max_transactions_in_flight,
             smtp_hosts,
         );
     }

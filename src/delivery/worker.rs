@@ -7,6 +7,7 @@
 //! connection up to `max_msg_per_connection` messages and closing it after
 //! `idle_timeout` without work. Outcomes are settled in [`super::outcome`].
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::rc::Rc;
 use std::time::Duration;
@@ -24,7 +25,7 @@ use crate::runtime::stream::Conn;
 use crate::smtp::address::{Mailbox, ReversePath};
 use crate::smtp::client::{
     ClientConfig, ClientEvent, ClientFailure, ClientSession, Envelope, EnvelopeRecipient,
-    StartTlsPolicy,
+    StartTlsPolicy, TransactionError,
 };
 use crate::smtp::command::{Notify, Orcpt, Ret as SmtpRet};
 use crate::smtp::data::{BodyEncoder, Piece};
@@ -280,6 +281,7 @@ async fn session(
 ) -> SessionEnd {
     let mut cfg = ClientConfig::new(ehlo);
     cfg.use_chunking = policy.use_chunking;
+    cfg.max_transactions_in_flight = policy.max_transactions_in_flight as usize;
     cfg.starttls = match policy.starttls {
         StartTls::Off => StartTlsPolicy::Off,
         StartTls::Opportunistic => StartTlsPolicy::Opportunistic,
@@ -289,7 +291,12 @@ async fn session(
     let mut conn = Conn::Plain(stream);
     let mut inbuf: Vec<u8> = Vec::with_capacity(CLIENT_READ_BUFFER_BYTES);
     let mut sent: u32 = 0;
-    let mut in_tx: Option<Transaction> = None;
+    // Transactions sent and not settled, oldest first, each with whether
+    // its body went out (a DATA body waits for the 354).
+    let mut in_flight: VecDeque<(Transaction, bool)> = VecDeque::new();
+    // Commands and small bodies of pipelined transactions, written together
+    // before the next read.
+    let mut wbuf: Vec<u8> = Vec::new();
     let mut ready = false;
     let mut greeted = false;
     let mut timeout = policy.greeting_timeout;
@@ -304,6 +311,7 @@ async fn session(
                 ClientEvent::StartTls => {
                     inbuf.clear();
                     let out = client.take_output();
+                    debug_assert!(wbuf.is_empty(), "no transaction before TLS");
                     if !out.is_empty() && conn.write_all(out).await.0.is_err() {
                         return SessionEnd::TryNext("451 4.4.2 connection lost".into());
                     }
@@ -325,18 +333,21 @@ async fn session(
                     }
                 }
                 ClientEvent::SendBody(mode) => {
-                    let Some(tx) = in_tx.as_ref() else { break };
+                    let Some((tx, body_sent)) = in_flight.iter_mut().find(|(_, sent)| !sent) else {
+                        break;
+                    };
+                    *body_sent = true;
                     let body = tx.message.content();
-                    let mut out = client.take_output();
+                    client.write_output_to(&mut wbuf);
                     if body.len() <= BODY_COALESCE_BYTES_MAX {
                         for slice in BodyEncoder::new(body, mode).slices() {
-                            out.extend_from_slice(slice);
-                        }
-                        if conn.write_all(out).await.0.is_err() {
-                            client.connection_closed();
+                            wbuf.extend_from_slice(slice);
                         }
                     } else {
-                        let mut ok = conn.write_all(out).await.0.is_ok();
+                        let (res, buf) = conn.write_all(std::mem::take(&mut wbuf)).await;
+                        wbuf = buf;
+                        wbuf.clear();
+                        let mut ok = res.is_ok();
                         for piece in BodyEncoder::new(body, mode) {
                             if !ok {
                                 break;
@@ -360,7 +371,7 @@ async fn session(
                     timeout = policy.data_timeout;
                 }
                 ClientEvent::TransactionDone(result) => {
-                    if let Some(tx) = in_tx.take() {
+                    if let Some((tx, _)) = in_flight.pop_front() {
                         sent += 1;
                         settle_transaction(
                             engine,
@@ -375,7 +386,9 @@ async fn session(
                 }
                 ClientEvent::Failed(failure) => {
                     let text = failure_text(&failure);
-                    if let Some(tx) = in_tx.take() {
+                    // The session reported every transaction in flight
+                    // before failing; this is only a safety net.
+                    while let Some((tx, _)) = in_flight.pop_front() {
                         settle_transaction(engine, queue, tx, Settle::Lost(&text), &remote, addr)
                             .await;
                     }
@@ -396,58 +409,34 @@ async fn session(
         if ready {
             ready = false;
             match next_transaction(engine, queue, sent) {
-                Next::Send(tx) => match envelope_for(&tx.message, &tx.rcpts) {
-                    Some(envelope) => {
-                        match client.send_transaction(&envelope, tx.message.content()) {
-                            Ok(()) => {
-                                timeout = policy.command_timeout;
-                                in_tx = Some(tx);
-                                // With BDAT the body may go now: the events
-                                // above write it with the commands, in one write.
-                                continue;
-                            }
-                            Err(e) => {
-                                let text = match e {
-                                    crate::smtp::client::TransactionError::SmtpUtf8NotOffered => {
-                                        "554 5.6.7 server does not support SMTPUTF8".to_string()
-                                    }
-                                    crate::smtp::client::TransactionError::TooBig { .. } => {
-                                        "552 5.3.4 message exceeds the server's SIZE limit"
-                                            .to_string()
-                                    }
-                                    other => format!("451 4.3.0 cannot send: {other:?}"),
-                                };
-                                settle_transaction(
-                                    engine,
-                                    queue,
-                                    tx,
-                                    Settle::Refused(&text),
-                                    &remote,
-                                    addr,
-                                )
-                                .await;
-                                ready = true;
-                                continue;
-                            }
-                        }
-                    }
-                    None => {
-                        settle_transaction(
-                            engine,
-                            queue,
-                            tx,
-                            Settle::Refused("554 5.3.0 spooled message unreadable"),
-                            &remote,
-                            addr,
-                        )
-                        .await;
+                Next::Send(tx) => {
+                    if start_transaction(
+                        engine,
+                        queue,
+                        &mut client,
+                        tx,
+                        &mut in_flight,
+                        &remote,
+                        addr,
+                    )
+                    .await
+                    {
+                        timeout = policy.command_timeout;
+                    } else {
                         ready = true;
-                        continue;
                     }
-                },
+                    // With BDAT the body may go now: the events above add it
+                    // to the write with the commands.
+                    continue;
+                }
                 Next::Quit => client.quit(),
                 Next::Wait(until) => {
-                    let _ = conn.write_all(client.take_output()).await;
+                    client.write_output_to(&mut wbuf);
+                    if !wbuf.is_empty() {
+                        let (_, buf) = conn.write_all(std::mem::take(&mut wbuf)).await;
+                        wbuf = buf;
+                        wbuf.clear();
+                    }
                     if wait_for_work(engine, queue, until, policy.idle_timeout, sent).await {
                         ready = true;
                         continue;
@@ -455,11 +444,33 @@ async fn session(
                     client.quit();
                 }
             }
+        } else if !in_flight.is_empty() && client.can_send_transaction() {
+            // Pipelining: another message behind those in flight, when the
+            // queue has one it may send now. Otherwise read the replies.
+            let pending = sent + in_flight.len() as u32;
+            if let Next::Send(tx) = next_transaction(engine, queue, pending) {
+                start_transaction(
+                    engine,
+                    queue,
+                    &mut client,
+                    tx,
+                    &mut in_flight,
+                    &remote,
+                    addr,
+                )
+                .await;
+                continue;
+            }
         }
-        let out = client.take_output();
-        if !out.is_empty() && conn.write_all(out).await.0.is_err() {
-            client.connection_closed();
-            continue;
+        client.write_output_to(&mut wbuf);
+        if !wbuf.is_empty() {
+            let (res, buf) = conn.write_all(std::mem::take(&mut wbuf)).await;
+            wbuf = buf;
+            wbuf.clear();
+            if res.is_err() {
+                client.connection_closed();
+                continue;
+            }
         }
         if client.is_finished() {
             conn.shutdown().await;
@@ -487,7 +498,7 @@ async fn session(
                 } else {
                     "451 4.4.2 timeout waiting for greeting"
                 };
-                if let Some(tx) = in_tx.take() {
+                while let Some((tx, _)) = in_flight.pop_front() {
                     settle_transaction(engine, queue, tx, Settle::Lost(text), &remote, addr).await;
                 }
                 conn.shutdown().await;
@@ -499,6 +510,37 @@ async fn session(
             }
         }
     }
+}
+
+/// Starts `tx` on the session (true), or settles it as refused when it
+/// cannot be sent to this server or its spooled copy cannot be read.
+async fn start_transaction(
+    engine: &Rc<Engine>,
+    queue: &str,
+    client: &mut ClientSession,
+    tx: Transaction,
+    in_flight: &mut VecDeque<(Transaction, bool)>,
+    remote: &str,
+    addr: SocketAddr,
+) -> bool {
+    let refusal = match envelope_for(&tx.message, &tx.rcpts) {
+        Some(envelope) => match client.send_transaction(&envelope, tx.message.content()) {
+            Ok(()) => {
+                in_flight.push_back((tx, false));
+                return true;
+            }
+            Err(TransactionError::SmtpUtf8NotOffered) => {
+                "554 5.6.7 server does not support SMTPUTF8".to_string()
+            }
+            Err(TransactionError::TooBig { .. }) => {
+                "552 5.3.4 message exceeds the server's SIZE limit".to_string()
+            }
+            Err(other) => format!("451 4.3.0 cannot send: {other:?}"),
+        },
+        None => "554 5.3.0 spooled message unreadable".to_string(),
+    };
+    settle_transaction(engine, queue, tx, Settle::Refused(&refusal), remote, addr).await;
+    false
 }
 
 /// Keeps an idle connection open until its queue has work (true) or

@@ -9,6 +9,16 @@
 //! transaction open (MAIL accepted but no final reply) it sends RSET before
 //! saying Ready again; otherwise the next transaction goes straight on.
 //!
+//! With PIPELINING and CHUNKING offered and
+//! [`ClientConfig::max_transactions_in_flight`] above 1, a transaction may
+//! start while earlier ones still wait for replies
+//! ([`ClientSession::can_send_transaction`]): its `RSET`, `MAIL`, `RCPT`s and
+//! `BDAT n LAST` with the body follow the earlier ones in the same stream
+//! (RFC 2920 puts neither RSET nor BDAT last in a group). The leading RSET
+//! clears whatever an earlier transaction of the group left open, so each
+//! transaction stands on its own whatever the earlier replies were. Replies
+//! come back in order and each transaction is reported on its own.
+//!
 //! The body never enters the session: on [`ClientEvent::SendBody`] the
 //! caller writes the session output and then the pieces of a
 //! [`BodyEncoder`] over its own bytes (e.g. an mmap), in one vectored write.
@@ -115,6 +125,8 @@ enum Expect {
     /// After a 354 with no accepted recipient we send a lone `.`.
     EmptyBodyEnd,
     Rset,
+    /// RSET in front of a transaction pipelined behind another one.
+    RsetPipelined,
     Quit,
 }
 
@@ -148,7 +160,9 @@ pub struct ClientSession {
     state: State,
     caps: Capabilities,
     tls_active: bool,
-    transaction: Option<Transaction>,
+    /// Transactions sent and not finished, oldest first; replies finish
+    /// them in this order.
+    transactions: VecDeque<Transaction>,
 }
 
 impl ClientSession {
@@ -163,7 +177,7 @@ impl ClientSession {
             expect: VecDeque::from([Expect::Greeting]),
             state: State::Busy,
             caps: Capabilities::default(),
-            transaction: None,
+            transactions: VecDeque::new(),
         }
     }
 
@@ -255,6 +269,29 @@ impl ClientSession {
         }
     }
 
+    /// Whether [`Self::send_transaction`] may be called now: the session is
+    /// Ready, or every transaction in flight is a pipelined BDAT one and
+    /// fewer than `max_transactions_in_flight` are.
+    pub fn can_send_transaction(&self) -> bool {
+        match self.state {
+            State::Ready => true,
+            State::Busy => {
+                !self.transactions.is_empty()
+                    && self.transactions.len() < self.config.max_transactions_in_flight
+                    && self
+                        .transactions
+                        .iter()
+                        .all(|t| t.pipelined && t.mode == BodyMode::Bdat)
+            }
+            _ => false,
+        }
+    }
+
+    /// Transactions sent whose final reply has not come yet.
+    pub fn transactions_in_flight(&self) -> usize {
+        self.transactions.len()
+    }
+
     /// Starts a transaction for `envelope`; `body` is the stored message
     /// (bare LFs allowed), only scanned here, never copied.
     pub fn send_transaction(
@@ -262,7 +299,7 @@ impl ClientSession {
         envelope: &Envelope,
         body: &[u8],
     ) -> Result<(), TransactionError> {
-        if self.state != State::Ready {
+        if !self.can_send_transaction() {
             return Err(TransactionError::NotReady);
         }
         if envelope.recipients.is_empty() {
@@ -311,6 +348,11 @@ impl ClientSession {
             })
             .collect::<Vec<_>>();
         let pipelined = self.config.use_pipelining && self.caps.pipelining;
+        if self.state == State::Busy {
+            // Behind another transaction (can_send_transaction): whatever
+            // that one leaves open, this one starts clean.
+            self.send(&Command::Rset, Expect::RsetPipelined);
+        }
         self.state = State::Busy;
         self.send(&mail, Expect::Mail);
         if pipelined {
@@ -329,7 +371,7 @@ impl ClientSession {
                 }
             }
         }
-        self.transaction = Some(Transaction {
+        self.transactions.push_back(Transaction {
             result: TransactionResult {
                 recipients: vec![None; rcpt_commands.len()],
                 ..TransactionResult::default()
@@ -355,7 +397,7 @@ impl ClientSession {
     }
 
     fn fail(&mut self, failure: ClientFailure) {
-        if let Some(mut transaction) = self.transaction.take() {
+        for mut transaction in self.transactions.drain(..) {
             transaction.result.connection_failed = true;
             self.events
                 .push_back(ClientEvent::TransactionDone(transaction.result));
@@ -420,7 +462,8 @@ impl ClientSession {
                 self.fail(ClientFailure::Auth(reply));
             }
             Expect::Rset if reply.is_positive_completion() => self.ready(),
-            Expect::Rset => self.fail(ClientFailure::Rset(reply)),
+            Expect::RsetPipelined if reply.is_positive_completion() => {}
+            Expect::Rset | Expect::RsetPipelined => self.fail(ClientFailure::Rset(reply)),
             Expect::Quit => self.close(),
             Expect::Mail
             | Expect::Rcpt(_)
@@ -461,7 +504,7 @@ impl ClientSession {
     }
 
     fn transaction_reply(&mut self, expect: Expect, reply: Reply) {
-        let Some(mut t) = self.transaction.take() else {
+        let Some(mut t) = self.transactions.pop_front() else {
             return self.fail(ClientFailure::UnexpectedReply(reply));
         };
         let positive = reply.is_positive_completion();
@@ -521,7 +564,7 @@ impl ClientSession {
             Expect::Data if reply.is_positive() => {
                 // Only 354 may answer DATA; a 2xx would claim a delivery
                 // whose body was never sent.
-                self.transaction = Some(t);
+                self.transactions.push_front(t);
                 return self.fail(ClientFailure::UnexpectedReply(reply));
             }
             Expect::Data | Expect::BodyEnd => {
@@ -530,7 +573,7 @@ impl ClientSession {
             }
             _ => return self.finish_transaction(t),
         }
-        self.transaction = Some(t);
+        self.transactions.push_front(t);
     }
 
     fn finish_transaction(&mut self, t: Transaction) {
@@ -546,7 +589,10 @@ impl ClientSession {
             .is_some_and(Reply::is_positive_completion);
         self.events
             .push_back(ClientEvent::TransactionDone(t.result));
-        if mail_ok && !delivered {
+        if !self.transactions.is_empty() {
+            // The next transaction is already on its way behind its own
+            // RSET; the session stays busy until the last one finishes.
+        } else if mail_ok && !delivered {
             self.state = State::Busy;
             self.send(&Command::Rset, Expect::Rset);
         } else {

@@ -66,31 +66,18 @@ impl Pair {
             let used = self.client.receive(&to_client);
             to_client.drain(..used);
             let mut to_server = Vec::new();
-            while let Some(event) = self.client.next_event() {
-                match event {
-                    ClientEvent::Ready => match self.jobs.pop_front() {
-                        Some((envelope, body)) => {
-                            self.client.send_transaction(&envelope, &body).unwrap();
-                            self.current_body = body;
-                        }
-                        None => self.client.quit(),
-                    },
-                    ClientEvent::SendBody(mode) => {
-                        self.client.write_output_to(&mut to_server);
-                        for piece in BodyEncoder::new(&self.current_body, mode) {
-                            to_server.extend_from_slice(piece.bytes(&self.current_body));
-                        }
-                    }
-                    ClientEvent::StartTls => {
-                        to_client.clear(); // bytes before the handshake are dropped
-                        self.server.tls_established().unwrap();
-                        self.client.tls_established();
-                        self.starttls_rounds += 1;
-                    }
-                    ClientEvent::TransactionDone(result) => self.results.push(result),
-                    ClientEvent::Failed(failure) => self.failures.push(failure),
-                    ClientEvent::Closed => self.closed = true,
+            loop {
+                self.handle_events(&mut to_client, &mut to_server);
+                // More transactions behind the ones in flight, when allowed.
+                if self.client.transactions_in_flight() == 0 || !self.client.can_send_transaction()
+                {
+                    break;
                 }
+                let Some((envelope, body)) = self.jobs.pop_front() else {
+                    break;
+                };
+                self.client.send_transaction(&envelope, &body).unwrap();
+                self.current_body = body;
             }
             self.client.write_output_to(&mut to_server);
             if !to_server.is_empty() {
@@ -132,6 +119,35 @@ impl Pair {
             to_client.extend(self.server.take_output());
         }
         panic!("dialogue did not finish");
+    }
+
+    fn handle_events(&mut self, to_client: &mut Vec<u8>, to_server: &mut Vec<u8>) {
+        while let Some(event) = self.client.next_event() {
+            match event {
+                ClientEvent::Ready => match self.jobs.pop_front() {
+                    Some((envelope, body)) => {
+                        self.client.send_transaction(&envelope, &body).unwrap();
+                        self.current_body = body;
+                    }
+                    None => self.client.quit(),
+                },
+                ClientEvent::SendBody(mode) => {
+                    self.client.write_output_to(to_server);
+                    for piece in BodyEncoder::new(&self.current_body, mode) {
+                        to_server.extend_from_slice(piece.bytes(&self.current_body));
+                    }
+                }
+                ClientEvent::StartTls => {
+                    to_client.clear(); // bytes before the handshake are dropped
+                    self.server.tls_established().unwrap();
+                    self.client.tls_established();
+                    self.starttls_rounds += 1;
+                }
+                ClientEvent::TransactionDone(result) => self.results.push(result),
+                ClientEvent::Failed(failure) => self.failures.push(failure),
+                ClientEvent::Closed => self.closed = true,
+            }
+        }
     }
 
     fn wire(&self) -> String {
@@ -247,6 +263,138 @@ fn bdat_when_chunking_is_offered() {
     let mut pair = Pair::new(config, ServerConfig::new("mx.example"), jobs);
     pair.run();
     assert_eq!(pair.received.len(), 2);
+}
+
+fn pipelining_config(in_flight: usize) -> ClientConfig {
+    let mut config = ClientConfig::new("mta.example");
+    config.use_chunking = true;
+    config.max_transactions_in_flight = in_flight;
+    config
+}
+
+#[test]
+fn transactions_pipeline_behind_each_other_with_chunking() {
+    let jobs = (0..5)
+        .map(|i| {
+            (
+                envelope(&[&format!("r{i}@mx.example")]),
+                format!("body {i}").into_bytes(),
+            )
+        })
+        .collect();
+    let mut pair = Pair::new(pipelining_config(3), ServerConfig::new("mx.example"), jobs);
+    pair.run();
+    assert!(
+        pair.closed && pair.failures.is_empty(),
+        "{:?}",
+        pair.failures
+    );
+    assert_eq!(pair.results.len(), 5);
+    assert!(
+        pair.results
+            .iter()
+            .all(|r| r.any_delivered() && !r.connection_failed)
+    );
+    let bodies: Vec<Vec<u8>> = (0..5)
+        .map(|i| format!("body {i}\r\n").into_bytes())
+        .collect();
+    assert_eq!(pair.received, bodies);
+    // The first batch is three whole transactions in one write; the second
+    // RSET and MAIL of each follow-up lead it.
+    let first = pair.writes.iter().find(|w| w.starts_with(b"MAIL")).unwrap();
+    let first = String::from_utf8_lossy(first);
+    assert_eq!(first.matches("MAIL FROM").count(), 3, "{first}");
+    assert_eq!(first.matches("RSET\r\nMAIL FROM").count(), 2, "{first}");
+    assert!(first.ends_with("BDAT 8 LAST\r\nbody 2\r\n"), "{first}");
+    assert_eq!(pair.client.transactions_in_flight(), 0);
+}
+
+#[test]
+fn one_transaction_in_flight_without_chunking_or_when_configured() {
+    let mut without_chunking = pipelining_config(4);
+    without_chunking.use_chunking = false;
+    for config in [pipelining_config(1), without_chunking] {
+        let jobs = (0..3)
+            .map(|i| (envelope(&[&format!("r{i}@mx.example")]), b"x".to_vec()))
+            .collect();
+        let mut pair = Pair::new(config, ServerConfig::new("mx.example"), jobs);
+        pair.run();
+        assert_eq!(pair.received.len(), 3);
+        for write in &pair.writes {
+            let text = String::from_utf8_lossy(write);
+            assert!(text.matches("MAIL FROM").count() <= 1, "{text}");
+        }
+        assert!(!pair.wire().contains("RSET"));
+    }
+}
+
+#[test]
+fn a_refused_transaction_does_not_spoil_those_pipelined_behind_it() {
+    let jobs = vec![
+        (envelope(&["ok1@mx.example"]), b"1".to_vec()),
+        (envelope(&["nobody@mx.example"]), b"2".to_vec()),
+        (envelope(&["ok3@mx.example"]), b"3".to_vec()),
+        (envelope(&["nobody@mx.example"]), b"4".to_vec()),
+    ];
+    let mut pair = Pair::new(pipelining_config(4), ServerConfig::new("mx.example"), jobs);
+    pair.policy = reject_local("nobody", Reply::with_status(550, (5, 1, 1), "No such user"));
+    pair.run();
+    assert!(
+        pair.closed && pair.failures.is_empty(),
+        "{:?}",
+        pair.failures
+    );
+    let delivered: Vec<bool> = pair
+        .results
+        .iter()
+        .map(TransactionResult::any_delivered)
+        .collect();
+    assert_eq!(delivered, [true, false, true, false]);
+    assert!(matches!(pair.results[1].outcome(0), RecipientOutcome::Refused(r) if r.code == 550));
+    assert_eq!(pair.received, [b"1\r\n".to_vec(), b"3\r\n".to_vec()]);
+    // The last one left MAIL open with nothing behind it: one plain RSET
+    // before QUIT, besides the three leading the follow-ups.
+    let wire = pair.wire();
+    assert_eq!(wire.matches("RSET").count(), 4, "{wire}");
+    assert!(wire.ends_with("RSET\r\nQUIT\r\n"), "{wire}");
+}
+
+#[test]
+fn a_421_fails_every_transaction_in_flight() {
+    let mut client = ClientSession::new(pipelining_config(4));
+    let greeting = b"220 mx\r\n250-mx\r\n250-PIPELINING\r\n250 CHUNKING\r\n";
+    assert_eq!(client.receive(greeting), greeting.len());
+    assert_eq!(client.next_event(), Some(ClientEvent::Ready));
+    for i in 0..3 {
+        assert!(client.can_send_transaction());
+        client
+            .send_transaction(&envelope(&[&format!("r{i}@mx.example")]), b"x")
+            .unwrap();
+        assert_eq!(
+            client.next_event(),
+            Some(ClientEvent::SendBody(BodyMode::Bdat))
+        );
+    }
+    assert_eq!(client.transactions_in_flight(), 3);
+    let replies = b"250 mail\r\n250 rcpt\r\n250 queued\r\n250 reset\r\n421 4.7.0 closing\r\n";
+    assert_eq!(client.receive(replies), replies.len());
+    let mut events = Vec::new();
+    while let Some(event) = client.next_event() {
+        events.push(event);
+    }
+    assert_eq!(events.len(), 4, "{events:?}");
+    let done: Vec<(bool, bool)> = events[..3]
+        .iter()
+        .map(|e| match e {
+            ClientEvent::TransactionDone(r) => (r.any_delivered(), r.connection_failed),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(done, [(true, false), (false, true), (false, true)]);
+    assert!(
+        matches!(&events[3], ClientEvent::Failed(ClientFailure::ServiceClosing(r)) if r.code == 421)
+    );
+    assert!(!client.can_send_transaction());
 }
 
 #[test]

@@ -47,12 +47,18 @@ pub struct ClientConfig {
     pub use_pipelining: bool,
     /// Use BDAT instead of DATA when CHUNKING is offered.
     pub use_chunking: bool,
+    /// How many transactions may be in flight at once when the server
+    /// offers PIPELINING and CHUNKING (RFC 2920 and 3030): a transaction
+    /// may start before the previous one's replies are in. 1 = one
+    /// transaction per round trip.
+    pub max_transactions_in_flight: usize,
     /// Authenticate with AUTH PLAIN after EHLO (and after TLS if any).
     pub auth: Option<ClientCredentials>,
 }
 
 impl ClientConfig {
-    /// Opportunistic TLS, pipelining on, chunking off, no AUTH.
+    /// Opportunistic TLS, pipelining on, chunking off, one transaction in
+    /// flight, no AUTH.
     pub fn new(ehlo_name: impl Into<String>) -> Self {
         Self {
             ehlo_name: ehlo_name.into(),
@@ -60,6 +66,7 @@ impl ClientConfig {
             tls_active: false,
             use_pipelining: true,
             use_chunking: false,
+            max_transactions_in_flight: 1,
             auth: None,
         }
     }
