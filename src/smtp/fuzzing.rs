@@ -106,10 +106,16 @@ pub fn reply_stream(data: &[u8]) {
 }
 
 /// Drives a client session with `data` as the server's bytes, starting a
-/// transaction whenever it is ready.
+/// transaction whenever it is ready (and, pipelined, behind those in
+/// flight when allowed). Every transaction started is reported done exactly
+/// once by the time the connection is gone.
 pub fn client_session(data: &[u8]) {
     let mut config = ClientConfig::new("mta.fuzz.example");
-    config.use_chunking = data.first().is_some_and(|b| b & 1 == 1);
+    // From the length, which a fuzzer varies freely, not from the bytes,
+    // which must start with a greeting to get anywhere.
+    let flags = data.len() % 8;
+    config.use_chunking = flags & 1 == 1;
+    config.max_transactions_in_flight = 1 + ((flags >> 1) & 3);
     let mut client = ClientSession::new(config);
     let envelope = Envelope {
         reverse_path: ReversePath::Null,
@@ -121,6 +127,8 @@ pub fn client_session(data: &[u8]) {
         envid: None,
     };
     let body = b"Subject: fuzz\r\n\r\n.body\n";
+    let mut started = 0usize;
+    let mut done = 0usize;
     let mut offset = 0;
     // Feed in small pieces so events interleave with replies.
     for _ in 0..STEPS_MAX {
@@ -129,15 +137,27 @@ pub fn client_session(data: &[u8]) {
         let used = client.receive(piece);
         assert!(used <= piece.len());
         offset += piece.len();
-        while let Some(event) = client.next_event() {
-            match event {
-                ClientEvent::Ready if client.send_transaction(&envelope, body).is_err() => {
-                    client.quit();
+        loop {
+            while let Some(event) = client.next_event() {
+                match event {
+                    ClientEvent::Ready => match client.send_transaction(&envelope, body) {
+                        Ok(()) => started += 1,
+                        Err(_) => client.quit(),
+                    },
+                    ClientEvent::StartTls => client.tls_established(),
+                    ClientEvent::TransactionDone(_) => done += 1,
+                    _ => {}
                 }
-                ClientEvent::StartTls => client.tls_established(),
-                _ => {}
             }
+            if client.transactions_in_flight() == 0 || !client.can_send_transaction() {
+                break;
+            }
+            client
+                .send_transaction(&envelope, body)
+                .expect("can_send_transaction said yes");
+            started += 1;
         }
+        assert_eq!(started - done, client.transactions_in_flight());
         let wire = client.take_output();
         let lines_ok = wire
             .split(|&b| b == b'\n')
@@ -148,6 +168,12 @@ pub fn client_session(data: &[u8]) {
         }
     }
     client.connection_closed();
+    while let Some(event) = client.next_event() {
+        if matches!(event, ClientEvent::TransactionDone(_)) {
+            done += 1;
+        }
+    }
+    assert_eq!(started, done, "every transaction reported once");
 }
 
 /// DATA framing: decoding is independent of where the input is split, and
