@@ -22,6 +22,7 @@ use crate::queue::Recipient;
 use crate::queue::engine::Engine;
 use crate::runtime::local::now_ms;
 use crate::runtime::stream::Conn;
+use crate::shaper::Mode;
 use crate::smtp::address::{Mailbox, ReversePath};
 use crate::smtp::client::{
     ClientConfig, ClientEvent, ClientFailure, ClientSession, Envelope, EnvelopeRecipient,
@@ -222,15 +223,22 @@ enum Next {
     Quit,
 }
 
-fn next_transaction(engine: &Engine, queue: &str, sent: u32) -> Next {
+/// The next transaction for a connection that completed `sent` and has
+/// `in_flight` more on the wire. Behind others (pipelined) only in Normal
+/// mode: in Backoff each reply is awaited before the next message goes.
+fn next_transaction(engine: &Engine, queue: &str, sent: u32, in_flight: usize) -> Next {
     let now = now_ms();
     let mut state = engine.state.borrow_mut();
     let state = &mut *state;
     let Some(q) = state.queues.get_mut(queue) else {
         return Next::Quit;
     };
-    if engine.is_shutting_down() || q.controller.connection_should_close(now, sent) {
+    let pending = sent.saturating_add(u32::try_from(in_flight).unwrap_or(u32::MAX));
+    if engine.is_shutting_down() || q.controller.connection_should_close(now, pending) {
         return Next::Quit;
+    }
+    if in_flight > 0 && q.controller.mode() == Mode::Backoff {
+        return Next::Wait(None);
     }
     let Some(first) = q.ready.front().copied() else {
         return Next::Wait(None);
@@ -312,7 +320,9 @@ async fn session(
                     inbuf.clear();
                     let out = client.take_output();
                     debug_assert!(wbuf.is_empty(), "no transaction before TLS");
-                    if !out.is_empty() && conn.write_all(out).await.0.is_err() {
+                    if !out.is_empty()
+                        && !write_within(&mut conn, out, policy.command_timeout).await.0
+                    {
                         return SessionEnd::TryNext("451 4.4.2 connection lost".into());
                     }
                     let tls = compio::time::timeout(
@@ -333,8 +343,11 @@ async fn session(
                     }
                 }
                 ClientEvent::SendBody(mode) => {
+                    // The session asks for bodies in the order transactions
+                    // were started, each right after its start.
                     let Some((tx, body_sent)) = in_flight.iter_mut().find(|(_, sent)| !sent) else {
-                        break;
+                        debug_assert!(false, "SendBody without a transaction");
+                        continue;
                     };
                     *body_sent = true;
                     let body = tx.message.content();
@@ -344,10 +357,11 @@ async fn session(
                             wbuf.extend_from_slice(slice);
                         }
                     } else {
-                        let (res, buf) = conn.write_all(std::mem::take(&mut wbuf)).await;
-                        wbuf = buf;
+                        let limit = policy.data_timeout;
+                        let (mut ok, buf) =
+                            write_within(&mut conn, std::mem::take(&mut wbuf), limit).await;
+                        wbuf = buf.unwrap_or_default();
                         wbuf.clear();
-                        let mut ok = res.is_ok();
                         for piece in BodyEncoder::new(body, mode) {
                             if !ok {
                                 break;
@@ -359,13 +373,13 @@ async fn session(
                                         start: r.start,
                                         end: r.end,
                                     };
-                                    conn.write_all(slice).await.0.is_ok()
+                                    write_within(&mut conn, slice, limit).await.0
                                 }
-                                Piece::Static(s) => conn.write_all(s).await.0.is_ok(),
+                                Piece::Static(s) => write_within(&mut conn, s, limit).await.0,
                             };
                         }
                         if !ok {
-                            client.connection_closed();
+                            read_remaining(&mut conn, &mut client, &mut inbuf).await;
                         }
                     }
                     timeout = policy.data_timeout;
@@ -386,17 +400,23 @@ async fn session(
                 }
                 ClientEvent::Failed(failure) => {
                     let text = failure_text(&failure);
+                    let closing = matches!(failure, ClientFailure::ServiceClosing(_));
                     // The session reported every transaction in flight
                     // before failing; this is only a safety net.
                     while let Some((tx, _)) = in_flight.pop_front() {
                         settle_transaction(engine, queue, tx, Settle::Lost(&text), &remote, addr)
                             .await;
                     }
-                    let _ = conn.write_all(client.take_output()).await;
+                    let _ = write_within(&mut conn, client.take_output(), REPLY_DRAIN_WAIT).await;
                     conn.shutdown().await;
                     if !greeted || sent == 0 {
                         observe_reply(engine, queue, &text);
                         return SessionEnd::TryNext(text);
+                    }
+                    if closing {
+                        // A 421 in mid-session (Yahoo's TSS04 often comes so)
+                        // still feeds the pattern list.
+                        observe_reply(engine, queue, &text);
                     }
                     return SessionEnd::Done;
                 }
@@ -408,7 +428,7 @@ async fn session(
         }
         if ready {
             ready = false;
-            match next_transaction(engine, queue, sent) {
+            match next_transaction(engine, queue, sent, 0) {
                 Next::Send(tx) => {
                     if start_transaction(
                         engine,
@@ -433,8 +453,10 @@ async fn session(
                 Next::Wait(until) => {
                     client.write_output_to(&mut wbuf);
                     if !wbuf.is_empty() {
-                        let (_, buf) = conn.write_all(std::mem::take(&mut wbuf)).await;
-                        wbuf = buf;
+                        let (_, buf) =
+                            write_within(&mut conn, std::mem::take(&mut wbuf), policy.data_timeout)
+                                .await;
+                        wbuf = buf.unwrap_or_default();
                         wbuf.clear();
                     }
                     if wait_for_work(engine, queue, until, policy.idle_timeout, sent).await {
@@ -447,8 +469,7 @@ async fn session(
         } else if !in_flight.is_empty() && client.can_send_transaction() {
             // Pipelining: another message behind those in flight, when the
             // queue has one it may send now. Otherwise read the replies.
-            let pending = sent + in_flight.len() as u32;
-            if let Next::Send(tx) = next_transaction(engine, queue, pending) {
+            if let Next::Send(tx) = next_transaction(engine, queue, sent, in_flight.len()) {
                 start_transaction(
                     engine,
                     queue,
@@ -464,11 +485,12 @@ async fn session(
         }
         client.write_output_to(&mut wbuf);
         if !wbuf.is_empty() {
-            let (res, buf) = conn.write_all(std::mem::take(&mut wbuf)).await;
-            wbuf = buf;
+            let (ok, buf) =
+                write_within(&mut conn, std::mem::take(&mut wbuf), policy.data_timeout).await;
+            wbuf = buf.unwrap_or_default();
             wbuf.clear();
-            if res.is_err() {
-                client.connection_closed();
+            if !ok {
+                read_remaining(&mut conn, &mut client, &mut inbuf).await;
                 continue;
             }
         }
@@ -510,6 +532,49 @@ async fn session(
             }
         }
     }
+}
+
+/// How long a connection whose write failed keeps reading for replies the
+/// server sent before it closed.
+const REPLY_DRAIN_WAIT: Duration = Duration::from_secs(2);
+
+/// Writes all of `buf` within `limit`: (written, the buffer back unless the
+/// write timed out).
+async fn write_within<B: IoBuf>(conn: &mut Conn, buf: B, limit: Duration) -> (bool, Option<B>) {
+    match compio::time::timeout(limit, conn.write_all(buf)).await {
+        Ok((res, buf)) => (res.is_ok(), Some(buf)),
+        Err(_) => (false, None),
+    }
+}
+
+/// After a failed write. With transactions pipelined, the server may have
+/// answered earlier ones before it closed (a 250, or a 421 with a reason):
+/// reads what it sent, until EOF, an error or [`REPLY_DRAIN_WAIT`], so those
+/// replies settle their transactions, then reports the connection gone.
+async fn read_remaining(conn: &mut Conn, client: &mut ClientSession, inbuf: &mut Vec<u8>) {
+    let deadline = std::time::Instant::now() + REPLY_DRAIN_WAIT;
+    while !client.is_finished() && client.transactions_in_flight() > 0 {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        if inbuf.capacity() - inbuf.len() < 1024 {
+            inbuf.reserve(CLIENT_READ_BUFFER_BYTES);
+        }
+        match compio::time::timeout(left, conn.read_append(std::mem::take(inbuf))).await {
+            Ok((Ok(n), buf)) if n > 0 => {
+                *inbuf = buf;
+                let used = client.receive(inbuf);
+                inbuf.drain(..used.min(inbuf.len()));
+            }
+            Ok((_, buf)) => {
+                *inbuf = buf;
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    client.connection_closed();
 }
 
 /// Starts `tx` on the session (true), or settles it as refused when it
