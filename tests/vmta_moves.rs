@@ -8,11 +8,11 @@ mod support;
 
 use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use admin_support::{get, queue, wait_admin};
 use support::sink::Sink;
-use support::spate_proc::{Client, Spate, free_port};
+use support::spate_proc::{Client, Spate, free_port, wait_until};
 
 const IP1: &str = "127.0.0.2";
 const IP2: &str = "127.0.0.3";
@@ -91,23 +91,6 @@ fn held(admin: SocketAddr, name: &str) -> u64 {
             .map(|k| q[k].as_u64().unwrap_or(0))
             .sum()
     })
-}
-
-fn wait_until(
-    what: &str,
-    timeout: Duration,
-    mut ok: impl FnMut() -> bool,
-    log: impl Fn() -> String,
-) {
-    let end = Instant::now() + timeout;
-    while !ok() {
-        assert!(
-            Instant::now() < end,
-            "timed out waiting for {what}; log:\n{}",
-            log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn ctl(admin: SocketAddr, args: &[&str]) -> (i32, String, String) {

@@ -67,9 +67,19 @@ pub fn start(
     dir: &Path,
     sink: SocketAddr,
 ) -> (crate::support::spate_proc::Spate, SocketAddr, SocketAddr) {
+    start_with(dir, sink, "")
+}
+
+/// [`start`] with `extra` appended to the [`config`] (after its
+/// `[[accounting]]` table, so settings go in tables of their own).
+pub fn start_with(
+    dir: &Path,
+    sink: SocketAddr,
+    extra: &str,
+) -> (crate::support::spate_proc::Spate, SocketAddr, SocketAddr) {
     let (smtp, admin) = (addr(), addr());
     let spate =
-        crate::support::spate_proc::Spate::start(dir, &config(dir, smtp, sink, admin, ""), smtp);
+        crate::support::spate_proc::Spate::start(dir, &config(dir, smtp, sink, admin, extra), smtp);
     wait_admin(admin);
     (spate, smtp, admin)
 }

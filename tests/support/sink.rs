@@ -6,6 +6,8 @@
 //! only. [`Sink::refuse_from`] makes it refuse MAIL FROM with a given reply
 //! for one client IP (a blocked source address). It uses spate's own sans-IO server session, so the tests exercise
 //! real SMTP on real sockets (our client against our server).
+//! [`Sink::max_mails_per_read`] shows whether a client pipelined
+//! transactions behind each other.
 
 #![allow(dead_code)] // reason: each test binary uses a different subset
 
@@ -35,6 +37,8 @@ struct State {
     messages: Vec<Received>,
     connections: usize,
     seen_once: HashSet<String>,
+    /// Most MAIL commands handled between two of the sink's writes.
+    max_mails_per_read: usize,
     /// Client IP → the reply to its MAIL FROM.
     refused: HashMap<IpAddr, Reply>,
 }
@@ -91,6 +95,15 @@ impl Sink {
         self.state.lock().unwrap().connections
     }
 
+    /// The most MAIL commands one connection sent before the sink wrote a
+    /// reply to any of them: above 1 only when a client started a
+    /// transaction before the previous one's final reply (pipelined
+    /// transactions), since the sink replies to everything it has read
+    /// before it reads again.
+    pub fn max_mails_per_read(&self) -> usize {
+        self.state.lock().unwrap().max_mails_per_read
+    }
+
     /// Waits until `n` messages arrived (or the timeout).
     pub fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
         let end = Instant::now() + timeout;
@@ -119,6 +132,7 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, state: Arc<Mutex<State>>) {
     let _ = stream.write_all(&session.take_output());
     loop {
         let mut offset = 0;
+        let mut mails = 0;
         loop {
             let Ok(step) = session.receive(&buf[offset..]) else {
                 return;
@@ -148,6 +162,7 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, state: Arc<Mutex<State>>) {
                     };
                 }
                 ServerEvent::MailFrom(_) => {
+                    mails += 1;
                     let refusal = state.lock().unwrap().refused.get(&peer.ip()).cloned();
                     let _ = match refusal {
                         Some(reply) => session.reject(reply),
@@ -186,6 +201,10 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, state: Arc<Mutex<State>>) {
             }
         }
         buf.drain(..offset);
+        if mails > 0 {
+            let mut st = state.lock().unwrap();
+            st.max_mails_per_read = st.max_mails_per_read.max(mails);
+        }
         let out = session.take_output();
         if !out.is_empty() && stream.write_all(&out).is_err() {
             return;

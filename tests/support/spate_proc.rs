@@ -24,6 +24,25 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Polls `ok` every 50 ms until it holds; fails with `what` and `log()`
+/// (typically spate's log) after `timeout`.
+pub fn wait_until(
+    what: &str,
+    timeout: Duration,
+    mut ok: impl FnMut() -> bool,
+    log: impl Fn() -> String,
+) {
+    let end = Instant::now() + timeout;
+    while !ok() {
+        assert!(
+            Instant::now() < end,
+            "timed out waiting for {what}; log:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 impl Spate {
     /// Starts `spate run --config <dir>/spate.toml` and waits for its port.
     pub fn start(dir: &Path, config: &str, smtp: SocketAddr) -> Spate {
