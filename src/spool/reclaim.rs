@@ -21,8 +21,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::record::{KIND_STATE, decode_state};
-use super::scan::scan_records;
+use super::record::{KIND_STATE, RawRecord, decode_state};
+use super::scan::{scan_records, walk_written};
 use super::segment::{SegmentShared, SpoolShared, sync_dir};
 use super::{SegmentId, Spool, SpoolError};
 
@@ -79,7 +79,7 @@ fn carry_forward(shared: &SpoolShared, seg: &SegmentShared) -> (Vec<u8>, u64) {
     // Keyed by home too: tombstones for two older copies of one message (in
     // different segments) must both survive while their segments exist.
     let mut latest: HashMap<(u64, u32, SegmentId), (u64, usize, usize)> = HashMap::new();
-    scan_records(bytes, |off, raw| {
+    let mut state_record = |off: usize, raw: RawRecord<'_>| {
         if raw.kind != KIND_STATE {
             return;
         }
@@ -101,7 +101,12 @@ fn carry_forward(shared: &SpoolShared, seg: &SegmentShared) -> (Vec<u8>, u64) {
         if raw.seq >= e.0 {
             *e = (raw.seq, off, raw.stored_len);
         }
-    });
+    };
+    // The segment is this shard's own: written by this process or scanned
+    // at recovery. Anything unexpected falls back to the full scan.
+    if !walk_written(bytes, KIND_STATE, &mut state_record) {
+        scan_records(bytes, &mut state_record);
+    }
     let mut keep: Vec<(usize, usize)> = latest
         .into_values()
         .map(|(_, off, len)| (off, len))
