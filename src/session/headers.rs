@@ -86,9 +86,21 @@ pub fn take_control_headers(
     strip_virtual_mta: bool,
     strip_job: bool,
 ) -> (ControlHeaders, Vec<u8>) {
+    let mut out = Vec::with_capacity(message.len());
+    let found = take_control_headers_into(message, strip_virtual_mta, strip_job, &mut out);
+    (found, out)
+}
+
+/// [`take_control_headers`] appending the message to `out` (e.g. after the
+/// `Received:` field), so the body is copied once.
+pub fn take_control_headers_into(
+    message: &[u8],
+    strip_virtual_mta: bool,
+    strip_job: bool,
+    out: &mut Vec<u8>,
+) -> ControlHeaders {
     let header_len = header_section_len(message);
     let mut found = ControlHeaders::default();
-    let mut out = Vec::with_capacity(message.len());
     let mut copied_to = 0;
     for (s, e) in fields(message, header_len) {
         let name = field_name(&message[s..e]);
@@ -109,7 +121,7 @@ pub fn take_control_headers(
         copied_to = e;
     }
     out.extend_from_slice(&message[copied_to..]);
-    (found, out)
+    found
 }
 
 /// What the `Received:` field records about the transaction.

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use compio::tls::TlsAcceptor;
 
 use super::auth::{FailureLimiter, verify_password};
-use super::headers::{ReceivedInfo, received_field, take_control_headers};
+use super::headers::{ReceivedInfo, received_field, take_control_headers_into};
 use super::vmta::{Choice, PoolPicker};
 use crate::config::{Config, ListenerConfig};
 use crate::runtime::local::unix_now_ms;
@@ -32,6 +32,9 @@ use crate::spool::{MessageRef, NewMessage, NewRecipient, Ret, Spool};
 /// Bytes read from a client before the session must consume some: bounds
 /// per-connection memory whatever the client sends.
 pub const SESSION_READ_BUFFER_BYTES: usize = 64 * 1024;
+/// A session keeps its message buffer for the next message up to this
+/// capacity (no regrowth per message); a larger one is freed.
+const MESSAGE_BUFFER_KEEP_BYTES: usize = 256 * 1024;
 
 /// What a shard gives every inbound session.
 pub struct InboundContext {
@@ -164,8 +167,13 @@ pub async fn run_session(
                 ServerEvent::MessageComplete => {
                     // The session reads nothing more until this is answered,
                     // so flush earlier replies while the spool commits.
-                    let body = std::mem::take(&mut message);
-                    let reply = finish_message(&ctx, &config, &session, &conn, peer, body).await;
+                    let reply = finish_message(&ctx, &config, &session, &conn, peer, &message).await;
+                    // The buffer serves the session's next message, unless
+                    // this one was large.
+                    message.clear();
+                    if message.capacity() > MESSAGE_BUFFER_KEEP_BYTES {
+                        message = Vec::new();
+                    }
                     if reply.code == 250 {
                         tally.accepted += 1;
                     } else {
@@ -332,28 +340,12 @@ async fn finish_message(
     session: &ServerSession,
     conn: &Conn,
     peer: SocketAddr,
-    body: Vec<u8>,
+    body: &[u8],
 ) -> Reply {
     let source = config.source_for(peer.ip());
     let user = session.authenticated_user().and_then(|u| config.user(u));
     let allow_vmta_header = source.is_some_and(|s| s.process_x_virtual_mta) || user.is_some();
     let allow_job_header = source.is_some_and(|s| s.process_x_job) || user.is_some();
-    let (control, stripped) = take_control_headers(&body, allow_vmta_header, allow_job_header);
-    drop(body);
-
-    let requested = control
-        .virtual_mta
-        .clone()
-        .or_else(|| user.and_then(|u| u.default_vmta.clone()))
-        .or_else(|| source.and_then(|s| s.default_vmta.clone()))
-        .unwrap_or_else(|| config.default_vmta.clone());
-    let choice: Choice = match ctx.pools.borrow_mut().resolve(config, &requested) {
-        Some(c) => c,
-        None if control.virtual_mta.is_some() => {
-            return Reply::with_status(550, (5, 3, 5), "Unknown virtual MTA");
-        }
-        None => return Reply::with_status(451, (4, 3, 5), "No virtual MTA configured"),
-    };
 
     let Some(mail) = session.mail_from() else {
         return Reply::with_status(503, (5, 5, 1), "Bad sequence of commands");
@@ -393,10 +385,27 @@ async fn finish_message(
         single_recipient: single,
         now_unix: received_unix_ms / 1000,
     });
-    let mut content = Vec::with_capacity(trace.len() + stripped.len() + 512);
+    // The stored content: our trace field, then the message without the
+    // control headers it may carry, copied once.
+    let mut content = Vec::with_capacity(trace.len() + body.len());
     content.extend_from_slice(trace.as_bytes());
-    content.extend_from_slice(&stripped);
-    drop(stripped);
+    let control =
+        take_control_headers_into(body, allow_vmta_header, allow_job_header, &mut content);
+
+    let requested = control
+        .virtual_mta
+        .clone()
+        .or_else(|| user.and_then(|u| u.default_vmta.clone()))
+        .or_else(|| source.and_then(|s| s.default_vmta.clone()))
+        .unwrap_or_else(|| config.default_vmta.clone());
+    let choice: Choice = match ctx.pools.borrow_mut().resolve(config, &requested) {
+        Some(c) => c,
+        None if control.virtual_mta.is_some() => {
+            return Reply::with_status(550, (5, 3, 5), "Unknown virtual MTA");
+        }
+        None => return Reply::with_status(451, (4, 3, 5), "No virtual MTA configured"),
+    };
+
     if let Some(signing) = &ctx.signing {
         match signing
             .sign(config, &choice.vmta, content, received_unix_ms / 1000)
