@@ -19,6 +19,11 @@ struct Setup {
 }
 
 fn start() -> Setup {
+    start_with("")
+}
+
+/// `listener_extra`: more keys for the `[[listener]]` table.
+fn start_with(listener_extra: &str) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     std::fs::write(dir.path().join("cert.pem"), cert.cert.pem()).unwrap();
@@ -48,6 +53,7 @@ max_message_size = "20KiB"
 max_rcpt_per_message = 5
 tls_cert = "{cert}"
 tls_key = "{key}"
+{listener_extra}
 [[source]]
 networks = ["127.0.0.1/32"]
 allow_relaying = true
@@ -72,6 +78,27 @@ smtp_hosts = ["{sink}"]
         smtp,
         spate,
     }
+}
+
+#[test]
+fn the_command_timeout_counts_from_each_read_and_ends_an_idle_session_with_421() {
+    let s = start_with("command_timeout = \"1s\"");
+    let mut c = Client::connect(s.smtp);
+    // A command every 400 ms for 2.4 s: longer than the limit in all, but
+    // each wait is shorter, so the session stays.
+    for _ in 0..6 {
+        std::thread::sleep(Duration::from_millis(400));
+        let r = c.cmd("NOOP");
+        assert!(r.starts_with("250"), "{r}");
+    }
+    // Then silence: 421 after about the limit.
+    let started = std::time::Instant::now();
+    let r = c.reply();
+    let waited = started.elapsed();
+    assert!(r.starts_with("421 4.4.2"), "{r}");
+    assert!(waited >= Duration::from_millis(900), "{waited:?}");
+    assert!(waited < Duration::from_secs(10), "{waited:?}");
+    assert_eq!(c.reply(), "EOF");
 }
 
 fn ehlo(c: &mut Client) -> String {

@@ -345,7 +345,9 @@ fn walk_written_visits_the_same_state_records_as_a_full_scan() {
     let mut bad_message = seg.clone();
     bad_message[offsets[2] + RECORD_HEADER_BYTES + 5] ^= 0x01;
     let mut walked = Vec::new();
-    assert!(walk_written(&bad_message, record::KIND_STATE, |off, _| walked.push(off)));
+    assert!(walk_written(&bad_message, record::KIND_STATE, |off, _| {
+        walked.push(off)
+    }));
     assert_eq!(walked, states);
 
     // A bad state record, bad framing or stray bytes after the last record

@@ -21,6 +21,7 @@ use crate::config::StartTls;
 use crate::queue::Recipient;
 use crate::queue::engine::Engine;
 use crate::runtime::local::now_ms;
+use crate::runtime::read_timeout::ReadTimeout;
 use crate::runtime::stream::Conn;
 use crate::shaper::Mode;
 use crate::smtp::address::{Mailbox, ReversePath};
@@ -305,6 +306,7 @@ async fn session(
     // Commands and small bodies of pipelined transactions, written together
     // before the next read.
     let mut wbuf: Vec<u8> = Vec::new();
+    let mut read_timeout = ReadTimeout::new();
     let mut ready = false;
     let mut greeted = false;
     let mut timeout = policy.greeting_timeout;
@@ -501,8 +503,8 @@ async fn session(
         if inbuf.capacity() - inbuf.len() < 1024 {
             inbuf.reserve(CLIENT_READ_BUFFER_BYTES);
         }
-        match compio::time::timeout(timeout, conn.read_append(inbuf)).await {
-            Ok((Ok(n), buf)) if n > 0 => {
+        match read_timeout.run(timeout, conn.read_append(inbuf)).await {
+            Some((Ok(n), buf)) if n > 0 => {
                 inbuf = buf;
                 let used = client.receive(&inbuf);
                 inbuf.drain(..used.min(inbuf.len()));
@@ -510,11 +512,11 @@ async fn session(
                     client.connection_closed();
                 }
             }
-            Ok((_, buf)) => {
+            Some((_, buf)) => {
                 inbuf = buf;
                 client.connection_closed();
             }
-            Err(_) => {
+            None => {
                 let text = if greeted {
                     "451 4.4.2 timeout waiting for reply"
                 } else {

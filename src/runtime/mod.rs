@@ -9,6 +9,7 @@
 pub mod fdlimit;
 pub mod local;
 pub mod mesh;
+pub mod read_timeout;
 pub mod server;
 pub mod signals;
 pub mod stats;

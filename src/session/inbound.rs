@@ -20,6 +20,7 @@ use super::headers::{ReceivedInfo, received_field, take_control_headers_into};
 use super::vmta::{Choice, PoolPicker};
 use crate::config::{Config, ListenerConfig};
 use crate::runtime::local::unix_now_ms;
+use crate::runtime::read_timeout::ReadTimeout;
 use crate::runtime::stats::Stats;
 use crate::runtime::stream::Conn;
 use crate::smtp::address::{ForwardPath, ReversePath};
@@ -104,6 +105,7 @@ pub async fn run_session(
     let mut tally = Tally::default();
     let mut inbuf: Vec<u8> = Vec::with_capacity(SESSION_READ_BUFFER_BYTES);
     let mut message: Vec<u8> = Vec::new();
+    let mut read_timeout = ReadTimeout::new();
     let mut out = session.take_output();
     ctx.stats.connections_in_open();
 
@@ -167,7 +169,8 @@ pub async fn run_session(
                 ServerEvent::MessageComplete => {
                     // The session reads nothing more until this is answered,
                     // so flush earlier replies while the spool commits.
-                    let reply = finish_message(&ctx, &config, &session, &conn, peer, &message).await;
+                    let reply =
+                        finish_message(&ctx, &config, &session, &conn, peer, &message).await;
                     // The buffer serves the session's next message, unless
                     // this one was large.
                     message.clear();
@@ -247,11 +250,11 @@ pub async fn run_session(
         if inbuf.capacity() - inbuf.len() < 4096 {
             inbuf.reserve(SESSION_READ_BUFFER_BYTES - inbuf.len());
         }
-        let read = compio::time::timeout(timeout, conn.read_append(inbuf)).await;
+        let read = read_timeout.run(timeout, conn.read_append(inbuf)).await;
         match read {
-            Ok((Ok(0), _)) | Ok((Err(_), _)) => break,
-            Ok((Ok(_), buf)) => inbuf = buf,
-            Err(_) => {
+            Some((Ok(0), _)) | Some((Err(_), _)) => break,
+            Some((Ok(_), buf)) => inbuf = buf,
+            None => {
                 // The read was cancelled together with its buffer.
                 session.shutdown(&Reply::with_status(
                     421,
