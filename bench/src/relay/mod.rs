@@ -50,6 +50,8 @@ pub struct LegResult {
     pub peak_rss_kib: Option<u64>,
     pub injector_failures: std::collections::BTreeMap<String, u64>,
     pub error: Option<String>,
+    /// Which round of `--repeat` (1-based).
+    pub round: u32,
 }
 
 /// The load each leg receives.
@@ -244,6 +246,7 @@ fn inject_and_drain(
         peak_rss_kib: mta_pid.and_then(peak_rss_kib),
         injector_failures: inject.failures,
         error: None,
+        round: 1,
     };
     if !complete {
         result.error = Some(format!(
@@ -458,6 +461,11 @@ pub struct RelayArgs {
     /// Allow non-loopback targets (the runner itself only uses loopback).
     #[arg(long)]
     pub allow_remote: bool,
+    /// Run every leg this many times, alternating (raw, spate, raw, spate,
+    /// ...), and summarise each leg's median and the median of the per-round
+    /// ratios: on a shared, noisy machine one round can be off by 2x.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=50))]
+    pub repeat: u32,
 }
 
 /// Prints the result table.
@@ -505,14 +513,22 @@ pub fn print_table(rows: &[LegResult]) {
             println!("    {n} failed: {reason}");
         }
     }
-    let rate = |name: &str| {
+    for (label, ratio) in ratios(rows) {
+        println!("{label} = {ratio:.2}x");
+    }
+}
+
+/// The ratios of spate to each reference leg among `rows` (one round):
+/// injection rates against every reference, end-to-end rates against
+/// Postfix and the raw pipeline.
+pub fn ratios(rows: &[LegResult]) -> Vec<(String, f64)> {
+    let find = |name: &str| {
         rows.iter()
             .find(|r| r.name.starts_with(name) && r.error.is_none())
-            .map(|r| r.end_to_end_msgs_per_s)
     };
+    let mut out = Vec::new();
     let inject_rate = |name: &str| {
-        rows.iter()
-            .find(|r| r.name.starts_with(name) && r.error.is_none())
+        find(name)
             .map(|r| r.injection_msgs_per_s)
             .filter(|r| *r > 0.0)
     };
@@ -523,16 +539,79 @@ pub fn print_table(rows: &[LegResult]) {
             ("raw", "raw"),
         ] {
             if let Some(o) = inject_rate(leg) {
-                println!("injection: spate / {other} = {:.2}x", s / o);
+                out.push((format!("injection: spate / {other}"), s / o));
             }
         }
     }
-    if let Some(s) = rate("spate").filter(|s| *s > 0.0) {
-        if let Some(p) = rate("postfix").filter(|p| *p > 0.0) {
-            println!("spate / postfix = {:.2}x", s / p);
+    let rate = |name: &str| {
+        find(name)
+            .map(|r| r.end_to_end_msgs_per_s)
+            .filter(|r| *r > 0.0)
+    };
+    if let Some(s) = rate("spate") {
+        for leg in ["postfix", "raw"] {
+            if let Some(o) = rate(leg) {
+                out.push((format!("spate / {leg}"), s / o));
+            }
         }
-        if let Some(r) = rate("raw").filter(|r| *r > 0.0) {
-            println!("spate / raw = {:.2}x", s / r);
+    }
+    out
+}
+
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.retain(|v| v.is_finite());
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(values[n / 2]),
+        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
+    }
+}
+
+/// After `--repeat`: each leg's median rates and CPU, and each ratio's
+/// median with its range over the rounds.
+pub fn print_summary(rows: &[LegResult], rounds: u32) {
+    println!("\nmedian of {rounds} rounds:");
+    let mut names: Vec<&str> = Vec::new();
+    for r in rows {
+        if !names.contains(&r.name.as_str()) {
+            names.push(&r.name);
+        }
+    }
+    for name in names {
+        let ok: Vec<&LegResult> = rows
+            .iter()
+            .filter(|r| r.name == name && r.error.is_none())
+            .collect();
+        let med = |f: &dyn Fn(&LegResult) -> Option<f64>| {
+            median(ok.iter().filter_map(|r| f(r)).collect())
+        };
+        println!(
+            "{:<24} e2e {:>8} msg/s   inject {:>8} msg/s   cpu {} ms/msg   ({} of {rounds} rounds ok)",
+            name,
+            med(&|r| Some(r.end_to_end_msgs_per_s)).map_or("-".into(), |v| format!("{v:.0}")),
+            med(&|r| Some(r.injection_msgs_per_s)).map_or("-".into(), |v| format!("{v:.0}")),
+            med(&|r| r.cpu_ms_per_msg).map_or("-".into(), |v| format!("{v:.3}")),
+            ok.len(),
+        );
+    }
+    let mut per_label: Vec<(String, Vec<f64>)> = Vec::new();
+    for round in 1..=rounds {
+        let these: Vec<LegResult> = rows.iter().filter(|r| r.round == round).cloned().collect();
+        for (label, ratio) in ratios(&these) {
+            match per_label.iter_mut().find(|(l, _)| *l == label) {
+                Some((_, v)) => v.push(ratio),
+                None => per_label.push((label, vec![ratio])),
+            }
+        }
+    }
+    for (label, values) in per_label {
+        let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let n = values.len();
+        if let Some(m) = median(values) {
+            println!("{label} = {m:.2}x median ({lo:.2}-{hi:.2}x over {n} rounds)");
         }
     }
 }
@@ -564,30 +643,47 @@ pub fn run(args: RelayArgs) -> anyhow::Result<()> {
             "unknown --compare leg {leg:?} (raw, postfix, smtp-source, smtp-sink)"
         );
     }
-    if args.compare.iter().any(|l| l == "smtp-sink") {
-        rows.push(run_smtp_sink(&load).unwrap_or_else(|e| failed("smtp-sink", e)));
+    let wants = |leg: &str| args.compare.iter().any(|l| l == leg);
+    for round in 1..=args.repeat {
+        let mut these = Vec::new();
+        if wants("smtp-sink") {
+            these.push(run_smtp_sink(&load).unwrap_or_else(|e| failed("smtp-sink", e)));
+        }
+        if wants("raw") {
+            these.push(run_raw(&load).unwrap_or_else(|e| failed("raw", e)));
+        }
+        if wants("smtp-source") {
+            these.push(run_smtp_source(&load).unwrap_or_else(|e| failed("smtp-source", e)));
+        }
+        if !args.no_spate {
+            these.push(
+                run_spate(
+                    &load,
+                    &args.spate_bin,
+                    args.config.as_deref(),
+                    args.pause_delivery,
+                )
+                .unwrap_or_else(|e| failed("spate", e)),
+            );
+        }
+        if wants("postfix") {
+            these.push(run_postfix(&load).unwrap_or_else(|e| failed("postfix", e)));
+        }
+        for r in &mut these {
+            r.round = round;
+        }
+        if args.repeat > 1 {
+            println!("round {round} of {}:", args.repeat);
+        }
+        print_table(&these);
+        rows.extend(these);
+        if crate::stop_requested() {
+            break;
+        }
     }
-    if args.compare.iter().any(|l| l == "raw") {
-        rows.push(run_raw(&load).unwrap_or_else(|e| failed("raw", e)));
+    if args.repeat > 1 {
+        print_summary(&rows, args.repeat);
     }
-    if args.compare.iter().any(|l| l == "smtp-source") {
-        rows.push(run_smtp_source(&load).unwrap_or_else(|e| failed("smtp-source", e)));
-    }
-    if !args.no_spate {
-        rows.push(
-            run_spate(
-                &load,
-                &args.spate_bin,
-                args.config.as_deref(),
-                args.pause_delivery,
-            )
-            .unwrap_or_else(|e| failed("spate", e)),
-        );
-    }
-    if args.compare.iter().any(|l| l == "postfix") {
-        rows.push(run_postfix(&load).unwrap_or_else(|e| failed("postfix", e)));
-    }
-    print_table(&rows);
     if let Some(path) = &args.json_out {
         std::fs::write(path, serde_json::to_string_pretty(&rows)?)
             .with_context(|| format!("writing {}", path.display()))?;
@@ -596,4 +692,46 @@ pub fn run(args: RelayArgs) -> anyhow::Result<()> {
         bail!("some legs failed (see the table)");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(name: &str, e2e: f64, inject: f64) -> LegResult {
+        LegResult {
+            name: name.into(),
+            end_to_end_msgs_per_s: e2e,
+            injection_msgs_per_s: inject,
+            ..LegResult::default()
+        }
+    }
+
+    #[test]
+    fn ratios_compare_spate_with_each_reference_present() {
+        let rows = [
+            row("raw (inject -> sink)", 20_000.0, 20_000.0),
+            row("spate", 10_000.0, 12_000.0),
+            row("postfix", 500.0, 600.0),
+        ];
+        let r = ratios(&rows);
+        let get = |l: &str| r.iter().find(|(x, _)| x == l).map(|(_, v)| *v);
+        assert_eq!(get("spate / raw"), Some(0.5));
+        assert_eq!(get("spate / postfix"), Some(20.0));
+        assert_eq!(get("injection: spate / raw"), Some(0.6));
+        assert_eq!(get("injection: spate / postfix"), Some(20.0));
+        assert_eq!(get("injection: spate / smtp-sink"), None);
+        // A failed spate leg gives no ratio at all.
+        let mut failed = rows.clone();
+        failed[1].error = Some("boom".into());
+        assert!(ratios(&failed).is_empty());
+    }
+
+    #[test]
+    fn median_of_odd_even_and_empty_sets() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), Some(2.5));
+        assert_eq!(median(vec![f64::NAN, 5.0]), Some(5.0));
+        assert_eq!(median(Vec::new()), None);
+    }
 }
