@@ -197,6 +197,9 @@ fn metrics_parse_as_prometheus_text() {
         })
         .expect("+Inf bucket");
     assert_eq!(inf.value, fsyncs);
+    // Each of the three new messages waited for one commit.
+    assert_eq!(value("spate_spool_commit_seconds_count"), Some(3.0));
+    assert!(value("spate_spool_commit_seconds_sum").unwrap() > 0.0);
     let q = samples
         .iter()
         .find(|s| s.name == "spate_queue_mode")

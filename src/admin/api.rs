@@ -429,6 +429,7 @@ fn snapshot(shared: &Shared, queues: Vec<QueueView>) -> MetricsSnapshot {
         accounting_errors: acct.iter().map(|a| a.errors).sum(),
         rate_limit_waits: s.rate_limit_waits.load(Relaxed),
         spool_fsync: shared.spool.sync_latency.snapshot(),
+        spool_commit: shared.spool.commit_latency.snapshot(),
     }
 }
 

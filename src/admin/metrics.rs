@@ -44,6 +44,7 @@ pub struct MetricsSnapshot {
     pub accounting_errors: u64,
     pub rate_limit_waits: u64,
     pub spool_fsync: crate::util::histogram::HistogramSnapshot,
+    pub spool_commit: crate::util::histogram::HistogramSnapshot,
 }
 
 /// A per-queue gauge: name, type, help and how to read it from a view.
@@ -95,6 +96,23 @@ impl Out {
         self.family(name, kind, help);
         self.sample(name, &[], value);
     }
+
+    /// A latency histogram in seconds (cumulative buckets, sum, count).
+    fn histogram(&mut self, name: &str, help: &str, h: &crate::util::histogram::HistogramSnapshot) {
+        self.family(name, "histogram", help);
+        let bucket = format!("{name}_bucket");
+        let mut cumulative = 0u64;
+        for (i, n) in h.buckets.iter().enumerate() {
+            cumulative += n;
+            let le = match crate::util::histogram::LATENCY_BUCKETS_US.get(i) {
+                Some(us) => format!("{}", *us as f64 / 1e6),
+                None => "+Inf".to_string(),
+            };
+            self.sample(&bucket, &[("le", &le)], cumulative);
+        }
+        self.sample(&format!("{name}_sum"), &[], h.sum_us as f64 / 1e6);
+        self.sample(&format!("{name}_count"), &[], h.count);
+    }
 }
 
 /// Renders the exposition text.
@@ -116,30 +134,16 @@ pub fn render(s: &MetricsSnapshot) -> String {
         "Times a queue with work waited for its rate limit (max_msg_rate, max_connect_rate).",
         s.rate_limit_waits,
     );
-    o.family(
+    o.histogram(
         "spate_spool_fsync_seconds",
-        "histogram",
         "Latency of the spool's group-commit fdatasync.",
+        &s.spool_fsync,
     );
-    let mut cumulative = 0u64;
-    for (i, n) in s.spool_fsync.buckets.iter().enumerate() {
-        cumulative += n;
-        let le = match crate::util::histogram::LATENCY_BUCKETS_US.get(i) {
-            Some(us) => format!("{}", *us as f64 / 1e6),
-            None => "+Inf".to_string(),
-        };
-        o.sample(
-            "spate_spool_fsync_seconds_bucket",
-            &[("le", &le)],
-            cumulative,
-        );
-    }
-    o.sample(
-        "spate_spool_fsync_seconds_sum",
-        &[],
-        s.spool_fsync.sum_us as f64 / 1e6,
+    o.histogram(
+        "spate_spool_commit_seconds",
+        "From a new message's record queued in the spool to its commit (batch wait, write and fdatasync): the spool's part of the 250's latency.",
+        &s.spool_commit,
     );
-    o.sample("spate_spool_fsync_seconds_count", &[], s.spool_fsync.count);
     o.single(
         "spate_received_messages_total",
         c,

@@ -376,6 +376,7 @@ pub fn recover(options: &SpoolOptions, shards: u16) -> Result<Recovery, SpoolErr
         next_number: next_number.into_iter().map(AtomicU32::new).collect(),
         _lock: Some(lock),
         sync_latency: Default::default(),
+        commit_latency: Default::default(),
         segments_prepared: Default::default(),
     });
     report.elapsed = started.elapsed();

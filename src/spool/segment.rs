@@ -250,6 +250,10 @@ pub struct SpoolShared {
     pub(crate) _lock: Option<File>,
     /// Latency of every group-commit fdatasync (for metrics).
     pub sync_latency: crate::util::histogram::LatencyHistogram,
+    /// From a new message's record queued to its commit resolved: the
+    /// spool's share of the 250's latency (waiting for a batch, the write,
+    /// the fdatasync).
+    pub commit_latency: crate::util::histogram::LatencyHistogram,
     /// Segments made from a prepared (zero-filled) file since start.
     pub segments_prepared: AtomicU64,
 }

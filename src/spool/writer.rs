@@ -266,6 +266,7 @@ impl Spool {
         let seq = self.inner.shared.next_seq();
         let id = MessageId(seq);
         let live = msg.recipients.len() as u32;
+        let queued = std::time::Instant::now();
         let slot = self.push(|out| {
             let enc = record::encode_message(out, seq, id, msg, None)?;
             Ok(Effect::Message {
@@ -277,7 +278,9 @@ impl Spool {
                 retire: None,
             })
         })?;
-        match wait_commit(slot).await? {
+        let committed = wait_commit(slot).await;
+        self.inner.shared.commit_latency.observe(queued.elapsed());
+        match committed? {
             Committed::Message(m) => Ok(m),
             Committed::Done => Err(SpoolError::Closed),
         }
