@@ -52,6 +52,52 @@ pub struct LegResult {
     pub error: Option<String>,
     /// Which round of `--repeat` (1-based).
     pub round: u32,
+    /// spate's group commit over the leg, from its metrics: fdatasyncs,
+    /// their mean latency, and the mean time from a new message's record
+    /// queued to its commit (the spool's part of the 250's latency).
+    pub spool: Option<SpoolFigures>,
+}
+
+/// See [`LegResult::spool`].
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SpoolFigures {
+    pub fsyncs: u64,
+    pub fsync_mean_ms: f64,
+    pub commits: u64,
+    pub commit_mean_ms: f64,
+}
+
+/// Reads [`SpoolFigures`] from spate's `/metrics` (None if unavailable).
+fn spool_figures(admin: SocketAddr, token: &str) -> Option<SpoolFigures> {
+    let (code, body) = crate::probe::http_request(
+        admin,
+        "GET",
+        "/metrics",
+        Some(token),
+        Duration::from_secs(5),
+    )
+    .ok()?;
+    if code != 200 {
+        return None;
+    }
+    let value = |name: &str| {
+        body.lines().find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+    };
+    let mean_ms = |sum: f64, n: f64| if n > 0.0 { sum * 1000.0 / n } else { 0.0 };
+    let fsyncs = value("spate_spool_fsync_seconds_count")?;
+    let commits = value("spate_spool_commit_seconds_count")?;
+    Some(SpoolFigures {
+        fsyncs: fsyncs as u64,
+        fsync_mean_ms: mean_ms(value("spate_spool_fsync_seconds_sum")?, fsyncs),
+        commits: commits as u64,
+        commit_mean_ms: mean_ms(value("spate_spool_commit_seconds_sum")?, commits),
+    })
 }
 
 /// The load each leg receives.
@@ -247,6 +293,7 @@ fn inject_and_drain(
         injector_failures: inject.failures,
         error: None,
         round: 1,
+        spool: None,
     };
     if !complete {
         result.error = Some(format!(
@@ -380,6 +427,10 @@ pub fn run_spate(
     } else {
         inject_and_drain("spate", listen, &sink, load, pid)
     };
+    let result = result.map(|mut r| {
+        r.spool = spool_figures(admin, "spate-bench-token");
+        r
+    });
     guard.terminate(Duration::from_secs(30));
     result
 }
@@ -512,6 +563,19 @@ pub fn print_table(rows: &[LegResult]) {
         for (reason, n) in &r.injector_failures {
             println!("    {n} failed: {reason}");
         }
+        if let Some(sp) = &r.spool {
+            println!(
+                "    spool: {} fdatasyncs ({:.1} messages each), fdatasync mean {:.2} ms, commit mean {:.2} ms",
+                sp.fsyncs,
+                if sp.fsyncs > 0 {
+                    sp.commits as f64 / sp.fsyncs as f64
+                } else {
+                    0.0
+                },
+                sp.fsync_mean_ms,
+                sp.commit_mean_ms,
+            );
+        }
     }
     for (label, ratio) in ratios(rows) {
         println!("{label} = {ratio:.2}x");
@@ -595,6 +659,17 @@ pub fn print_summary(rows: &[LegResult], rounds: u32) {
             med(&|r| r.cpu_ms_per_msg).map_or("-".into(), |v| format!("{v:.3}")),
             ok.len(),
         );
+        let spool = |f: &dyn Fn(&SpoolFigures) -> f64| {
+            median(ok.iter().filter_map(|r| r.spool.as_ref()).map(f).collect())
+        };
+        if let (Some(commit), Some(fsync)) =
+            (spool(&|s| s.commit_mean_ms), spool(&|s| s.fsync_mean_ms))
+        {
+            println!(
+                "{:<24} spool: fdatasync mean {fsync:.2} ms, commit mean {commit:.2} ms",
+                ""
+            );
+        }
     }
     let mut per_label: Vec<(String, Vec<f64>)> = Vec::new();
     for round in 1..=rounds {
