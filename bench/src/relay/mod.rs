@@ -52,6 +52,8 @@ pub struct LegResult {
     pub error: Option<String>,
     /// Which round of `--repeat` (1-based).
     pub round: u32,
+    /// The load's label in `--suite` runs (empty otherwise).
+    pub load: String,
     /// spate's group commit over the leg, from its metrics: fdatasyncs,
     /// their mean latency, and the mean time from a new message's record
     /// queued to its commit (the spool's part of the 250's latency).
@@ -294,6 +296,7 @@ fn inject_and_drain(
         error: None,
         round: 1,
         spool: None,
+        load: String::new(),
     };
     if !complete {
         result.error = Some(format!(
@@ -517,6 +520,13 @@ pub struct RelayArgs {
     /// ratios: on a shared, noisy machine one round can be off by 2x.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=50))]
     pub repeat: u32,
+    /// Run the four loads of the published table (2 KB and 100 KB, 20 and
+    /// 200 connections; --messages, --connections, --per-connection and
+    /// --size are then ignored) and print the table of medians. With
+    /// `--compare raw,postfix --repeat 3` it reproduces README.md's table
+    /// (Postfix only at 20 connections).
+    #[arg(long)]
+    pub suite: bool,
 }
 
 /// Prints the result table.
@@ -694,21 +704,6 @@ pub fn print_summary(rows: &[LegResult], rounds: u32) {
 /// Runs `spate-bench relay`.
 pub fn run(args: RelayArgs) -> anyhow::Result<()> {
     crate::install_signal_watch()?;
-    let load = Load {
-        messages: args.messages,
-        connections: args.connections,
-        per_connection: args.per_connection,
-        size: args.size,
-        inject_threads: args.inject_threads,
-        rate: args.rate,
-    };
-    let mut rows = Vec::new();
-    let failed = |name: &str, e: anyhow::Error| LegResult {
-        name: name.into(),
-        messages: load.messages,
-        error: Some(format!("{e:#}")),
-        ..LegResult::default()
-    };
     for leg in &args.compare {
         anyhow::ensure!(
             matches!(
@@ -718,22 +713,55 @@ pub fn run(args: RelayArgs) -> anyhow::Result<()> {
             "unknown --compare leg {leg:?} (raw, postfix, smtp-source, smtp-sink)"
         );
     }
-    let wants = |leg: &str| args.compare.iter().any(|l| l == leg);
+    let rows = if args.suite {
+        run_suite(&args)
+    } else {
+        let load = Load {
+            messages: args.messages,
+            connections: args.connections,
+            per_connection: args.per_connection,
+            size: args.size,
+            inject_threads: args.inject_threads,
+            rate: args.rate,
+        };
+        run_rounds(&args, &load, &args.compare, "")
+    };
+    if let Some(path) = &args.json_out {
+        std::fs::write(path, serde_json::to_string_pretty(&rows)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if rows.iter().any(|r| r.error.is_some()) {
+        bail!("some legs failed (see the table)");
+    }
+    Ok(())
+}
+
+/// `--repeat` rounds of the legs in `compare` (and spate) under one load;
+/// each row is labelled with `label` and its round.
+fn run_rounds(args: &RelayArgs, load: &Load, compare: &[String], label: &str) -> Vec<LegResult> {
+    let failed = |name: &str, e: anyhow::Error| LegResult {
+        name: name.into(),
+        messages: load.messages,
+        error: Some(format!("{e:#}")),
+        ..LegResult::default()
+    };
+    let wants = |leg: &str| compare.iter().any(|l| l == leg);
+    let mut rows = Vec::new();
     for round in 1..=args.repeat {
         let mut these = Vec::new();
         if wants("smtp-sink") {
-            these.push(run_smtp_sink(&load).unwrap_or_else(|e| failed("smtp-sink", e)));
+            these.push(run_smtp_sink(load).unwrap_or_else(|e| failed("smtp-sink", e)));
         }
         if wants("raw") {
-            these.push(run_raw(&load).unwrap_or_else(|e| failed("raw", e)));
+            these.push(run_raw(load).unwrap_or_else(|e| failed("raw", e)));
         }
         if wants("smtp-source") {
-            these.push(run_smtp_source(&load).unwrap_or_else(|e| failed("smtp-source", e)));
+            these.push(run_smtp_source(load).unwrap_or_else(|e| failed("smtp-source", e)));
         }
         if !args.no_spate {
             these.push(
                 run_spate(
-                    &load,
+                    load,
                     &args.spate_bin,
                     args.config.as_deref(),
                     args.pause_delivery,
@@ -742,10 +770,11 @@ pub fn run(args: RelayArgs) -> anyhow::Result<()> {
             );
         }
         if wants("postfix") {
-            these.push(run_postfix(&load).unwrap_or_else(|e| failed("postfix", e)));
+            these.push(run_postfix(load).unwrap_or_else(|e| failed("postfix", e)));
         }
         for r in &mut these {
             r.round = round;
+            r.load = label.to_string();
         }
         if args.repeat > 1 {
             println!("round {round} of {}:", args.repeat);
@@ -759,14 +788,109 @@ pub fn run(args: RelayArgs) -> anyhow::Result<()> {
     if args.repeat > 1 {
         print_summary(&rows, args.repeat);
     }
-    if let Some(path) = &args.json_out {
-        std::fs::write(path, serde_json::to_string_pretty(&rows)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+    rows
+}
+
+/// The four loads of the published table: (label, size, connections,
+/// messages per connection, messages).
+pub const SUITE: [(&str, usize, u64, u64, u64); 4] = [
+    ("2 KB, 20 connections", 2048, 20, 50, 20_000),
+    ("2 KB, 200 connections", 2048, 200, 50, 20_000),
+    ("100 KB, 20 connections", 102_400, 20, 50, 4_000),
+    ("100 KB, 200 connections", 102_400, 200, 20, 4_000),
+];
+
+/// `--suite`: every load of [`SUITE`] with the legs of `--compare` (Postfix
+/// only at 20 connections, where it finishes in about a minute), then one
+/// table of medians: the table README.md shows.
+fn run_suite(args: &RelayArgs) -> Vec<LegResult> {
+    let mut rows = Vec::new();
+    for (label, size, connections, per_connection, messages) in SUITE {
+        println!("\n== {label} ==");
+        let load = Load {
+            messages,
+            connections,
+            per_connection,
+            size,
+            inject_threads: args.inject_threads,
+            rate: args.rate,
+        };
+        let compare: Vec<String> = args
+            .compare
+            .iter()
+            .filter(|l| connections <= 20 || l.as_str() != "postfix")
+            .cloned()
+            .collect();
+        rows.extend(run_rounds(args, &load, &compare, label));
+        if crate::stop_requested() {
+            break;
+        }
     }
-    if rows.iter().any(|r| r.error.is_some()) {
-        bail!("some legs failed (see the table)");
+    println!("\n{}", suite_table(&rows));
+    rows
+}
+
+/// Markdown: per load, the medians of spate, raw and Postfix and the
+/// medians of the per-round ratios.
+pub fn suite_table(rows: &[LegResult]) -> String {
+    let mut out = String::from(
+        "| load | spate msg/s | raw pipeline msg/s | spate / raw (range) | Postfix msg/s | spate / Postfix (range) |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    let mut labels: Vec<&str> = Vec::new();
+    for r in rows {
+        if !labels.contains(&r.load.as_str()) {
+            labels.push(&r.load);
+        }
     }
-    Ok(())
+    for label in labels {
+        let of = |name: &str| {
+            median(
+                rows.iter()
+                    .filter(|r| r.load == label && r.name.starts_with(name) && r.error.is_none())
+                    .map(|r| r.end_to_end_msgs_per_s)
+                    .collect(),
+            )
+        };
+        let rounds: Vec<u32> = {
+            let mut v: Vec<u32> = rows
+                .iter()
+                .filter(|r| r.load == label)
+                .map(|r| r.round)
+                .collect();
+            v.dedup();
+            v
+        };
+        let ratio = |leg: &str| {
+            let per_round: Vec<f64> = rounds
+                .iter()
+                .filter_map(|round| {
+                    let these: Vec<LegResult> = rows
+                        .iter()
+                        .filter(|r| r.load == label && r.round == *round)
+                        .cloned()
+                        .collect();
+                    ratios(&these)
+                        .into_iter()
+                        .find(|(l, _)| l == &format!("spate / {leg}"))
+                        .map(|(_, v)| v)
+                })
+                .collect();
+            let lo = per_round.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = per_round.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            median(per_round).map_or("–".to_string(), |m| format!("{m:.2}× ({lo:.2}–{hi:.2})"))
+        };
+        let rate = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.0}"));
+        out.push_str(&format!(
+            "| {label} | {} | {} | {} | {} | {} |\n",
+            rate(of("spate")),
+            rate(of("raw")),
+            ratio("raw"),
+            rate(of("postfix")),
+            ratio("postfix"),
+        ));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -800,6 +924,31 @@ mod tests {
         let mut failed = rows.clone();
         failed[1].error = Some("boom".into());
         assert!(ratios(&failed).is_empty());
+    }
+
+    #[test]
+    fn suite_table_gives_medians_and_ratio_ranges_per_load() {
+        let mut rows = Vec::new();
+        for (round, raw, spate) in [
+            (1, 20_000.0, 9_000.0),
+            (2, 30_000.0, 12_000.0),
+            (3, 25_000.0, 10_000.0),
+        ] {
+            for (name, rate) in [("raw (inject -> sink)", raw), ("spate", spate)] {
+                let mut r = row(name, rate, rate);
+                r.round = round;
+                r.load = "2 KB, 20 connections".into();
+                rows.push(r);
+            }
+        }
+        let table = suite_table(&rows);
+        let line = table.lines().nth(2).expect("one row");
+        // spate 10,000 and raw 25,000 are the medians; the per-round ratios
+        // are 0.45, 0.40 and 0.40; no Postfix leg.
+        assert_eq!(
+            line,
+            "| 2 KB, 20 connections | 10000 | 25000 | 0.40× (0.40–0.45) | – | – |"
+        );
     }
 
     #[test]
