@@ -10,7 +10,9 @@
 //! 3 × N one-recipient messages (a queue opens a connection only while it
 //! has fewer connections, busy ones included, than ready recipients, so the
 //! backlog must exceed twice the cap, in every queue, for every slot to
-//! fill; the pool's spread is not exact, hence 3); then, every
+//! fill; the pool's spread is not exact, hence 3; one transaction in
+//! flight per connection, so each held message holds its own connection);
+//! then, every
 //! `SAMPLE_INTERVAL_MS`, spate's
 //! `connections_out` gauge, its socket descriptors from `/proc`, its RSS,
 //! an EHLO probe on its listener and a GET on its admin API. It ends when
@@ -166,6 +168,9 @@ starttls = "off"
 retry_after = ["1h"]
 connect_timeout = "30s"
 data_timeout = "10m"
+# One held message per connection: pipelined transactions would put
+# several messages on one connection and open fewer.
+max_transactions_in_flight = 1
 
 "#,
         max = per_queue_max(cfg),

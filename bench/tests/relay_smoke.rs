@@ -34,10 +34,11 @@ fn spate_leg_delivers_everything() {
     assert_eq!(r.error, None);
     assert_eq!(r.delivered, 300);
     assert!(r.cpu_s.is_some() && r.peak_rss_kib.is_some());
-    // Every message waited for one commit; a commit covers one or more.
+    // Every message waited for one commit. (fdatasyncs also serve the
+    // delivery states, so their number is not bounded by the messages.)
     let spool = r.spool.expect("spool figures from spate's metrics");
     assert_eq!(spool.commits, 300);
-    assert!((1..=300).contains(&spool.fsyncs), "{spool:?}");
+    assert!(spool.fsyncs >= 1, "{spool:?}");
     assert!(spool.commit_mean_ms > 0.0 && spool.fsync_mean_ms > 0.0);
 }
 

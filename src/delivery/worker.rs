@@ -428,11 +428,16 @@ async fn session(
                 }
             }
         }
-        if ready {
-            ready = false;
-            match next_transaction(engine, queue, sent, 0) {
+        // Ready: the next transaction, or wait for work. Pipelining (not
+        // ready, transactions in flight, the session allows another): a
+        // message behind them when the queue has one it may send now,
+        // otherwise read the replies.
+        let pipelining = !ready && !in_flight.is_empty() && client.can_send_transaction();
+        if ready || pipelining {
+            let was_ready = std::mem::take(&mut ready);
+            match next_transaction(engine, queue, sent, in_flight.len()) {
                 Next::Send(tx) => {
-                    if start_transaction(
+                    let started = start_transaction(
                         engine,
                         queue,
                         &mut client,
@@ -441,16 +446,19 @@ async fn session(
                         &remote,
                         addr,
                     )
-                    .await
-                    {
-                        timeout = policy.command_timeout;
-                    } else {
-                        ready = true;
+                    .await;
+                    if was_ready {
+                        if started {
+                            timeout = policy.command_timeout;
+                        } else {
+                            ready = true;
+                        }
                     }
                     // With BDAT the body may go now: the events above add it
                     // to the write with the commands.
                     continue;
                 }
+                _ if !was_ready => {}
                 Next::Quit => client.quit(),
                 Next::Wait(until) => {
                     client.write_output_to(&mut wbuf);
@@ -467,22 +475,6 @@ async fn session(
                     }
                     client.quit();
                 }
-            }
-        } else if !in_flight.is_empty() && client.can_send_transaction() {
-            // Pipelining: another message behind those in flight, when the
-            // queue has one it may send now. Otherwise read the replies.
-            if let Next::Send(tx) = next_transaction(engine, queue, sent, in_flight.len()) {
-                start_transaction(
-                    engine,
-                    queue,
-                    &mut client,
-                    tx,
-                    &mut in_flight,
-                    &remote,
-                    addr,
-                )
-                .await;
-                continue;
             }
         }
         client.write_output_to(&mut wbuf);

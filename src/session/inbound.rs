@@ -35,7 +35,15 @@ use crate::spool::{MessageRef, NewMessage, NewRecipient, Ret, Spool};
 pub const SESSION_READ_BUFFER_BYTES: usize = 64 * 1024;
 /// A session keeps its message buffer for the next message up to this
 /// capacity (no regrowth per message); a larger one is freed.
-const MESSAGE_BUFFER_KEEP_BYTES: usize = 256 * 1024;
+const MESSAGE_BUFFER_KEEP_BYTES: usize = 64 * 1024;
+
+/// Empties a session's message buffer, freeing it when it grew large.
+fn recycle(buf: &mut Vec<u8>) {
+    buf.clear();
+    if buf.capacity() > MESSAGE_BUFFER_KEEP_BYTES {
+        *buf = Vec::new();
+    }
+}
 
 /// What a shard gives every inbound session.
 pub struct InboundContext {
@@ -159,24 +167,21 @@ pub async fn run_session(
                         None => session.accept(),
                     };
                 }
-                ServerEvent::DataStart => message.clear(),
+                ServerEvent::DataStart => recycle(&mut message),
                 ServerEvent::Data(chunk) => message.extend_from_slice(chunk),
                 ServerEvent::MessageAborted(_) => {
-                    message.clear();
+                    recycle(&mut message);
                     tally.rejected += 1;
                     ctx.stats.add_rejected(1);
                 }
                 ServerEvent::MessageComplete => {
                     // The session reads nothing more until this is answered,
                     // so flush earlier replies while the spool commits.
+                    // It empties the buffer once the content is copied (the
+                    // next DataStart does on its early refusals); the buffer
+                    // is kept for the session's next message unless large.
                     let reply =
-                        finish_message(&ctx, &config, &session, &conn, peer, &message).await;
-                    // The buffer serves the session's next message, unless
-                    // this one was large.
-                    message.clear();
-                    if message.capacity() > MESSAGE_BUFFER_KEEP_BYTES {
-                        message = Vec::new();
-                    }
+                        finish_message(&ctx, &config, &session, &conn, peer, &mut message).await;
                     if reply.code == 250 {
                         tally.accepted += 1;
                     } else {
@@ -343,7 +348,7 @@ async fn finish_message(
     session: &ServerSession,
     conn: &Conn,
     peer: SocketAddr,
-    body: &[u8],
+    body: &mut Vec<u8>,
 ) -> Reply {
     let source = config.source_for(peer.ip());
     let user = session.authenticated_user().and_then(|u| config.user(u));
@@ -394,6 +399,9 @@ async fn finish_message(
     content.extend_from_slice(trace.as_bytes());
     let control =
         take_control_headers_into(body, allow_vmta_header, allow_job_header, &mut content);
+    // Not needed any more: free a large one before the signing and the
+    // commit wait.
+    recycle(body);
 
     let requested = control
         .virtual_mta

@@ -49,9 +49,18 @@ impl Spool {
         };
         let mut report = ReclaimReport::default();
         for seg in candidates {
+            let used_before = seg.used_bytes();
             let (carry, n) = carry_forward(&self.inner.shared, &seg);
             self.append_raw(&carry).await?;
             report.carried_records += n;
+            // A batch to this segment may still have been in flight when it
+            // was sealed (a later write failed); commits resolve in order, so
+            // it has resolved by now. If it added messages or records, the
+            // segment is not finished after all (the carried records are
+            // harmless duplicates: same sequence numbers).
+            if seg.live_messages() != 0 || seg.used_bytes() != used_before {
+                continue;
+            }
             match std::fs::remove_file(&seg.path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -103,8 +112,11 @@ fn carry_forward(shared: &SpoolShared, seg: &SegmentShared) -> (Vec<u8>, u64) {
         }
     };
     // The segment is this shard's own: written by this process or scanned
-    // at recovery. Anything unexpected falls back to the full scan.
-    if !walk_written(bytes, KIND_STATE, &mut state_record) {
+    // clean at recovery. One with corrupt regions (where a damaged length
+    // could mislead the walk), or anything unexpected, gets the full scan.
+    if seg.had_corruption.load(Ordering::Relaxed)
+        || !walk_written(bytes, KIND_STATE, &mut state_record)
+    {
         scan_records(bytes, &mut state_record);
     }
     let mut keep: Vec<(usize, usize)> = latest

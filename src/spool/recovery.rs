@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -444,7 +444,12 @@ fn open_segment(
         file.sync_all()
             .map_err(|e| format!("fsync after truncate: {e}"))?;
     }
-    SegmentShared::map(id, path.to_path_buf(), &file, valid_end, true).map_err(|e| e.to_string())
+    let seg = SegmentShared::map(id, path.to_path_buf(), &file, valid_end, true)
+        .map_err(|e| e.to_string())?;
+    if !scan.corrupt.is_empty() {
+        seg.had_corruption.store(true, Ordering::Relaxed);
+    }
+    Ok(seg)
 }
 
 fn lock_dir(dir: &std::path::Path) -> Result<File, SpoolError> {

@@ -50,6 +50,9 @@ pub struct SegmentShared {
     /// No more appends (full, failed, or from an earlier run).
     pub(crate) sealed: AtomicBool,
     pub(crate) deleted: AtomicBool,
+    /// Recovery found corrupt regions inside it (below `used_bytes`): its
+    /// records must be walked with the full, resynchronising scan.
+    pub(crate) had_corruption: AtomicBool,
 }
 
 impl SegmentShared {
@@ -78,6 +81,7 @@ impl SegmentShared {
             used_bytes: AtomicU64::new(used_bytes),
             sealed: AtomicBool::new(sealed),
             deleted: AtomicBool::new(false),
+            had_corruption: AtomicBool::new(false),
         })
     }
 

@@ -278,9 +278,9 @@ impl Spool {
                 retire: None,
             })
         })?;
-        let committed = wait_commit(slot).await;
+        let committed = wait_commit(slot).await?;
         self.inner.shared.commit_latency.observe(queued.elapsed());
-        match committed? {
+        match committed {
             Committed::Message(m) => Ok(m),
             Committed::Done => Err(SpoolError::Closed),
         }

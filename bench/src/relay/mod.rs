@@ -575,7 +575,7 @@ pub fn print_table(rows: &[LegResult]) {
         }
         if let Some(sp) = &r.spool {
             println!(
-                "    spool: {} fdatasyncs ({:.1} messages each), fdatasync mean {:.2} ms, commit mean {:.2} ms",
+                "    spool: {} fdatasyncs ({:.1} new messages per fdatasync; delivery states share them), fdatasync mean {:.2} ms, commit mean {:.2} ms",
                 sp.fsyncs,
                 if sp.fsyncs > 0 {
                     sp.commits as f64 / sp.fsyncs as f64

@@ -150,6 +150,15 @@ impl Pair {
         }
     }
 
+    /// The dialogue ended with QUIT and no failure.
+    fn assert_clean(&self) {
+        assert!(
+            self.closed && self.failures.is_empty(),
+            "{:?}",
+            self.failures
+        );
+    }
+
     fn wire(&self) -> String {
         String::from_utf8_lossy(&self.writes.concat()).into_owned()
     }
@@ -179,11 +188,7 @@ fn pipelined_transactions_reuse_the_connection() {
     );
     pair.policy = reject_local("nobody", Reply::with_status(550, (5, 1, 1), "No such user"));
     pair.run();
-    assert!(
-        pair.closed && pair.failures.is_empty(),
-        "{:?}",
-        pair.failures
-    );
+    pair.assert_clean();
     assert_eq!(pair.results.len(), 2);
     let first = &pair.results[0];
     assert!(matches!(first.outcome(0), RecipientOutcome::Delivered(r) if r.code == 250));
@@ -284,11 +289,7 @@ fn transactions_pipeline_behind_each_other_with_chunking() {
         .collect();
     let mut pair = Pair::new(pipelining_config(3), ServerConfig::new("mx.example"), jobs);
     pair.run();
-    assert!(
-        pair.closed && pair.failures.is_empty(),
-        "{:?}",
-        pair.failures
-    );
+    pair.assert_clean();
     assert_eq!(pair.results.len(), 5);
     assert!(
         pair.results
@@ -339,11 +340,7 @@ fn a_refused_transaction_does_not_spoil_those_pipelined_behind_it() {
     let mut pair = Pair::new(pipelining_config(4), ServerConfig::new("mx.example"), jobs);
     pair.policy = reject_local("nobody", Reply::with_status(550, (5, 1, 1), "No such user"));
     pair.run();
-    assert!(
-        pair.closed && pair.failures.is_empty(),
-        "{:?}",
-        pair.failures
-    );
+    pair.assert_clean();
     let delivered: Vec<bool> = pair
         .results
         .iter()
