@@ -2,7 +2,8 @@
 //! `idle_timeout` for work, and a new message wakes the idle connections of
 //! its queue without closing the ones that did not get it (they used to
 //! quit, so a steady trickle of mail opened a connection every few messages).
-//! A pause still closes idle connections at once.
+//! A pause still closes idle connections at once. A 421 in the middle of a
+//! kept session still feeds the queue's pattern list (Backoff).
 
 mod admin_support;
 mod support;
@@ -85,4 +86,50 @@ fn idle_connections_stay_open_and_are_reused() {
     let a = post(admin, "/api/v1/queues/sink.test%2Fip1/pause", "");
     assert_eq!(a.status, 200, "{}", a.body);
     wait_connections_out(admin, 0, 3, &spate);
+}
+
+#[test]
+fn a_421_in_mid_session_feeds_the_pattern_list_and_enters_backoff() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start();
+    let extra = r#"
+[vmta.ip1.domain."sink.test"]
+max_smtp_out = 1
+smtp_pattern_list = "throttle"
+
+[smtp_pattern_list.throttle]
+rules = [
+  { reply = '\[TSS04\]', mode = "backoff" },
+]
+"#;
+    let (spate, smtp, admin) = admin_support::start_with(dir.path(), sink.addr, extra);
+    // One message delivered: its connection stays open, idle.
+    send(smtp, 1, "first");
+    assert_eq!(sink.wait_for(1, Duration::from_secs(20)).len(), 1);
+    wait_connections_out(admin, 1, 10, &spate);
+    // Now the receiver throttles: the idle connection takes the next
+    // message, and its MAIL gets 421 after a delivery on the same session.
+    sink.refuse_from(
+        "127.0.0.2".parse().unwrap(),
+        421,
+        (4, 7, 0),
+        "[TSS04] Messages from 127.0.0.2 temporarily deferred",
+    );
+    send(smtp, 1, "second");
+    let end = Instant::now() + Duration::from_secs(15);
+    loop {
+        let q = admin_support::queue(admin, "sink.test/ip1").expect("queue");
+        if q["mode"] == "backoff" {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "queue never entered backoff: {q}; log:\n{}",
+            spate.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // It was the first connection's session, not a new connection's greeting.
+    assert_eq!(sink.connections(), 1);
+    assert_eq!(sink.messages().len(), 1);
 }
