@@ -80,7 +80,7 @@ fn crash_child() {
                         vmta_or_pool: "",
                         vmta: "v",
                         job_id: "",
-                        content: &content,
+                        content: spate::spool::record::Content::One(&content),
                     };
                     let Ok(m) = spool.append_message(&msg).await else {
                         continue;

@@ -81,7 +81,7 @@ fn disk_full_gives_452_loses_nothing_and_recovers() {
                     vmta_or_pool: "",
                     vmta: "v",
                     job_id: "",
-                    content: &c,
+                    content: spate::spool::record::Content::One(&c),
                 };
                 match s.append_message(&msg).await {
                     Ok(m) => acked.push((m.id(), i)),
@@ -115,7 +115,7 @@ fn disk_full_gives_452_loses_nothing_and_recovers() {
                 vmta_or_pool: "",
                 vmta: "v",
                 job_id: "",
-                content: &c,
+                content: spate::spool::record::Content::One(&c),
             };
             assert_eq!(
                 s.append_message(&msg).await.unwrap_err(),

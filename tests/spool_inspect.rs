@@ -59,7 +59,7 @@ fn inventory_matches_the_spool_and_never_writes() {
                 vmta_or_pool: "pool",
                 vmta: "ip1",
                 job_id: "j",
-                content: &content,
+                content: spate::spool::record::Content::One(&content),
             };
             let m = s.append_message(&msg).await.unwrap();
             if i % 2 == 0 {

@@ -10,6 +10,10 @@ use spate::spool::scan::{scan_records, walk_written};
 use spate::spool::{MessageId, SegmentId};
 
 fn sample_message(content: &[u8]) -> Vec<u8> {
+    sample_message_of(record::Content::One(content))
+}
+
+fn sample_message_of(content: record::Content<'_>) -> Vec<u8> {
     let rcpts = [
         NewRecipient {
             forward_path: "a@example.com",
@@ -58,6 +62,23 @@ fn sample_state() -> Vec<u8> {
 }
 
 #[test]
+fn content_in_pieces_encodes_exactly_like_the_joined_bytes() {
+    let pieces: [&[u8]; 4] = [
+        b"Received: from x\r\n",
+        b"",
+        b"Subject: hi\r\n\r\n",
+        b"body\r\n",
+    ];
+    let joined = pieces.concat();
+    let from_pieces = sample_message_of(record::Content::Pieces(&pieces));
+    assert_eq!(from_pieces, sample_message(&joined));
+    let m = record::decode_message(record::decode_raw(&from_pieces).unwrap().payload).unwrap();
+    assert_eq!(m.content, &joined[..]);
+    assert_eq!(record::Content::Pieces(&pieces).len(), joined.len());
+    assert_eq!(record::Content::Pieces(&pieces).to_vec(), joined);
+}
+
+#[test]
 fn message_round_trip() {
     let content = b"Subject: hi\r\n\r\nbody\r\n";
     let bytes = sample_message(content);
@@ -103,7 +124,7 @@ fn message_with_states_round_trip() {
         vmta_or_pool: "",
         vmta: "",
         job_id: "",
-        content: b"",
+        content: record::Content::One(b""),
     };
     let states = [
         (RecipientState::Delivered, 5),
@@ -171,7 +192,7 @@ fn encode_rejects_out_of_bounds_fields() {
         vmta_or_pool: "",
         vmta: "",
         job_id: "",
-        content: b"",
+        content: record::Content::One(b""),
     };
     let mut out = vec![1, 2, 3];
     assert!(record::encode_message(&mut out, 1, MessageId(1), &msg, None).is_err());

@@ -71,7 +71,7 @@ async fn try_append(
         vmta_or_pool: "pool",
         vmta: "ip1",
         job_id: "",
-        content: &content,
+        content: spate::spool::record::Content::One(&content),
     };
     spool.append_message(&msg).await
 }
@@ -470,7 +470,7 @@ fn oversized_message_is_refused_and_second_server_is_locked_out() {
             vmta_or_pool: "",
             vmta: "",
             job_id: "",
-            content: &big,
+            content: spate::spool::record::Content::One(&big),
         };
         let e = s.append_message(&msg).await.unwrap_err();
         assert_eq!(e.smtp_reply().0, 552);
@@ -504,7 +504,7 @@ fn failed_fsync_fails_the_batch_with_451_and_seals_the_segment() {
             vmta_or_pool: "",
             vmta: "",
             job_id: "",
-            content: &content,
+            content: spate::spool::record::Content::One(&content),
         };
         let err = s.append_message(&msg).await.unwrap_err();
         assert!(
@@ -546,7 +546,7 @@ fn an_append_abandoned_before_its_commit_is_not_delivered_after_restart() {
                 vmta_or_pool: "",
                 vmta: "",
                 job_id: "",
-                content: &content,
+                content: spate::spool::record::Content::One(&content),
             };
             {
                 // Poll once (the record is queued), then drop: the client left.
@@ -693,12 +693,19 @@ fn with_two_batches_in_flight_every_acknowledged_record_survives_a_failed_sync()
                     Err(_) => failed += 1,
                 }
             }
+            // How many of the burst share the failed batch depends on the
+            // machine's load; after it, appends succeed again (a new segment).
+            for i in 120..140 {
+                let m = try_append(&spool, i, 700, 1)
+                    .await
+                    .expect("an append after the failed sync");
+                acked.push((m.id(), i));
+            }
             spool.close().await;
             (acked, failed)
         })
     };
     assert!(failed > 0, "the injected sync failure failed nothing");
-    assert!(acked.len() > 40, "only {} acknowledged", acked.len());
     let rec = recover(&opts, 1).unwrap();
     let by_id = by_id(&rec.messages);
     for (id, i) in acked {

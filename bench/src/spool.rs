@@ -161,7 +161,7 @@ fn scenario(
                         vmta_or_pool: "ip1",
                         vmta: "ip1",
                         job_id: "",
-                        content: &content,
+                        content: spate::spool::record::Content::One(&content),
                     };
                     let t = Instant::now();
                     spool.append_message(&msg).await?;
@@ -247,7 +247,7 @@ fn recovery(base: &Path, args: &SpoolArgs) -> anyhow::Result<()> {
                             vmta_or_pool: "ip1",
                             vmta: "ip1",
                             job_id: "",
-                            content: &content,
+                            content: spate::spool::record::Content::One(&content),
                         };
                         spool.append_message(&msg).await?;
                     }

@@ -657,7 +657,7 @@ async fn send_dsn(engine: &Rc<Engine>, message: &MessageRef, rcpts: &[DsnRecipie
         vmta_or_pool: env.vmta_or_pool,
         vmta: env.vmta,
         job_id: env.job_id,
-        content: &report.message,
+        content: crate::spool::record::Content::One(&report.message),
     };
     match engine.deps.spool.append_message(&record).await {
         Ok(dsn_msg) => {

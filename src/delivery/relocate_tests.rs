@@ -45,7 +45,7 @@ async fn append_via(spool: &Spool, vmta_or_pool: &str, rcpts: &[&str]) -> Messag
         vmta_or_pool,
         vmta: "ip1",
         job_id: "",
-        content: b"Subject: x\r\n\r\nbody\r\n",
+        content: crate::spool::record::Content::One(b"Subject: x\r\n\r\nbody\r\n"),
     };
     spool.append_message(&msg).await.expect("append")
 }

@@ -43,7 +43,7 @@ fn spool_messages(specs: &[(&str, &[&str])]) -> Fixture {
                 vmta_or_pool: "pool1",
                 vmta,
                 job_id: "",
-                content: b"Subject: x\r\n\r\nbody\r\n",
+                content: crate::spool::record::Content::One(b"Subject: x\r\n\r\nbody\r\n"),
             };
             out.push(spool.append_message(&msg).await.expect("append"));
         }

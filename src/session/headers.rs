@@ -86,18 +86,19 @@ pub fn take_control_headers(
     strip_virtual_mta: bool,
     strip_job: bool,
 ) -> (ControlHeaders, Vec<u8>) {
-    let mut out = Vec::with_capacity(message.len());
-    let found = take_control_headers_into(message, strip_virtual_mta, strip_job, &mut out);
-    (found, out)
+    let mut pieces = Vec::new();
+    let found = control_header_pieces(message, strip_virtual_mta, strip_job, &mut pieces);
+    (found, pieces.concat())
 }
 
-/// [`take_control_headers`] appending the message to `out` (e.g. after the
-/// `Received:` field), so the body is copied once.
-pub fn take_control_headers_into(
-    message: &[u8],
+/// [`take_control_headers`] without copying: pushes to `pieces` the slices of
+/// `message` that remain (one, unless a control header is stripped), so the
+/// spool can store them after the `Received:` field as they are.
+pub fn control_header_pieces<'a>(
+    message: &'a [u8],
     strip_virtual_mta: bool,
     strip_job: bool,
-    out: &mut Vec<u8>,
+    pieces: &mut Vec<&'a [u8]>,
 ) -> ControlHeaders {
     let header_len = header_section_len(message);
     let mut found = ControlHeaders::default();
@@ -117,10 +118,10 @@ pub fn take_control_headers_into(
         } else {
             continue;
         }
-        out.extend_from_slice(&message[copied_to..s]);
+        pieces.push(&message[copied_to..s]);
         copied_to = e;
     }
-    out.extend_from_slice(&message[copied_to..]);
+    pieces.push(&message[copied_to..]);
     found
 }
 

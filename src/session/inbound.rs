@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use compio::tls::TlsAcceptor;
 
 use super::auth::{FailureLimiter, verify_password};
-use super::headers::{ReceivedInfo, received_field, take_control_headers_into};
+use super::headers::{ReceivedInfo, control_header_pieces, received_field};
 use super::vmta::{Choice, PoolPicker};
 use crate::config::{Config, ListenerConfig};
 use crate::runtime::local::unix_now_ms;
@@ -27,7 +27,7 @@ use crate::smtp::address::{ForwardPath, ReversePath};
 use crate::smtp::command::{Notify, Ret as SmtpRet};
 use crate::smtp::reply::Reply;
 use crate::smtp::server::{ServerConfig, ServerEvent, ServerSession};
-use crate::spool::record::{NOTIFY_DELAY, NOTIFY_FAILURE, NOTIFY_NEVER, NOTIFY_SUCCESS};
+use crate::spool::record::{Content, NOTIFY_DELAY, NOTIFY_FAILURE, NOTIFY_NEVER, NOTIFY_SUCCESS};
 use crate::spool::{MessageRef, NewMessage, NewRecipient, Ret, Spool};
 
 /// Bytes read from a client before the session must consume some: bounds
@@ -177,11 +177,10 @@ pub async fn run_session(
                 ServerEvent::MessageComplete => {
                     // The session reads nothing more until this is answered,
                     // so flush earlier replies while the spool commits.
-                    // It empties the buffer once the content is copied (the
-                    // next DataStart does on its early refusals); the buffer
-                    // is kept for the session's next message unless large.
                     let reply =
                         finish_message(&ctx, &config, &session, &conn, peer, &mut message).await;
+                    // Kept for the session's next message unless large.
+                    recycle(&mut message);
                     if reply.code == 250 {
                         tally.accepted += 1;
                     } else {
@@ -342,6 +341,8 @@ async fn check_auth(
 
 /// Processes a complete message: control headers, vMTA choice, trace
 /// header, signing, spool commit, handoff. Returns the reply to send.
+/// Without DKIM the spool copies `body` straight into the record; with it,
+/// `body` is emptied once joined for the signer, before the commit wait.
 async fn finish_message(
     ctx: &InboundContext,
     config: &Config,
@@ -394,14 +395,11 @@ async fn finish_message(
         now_unix: received_unix_ms / 1000,
     });
     // The stored content: our trace field, then the message without the
-    // control headers it may carry, copied once.
-    let mut content = Vec::with_capacity(trace.len() + body.len());
-    content.extend_from_slice(trace.as_bytes());
-    let control =
-        take_control_headers_into(body, allow_vmta_header, allow_job_header, &mut content);
-    // Not needed any more: free a large one before the signing and the
-    // commit wait.
-    recycle(body);
+    // control headers it may carry; the spool copies the pieces once, into
+    // the record.
+    let mut pieces: Vec<&[u8]> = Vec::with_capacity(4);
+    pieces.push(trace.as_bytes());
+    let control = control_header_pieces(body, allow_vmta_header, allow_job_header, &mut pieces);
 
     let requested = control
         .virtual_mta
@@ -417,12 +415,20 @@ async fn finish_message(
         None => return Reply::with_status(451, (4, 3, 5), "No virtual MTA configured"),
     };
 
-    if let Some(signing) = &ctx.signing {
+    let signed: Vec<u8>;
+    let content = if let Some(signing) = &ctx.signing {
+        let joined = pieces.concat();
+        // Not needed any more: free a large one before the signing and the
+        // commit wait.
+        recycle(body);
         match signing
-            .sign(config, &choice.vmta, content, received_unix_ms / 1000)
+            .sign(config, &choice.vmta, joined, received_unix_ms / 1000)
             .await
         {
-            Ok(signed) => content = signed,
+            Ok(s) => {
+                signed = s;
+                Content::One(&signed)
+            }
             Err(failure) => {
                 ctx.stats.add_signing_failure();
                 tracing::warn!(peer = %peer, ?failure, "DKIM signing failed; message refused with 451");
@@ -433,7 +439,9 @@ async fn finish_message(
                 );
             }
         }
-    }
+    } else {
+        Content::Pieces(&pieces)
+    };
 
     let recipients: Vec<NewRecipient<'_>> = rcpts
         .iter()
@@ -457,7 +465,7 @@ async fn finish_message(
         vmta_or_pool: &choice.vmta_or_pool,
         vmta: &choice.vmta,
         job_id: control.job.as_deref().unwrap_or(""),
-        content: &content,
+        content,
     };
     match ctx.spool.append_message(&record).await {
         Ok(msg) => {

@@ -339,7 +339,45 @@ pub struct NewMessage<'a> {
     pub vmta: &'a str,
     pub job_id: &'a str,
     /// Headers and body exactly as they will be sent.
-    pub content: &'a [u8],
+    pub content: Content<'a>,
+}
+
+/// A message's content for [`encode_message`]: one slice, or pieces stored
+/// back to back (the inbound path: the `Received:` field, then the message
+/// without its control headers), so they are copied once, into the record.
+#[derive(Debug, Clone, Copy)]
+pub enum Content<'a> {
+    One(&'a [u8]),
+    Pieces(&'a [&'a [u8]]),
+}
+
+impl Content<'_> {
+    /// Total bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            Content::One(b) => b.len(),
+            Content::Pieces(p) => p.iter().map(|b| b.len()).sum(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes joined (a copy for pieces).
+    pub fn to_vec(&self) -> Vec<u8> {
+        match self {
+            Content::One(b) => b.to_vec(),
+            Content::Pieces(p) => p.concat(),
+        }
+    }
+
+    fn write_to(&self, out: &mut Vec<u8>) {
+        match self {
+            Content::One(b) => out.extend_from_slice(b),
+            Content::Pieces(p) => p.iter().for_each(|b| out.extend_from_slice(b)),
+        }
+    }
 }
 
 /// Where the content sits inside an encoded message record.
@@ -408,14 +446,16 @@ pub fn encode_message(
         state.encode(out);
         out.extend_from_slice(&state_seq.to_le_bytes());
     }
-    out.extend_from_slice(&(msg.content.len() as u64).to_le_bytes());
+    let content_len = msg.content.len();
+    out.extend_from_slice(&(content_len as u64).to_le_bytes());
     let content_offset_in_record = out.len() - start;
-    out.extend_from_slice(msg.content);
+    out.reserve(content_len + RECORD_ALIGN_BYTES);
+    msg.content.write_to(out);
     finish(out, start, KIND_MESSAGE, seq)?;
     Ok(EncodedMessage {
         stored_len: out.len() - start,
         content_offset_in_record,
-        content_len: msg.content.len(),
+        content_len,
     })
 }
 

@@ -368,7 +368,7 @@ impl Spool {
             vmta_or_pool: env.vmta_or_pool,
             vmta: vmta.unwrap_or(env.vmta),
             job_id: env.job_id,
-            content: env.content,
+            content: record::Content::One(env.content),
         };
         let with_seq: Vec<(RecipientState, u64)> = states.iter().map(|&s| (s, seq)).collect();
         let live = states.iter().filter(|s| !s.is_final()).count() as u32;
