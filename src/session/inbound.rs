@@ -416,7 +416,11 @@ async fn finish_message(
     };
 
     let signed: Vec<u8>;
-    let content = if let Some(signing) = &ctx.signing {
+    let content = if let Some(signing) = ctx
+        .signing
+        .as_ref()
+        .filter(|s| s.applies(config, &choice.vmta))
+    {
         let joined = pieces.concat();
         // Not needed any more: free a large one before the signing and the
         // commit wait.

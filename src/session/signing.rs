@@ -70,6 +70,13 @@ pub enum SignFailure {
 }
 
 impl InboundSigning {
+    /// Whether [`Self::sign`] would sign a message for `vmta` (keys are
+    /// configured and signing is on for it); if not, it returns the content
+    /// unchanged and the caller need not join it for the signer.
+    pub fn applies(&self, config: &Config, vmta: &str) -> bool {
+        !self.table.borrow().is_empty() && config.domain_policy("", vmta).dkim_sign
+    }
+
     /// Signs `content` for `vmta`; returns the message with its signature
     /// fields prepended (or unchanged when no key applies or signing is off
     /// for this vMTA).
@@ -80,10 +87,10 @@ impl InboundSigning {
         content: Vec<u8>,
         now_unix: u64,
     ) -> Result<Vec<u8>, SignFailure> {
-        let table = self.table.borrow().clone();
-        if table.is_empty() || !config.domain_policy("", vmta).dkim_sign {
+        if !self.applies(config, vmta) {
             return Ok(content);
         }
+        let table = self.table.borrow().clone();
         let extra_domains = config
             .vmta(vmta)
             .map(|v| v.dkim_also_sign.clone())
