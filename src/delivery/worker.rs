@@ -300,9 +300,8 @@ async fn session(
     let mut conn = Conn::Plain(stream);
     let mut inbuf: Vec<u8> = Vec::with_capacity(CLIENT_READ_BUFFER_BYTES);
     let mut sent: u32 = 0;
-    // Transactions sent and not settled, oldest first, each with whether
-    // its body went out (a DATA body waits for the 354).
-    let mut in_flight: VecDeque<(Transaction, bool)> = VecDeque::new();
+    // Transactions sent and not settled, oldest first.
+    let mut in_flight: VecDeque<Transaction> = VecDeque::new();
     // Commands and small bodies of pipelined transactions, written together
     // before the next read.
     let mut wbuf: Vec<u8> = Vec::new();
@@ -345,13 +344,14 @@ async fn session(
                     }
                 }
                 ClientEvent::SendBody(mode) => {
-                    // The session asks for bodies in the order transactions
-                    // were started, each right after its start.
-                    let Some((tx, body_sent)) = in_flight.iter_mut().find(|(_, sent)| !sent) else {
+                    // The body of the newest transaction: a pipelined BDAT
+                    // one asks right as it starts (these events are handled
+                    // before another starts), a DATA or lock-step one is
+                    // alone in flight.
+                    let Some(tx) = in_flight.back() else {
                         debug_assert!(false, "SendBody without a transaction");
                         continue;
                     };
-                    *body_sent = true;
                     let body = tx.message.content();
                     client.write_output_to(&mut wbuf);
                     if body.len() <= BODY_COALESCE_BYTES_MAX {
@@ -360,10 +360,7 @@ async fn session(
                         }
                     } else {
                         let limit = policy.data_timeout;
-                        let (mut ok, buf) =
-                            write_within(&mut conn, std::mem::take(&mut wbuf), limit).await;
-                        wbuf = buf.unwrap_or_default();
-                        wbuf.clear();
+                        let mut ok = flush(&mut conn, &mut wbuf, limit).await;
                         for piece in BodyEncoder::new(body, mode) {
                             if !ok {
                                 break;
@@ -387,7 +384,7 @@ async fn session(
                     timeout = policy.data_timeout;
                 }
                 ClientEvent::TransactionDone(result) => {
-                    if let Some((tx, _)) = in_flight.pop_front() {
+                    if let Some(tx) = in_flight.pop_front() {
                         sent += 1;
                         settle_transaction(
                             engine,
@@ -405,7 +402,7 @@ async fn session(
                     let closing = matches!(failure, ClientFailure::ServiceClosing(_));
                     // The session reported every transaction in flight
                     // before failing; this is only a safety net.
-                    while let Some((tx, _)) = in_flight.pop_front() {
+                    while let Some(tx) = in_flight.pop_front() {
                         settle_transaction(engine, queue, tx, Settle::Lost(&text), &remote, addr)
                             .await;
                     }
@@ -462,13 +459,7 @@ async fn session(
                 Next::Quit => client.quit(),
                 Next::Wait(until) => {
                     client.write_output_to(&mut wbuf);
-                    if !wbuf.is_empty() {
-                        let (_, buf) =
-                            write_within(&mut conn, std::mem::take(&mut wbuf), policy.data_timeout)
-                                .await;
-                        wbuf = buf.unwrap_or_default();
-                        wbuf.clear();
-                    }
+                    flush(&mut conn, &mut wbuf, policy.data_timeout).await;
                     if wait_for_work(engine, queue, until, policy.idle_timeout, sent).await {
                         ready = true;
                         continue;
@@ -478,15 +469,9 @@ async fn session(
             }
         }
         client.write_output_to(&mut wbuf);
-        if !wbuf.is_empty() {
-            let (ok, buf) =
-                write_within(&mut conn, std::mem::take(&mut wbuf), policy.data_timeout).await;
-            wbuf = buf.unwrap_or_default();
-            wbuf.clear();
-            if !ok {
-                read_remaining(&mut conn, &mut client, &mut inbuf).await;
-                continue;
-            }
+        if !flush(&mut conn, &mut wbuf, policy.data_timeout).await {
+            read_remaining(&mut conn, &mut client, &mut inbuf).await;
+            continue;
         }
         if client.is_finished() {
             conn.shutdown().await;
@@ -514,7 +499,7 @@ async fn session(
                 } else {
                     "451 4.4.2 timeout waiting for greeting"
                 };
-                while let Some((tx, _)) = in_flight.pop_front() {
+                while let Some(tx) = in_flight.pop_front() {
                     settle_transaction(engine, queue, tx, Settle::Lost(text), &remote, addr).await;
                 }
                 conn.shutdown().await;
@@ -539,6 +524,20 @@ async fn write_within<B: IoBuf>(conn: &mut Conn, buf: B, limit: Duration) -> (bo
         Ok((res, buf)) => (res.is_ok(), Some(buf)),
         Err(_) => (false, None),
     }
+}
+
+/// Writes what `wbuf` holds (nothing to do when empty) within `limit` and
+/// leaves it empty, keeping its allocation unless the write timed out;
+/// false when the write failed.
+async fn flush(conn: &mut Conn, wbuf: &mut Vec<u8>, limit: Duration) -> bool {
+    // (`as_slice`: compio's `IoBuf::is_empty` would be picked on `&mut Vec`.)
+    if wbuf.as_slice().is_empty() {
+        return true;
+    }
+    let (ok, buf) = write_within(conn, std::mem::take(wbuf), limit).await;
+    *wbuf = buf.unwrap_or_default();
+    wbuf.clear();
+    ok
 }
 
 /// After a failed write. With transactions pipelined, the server may have
@@ -578,14 +577,14 @@ async fn start_transaction(
     queue: &str,
     client: &mut ClientSession,
     tx: Transaction,
-    in_flight: &mut VecDeque<(Transaction, bool)>,
+    in_flight: &mut VecDeque<Transaction>,
     remote: &str,
     addr: SocketAddr,
 ) -> bool {
     let refusal = match envelope_for(&tx.message, &tx.rcpts) {
         Some(envelope) => match client.send_transaction(&envelope, tx.message.content()) {
             Ok(()) => {
-                in_flight.push_back((tx, false));
+                in_flight.push_back(tx);
                 return true;
             }
             Err(TransactionError::SmtpUtf8NotOffered) => {

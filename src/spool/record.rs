@@ -364,14 +364,6 @@ impl Content<'_> {
         self.len() == 0
     }
 
-    /// The bytes joined (a copy for pieces).
-    pub fn to_vec(&self) -> Vec<u8> {
-        match self {
-            Content::One(b) => b.to_vec(),
-            Content::Pieces(p) => p.concat(),
-        }
-    }
-
     fn write_to(&self, out: &mut Vec<u8>) {
         match self {
             Content::One(b) => out.extend_from_slice(b),
