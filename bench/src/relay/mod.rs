@@ -643,17 +643,46 @@ fn median(mut values: Vec<f64>) -> Option<f64> {
     }
 }
 
+/// The median of `values` with their lowest and highest.
+fn median_range(values: Vec<f64>) -> Option<(f64, f64, f64)> {
+    let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    median(values).map(|m| (m, lo, hi))
+}
+
+/// The distinct values of `key` over `rows`, in the order first seen.
+fn distinct<'a, T: PartialEq>(rows: &'a [LegResult], key: impl Fn(&'a LegResult) -> T) -> Vec<T> {
+    let mut out = Vec::new();
+    for r in rows {
+        let k = key(r);
+        if !out.contains(&k) {
+            out.push(k);
+        }
+    }
+    out
+}
+
+/// Each spate ratio of [`ratios`] with its value in every round of `rows`
+/// (rows of one load), ratios in the order first seen.
+fn ratios_by_round(rows: &[LegResult]) -> Vec<(String, Vec<f64>)> {
+    let mut per_label: Vec<(String, Vec<f64>)> = Vec::new();
+    for round in distinct(rows, |r| r.round) {
+        let these: Vec<LegResult> = rows.iter().filter(|r| r.round == round).cloned().collect();
+        for (label, ratio) in ratios(&these) {
+            match per_label.iter_mut().find(|(l, _)| *l == label) {
+                Some((_, v)) => v.push(ratio),
+                None => per_label.push((label, vec![ratio])),
+            }
+        }
+    }
+    per_label
+}
+
 /// After `--repeat`: each leg's median rates and CPU, and each ratio's
 /// median with its range over the rounds.
 pub fn print_summary(rows: &[LegResult], rounds: u32) {
     println!("\nmedian of {rounds} rounds:");
-    let mut names: Vec<&str> = Vec::new();
-    for r in rows {
-        if !names.contains(&r.name.as_str()) {
-            names.push(&r.name);
-        }
-    }
-    for name in names {
+    for name in distinct(rows, |r| r.name.as_str()) {
         let ok: Vec<&LegResult> = rows
             .iter()
             .filter(|r| r.name == name && r.error.is_none())
@@ -681,21 +710,9 @@ pub fn print_summary(rows: &[LegResult], rounds: u32) {
             );
         }
     }
-    let mut per_label: Vec<(String, Vec<f64>)> = Vec::new();
-    for round in 1..=rounds {
-        let these: Vec<LegResult> = rows.iter().filter(|r| r.round == round).cloned().collect();
-        for (label, ratio) in ratios(&these) {
-            match per_label.iter_mut().find(|(l, _)| *l == label) {
-                Some((_, v)) => v.push(ratio),
-                None => per_label.push((label, vec![ratio])),
-            }
-        }
-    }
-    for (label, values) in per_label {
-        let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
-        let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    for (label, values) in ratios_by_round(rows) {
         let n = values.len();
-        if let Some(m) = median(values) {
+        if let Some((m, lo, hi)) = median_range(values) {
             println!("{label} = {m:.2}x median ({lo:.2}-{hi:.2}x over {n} rounds)");
         }
     }
@@ -837,48 +854,27 @@ pub fn suite_table(rows: &[LegResult]) -> String {
         "| load | spate msg/s | raw pipeline msg/s | spate / raw (range) | Postfix msg/s | spate / Postfix (range) |\n\
          | --- | ---: | ---: | ---: | ---: | ---: |\n",
     );
-    let mut labels: Vec<&str> = Vec::new();
-    for r in rows {
-        if !labels.contains(&r.load.as_str()) {
-            labels.push(&r.load);
-        }
-    }
-    for label in labels {
+    for label in distinct(rows, |r| r.load.as_str()) {
+        let these: Vec<LegResult> = rows.iter().filter(|r| r.load == label).cloned().collect();
         let of = |name: &str| {
             median(
-                rows.iter()
-                    .filter(|r| r.load == label && r.name.starts_with(name) && r.error.is_none())
+                these
+                    .iter()
+                    .filter(|r| r.name.starts_with(name) && r.error.is_none())
                     .map(|r| r.end_to_end_msgs_per_s)
                     .collect(),
             )
         };
-        let rounds: Vec<u32> = {
-            let mut v: Vec<u32> = rows
-                .iter()
-                .filter(|r| r.load == label)
-                .map(|r| r.round)
-                .collect();
-            v.dedup();
-            v
-        };
+        let by_round = ratios_by_round(&these);
         let ratio = |leg: &str| {
-            let per_round: Vec<f64> = rounds
+            let wanted = format!("spate / {leg}");
+            by_round
                 .iter()
-                .filter_map(|round| {
-                    let these: Vec<LegResult> = rows
-                        .iter()
-                        .filter(|r| r.load == label && r.round == *round)
-                        .cloned()
-                        .collect();
-                    ratios(&these)
-                        .into_iter()
-                        .find(|(l, _)| l == &format!("spate / {leg}"))
-                        .map(|(_, v)| v)
+                .find(|(l, _)| *l == wanted)
+                .and_then(|(_, v)| median_range(v.clone()))
+                .map_or("–".to_string(), |(m, lo, hi)| {
+                    format!("{m:.2}× ({lo:.2}–{hi:.2})")
                 })
-                .collect();
-            let lo = per_round.iter().copied().fold(f64::INFINITY, f64::min);
-            let hi = per_round.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            median(per_round).map_or("–".to_string(), |m| format!("{m:.2}× ({lo:.2}–{hi:.2})"))
         };
         let rate = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.0}"));
         out.push_str(&format!(
