@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use admin_support::{get, post, send, start};
 use support::sink::Sink;
-use support::spate_proc::Spate;
+use support::spate_proc::{Spate, wait_until};
 
 fn connections_out(admin: SocketAddr) -> u64 {
     let a = get(admin, "/api/v1/status");
@@ -116,19 +116,12 @@ rules = [
         "[TSS04] Messages from 127.0.0.2 temporarily deferred",
     );
     send(smtp, 1, "second");
-    let end = Instant::now() + Duration::from_secs(15);
-    loop {
-        let q = admin_support::queue(admin, "sink.test/ip1").expect("queue");
-        if q["mode"] == "backoff" {
-            break;
-        }
-        assert!(
-            Instant::now() < end,
-            "queue never entered backoff: {q}; log:\n{}",
-            spate.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(
+        "sink.test/ip1 in backoff",
+        Duration::from_secs(15),
+        || admin_support::queue(admin, "sink.test/ip1").expect("queue")["mode"] == "backoff",
+        || spate.log_text(),
+    );
     // It was the first connection's session, not a new connection's greeting.
     assert_eq!(sink.connections(), 1);
     assert_eq!(sink.messages().len(), 1);
