@@ -61,12 +61,19 @@ impl Spool {
             if seg.live_messages() != 0 || seg.used_bytes() != used_before {
                 continue;
             }
-            match std::fs::remove_file(&seg.path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(SpoolError::io("delete segment", &e)),
-            }
-            sync_dir(&self.inner.shared.options.path)?;
+            // Unlinking and the directory fsync block for a device round
+            // trip: on a helper thread, not the shard's I/O loop.
+            let (path, dir) = (seg.path.clone(), self.inner.shared.options.path.clone());
+            compio::runtime::spawn_blocking(move || {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(SpoolError::io("delete segment", &e)),
+                }
+                sync_dir(&dir)
+            })
+            .await
+            .unwrap_or_else(|_| Err(SpoolError::Unusable("segment deletion panicked".into())))?;
             seg.deleted.store(true, Ordering::Release);
             self.inner.shared.unregister(seg.id);
             self.inner
@@ -76,6 +83,10 @@ impl Spool {
                 .retain(|s| !Arc::ptr_eq(s, &seg));
             report.freed_bytes += seg.used_bytes();
             report.deleted.push(seg.id);
+            // Usually the last handle: dropping it unmaps the segment and
+            // closes the unlinked file, which frees its page cache and blocks
+            // (tens of milliseconds for a full segment), so on a helper thread.
+            compio::runtime::spawn_blocking(move || drop(seg)).detach();
         }
         Ok(report)
     }
