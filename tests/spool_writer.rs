@@ -713,3 +713,56 @@ fn with_two_batches_in_flight_every_acknowledged_record_survives_a_failed_sync()
         assert_eq!(m.message.content(), content_for(i, 700).as_slice());
     }
 }
+
+/// The helper thread installs the next segment under its final name before
+/// it is needed. A crash then leaves it as an empty segment: recovery keeps
+/// everything acknowledged, reports nothing corrupt, and reclamation deletes
+/// it. A clean close removes it.
+#[test]
+fn a_prepared_segment_is_an_empty_one_until_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = tempfile::tempdir().unwrap();
+    let mut opts = options(dir.path(), 256 * 1024);
+    opts.prepare_segments = true;
+    let rec = recover(&opts, 1).unwrap();
+    let id = rt().block_on(async {
+        let spool = Spool::open(rec.shared.clone(), 0).unwrap();
+        let id = append(&spool, 1, 2000, 1).await.id();
+        // The first segment (made on the spot) and the prepared next one.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while segment_files(dir.path()).len() < 2 {
+            assert!(std::time::Instant::now() < deadline, "no prepared segment");
+            compio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        // "Crash" here: a copy of the directory as it stands.
+        for path in segment_files(dir.path()) {
+            std::fs::copy(&path, copy.path().join(path.file_name().unwrap())).unwrap();
+        }
+        spool.close().await;
+        id
+    });
+    assert_eq!(segment_files(dir.path()).len(), 1, "the unused one stays");
+
+    let copied = options(copy.path(), 256 * 1024);
+    let rec = recover(&copied, 1).unwrap();
+    assert!(
+        rec.report.corrupt.is_empty() && rec.report.torn_tails.is_empty(),
+        "{:?}",
+        rec.report
+    );
+    assert_eq!(rec.report.segments, 2);
+    assert_eq!(rec.messages.len(), 1);
+    assert_eq!(rec.messages[0].message.id(), id);
+    let deleted = rt().block_on(async {
+        let spool = Spool::open(rec.shared.clone(), 0).unwrap();
+        let r = spool.reclaim().await.unwrap();
+        spool.close().await;
+        r.deleted
+    });
+    assert_eq!(
+        deleted.len(),
+        1,
+        "the empty segment is reclaimed: {deleted:?}"
+    );
+    assert_eq!(segment_files(copy.path()).len(), 1);
+}

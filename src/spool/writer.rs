@@ -137,11 +137,22 @@ pub(crate) struct State {
     pub(crate) own_sealed: Vec<Arc<SegmentShared>>,
     disk_full_until: Option<Instant>,
     /// The next segment being prepared on a helper thread, if any.
-    preparing: Option<std::sync::mpsc::Receiver<Result<segment::PreparedSegment, SpoolError>>>,
+    preparing: Option<std::sync::mpsc::Receiver<Result<ReadySegment, SpoolError>>>,
     /// A prepared segment ready for the next rotation.
-    prepared: Option<segment::PreparedSegment>,
+    prepared: Option<ReadySegment>,
     closing: bool,
     flusher_done: bool,
+}
+
+/// A segment made ahead of need on a helper thread: zero-filled, its header
+/// written and synced, renamed to its final name, the directory synced. All
+/// of that blocks for device round trips, so none of it runs on the shard.
+/// Until its first record it reads as an empty segment (recovery keeps it
+/// as one and reclamation deletes it).
+struct ReadySegment {
+    id: SegmentId,
+    file: std::fs::File,
+    path: std::path::PathBuf,
 }
 
 struct Current {
@@ -566,37 +577,27 @@ impl Inner {
             return Err(SpoolError::DiskFull);
         }
         let opts = &self.shared.options;
-        let number = self
-            .shared
-            .next_number
-            .get(usize::from(self.shard))
-            .map(|n| n.fetch_add(1, Ordering::Relaxed))
-            .ok_or(SpoolError::Closed)?;
-        let id = SegmentId {
-            shard: self.shard,
-            number,
-        };
-        // A prepared (zero-filled) file if one is ready; otherwise create one
-        // here, and the helper's file serves a later rotation.
+        // A prepared (zero-filled) segment if one is ready; otherwise create
+        // one here, and the helper's serves a later rotation.
         poll_prepared(st);
         let prepared = st.prepared.take();
         let zeroed = prepared.is_some();
-        let installed = prepared.and_then(|p| {
-            segment::install_prepared(&opts.path, id, p)
-                .inspect(|_| {
-                    self.shared
-                        .segments_prepared
-                        .fetch_add(1, Ordering::Relaxed);
-                })
-                .inspect_err(|e| tracing::warn!(error = %e, "installing a prepared segment failed"))
-                .ok()
-        });
-        let zeroed = zeroed && installed.is_some();
-        let created = match installed {
-            Some(made) => Ok(made),
-            None => segment::create_segment(&opts.path, id, opts.segment_bytes),
-        }
-        .and_then(|(file, path)| {
+        let (id, made) = match prepared {
+            Some(ReadySegment { id, file, path }) => {
+                self.shared
+                    .segments_prepared
+                    .fetch_add(1, Ordering::Relaxed);
+                (id, Ok((file, path)))
+            }
+            None => {
+                let id = self.next_segment_id().ok_or(SpoolError::Closed)?;
+                (
+                    id,
+                    segment::create_segment(&opts.path, id, opts.segment_bytes),
+                )
+            }
+        };
+        let created = made.and_then(|(file, path)| {
             let second = std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -634,19 +635,39 @@ impl Inner {
         }
     }
 
+    /// The next unused segment number of this shard.
+    fn next_segment_id(&self) -> Option<SegmentId> {
+        let number = self
+            .shared
+            .next_number
+            .get(usize::from(self.shard))?
+            .fetch_add(1, Ordering::Relaxed);
+        Some(SegmentId {
+            shard: self.shard,
+            number,
+        })
+    }
+
     /// Starts preparing this shard's next segment on a helper thread, unless
-    /// one is already being prepared or ready, or the option is off.
+    /// one is already being prepared or ready, or the option is off. The
+    /// segment gets its number now (one that ends up unused leaves a gap).
     fn start_preparing(&self, st: &mut State) {
         let opts = &self.shared.options;
         if !opts.prepare_segments || st.preparing.is_some() || st.prepared.is_some() || st.closing {
             return;
         }
+        let Some(id) = self.next_segment_id() else {
+            return;
+        };
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let (dir, shard, bytes) = (opts.path.clone(), self.shard, opts.segment_bytes);
         let spawned = std::thread::Builder::new()
             .name(format!("spate-spool-prep-{shard}"))
             .spawn(move || {
-                let _ = tx.send(segment::prepare_segment(&dir, shard, bytes));
+                let ready = segment::prepare_segment(&dir, shard, bytes)
+                    .and_then(|p| segment::install_prepared(&dir, id, p))
+                    .map(|(file, path)| ReadySegment { id, file, path });
+                let _ = tx.send(ready);
             });
         match spawned {
             Ok(_) => st.preparing = Some(rx),
@@ -969,6 +990,13 @@ async fn flush_loop(inner: Rc<Inner>) {
         if let Some(c) = st.current.take() {
             c.seg.sealed.store(true, Ordering::Release);
             st.own_sealed.push(c.seg);
+        }
+        // A prepared segment never used is an empty one: no need to leave it
+        // for the next start to reclaim. (One still being prepared is.)
+        poll_prepared(&mut st);
+        if let Some(ready) = st.prepared.take() {
+            drop(ready.file);
+            let _ = std::fs::remove_file(&ready.path);
         }
     }
     for w in inner.closed.borrow_mut().drain(..) {
