@@ -12,7 +12,18 @@ fn decode_split(
     split: &[usize],
     max: u64,
 ) -> (Vec<u8>, Option<DataFault>, Option<usize>) {
+    decode_split_with(input, split, max, true)
+}
+
+/// [`decode_split`], with or without the one-pass path for clean runs.
+fn decode_split_with(
+    input: &[u8],
+    split: &[usize],
+    max: u64,
+    bulk: bool,
+) -> (Vec<u8>, Option<DataFault>, Option<usize>) {
     let mut decoder = DataDecoder::new(max);
+    decoder.bulk = bulk;
     let mut body = Vec::new();
     let mut bounds = vec![0];
     bounds.extend(split.iter().copied().filter(|&s| s <= input.len()));
@@ -124,6 +135,72 @@ fn nul_and_8bit_are_content_not_framing() {
     assert_eq!(body, b"a\0b\xff\r\n");
     assert_eq!(fault, None);
     assert_eq!(end, Some(input.len()));
+}
+
+/// Random DATA input: lines of mostly short, sometimes boundary or overlong
+/// length, with line-start dots, bare CR and LF, and usually an end marker
+/// followed by more bytes.
+fn random_data(rng: &mut rand::rngs::StdRng) -> Vec<u8> {
+    use rand::Rng;
+    let mut v = Vec::new();
+    for _ in 0..rng.random_range(0..40) {
+        if rng.random_bool(0.1) {
+            v.push(b'.');
+        }
+        let len = match rng.random_range(0..10) {
+            0 => rng.random_range(SMTP_DATA_LINE_BYTES_MAX - 3..SMTP_DATA_LINE_BYTES_MAX + 3),
+            1 => rng.random_range(0..3000),
+            _ => rng.random_range(0..100),
+        };
+        let line = v.len();
+        for _ in 0..len {
+            v.push(if rng.random_bool(0.01) { b'.' } else { b'a' });
+        }
+        if len > 0 && rng.random_bool(0.03) {
+            let at = line + rng.random_range(0..len);
+            v[at] = if rng.random_bool(0.5) { b'\r' } else { b'\n' };
+        }
+        v.extend_from_slice(match rng.random_range(0..100) {
+            0 => b"\n",
+            1 => b"\r",
+            2 => b"\r\r\n",
+            _ => b"\r\n",
+        });
+    }
+    if rng.random_bool(0.8) {
+        v.extend_from_slice(b".\r\nMAIL FROM:<>\r\n");
+    }
+    v
+}
+
+#[test]
+fn one_pass_and_line_by_line_paths_agree() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(20261128);
+    let mut bulk_sized = 0;
+    for case in 0..4000 {
+        let input = random_data(&mut rng);
+        let mut split: Vec<usize> = (0..rng.random_range(0..4))
+            .map(|_| rng.random_range(0..=input.len()))
+            .collect();
+        split.sort_unstable();
+        let max = if rng.random_bool(0.2) {
+            rng.random_range(0..=input.len() as u64)
+        } else {
+            u64::MAX
+        };
+        let fast = decode_split_with(&input, &split, max, true);
+        let slow = decode_split_with(&input, &split, max, false);
+        assert_eq!(
+            fast,
+            slow,
+            "case {case}: {:?}",
+            String::from_utf8_lossy(&input)
+        );
+        bulk_sized += usize::from(input.len() >= 4 * BULK_MIN_BYTES);
+    }
+    // The comparison covered inputs long enough for the one-pass path.
+    assert!(bulk_sized > 1000, "{bulk_sized}");
 }
 
 #[test]
