@@ -191,6 +191,10 @@ pub enum StartTls {
     Opportunistic,
     /// Defer when not offered or when the handshake fails.
     Required,
+    /// As `Required`, and the server's certificate must chain to a trusted
+    /// root (`tls_ca_file`, or the system's) and name the host connected to
+    /// (the MX name, or the `smtp_hosts` entry).
+    Verify,
 }
 
 /// One layer of domain settings as written (`[domain."D"]`,
@@ -223,6 +227,7 @@ pub struct DomainSettings {
     pub use_chunking: Option<bool>,
     pub max_transactions_in_flight: Option<u32>,
     pub smtp_hosts: Option<Vec<SmtpHost>>,
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 /// `[smtp_pattern_list.NAME]`

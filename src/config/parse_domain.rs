@@ -86,6 +86,7 @@ pub(crate) fn parse_domain_table(
                     ("off", StartTls::Off),
                     ("opportunistic", StartTls::Opportunistic),
                     ("required", StartTls::Required),
+                    ("verify", StartTls::Verify),
                 ],
             )
         }),
@@ -110,6 +111,9 @@ pub(crate) fn parse_domain_table(
         use_chunking: t.opt(ctx, "use_chunking", |c, it| c.bool(it)),
         max_transactions_in_flight: t.opt(ctx, "max_transactions_in_flight", count),
         smtp_hosts,
+        tls_ca_file: t.opt(ctx, "tls_ca_file", |c, it| {
+            file(c, refs, it, FileKind::TlsCert)
+        }),
     }
 }
 

@@ -65,6 +65,8 @@ pub struct DomainPolicy {
     pub max_transactions_in_flight: u32,
     /// Route to these hosts instead of an MX lookup; empty = MX lookup.
     pub smtp_hosts: Vec<SmtpHost>,
+    /// Trust anchors for `starttls = "verify"`; `None` = the system's.
+    pub tls_ca_file: Option<std::path::PathBuf>,
 }
 
 const fn mins(n: u64) -> Duration {
@@ -104,6 +106,7 @@ impl DomainPolicy {
             use_chunking: true,
             max_transactions_in_flight: 8,
             smtp_hosts: Vec::new(),
+            tls_ca_file: None,
         }
     }
 
@@ -142,6 +145,9 @@ impl DomainPolicy {
             max_transactions_in_flight,
             smtp_hosts,
         );
+        if let Some(path) = &layer.tls_ca_file {
+            self.tls_ca_file = Some(path.clone());
+        }
     }
 
     /// The retry delay after `attempts` failed attempts (1 = after the first).

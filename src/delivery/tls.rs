@@ -5,9 +5,22 @@
 //! name to expect without DANE or MTA-STS. Like PowerMTA's default and
 //! Postfix's `may`/`encrypt` levels, spate encrypts without authenticating
 //! the server: `starttls = "required"` guarantees encryption against passive
-//! observers, not server identity. (MTA-STS/DANE would add verification.)
+//! observers, not server identity.
+//!
+//! `starttls = "verify"` is for destinations known to present proper
+//! certificates (a partner's relay, a provider under contract): the chain
+//! must lead to a trusted root and name the host spate connected to, the MX
+//! name from DNS or the `smtp_hosts` entry as written (an IP address entry
+//! needs an IP address in the certificate). The roots are the PEM
+//! certificates of the domain's `tls_ca_file`, or the system's
+//! (`rustls-native-certs`, read once per shard). (MTA-STS/DANE, which say
+//! per destination whether and how to verify, are not built.)
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
@@ -64,7 +77,8 @@ impl ServerCertVerifier for EncryptOnly {
     }
 }
 
-/// The connector every delivery uses for STARTTLS.
+/// The connector deliveries use for STARTTLS unless their domain says
+/// `starttls = "verify"`.
 pub fn connector() -> Result<compio::tls::TlsConnector, rustls::Error> {
     let provider = crate::session::tls::provider();
     let config = ClientConfig::builder_with_provider(provider.clone())
@@ -73,4 +87,84 @@ pub fn connector() -> Result<compio::tls::TlsConnector, rustls::Error> {
         .with_custom_certificate_verifier(Arc::new(EncryptOnly(provider)))
         .with_no_client_auth();
     Ok(compio::tls::TlsConnector::from(Arc::new(config)))
+}
+
+/// A verifying connector and the modification time of its CA file when it
+/// was read (`None`: the system's roots).
+type CachedConnector = (Option<SystemTime>, compio::tls::TlsConnector);
+
+thread_local! {
+    /// Verifying connectors of this shard by CA file (`None`: the system's roots).
+    static VERIFYING: RefCell<HashMap<Option<PathBuf>, CachedConnector>> =
+        RefCell::new(HashMap::new());
+}
+
+/// The connector for `starttls = "verify"` with the roots of `ca_file` (or
+/// the system's): built on first use on this shard, and again when the file
+/// changed since (a reload may point at a new file, or the file be replaced).
+pub fn verifying_connector(ca_file: Option<&Path>) -> Result<compio::tls::TlsConnector, String> {
+    let key = ca_file.map(Path::to_path_buf);
+    let modified = match ca_file {
+        Some(path) => Some(
+            std::fs::metadata(path)
+                .and_then(|m| m.modified())
+                .map_err(|e| format!("{}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    let cached = VERIFYING.with_borrow(|m| {
+        m.get(&key)
+            .filter(|(at, _)| *at == modified)
+            .map(|(_, c)| c.clone())
+    });
+    if let Some(c) = cached {
+        return Ok(c);
+    }
+    let roots = match ca_file {
+        Some(path) => roots_from_file(path)?,
+        None => system_roots()?,
+    };
+    let provider = crate::session::tls::provider();
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = compio::tls::TlsConnector::from(Arc::new(config));
+    VERIFYING.with_borrow_mut(|m| m.insert(key, (modified, connector.clone())));
+    Ok(connector)
+}
+
+/// Every certificate of a PEM file as a trust anchor.
+fn roots_from_file(path: &Path) -> Result<rustls::RootCertStore, String> {
+    use rustls::pki_types::pem::PemObject;
+    let shown = path.display();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path).map_err(|e| format!("{shown}: {e}"))? {
+        let cert = cert.map_err(|e| format!("{shown}: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("{shown}: unusable certificate: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("no certificate in {shown}"));
+    }
+    Ok(roots)
+}
+
+/// The system's trusted roots; an error when there are none.
+fn system_roots() -> Result<rustls::RootCertStore, String> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        let why = found
+            .errors
+            .first()
+            .map_or(String::new(), |e| format!(" ({e})"));
+        return Err(format!(
+            "no trusted root certificates on this system{why}; set tls_ca_file"
+        ));
+    }
+    Ok(roots)
 }

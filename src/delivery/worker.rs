@@ -294,7 +294,7 @@ async fn session(
     cfg.starttls = match policy.starttls {
         StartTls::Off => StartTlsPolicy::Off,
         StartTls::Opportunistic => StartTlsPolicy::Opportunistic,
-        StartTls::Required => StartTlsPolicy::Required,
+        StartTls::Required | StartTls::Verify => StartTlsPolicy::Required,
     };
     let mut client = ClientSession::new(cfg);
     let mut conn = Conn::Plain(stream);
@@ -326,9 +326,21 @@ async fn session(
                     {
                         return SessionEnd::TryNext("451 4.4.2 connection lost".into());
                     }
+                    let connector = if policy.starttls == StartTls::Verify {
+                        match super::tls::verifying_connector(policy.tls_ca_file.as_deref()) {
+                            Ok(c) => c,
+                            Err(e) => {
+                                return SessionEnd::TryNext(format!(
+                                    "451 4.7.5 cannot verify TLS certificates: {e}"
+                                ));
+                            }
+                        }
+                    } else {
+                        engine.deps.tls.clone()
+                    };
                     let tls = compio::time::timeout(
                         policy.command_timeout,
-                        conn.connect_tls(&engine.deps.tls, host_name),
+                        conn.connect_tls(&connector, host_name),
                     )
                     .await;
                     match tls {

@@ -7,7 +7,8 @@
 //! for one client IP (a blocked source address). It uses spate's own sans-IO server session, so the tests exercise
 //! real SMTP on real sockets (our client against our server).
 //! [`Sink::max_mails_per_read`] shows whether a client pipelined
-//! transactions behind each other.
+//! transactions behind each other. [`Sink::start_tls`] offers STARTTLS with
+//! a given certificate.
 
 #![allow(dead_code)] // reason: each test binary uses a different subset
 
@@ -30,6 +31,8 @@ pub struct Received {
     pub mail_from: String,
     pub rcpts: Vec<String>,
     pub data: Vec<u8>,
+    /// Received under TLS (after STARTTLS).
+    pub tls: bool,
 }
 
 #[derive(Default)]
@@ -52,6 +55,15 @@ pub struct Sink {
 
 impl Sink {
     pub fn start() -> Sink {
+        Self::start_with(None)
+    }
+
+    /// A sink that offers STARTTLS with this server configuration.
+    pub fn start_tls(tls: Arc<rustls::ServerConfig>) -> Sink {
+        Self::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<Arc<rustls::ServerConfig>>) -> Sink {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind sink");
         let addr = listener.local_addr().expect("sink addr");
         listener.set_nonblocking(true).expect("nonblocking");
@@ -64,7 +76,8 @@ impl Sink {
                     Ok((stream, peer)) => {
                         let st = st.clone();
                         st.lock().unwrap().connections += 1;
-                        std::thread::spawn(move || serve(stream, peer, st));
+                        let tls = tls.clone();
+                        std::thread::spawn(move || serve(stream, peer, st, tls));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
@@ -123,9 +136,52 @@ impl Drop for Sink {
     }
 }
 
-fn serve(mut stream: TcpStream, peer: SocketAddr, state: Arc<Mutex<State>>) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-    let mut session = ServerSession::new(ServerConfig::new("sink.test"));
+/// The connection, plain or after STARTTLS.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>),
+    Gone,
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+            Stream::Gone => Ok(0),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+            Stream::Gone => Err(std::io::ErrorKind::NotConnected.into()),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+            Stream::Gone => Ok(()),
+        }
+    }
+}
+
+fn serve(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    state: Arc<Mutex<State>>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
+    let _ = tcp.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut stream = Stream::Plain(tcp);
+    let mut config = ServerConfig::new("sink.test");
+    config.starttls_available = tls.is_some();
+    let mut session = ServerSession::new(config);
     let mut buf = Vec::new();
     let mut data = Vec::new();
     let mut tmp = [0u8; 16 * 1024];
@@ -190,8 +246,28 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, state: Arc<Mutex<State>>) {
                         mail_from,
                         rcpts,
                         data: std::mem::take(&mut data),
+                        tls: session.tls_active(),
                     });
                     let _ = session.accept();
+                }
+                ServerEvent::StartTls => {
+                    // The 220 in plaintext; anything pipelined after the
+                    // command is dropped; the handshake runs on the next read.
+                    let _ = stream.write_all(&session.take_output());
+                    let (Some(config), Stream::Plain(tcp)) =
+                        (tls.clone(), std::mem::replace(&mut stream, Stream::Gone))
+                    else {
+                        return;
+                    };
+                    let Ok(conn) = rustls::ServerConnection::new(config) else {
+                        return;
+                    };
+                    stream = Stream::Tls(Box::new(rustls::StreamOwned::new(conn, tcp)));
+                    if session.tls_established().is_err() {
+                        return;
+                    }
+                    offset = buf.len();
+                    break;
                 }
                 ServerEvent::Quit | ServerEvent::Shutdown(_) => {
                     let _ = stream.write_all(&session.take_output());

@@ -1,0 +1,209 @@
+//! Outbound STARTTLS against sinks that offer it. `starttls = "required"`
+//! encrypts whatever certificate the server shows; `starttls = "verify"`
+//! delivers only when the certificate chains to the domain's `tls_ca_file`
+//! and names the host connected to, and otherwise defers with 4.7.5 (the
+//! message stays queued, nothing reaches the server).
+
+mod admin_support;
+mod support;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use admin_support::start_with;
+use support::sink::Sink;
+use support::spate_proc::{Client, Spate, wait_until};
+
+/// A test CA and three server identities: signed by the CA for 127.0.0.1
+/// (what `smtp_hosts = ["127.0.0.1:port"]` connects to), signed by the CA
+/// for another name only, and self-signed for 127.0.0.1.
+struct Pki {
+    ca_file: std::path::PathBuf,
+    good: Arc<rustls::ServerConfig>,
+    wrong_name: Arc<rustls::ServerConfig>,
+    self_signed: Arc<rustls::ServerConfig>,
+}
+
+fn server_config(cert_der: Vec<u8>, key: &rcgen::KeyPair) -> Arc<rustls::ServerConfig> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    let config = rustls::ServerConfig::builder_with_provider(spate::session::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![CertificateDer::from(cert_der)], key)
+        .unwrap();
+    Arc::new(config)
+}
+
+fn pki(dir: &Path) -> Pki {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "spate test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca_cert.pem()).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+
+    let leaf = |names: Vec<String>, ip: bool| {
+        let mut params = CertificateParams::new(names).unwrap();
+        if ip {
+            params
+                .subject_alt_names
+                .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        }
+        params
+    };
+    let good_key = KeyPair::generate().unwrap();
+    let good = leaf(vec!["mx.good.test".into()], true)
+        .signed_by(&good_key, &issuer)
+        .unwrap();
+    let wrong_key = KeyPair::generate().unwrap();
+    let wrong = leaf(vec!["elsewhere.test".into()], false)
+        .signed_by(&wrong_key, &issuer)
+        .unwrap();
+    let own_key = KeyPair::generate().unwrap();
+    let own = leaf(vec!["mx.good.test".into()], true)
+        .self_signed(&own_key)
+        .unwrap();
+    Pki {
+        ca_file,
+        good: server_config(good.der().to_vec(), &good_key),
+        wrong_name: server_config(wrong.der().to_vec(), &wrong_key),
+        self_signed: server_config(own.der().to_vec(), &own_key),
+    }
+}
+
+/// Transient ("t") accounting lines for `rcpt`.
+fn deferrals(dir: &Path, rcpt: &str) -> Vec<String> {
+    std::fs::read_to_string(dir.join("acct.csv"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("t,") && l.contains(rcpt))
+        .map(str::to_string)
+        .collect()
+}
+
+fn send_to(smtp: std::net::SocketAddr, rcpt: &str) {
+    let mut c = Client::connect(smtp);
+    assert!(c.cmd("EHLO client.test").starts_with("250"));
+    let r = c.message(
+        "a@sink.test",
+        &[rcpt],
+        &admin_support::body(&format!("to {rcpt}")),
+    );
+    assert!(r.starts_with("250"), "{r}");
+    c.cmd("QUIT");
+}
+
+fn wait_deferred(dir: &Path, rcpt: &str, spate: &Spate) -> String {
+    wait_until(
+        &format!("{rcpt} to be deferred"),
+        Duration::from_secs(20),
+        || !deferrals(dir, rcpt).is_empty(),
+        || spate.log_text(),
+    );
+    deferrals(dir, rcpt).remove(0)
+}
+
+#[test]
+fn verify_delivers_to_a_proper_certificate_and_defers_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(dir.path());
+    let good = Sink::start_tls(pki.good.clone());
+    let wrong_name = Sink::start_tls(pki.wrong_name.clone());
+    let self_signed = Sink::start_tls(pki.self_signed.clone());
+    let ca = pki.ca_file.display();
+    let extra = format!(
+        r#"
+[domain."good.test"]
+smtp_hosts = ["{good}"]
+starttls = "verify"
+tls_ca_file = "{ca}"
+
+[domain."wrongname.test"]
+smtp_hosts = ["{wrong}"]
+starttls = "verify"
+tls_ca_file = "{ca}"
+
+[domain."selfsigned.test"]
+smtp_hosts = ["{own}"]
+starttls = "verify"
+tls_ca_file = "{ca}"
+
+[domain."encrypt.test"]
+smtp_hosts = ["{own}"]
+starttls = "required"
+"#,
+        good = good.addr,
+        wrong = wrong_name.addr,
+        own = self_signed.addr,
+    );
+    let unused = Sink::start();
+    let (spate, smtp, _admin) = start_with(dir.path(), unused.addr, &extra);
+
+    // A certificate from the CA that names 127.0.0.1: delivered, under TLS.
+    send_to(smtp, "b@good.test");
+    let got = good.wait_for(1, Duration::from_secs(20));
+    assert_eq!(got.len(), 1, "log:\n{}", spate.log_text());
+    assert!(got[0].tls, "delivered without TLS");
+
+    // "required" takes the self-signed certificate: encrypted, not verified.
+    send_to(smtp, "b@encrypt.test");
+    let got = self_signed.wait_for(1, Duration::from_secs(20));
+    assert_eq!(got.len(), 1, "log:\n{}", spate.log_text());
+    assert!(got[0].tls);
+    assert_eq!(got[0].rcpts, ["<b@encrypt.test>"]);
+
+    // The CA's certificate for another name, and a certificate the CA did
+    // not sign: deferred with 4.7.5, nothing delivered.
+    send_to(smtp, "b@wrongname.test");
+    let line = wait_deferred(dir.path(), "b@wrongname.test", &spate);
+    assert!(line.contains("4.7.5"), "{line}");
+    assert!(line.to_lowercase().contains("certificate"), "{line}");
+    send_to(smtp, "b@selfsigned.test");
+    let line = wait_deferred(dir.path(), "b@selfsigned.test", &spate);
+    assert!(line.contains("4.7.5"), "{line}");
+    assert!(line.to_lowercase().contains("certificate"), "{line}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(wrong_name.messages().is_empty());
+    assert_eq!(
+        self_signed.messages().len(),
+        1,
+        "only the encrypt.test message reached the self-signed server"
+    );
+    assert!(unused.messages().is_empty());
+}
+
+#[test]
+fn a_tls_ca_file_that_is_not_pem_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("ca.pem");
+    std::fs::write(&bad, "not a certificate\n").unwrap();
+    let config = admin_support::config(
+        dir.path(),
+        admin_support::addr(),
+        admin_support::addr(),
+        admin_support::addr(),
+        &format!(
+            "[domain.\"x.test\"]\nstarttls = \"verify\"\ntls_ca_file = \"{}\"\n",
+            bad.display()
+        ),
+    );
+    let path = dir.path().join("spate.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spate"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("tls_ca_file"), "{text}");
+    assert!(text.contains("no PEM certificate"), "{text}");
+}
