@@ -117,31 +117,19 @@ fn verify_delivers_to_a_proper_certificate_and_defers_otherwise() {
     let good = Sink::start_tls(pki.good.clone());
     let wrong_name = Sink::start_tls(pki.wrong_name.clone());
     let self_signed = Sink::start_tls(pki.self_signed.clone());
-    let ca = pki.ca_file.display();
+    let verify = |domain: &str, sink: &Sink| {
+        format!(
+            "[domain.\"{domain}\"]\nsmtp_hosts = [\"{}\"]\nstarttls = \"verify\"\ntls_ca_file = \"{}\"\n\n",
+            sink.addr,
+            pki.ca_file.display()
+        )
+    };
     let extra = format!(
-        r#"
-[domain."good.test"]
-smtp_hosts = ["{good}"]
-starttls = "verify"
-tls_ca_file = "{ca}"
-
-[domain."wrongname.test"]
-smtp_hosts = ["{wrong}"]
-starttls = "verify"
-tls_ca_file = "{ca}"
-
-[domain."selfsigned.test"]
-smtp_hosts = ["{own}"]
-starttls = "verify"
-tls_ca_file = "{ca}"
-
-[domain."encrypt.test"]
-smtp_hosts = ["{own}"]
-starttls = "required"
-"#,
-        good = good.addr,
-        wrong = wrong_name.addr,
-        own = self_signed.addr,
+        "\n{}{}{}[domain.\"encrypt.test\"]\nsmtp_hosts = [\"{}\"]\nstarttls = \"required\"\n",
+        verify("good.test", &good),
+        verify("wrongname.test", &wrong_name),
+        verify("selfsigned.test", &self_signed),
+        self_signed.addr,
     );
     let unused = Sink::start();
     let (spate, smtp, _admin) = start_with(dir.path(), unused.addr, &extra);
@@ -161,14 +149,12 @@ starttls = "required"
 
     // The CA's certificate for another name, and a certificate the CA did
     // not sign: deferred with 4.7.5, nothing delivered.
-    send_to(smtp, "b@wrongname.test");
-    let line = wait_deferred(dir.path(), "b@wrongname.test", &spate);
-    assert!(line.contains("4.7.5"), "{line}");
-    assert!(line.to_lowercase().contains("certificate"), "{line}");
-    send_to(smtp, "b@selfsigned.test");
-    let line = wait_deferred(dir.path(), "b@selfsigned.test", &spate);
-    assert!(line.contains("4.7.5"), "{line}");
-    assert!(line.to_lowercase().contains("certificate"), "{line}");
+    for rcpt in ["b@wrongname.test", "b@selfsigned.test"] {
+        send_to(smtp, rcpt);
+        let line = wait_deferred(dir.path(), rcpt, &spate);
+        assert!(line.contains("4.7.5"), "{line}");
+        assert!(line.to_lowercase().contains("certificate"), "{line}");
+    }
     std::thread::sleep(Duration::from_millis(300));
     assert!(wrong_name.messages().is_empty());
     assert_eq!(
