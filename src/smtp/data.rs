@@ -66,6 +66,14 @@ pub struct DataDecoder {
     /// Take clean runs of lines in one pass ([`Self::bulk`]); off only in
     /// tests, which compare against the line-by-line path.
     bulk: bool,
+    /// Input bytes (counted from the start of the current input) that the
+    /// one-pass path looked at and left to the line-by-line path: it is not
+    /// tried again before them, so each byte is scanned a bounded number of
+    /// times however the input is made.
+    bulk_skip: usize,
+    /// Bytes the one-pass path scanned (tests bound it).
+    #[cfg(test)]
+    bulk_scanned: usize,
 }
 
 /// Below this many bytes the line-by-line path is as fast.
@@ -85,6 +93,9 @@ impl DataDecoder {
             max_body_bytes,
             fault: None,
             bulk: true,
+            bulk_skip: 0,
+            #[cfg(test)]
+            bulk_scanned: 0,
         }
     }
 
@@ -119,8 +130,8 @@ impl DataDecoder {
                 State::Done => break,
                 State::Mid => {
                     let rest = input.get(i..).unwrap_or_default();
-                    if self.bulk && rest.len() >= BULK_MIN_BYTES {
-                        let n = self.bulk(rest);
+                    if self.bulk && rest.len() >= BULK_MIN_BYTES && i >= self.bulk_skip {
+                        let n = self.bulk(input, i);
                         if n > 0 {
                             i += n;
                             continue;
@@ -184,20 +195,28 @@ impl DataDecoder {
         self.emit(input, start, i, i, self.state == State::Done)
     }
 
-    /// In `Mid`, consumes the longest prefix of `rest` that holds no `CRLF.`
-    /// and does not end in CR, in one pass instead of a search per line,
-    /// when that prefix has only CRLF line ends (anything else goes to the
-    /// line-by-line path, so faults are found in the same order). Sets the
-    /// state and line length as the line-by-line path would; returns the
-    /// bytes consumed (0: nothing taken).
-    fn bulk(&mut self, rest: &[u8]) -> usize {
+    /// In `Mid` at `input[i]`, consumes the longest run of the input that
+    /// holds no `CRLF.` and does not end in CR, in one pass instead of a
+    /// search per line, when that run has only CRLF line ends (anything else
+    /// goes to the line-by-line path, so faults are found in the same order).
+    /// Sets the state and line length as the line-by-line path would; returns
+    /// the bytes consumed (0: nothing taken). What it leaves is marked in
+    /// `bulk_skip`, so a run with a bare line ending or an overlong line
+    /// costs one extra scan, not one per line.
+    fn bulk(&mut self, input: &[u8], i: usize) -> usize {
+        let rest = input.get(i..).unwrap_or_default();
         let mut k = CRLF_DOT.find(rest).unwrap_or(rest.len());
         if k == rest.len() && rest.last() == Some(&b'\r') {
             k -= 1;
         }
+        #[cfg(test)]
+        {
+            self.bulk_scanned += k;
+        }
         let run = rest.get(..k).unwrap_or_default();
         // (`crlf_only` also refuses a leading LF, which in `Mid` is bare.)
         if run.is_empty() || !crlf_only(run) {
+            self.bulk_skip = i + k.max(1);
             return 0;
         }
         // Line lengths as the line-by-line path counts them (bytes up to and
@@ -225,7 +244,8 @@ impl DataDecoder {
                     break;
                 }
                 None => {
-                    // Too long: let the line-by-line path take this line.
+                    // Too long: the line-by-line path takes the rest of the run.
+                    self.bulk_skip = i + k;
                     if start == 0 {
                         return 0;
                     }
@@ -256,6 +276,7 @@ impl DataDecoder {
         done: bool,
     ) -> Decoded<'a> {
         let chunk = input.get(start..end).unwrap_or_default();
+        self.bulk_skip = self.bulk_skip.saturating_sub(consumed);
         self.body_bytes = self.body_bytes.saturating_add(chunk.len() as u64);
         if self.body_bytes > self.max_body_bytes {
             self.set_fault(DataFault::TooBig);

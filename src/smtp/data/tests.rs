@@ -203,6 +203,49 @@ fn one_pass_and_line_by_line_paths_agree() {
     assert!(bulk_sized > 1000, "{bulk_sized}");
 }
 
+/// Whatever the input, the one-pass path looks at each byte a bounded
+/// number of times: a run it leaves to the line-by-line path (a bare line
+/// ending, an overlong line) is not scanned again for every line of it.
+#[test]
+fn the_one_pass_path_scans_each_byte_a_bounded_number_of_times() {
+    let mut crlf_then_bare_lf = b"0123456789abcdef\r\n".repeat(3000);
+    crlf_then_bare_lf.extend_from_slice(b"x\n");
+    let mut dotted = Vec::new();
+    for i in 0..3000 {
+        dotted.extend_from_slice(if i % 10 == 0 {
+            b".dot line\r\n"
+        } else {
+            b"plain line\r\n"
+        });
+    }
+    let overlong = [vec![b'a'; SMTP_DATA_LINE_BYTES_MAX + 200], b"\r\n".to_vec()]
+        .concat()
+        .repeat(50);
+    let inputs = [b"ab\n".repeat(20_000), crlf_then_bare_lf, dotted, overlong];
+    for (n, input) in inputs.iter().enumerate() {
+        for split in [None, Some(4096)] {
+            let mut decoder = DataDecoder::new(u64::MAX);
+            let mut start = 0;
+            // Fed as one input, or as a client's reads of 4 KiB at a time
+            // (each call gets the unconsumed rest plus the next read).
+            let mut end = split.map_or(input.len(), |s| s.min(input.len()));
+            while start < input.len() {
+                let step = decoder.decode(&input[start..end]);
+                start += step.consumed;
+                if step.consumed == 0 || start == end {
+                    end = split.map_or(input.len(), |s| (end + s).min(input.len()));
+                }
+            }
+            assert!(
+                decoder.bulk_scanned <= 2 * input.len(),
+                "input {n}, split {split:?}: {} bytes scanned for {}",
+                decoder.bulk_scanned,
+                input.len()
+            );
+        }
+    }
+}
+
 #[test]
 fn long_line_and_size_faults() {
     let mut input = vec![b'a'; SMTP_DATA_LINE_BYTES_MAX + 1];
