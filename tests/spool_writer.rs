@@ -741,7 +741,11 @@ fn a_prepared_segment_is_an_empty_one_until_used() {
         spool.close().await;
         id
     });
-    assert_eq!(segment_files(dir.path()).len(), 1, "the unused one stays");
+    assert_eq!(
+        segment_files(dir.path()).len(),
+        1,
+        "close removes the unused prepared segment"
+    );
 
     let copied = options(copy.path(), 256 * 1024);
     let rec = recover(&copied, 1).unwrap();

@@ -376,9 +376,11 @@ fn or_remove<T>(path: &Path, result: Result<T, SpoolError>) -> Result<T, SpoolEr
 /// Zeros written per call while preparing a segment.
 const PREPARE_CHUNK_BYTES: usize = 1 << 20;
 
-/// Name of shard `shard`'s segment being prepared; recovery deletes leftovers.
-pub(crate) fn prepared_file_name(shard: u16) -> String {
-    format!("prep-shard-{shard}.tmp")
+/// Name of segment `id` while it is being prepared (one name per segment,
+/// so a preparation never touches another's file); recovery deletes
+/// leftovers.
+pub(crate) fn prepared_file_name(id: SegmentId) -> String {
+    format!("prep-shard-{}-{}.tmp", id.shard, id.number)
 }
 
 /// Whether `name` is a leftover of [`prepare_segment`].
@@ -394,16 +396,16 @@ pub(crate) struct PreparedSegment {
     bytes: u64,
 }
 
-/// Makes the next segment file of `shard` ahead of need: reserve the space,
+/// Makes segment `id`'s file ahead of need: reserve the space,
 /// write it full of zeros (so later overwrites change no extent metadata and
 /// their fdatasyncs are cheap), sync. Blocking; runs on a helper thread.
 /// Zeros read as the end of the records, so the file is valid as it stands.
 pub(crate) fn prepare_segment(
     dir: &Path,
-    shard: u16,
+    id: SegmentId,
     segment_bytes: u64,
 ) -> Result<PreparedSegment, SpoolError> {
-    let path = dir.join(prepared_file_name(shard));
+    let path = dir.join(prepared_file_name(id));
     let _ = std::fs::remove_file(&path);
     let file = create_reserved(&path, segment_bytes, "create prepared segment")?;
     or_remove(&path, zero_fill(&file, &path, segment_bytes))?;
@@ -508,19 +510,15 @@ mod tests {
     fn prepared_segment_is_zeros_of_the_requested_length() {
         let dir = tempfile::tempdir().unwrap();
         for bytes in [3 * PREPARE_CHUNK_BYTES as u64 + 4096 + 100, 64 * 1024, 1000] {
-            let p = prepare_segment(dir.path(), 7, bytes).unwrap();
+            let id = SegmentId {
+                shard: 7,
+                number: 1,
+            };
+            let p = prepare_segment(dir.path(), id, bytes).unwrap();
             let data = std::fs::read(&p.path).unwrap();
             assert_eq!(data.len() as u64, bytes);
             assert!(data.iter().all(|&b| b == 0), "non-zero byte in {bytes}");
-            let (file, path) = install_prepared(
-                dir.path(),
-                SegmentId {
-                    shard: 7,
-                    number: 1,
-                },
-                p,
-            )
-            .unwrap();
+            let (file, path) = install_prepared(dir.path(), id, p).unwrap();
             drop(file);
             let data = std::fs::read(&path).unwrap();
             assert_eq!(data.len() as u64, bytes);

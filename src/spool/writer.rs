@@ -664,7 +664,7 @@ impl Inner {
         let spawned = std::thread::Builder::new()
             .name(format!("spate-spool-prep-{shard}"))
             .spawn(move || {
-                let ready = segment::prepare_segment(&dir, shard, bytes)
+                let ready = segment::prepare_segment(&dir, id, bytes)
                     .and_then(|p| segment::install_prepared(&dir, id, p))
                     .map(|(file, path)| ReadySegment { id, file, path });
                 let _ = tx.send(ready);
@@ -986,19 +986,31 @@ async fn flush_loop(inner: Rc<Inner>) {
     }
     {
         let mut st = inner.st.borrow_mut();
-        st.flusher_done = true;
         if let Some(c) = st.current.take() {
             c.seg.sealed.store(true, Ordering::Release);
             st.own_sealed.push(c.seg);
         }
-        // A prepared segment never used is an empty one: no need to leave it
-        // for the next start to reclaim. (One still being prepared is.)
-        poll_prepared(&mut st);
-        if let Some(ready) = st.prepared.take() {
-            drop(ready.file);
-            let _ = std::fs::remove_file(&ready.path);
-        }
     }
+    // A prepared segment never used is an empty one: removed rather than
+    // left for the next start to reclaim. One still being prepared is waited
+    // for first, so no helper outlives the spool (a reopen in the same
+    // process must not meet its files).
+    let (ready, preparing) = {
+        let mut st = inner.st.borrow_mut();
+        (st.prepared.take(), st.preparing.take())
+    };
+    let pending = match preparing {
+        Some(rx) => compio::runtime::spawn_blocking(move || rx.recv().ok().and_then(Result::ok))
+            .await
+            .ok()
+            .flatten(),
+        None => None,
+    };
+    for made in [ready, pending].into_iter().flatten() {
+        drop(made.file);
+        let _ = std::fs::remove_file(&made.path);
+    }
+    inner.st.borrow_mut().flusher_done = true;
     for w in inner.closed.borrow_mut().drain(..) {
         w.wake();
     }
