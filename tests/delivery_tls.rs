@@ -20,6 +20,9 @@ use support::spate_proc::{Client, Spate, wait_until};
 /// for another name only, and self-signed for 127.0.0.1.
 struct Pki {
     ca_file: std::path::PathBuf,
+    /// The PEM of `ca_file`, and of a CA that signed none of the servers.
+    ca_pem: String,
+    other_ca_pem: String,
     good: Arc<rustls::ServerConfig>,
     wrong_name: Arc<rustls::ServerConfig>,
     self_signed: Arc<rustls::ServerConfig>,
@@ -47,7 +50,8 @@ fn pki(dir: &Path) -> Pki {
     let ca_cert = ca.self_signed(&ca_key).unwrap();
     let ca_file = dir.join("ca.pem");
     std::fs::write(&ca_file, ca_cert.pem()).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
+    let issuer = Issuer::new(ca.clone(), ca_key);
+    let other_ca_pem = ca.self_signed(&KeyPair::generate().unwrap()).unwrap().pem();
 
     let leaf = |names: Vec<String>, ip: bool| {
         let mut params = CertificateParams::new(names).unwrap();
@@ -72,6 +76,8 @@ fn pki(dir: &Path) -> Pki {
         .unwrap();
     Pki {
         ca_file,
+        ca_pem: ca_cert.pem(),
+        other_ca_pem,
         good: server_config(good.der().to_vec(), &good_key),
         wrong_name: server_config(wrong.der().to_vec(), &wrong_key),
         self_signed: server_config(own.der().to_vec(), &own_key),
@@ -119,7 +125,7 @@ fn verify_delivers_to_a_proper_certificate_and_defers_otherwise() {
     let self_signed = Sink::start_tls(pki.self_signed.clone());
     let verify = |domain: &str, sink: &Sink| {
         format!(
-            "[domain.\"{domain}\"]\nsmtp_hosts = [\"{}\"]\nstarttls = \"verify\"\ntls_ca_file = \"{}\"\n\n",
+            "[domain.\"{domain}\"]\nsmtp_hosts = [\"{}\"]\nstarttls = \"verify\"\ntls_ca_file = \"{}\"\nidle_timeout = \"0s\"\n\n",
             sink.addr,
             pki.ca_file.display()
         )
@@ -163,6 +169,24 @@ fn verify_delivers_to_a_proper_certificate_and_defers_otherwise() {
         "only the encrypt.test message reached the self-signed server"
     );
     assert!(unused.messages().is_empty());
+
+    // The CA file is read again when it changes (each message opens a new
+    // connection: idle_timeout = 0): with another CA in it the good server
+    // is refused; with the right one back the retry delivers.
+    std::fs::write(&pki.ca_file, &pki.other_ca_pem).unwrap();
+    send_to(smtp, "c@good.test");
+    let line = wait_deferred(dir.path(), "c@good.test", &spate);
+    assert!(line.contains("4.7.5"), "{line}");
+    assert_eq!(good.messages().len(), 1);
+    std::fs::write(&pki.ca_file, &pki.ca_pem).unwrap();
+    let got = good.wait_for(2, Duration::from_secs(20));
+    assert_eq!(
+        got.len(),
+        2,
+        "not retried with the CA back; log:\n{}",
+        spate.log_text()
+    );
+    assert_eq!(got[1].rcpts, ["<c@good.test>"]);
 }
 
 #[test]

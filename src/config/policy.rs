@@ -150,6 +150,14 @@ impl DomainPolicy {
         }
     }
 
+    /// Whether this domain's recipients queue under its MX rollup key. Not
+    /// with fixed `smtp_hosts`, and not with `starttls = "verify"`: a rollup
+    /// queue runs on the policy of the domain that made it, and a verifying
+    /// domain must not have its mail sent under another's TLS rules.
+    pub fn rolls_up(&self) -> bool {
+        self.mx_rollup && self.smtp_hosts.is_empty() && self.starttls != StartTls::Verify
+    }
+
     /// The retry delay after `attempts` failed attempts (1 = after the first).
     pub fn retry_delay(&self, attempts: u32) -> Duration {
         let i = usize::try_from(attempts.saturating_sub(1)).unwrap_or(usize::MAX);
@@ -248,5 +256,31 @@ pub(crate) fn normalize_domain(d: &str) -> Cow<'_, str> {
         Cow::Owned(d.to_ascii_lowercase())
     } else {
         Cow::Borrowed(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rollup_needs_mx_routing_and_no_certificate_check() {
+        let mut p = DomainPolicy::builtin();
+        assert!(!p.rolls_up(), "off by default");
+        p.mx_rollup = true;
+        assert!(p.rolls_up());
+        for starttls in [StartTls::Off, StartTls::Opportunistic, StartTls::Required] {
+            p.starttls = starttls;
+            assert!(p.rolls_up(), "{starttls:?}");
+        }
+        p.starttls = StartTls::Verify;
+        assert!(!p.rolls_up(), "a verifying domain keeps its own queue");
+        p.starttls = StartTls::Required;
+        p.smtp_hosts = vec![SmtpHost {
+            host: "mx.example".into(),
+            ip: None,
+            port: 25,
+        }];
+        assert!(!p.rolls_up(), "fixed hosts are not an MX set");
     }
 }

@@ -20,7 +20,6 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
@@ -89,50 +88,72 @@ pub fn connector() -> Result<compio::tls::TlsConnector, rustls::Error> {
     Ok(compio::tls::TlsConnector::from(Arc::new(config)))
 }
 
-/// A verifying connector and the modification time of its CA file when it
-/// was read (`None`: the system's roots).
-type CachedConnector = (Option<SystemTime>, compio::tls::TlsConnector);
+/// What identifies a version of a CA file: replacing the file (a new inode),
+/// writing it (length, ctime) or touching it all change this, including
+/// copies that keep the old modification time (`cp -p`, `rsync -a`), since
+/// ctime cannot be set back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    ctime: (i64, i64),
+    mtime: (i64, i64),
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> Result<FileStamp, String> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(FileStamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            ctime: (m.ctime(), m.ctime_nsec()),
+            mtime: (m.mtime(), m.mtime_nsec()),
+        })
+    }
+}
+
+/// A verifying connector, or why there is none, with the stamp of its CA
+/// file when it was read (`None`: the system's roots, read once).
+type Cached = (Option<FileStamp>, Result<compio::tls::TlsConnector, String>);
 
 thread_local! {
     /// Verifying connectors of this shard by CA file (`None`: the system's roots).
-    static VERIFYING: RefCell<HashMap<Option<PathBuf>, CachedConnector>> =
-        RefCell::new(HashMap::new());
+    static VERIFYING: RefCell<HashMap<Option<PathBuf>, Cached>> = RefCell::new(HashMap::new());
 }
 
 /// The connector for `starttls = "verify"` with the roots of `ca_file` (or
 /// the system's): built on first use on this shard, and again when the file
-/// changed since (a reload may point at a new file, or the file be replaced).
+/// changed since (a reload may point at a new file, or the file be
+/// replaced). A failure is remembered the same way, so a broken CA file or
+/// an empty system store costs one read, not one per connection.
 pub fn verifying_connector(ca_file: Option<&Path>) -> Result<compio::tls::TlsConnector, String> {
     let key = ca_file.map(Path::to_path_buf);
-    let modified = match ca_file {
-        Some(path) => Some(
-            std::fs::metadata(path)
-                .and_then(|m| m.modified())
-                .map_err(|e| format!("{}: {e}", path.display()))?,
-        ),
-        None => None,
-    };
+    let stamp = ca_file.map(FileStamp::of).transpose()?;
     let cached = VERIFYING.with_borrow(|m| {
         m.get(&key)
-            .filter(|(at, _)| *at == modified)
+            .filter(|(at, _)| *at == stamp)
             .map(|(_, c)| c.clone())
     });
     if let Some(c) = cached {
-        return Ok(c);
+        return c;
     }
-    let roots = match ca_file {
-        Some(path) => roots_from_file(path)?,
-        None => system_roots()?,
-    };
-    let provider = crate::session::tls::provider();
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = compio::tls::TlsConnector::from(Arc::new(config));
-    VERIFYING.with_borrow_mut(|m| m.insert(key, (modified, connector.clone())));
-    Ok(connector)
+    let built = match ca_file {
+        Some(path) => roots_from_file(path),
+        None => system_roots(),
+    }
+    .and_then(|roots| {
+        let config = ClientConfig::builder_with_provider(crate::session::tls::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(compio::tls::TlsConnector::from(Arc::new(config)))
+    });
+    VERIFYING.with_borrow_mut(|m| m.insert(key, (stamp, built.clone())));
+    built
 }
 
 /// Every certificate of a PEM file as a trust anchor.

@@ -110,8 +110,7 @@ async fn connection(engine: &Rc<Engine>, queue: &str) {
     };
     // mx_rollup: from now on, recipients of this domain queue under the
     // key of its MX host set, shared with every domain the same hosts serve.
-    if policy.mx_rollup
-        && policy.smtp_hosts.is_empty()
+    if policy.rolls_up()
         && let Some(key) = super::route::rollup_key(
             &route
                 .hosts
