@@ -10,3 +10,6 @@ pub mod relocate;
 pub mod route;
 pub mod tls;
 pub mod worker;
+
+#[cfg(test)]
+pub(crate) mod test_engine;

@@ -185,11 +185,12 @@ pub async fn settle_transaction(
 }
 
 /// Fails every recipient waiting in `queue` with `reply` (a connection or
-/// routing failure that affects them all): deferred when `temporary`,
-/// bounced otherwise.
+/// routing failure that affects them all), or in an overflow queue those of
+/// domain `only`: deferred when `temporary`, bounced otherwise.
 pub async fn fail_ready(
     engine: &Rc<Engine>,
     queue: &str,
+    only: Option<&str>,
     reply: &str,
     mut temporary: bool,
     remote: Option<String>,
@@ -197,6 +198,7 @@ pub async fn fail_ready(
     let now = now_ms();
     let taken: Vec<Recipient> = {
         let mut state = engine.state.borrow_mut();
+        let state = &mut *state;
         let Some(q) = state.queues.get_mut(queue) else {
             return;
         };
@@ -207,7 +209,22 @@ pub async fn fail_ready(
             let _ = super::relocate::source_disabled(engine, q, until, now);
         }
         q.last_error = Some(reply.to_string());
-        q.ready.drain(..).collect()
+        match only {
+            None => q.ready.drain(..).collect(),
+            // An overflow queue: only the failed domain's recipients.
+            Some(domain) => {
+                let messages = &state.messages;
+                let mut mine = Vec::new();
+                q.ready.retain(|r| {
+                    let its = crate::queue::domain_of(messages, r).as_deref() == Some(domain);
+                    if its {
+                        mine.push(*r);
+                    }
+                    !its
+                });
+                mine
+            }
+        }
     };
     // Group by message so each message's states go in one commit.
     let by_message = group_by_message(engine, taken);

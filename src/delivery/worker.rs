@@ -18,8 +18,8 @@ use rand::{Rng, SeedableRng};
 use super::outcome::{Settle, Transaction, fail_ready, settle_transaction};
 use super::route::{RouteError, resolve_route};
 use crate::config::StartTls;
-use crate::queue::Recipient;
 use crate::queue::engine::Engine;
+use crate::queue::{Recipient, domain_of};
 use crate::runtime::local::now_ms;
 use crate::runtime::read_timeout::ReadTimeout;
 use crate::runtime::stream::Conn;
@@ -82,6 +82,27 @@ async fn connection(engine: &Rc<Engine>, queue: &str) {
     }) else {
         return;
     };
+    // An overflow queue holds recipients of many domains: this connection
+    // serves the domain of its oldest ready recipient, with that domain's
+    // settings, and touches no other domain's recipients.
+    let (domain, policy, only) = if crate::queue::is_overflow(queue) {
+        let first = {
+            let state = engine.state.borrow();
+            state.queues.get(queue).and_then(|q| {
+                q.ready
+                    .iter()
+                    .find_map(|r| crate::queue::domain_of(&state.messages, r))
+            })
+        };
+        let Some(first) = first else {
+            return;
+        };
+        let policy = engine.config().domain_policy(&first, &vmta_name);
+        (first.clone(), policy, Some(first))
+    } else {
+        (domain, policy, None)
+    };
+    let only = only.as_deref();
     let config = engine.config();
     let (source_ip, ehlo) = match config.vmta(&vmta_name) {
         Some(v) => (v.source_ip, v.ehlo.clone()),
@@ -99,12 +120,12 @@ async fn connection(engine: &Rc<Engine>, queue: &str) {
         Ok(r) => r,
         Err(RouteError::Permanent { enhanced, text }) => {
             let reply = format!("550 {enhanced} {text}");
-            fail_ready(engine, queue, &reply, false, None).await;
+            fail_ready(engine, queue, only, &reply, false, None).await;
             return;
         }
         Err(RouteError::Temporary { text }) => {
             let reply = format!("451 4.4.3 {text}");
-            fail_ready(engine, queue, &reply, true, None).await;
+            fail_ready(engine, queue, only, &reply, true, None).await;
             return;
         }
     };
@@ -142,14 +163,19 @@ async fn connection(engine: &Rc<Engine>, queue: &str) {
                     continue;
                 }
             };
-            match session(engine, queue, stream, *addr, &host.name, &ehlo, &policy).await {
+            let peer = Peer {
+                addr: *addr,
+                host_name: &host.name,
+                ehlo: &ehlo,
+            };
+            match session(engine, queue, only, stream, peer, &policy).await {
                 SessionEnd::Done => return,
                 SessionEnd::TryNext(reason) => last_error = reason,
             }
         }
     }
     let remote = route.hosts.first().map(|h| h.name.clone());
-    fail_ready(engine, queue, &last_error, true, remote).await;
+    fail_ready(engine, queue, only, &last_error, true, remote).await;
 }
 
 enum SessionEnd {
@@ -226,7 +252,13 @@ enum Next {
 /// The next transaction for a connection that completed `sent` and has
 /// `in_flight` more on the wire. Behind others (pipelined) only in Normal
 /// mode: in Backoff each reply is awaited before the next message goes.
-fn next_transaction(engine: &Engine, queue: &str, sent: u32, in_flight: usize) -> Next {
+fn next_transaction(
+    engine: &Engine,
+    queue: &str,
+    only: Option<&str>,
+    sent: u32,
+    in_flight: usize,
+) -> Next {
     let now = now_ms();
     let mut state = engine.state.borrow_mut();
     let state = &mut *state;
@@ -240,15 +272,26 @@ fn next_transaction(engine: &Engine, queue: &str, sent: u32, in_flight: usize) -
     if in_flight > 0 && q.controller.mode() == Mode::Backoff {
         return Next::Wait(None);
     }
-    let Some(first) = q.ready.front().copied() else {
-        return Next::Wait(None);
+    // Where this connection's next recipients start: the front, or in an
+    // overflow queue the first of its domain (none left: it quits, so the
+    // connection slot goes to another domain).
+    let messages = &state.messages;
+    let mine = |r: &Recipient| only.is_none_or(|d| domain_of(messages, r).as_deref() == Some(d));
+    let Some(at) = q.ready.iter().position(mine) else {
+        return if only.is_some() && !q.ready.is_empty() {
+            Next::Quit
+        } else {
+            Next::Wait(None)
+        };
     };
+    let first = q.ready[at];
     let max = q.controller.limits().max_rcpt_per_transaction as usize;
     let wanted = q
         .ready
         .iter()
+        .skip(at)
         .take(max)
-        .take_while(|r| r.message == first.message)
+        .take_while(|r| r.message == first.message && mine(r))
         .count();
     let grant = match q.controller.try_send_recipients(now, wanted as u32) {
         Ok(g) => g,
@@ -264,7 +307,7 @@ fn next_transaction(engine: &Engine, queue: &str, sent: u32, in_flight: usize) -
         }
     };
     let take = (grant.recipients as usize).min(wanted).max(1);
-    let rcpts: Vec<Recipient> = q.ready.drain(..take).collect();
+    let rcpts: Vec<Recipient> = q.ready.drain(at..at + take).collect();
     q.in_flight += rcpts.len() as u32;
     let Some(entry) = state.messages.get(&first.message) else {
         // The message was deleted meanwhile.
@@ -278,15 +321,29 @@ fn next_transaction(engine: &Engine, queue: &str, sent: u32, in_flight: usize) -
     })
 }
 
+/// The host a session talks to, and the name spate gives itself.
+struct Peer<'a> {
+    addr: SocketAddr,
+    /// The MX or `smtp_hosts` name (what TLS verification checks).
+    host_name: &'a str,
+    ehlo: &'a str,
+}
+
+/// One SMTP session on a connected socket. `only`: in an overflow queue,
+/// the one domain whose recipients it may take.
 async fn session(
     engine: &Rc<Engine>,
     queue: &str,
+    only: Option<&str>,
     stream: compio::net::TcpStream,
-    addr: SocketAddr,
-    host_name: &str,
-    ehlo: &str,
+    peer: Peer<'_>,
     policy: &crate::config::DomainPolicy,
 ) -> SessionEnd {
+    let Peer {
+        addr,
+        host_name,
+        ehlo,
+    } = peer;
     let mut cfg = ClientConfig::new(ehlo);
     cfg.use_chunking = policy.use_chunking;
     cfg.max_transactions_in_flight = policy.max_transactions_in_flight as usize;
@@ -443,7 +500,7 @@ async fn session(
         let pipelining = !ready && !in_flight.is_empty() && client.can_send_transaction();
         if ready || pipelining {
             let was_ready = std::mem::take(&mut ready);
-            match next_transaction(engine, queue, sent, in_flight.len()) {
+            match next_transaction(engine, queue, only, sent, in_flight.len()) {
                 Next::Send(tx) => {
                     let started = start_transaction(
                         engine,
@@ -702,5 +759,94 @@ fn failure_text(f: &ClientFailure) -> String {
             "451 4.7.4 STARTTLS required but not offered by the server".to_string()
         }
         other => format!("451 4.4.2 {other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delivery::test_engine::{append, ready_ids, with_engine};
+
+    fn take(engine: &Engine, queue: &str, only: Option<&str>) -> Option<Vec<(u64, u32)>> {
+        match next_transaction(engine, queue, only, 0, 0) {
+            Next::Send(tx) => Some(tx.rcpts.iter().map(|r| (r.message.0, r.index)).collect()),
+            Next::Wait(_) | Next::Quit => None,
+        }
+    }
+
+    /// Past the queue limit, new destinations share `overflow/<vmta>`. A
+    /// connection there serves one domain: it takes only that domain's
+    /// recipients, and a routing failure fails only those.
+    #[test]
+    fn an_overflow_connection_takes_and_fails_only_its_own_domain() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        with_engine(dir.path(), |engine, spool| async move {
+            engine.set_queues_max(1);
+            let a = append(&spool, &["x@a.test"]).await;
+            let b1 = append(&spool, &["y@b.test"]).await;
+            let c = append(&spool, &["z@c.test"]).await;
+            let b2 = append(&spool, &["w@b.test", "v@c.test"]).await;
+            for m in [&a, &b1, &c, &b2] {
+                engine.enqueue(m.clone(), None);
+            }
+            let overflow = "overflow/ip1";
+            assert_eq!(ready_ids(&engine, "a.test/ip1"), vec![(a.id(), 0)]);
+            assert_eq!(ready_ids(&engine, overflow).len(), 4);
+
+            // b.test's connection: its two recipients, one message at a
+            // time, then nothing for it (it quits; c.test's stay).
+            assert_eq!(
+                take(&engine, overflow, Some("b.test")),
+                Some(vec![(b1.id().0, 0)])
+            );
+            assert_eq!(
+                take(&engine, overflow, Some("b.test")),
+                Some(vec![(b2.id().0, 0)])
+            );
+            assert!(matches!(
+                next_transaction(&engine, overflow, Some("b.test"), 0, 0),
+                Next::Quit
+            ));
+            assert_eq!(
+                ready_ids(&engine, overflow),
+                vec![(c.id(), 0), (b2.id(), 1)]
+            );
+
+            // c.test's route fails permanently: only its recipients bounce.
+            let d = append(&spool, &["u@d.test"]).await;
+            engine.enqueue(d.clone(), None);
+            fail_ready(
+                &engine,
+                overflow,
+                Some("c.test"),
+                "550 5.1.2 no such domain",
+                false,
+                None,
+            )
+            .await;
+            // (The bounces' DSNs go to a@b.test: into the overflow queue too.)
+            let state = engine.state.borrow();
+            let left: Vec<(crate::spool::MessageId, Option<String>)> = state.queues[overflow]
+                .ready
+                .iter()
+                .map(|r| (r.message, domain_of(&state.messages, r)))
+                .collect();
+            assert!(left.contains(&(d.id(), Some("d.test".into()))), "{left:?}");
+            assert!(
+                left.iter().all(|(_, dom)| dom.as_deref() != Some("c.test")),
+                "{left:?}"
+            );
+            let is_final = |m: &MessageRef, i: usize| {
+                state
+                    .messages
+                    .get(&m.id())
+                    .is_none_or(|e| e.rcpts[i].state.is_final())
+            };
+            assert!(
+                is_final(&c, 0) && is_final(&b2, 1),
+                "c.test's recipients bounced"
+            );
+            assert!(!is_final(&d, 0) && !is_final(&b2, 0), "the others did not");
+        })
     }
 }

@@ -82,6 +82,9 @@ pub struct Engine {
     pub wake: LocalNotify,
     pub rng: RefCell<StdRng>,
     shutting_down: std::cell::Cell<bool>,
+    /// Queues this shard may hold before new destinations share the
+    /// overflow queue ([`QUEUES_PER_SHARD_MAX`]; tests lower it).
+    queues_max: std::cell::Cell<usize>,
 }
 
 impl Engine {
@@ -95,7 +98,14 @@ impl Engine {
             wake: LocalNotify::default(),
             rng: RefCell::new(StdRng::seed_from_u64(seed)),
             shutting_down: std::cell::Cell::new(false),
+            queues_max: std::cell::Cell::new(QUEUES_PER_SHARD_MAX),
         })
+    }
+
+    /// Lowers the queue limit, so tests reach the overflow queue.
+    #[cfg(test)]
+    pub(crate) fn set_queues_max(&self, n: usize) {
+        self.queues_max.set(n);
     }
 
     pub fn config(&self) -> Arc<Config> {
@@ -141,8 +151,8 @@ impl Engine {
         let destination = self.destination(state, domain);
         let mut name = queue_name(&destination, vmta);
         if !state.queues.contains_key(&name) {
-            if state.queues.len() >= QUEUES_PER_SHARD_MAX {
-                name = queue_name("overflow", vmta);
+            if state.queues.len() >= self.queues_max.get() {
+                name = queue_name(super::OVERFLOW_DESTINATION, vmta);
                 if state.queues.contains_key(&name) {
                     return name;
                 }

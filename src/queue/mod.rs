@@ -159,6 +159,26 @@ pub fn queue_name(destination: &str, vmta: &str) -> String {
     format!("{destination}/{vmta}")
 }
 
+/// The destination part of a vMTA's overflow queue: once a shard holds
+/// [`engine::QUEUES_PER_SHARD_MAX`] queues, recipients of new destinations
+/// share `overflow/<vmta>`. Its recipients have different domains, so each
+/// of its connections serves one domain ([`domain_of`]).
+pub const OVERFLOW_DESTINATION: &str = "overflow";
+
+/// Whether `queue` is an overflow queue.
+pub fn is_overflow(queue: &str) -> bool {
+    split_queue_name(queue).is_some_and(|(d, _)| d == OVERFLOW_DESTINATION)
+}
+
+/// The domain (lowercase) of a queued recipient, from its message's
+/// envelope; `None` when the message or recipient is gone.
+pub fn domain_of(messages: &HashMap<MessageId, MessageEntry>, rcpt: &Recipient) -> Option<String> {
+    let entry = messages.get(&rcpt.message)?;
+    let envelope = entry.message.envelope().ok()?;
+    let forward_path = envelope.recipients().nth(rcpt.index as usize)?.forward_path;
+    Some(recipient_domain(forward_path))
+}
+
 /// Splits `domain/vmta`.
 pub fn split_queue_name(name: &str) -> Option<(&str, &str)> {
     name.rsplit_once('/')
@@ -201,7 +221,7 @@ pub fn serving_queue_name(
     if queues.contains_key(&name) {
         return Some(name);
     }
-    let overflow = queue_name("overflow", vmta);
+    let overflow = queue_name(OVERFLOW_DESTINATION, vmta);
     queues.contains_key(&overflow).then_some(overflow)
 }
 
