@@ -24,7 +24,18 @@ pub(crate) async fn append(spool: &Spool, rcpts: &[&str]) -> MessageRef {
     append_via(spool, "ip1", rcpts).await
 }
 
+/// Spools a message from a@b.test through `vmta_or_pool`, assigned to ip1.
 pub(crate) async fn append_via(spool: &Spool, vmta_or_pool: &str, rcpts: &[&str]) -> MessageRef {
+    append_message(spool, vmta_or_pool, "ip1", rcpts).await
+}
+
+/// Spools a small message from a@b.test to `rcpts`.
+pub(crate) async fn append_message(
+    spool: &Spool,
+    vmta_or_pool: &str,
+    vmta: &str,
+    rcpts: &[&str],
+) -> MessageRef {
     let recipients: Vec<NewRecipient<'_>> = rcpts
         .iter()
         .map(|r| NewRecipient {
@@ -40,7 +51,7 @@ pub(crate) async fn append_via(spool: &Spool, vmta_or_pool: &str, rcpts: &[&str]
         ret: Ret::Unspecified,
         envid: "",
         vmta_or_pool,
-        vmta: "ip1",
+        vmta,
         job_id: "",
         content: crate::spool::record::Content::One(b"Subject: x\r\n\r\nbody\r\n"),
     };

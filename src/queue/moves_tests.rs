@@ -5,7 +5,7 @@ use super::*;
 use crate::queue::policy::empty_pattern_list;
 use crate::queue::{Queue, RcptSlot, RecentCounts, queue_name};
 use crate::shaper::RateController;
-use crate::spool::{MessageRef, NewMessage, NewRecipient, Ret, Spool, SpoolOptions};
+use crate::spool::{MessageRef, Spool, SpoolOptions};
 
 struct Fixture {
     messages: Vec<MessageRef>,
@@ -26,26 +26,9 @@ fn spool_messages(specs: &[(&str, &[&str])]) -> Fixture {
     let messages = rt.block_on(async {
         let mut out = Vec::new();
         for (vmta, rcpts) in specs {
-            let recipients: Vec<NewRecipient<'_>> = rcpts
-                .iter()
-                .map(|r| NewRecipient {
-                    forward_path: r,
-                    orcpt: "",
-                    notify: 0,
-                })
-                .collect();
-            let msg = NewMessage {
-                received_unix_ms: 1_700_000_000_000,
-                reverse_path: "a@b.test",
-                recipients: &recipients,
-                ret: Ret::Unspecified,
-                envid: "",
-                vmta_or_pool: "pool1",
-                vmta,
-                job_id: "",
-                content: crate::spool::record::Content::One(b"Subject: x\r\n\r\nbody\r\n"),
-            };
-            out.push(spool.append_message(&msg).await.expect("append"));
+            out.push(
+                crate::delivery::test_engine::append_message(&spool, "pool1", vmta, rcpts).await,
+            );
         }
         out
     });
