@@ -85,24 +85,24 @@ async fn connection(engine: &Rc<Engine>, queue: &str) {
     // An overflow queue holds recipients of many domains: this connection
     // serves the domain of its oldest ready recipient, with that domain's
     // settings, and touches no other domain's recipients.
-    let (domain, policy, only) = if crate::queue::is_overflow(queue) {
+    let overflow = crate::queue::is_overflow(queue);
+    let (domain, policy) = if overflow {
         let first = {
             let state = engine.state.borrow();
-            state.queues.get(queue).and_then(|q| {
-                q.ready
-                    .iter()
-                    .find_map(|r| crate::queue::domain_of(&state.messages, r))
-            })
+            state
+                .queues
+                .get(queue)
+                .and_then(|q| q.ready.iter().find_map(|r| domain_of(&state.messages, r)))
         };
         let Some(first) = first else {
             return;
         };
         let policy = engine.config().domain_policy(&first, &vmta_name);
-        (first.clone(), policy, Some(first))
+        (first, policy)
     } else {
-        (domain, policy, None)
+        (domain, policy)
     };
-    let only = only.as_deref();
+    let only = overflow.then_some(domain.as_str());
     let config = engine.config();
     let (source_ip, ehlo) = match config.vmta(&vmta_name) {
         Some(v) => (v.source_ip, v.ehlo.clone()),
@@ -766,10 +766,11 @@ fn failure_text(f: &ClientFailure) -> String {
 mod tests {
     use super::*;
     use crate::delivery::test_engine::{append, ready_ids, with_engine};
+    use crate::spool::MessageId;
 
-    fn take(engine: &Engine, queue: &str, only: Option<&str>) -> Option<Vec<(u64, u32)>> {
+    fn take(engine: &Engine, queue: &str, only: Option<&str>) -> Option<Vec<(MessageId, u32)>> {
         match next_transaction(engine, queue, only, 0, 0) {
-            Next::Send(tx) => Some(tx.rcpts.iter().map(|r| (r.message.0, r.index)).collect()),
+            Next::Send(tx) => Some(tx.rcpts.iter().map(|r| (r.message, r.index)).collect()),
             Next::Wait(_) | Next::Quit => None,
         }
     }
@@ -797,11 +798,11 @@ mod tests {
             // time, then nothing for it (it quits; c.test's stay).
             assert_eq!(
                 take(&engine, overflow, Some("b.test")),
-                Some(vec![(b1.id().0, 0)])
+                Some(vec![(b1.id(), 0)])
             );
             assert_eq!(
                 take(&engine, overflow, Some("b.test")),
-                Some(vec![(b2.id().0, 0)])
+                Some(vec![(b2.id(), 0)])
             );
             assert!(matches!(
                 next_transaction(&engine, overflow, Some("b.test"), 0, 0),
@@ -826,7 +827,7 @@ mod tests {
             .await;
             // (The bounces' DSNs go to a@b.test: into the overflow queue too.)
             let state = engine.state.borrow();
-            let left: Vec<(crate::spool::MessageId, Option<String>)> = state.queues[overflow]
+            let left: Vec<(MessageId, Option<String>)> = state.queues[overflow]
                 .ready
                 .iter()
                 .map(|r| (r.message, domain_of(&state.messages, r)))
