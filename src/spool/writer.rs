@@ -984,19 +984,16 @@ async fn flush_loop(inner: Rc<Inner>) {
         // for room may go on.
         inner.wake_room();
     }
-    {
-        let mut st = inner.st.borrow_mut();
-        if let Some(c) = st.current.take() {
-            c.seg.sealed.store(true, Ordering::Release);
-            st.own_sealed.push(c.seg);
-        }
-    }
     // A prepared segment never used is an empty one: removed rather than
     // left for the next start to reclaim. One still being prepared is waited
     // for first, so no helper outlives the spool (a reopen in the same
     // process must not meet its files).
     let (ready, preparing) = {
         let mut st = inner.st.borrow_mut();
+        if let Some(c) = st.current.take() {
+            c.seg.sealed.store(true, Ordering::Release);
+            st.own_sealed.push(c.seg);
+        }
         (st.prepared.take(), st.preparing.take())
     };
     let pending = match preparing {
