@@ -12,5 +12,8 @@ pub fn spate_bin() -> std::path::PathBuf {
         .status()
         .expect("run cargo build");
     assert!(status.success(), "cargo build -p spate failed");
-    root.join("target/debug/spate")
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    target.join("debug/spate")
 }
