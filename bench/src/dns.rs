@@ -28,7 +28,7 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -236,11 +236,24 @@ fn parse_txt_strings(text: &str) -> anyhow::Result<Vec<String>> {
 pub struct DnsHandle {
     /// The bound address, the same port for UDP and TCP.
     pub addr: SocketAddr,
+    served: Arc<Served>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
 
+/// The zone a server answers from, and how many queries it answered.
+#[derive(Debug)]
+struct Served {
+    zone: Zone,
+    queries: AtomicU64,
+}
+
 impl DnsHandle {
+    /// Queries answered so far (UDP and TCP; malformed ones included).
+    pub fn queries(&self) -> u64 {
+        self.served.queries.load(Ordering::Relaxed)
+    }
+
     /// Stops the server and waits for its threads.
     pub fn stop(mut self) {
         self.shutdown();
@@ -265,24 +278,28 @@ impl Drop for DnsHandle {
 pub fn spawn(listen: SocketAddr, zone: Zone) -> anyhow::Result<DnsHandle> {
     let (udp, tcp) = bind_pair(listen)?;
     let addr = udp.local_addr()?;
-    let zone = Arc::new(zone);
+    let served = Arc::new(Served {
+        zone,
+        queries: AtomicU64::new(0),
+    });
     let stop = Arc::new(AtomicBool::new(false));
     udp.set_read_timeout(Some(Duration::from_millis(STOP_POLL_MS)))?;
     tcp.set_nonblocking(true)?;
     let udp_thread = {
-        let (zone, stop) = (zone.clone(), stop.clone());
+        let (served, stop) = (served.clone(), stop.clone());
         std::thread::Builder::new()
             .name("bench-dns-udp".into())
-            .spawn(move || serve_udp(&udp, &zone, &stop))?
+            .spawn(move || serve_udp(&udp, &served, &stop))?
     };
     let tcp_thread = {
-        let (zone, stop) = (zone.clone(), stop.clone());
+        let (served, stop) = (served.clone(), stop.clone());
         std::thread::Builder::new()
             .name("bench-dns-tcp".into())
-            .spawn(move || serve_tcp(&tcp, &zone, &stop))?
+            .spawn(move || serve_tcp(&tcp, &served, &stop))?
     };
     Ok(DnsHandle {
         addr,
+        served,
         stop,
         threads: vec![udp_thread, tcp_thread],
     })
@@ -305,7 +322,9 @@ fn bind_pair(listen: SocketAddr) -> anyhow::Result<(UdpSocket, TcpListener)> {
     bail!("no port free for both UDP and TCP on {}", listen.ip())
 }
 
-fn respond(zone: &Zone, request: &[u8]) -> Option<Vec<u8>> {
+fn respond(served: &Served, request: &[u8]) -> Option<Vec<u8>> {
+    served.queries.fetch_add(1, Ordering::Relaxed);
+    let zone = &served.zone;
     let query = match Message::from_vec(request) {
         Ok(q) if q.metadata.message_type == MessageType::Query => q,
         Ok(_) => return None,
@@ -320,7 +339,7 @@ fn respond(zone: &Zone, request: &[u8]) -> Option<Vec<u8>> {
     zone.answer(&query).to_vec().ok()
 }
 
-fn serve_udp(socket: &UdpSocket, zone: &Zone, stop: &AtomicBool) {
+fn serve_udp(socket: &UdpSocket, served: &Served, stop: &AtomicBool) {
     let mut buf = vec![0u8; DNS_MESSAGE_BYTES_MAX];
     while !stop.load(Ordering::SeqCst) {
         let Ok((len, peer)) = socket.recv_from(&mut buf) else {
@@ -329,7 +348,7 @@ fn serve_udp(socket: &UdpSocket, zone: &Zone, stop: &AtomicBool) {
         let Some(request) = buf.get(..len) else {
             continue;
         };
-        if let Some(mut reply) = respond(zone, request) {
+        if let Some(mut reply) = respond(served, request) {
             if reply.len() > 512 {
                 // Classic UDP limit: truncate and let the client retry over TCP.
                 if let Ok(query) = Message::from_vec(request) {
@@ -344,7 +363,7 @@ fn serve_udp(socket: &UdpSocket, zone: &Zone, stop: &AtomicBool) {
     }
 }
 
-fn serve_tcp(listener: &TcpListener, zone: &Arc<Zone>, stop: &AtomicBool) {
+fn serve_tcp(listener: &TcpListener, served: &Arc<Served>, stop: &AtomicBool) {
     let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     while !stop.load(Ordering::SeqCst) {
         match listener.accept() {
@@ -354,7 +373,7 @@ fn serve_tcp(listener: &TcpListener, zone: &Arc<Zone>, stop: &AtomicBool) {
                 }
                 let _ = stream.set_nonblocking(false);
                 let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-                let (zone, conn_open) = (zone.clone(), open.clone());
+                let (served, conn_open) = (served.clone(), open.clone());
                 open.fetch_add(1, Ordering::SeqCst);
                 // One short-lived thread per connection: TCP is rare here
                 // (truncated answers, tests), and one idle client must not
@@ -362,7 +381,7 @@ fn serve_tcp(listener: &TcpListener, zone: &Arc<Zone>, stop: &AtomicBool) {
                 let spawned = std::thread::Builder::new()
                     .name("bench-dns-tcp-conn".into())
                     .spawn(move || {
-                        while serve_tcp_one(&mut stream, &zone).is_ok() {}
+                        while serve_tcp_one(&mut stream, &served).is_ok() {}
                         conn_open.fetch_sub(1, Ordering::SeqCst);
                     });
                 if spawned.is_err() {
@@ -374,12 +393,12 @@ fn serve_tcp(listener: &TcpListener, zone: &Arc<Zone>, stop: &AtomicBool) {
     }
 }
 
-fn serve_tcp_one(stream: &mut std::net::TcpStream, zone: &Zone) -> std::io::Result<()> {
+fn serve_tcp_one(stream: &mut std::net::TcpStream, served: &Served) -> std::io::Result<()> {
     let mut len = [0u8; 2];
     stream.read_exact(&mut len)?;
     let mut request = vec![0u8; usize::from(u16::from_be_bytes(len))];
     stream.read_exact(&mut request)?;
-    let reply = respond(zone, &request).ok_or(std::io::ErrorKind::InvalidData)?;
+    let reply = respond(served, &request).ok_or(std::io::ErrorKind::InvalidData)?;
     let reply_len = u16::try_from(reply.len()).map_err(|_| std::io::ErrorKind::InvalidData)?;
     stream.write_all(&reply_len.to_be_bytes())?;
     stream.write_all(&reply)

@@ -3,7 +3,7 @@
 //! A script is TOML (documented in bench/README.md). It decides: the greeting
 //! (including a 421 greeting), a delay before replies, temporary or permanent
 //! failure by recipient local part (`tempfail+...@`, `permfail+...@`), per
-//! client IP throttling after N messages per minute, time windows (relative to
+//! client IP throttling after N messages in the last minute, time windows (relative to
 //! the sink's start) during which MAIL gets a given reply, and closing a
 //! connection after N messages. `{ip}` in any reply text is replaced by the
 //! client's IP address. Time comes in as an argument (`elapsed`), so every rule
@@ -43,7 +43,8 @@ pub struct Script {
 }
 
 /// Reply `reply` to MAIL once a client IP has started `messages_per_minute`
-/// transactions in the current one-minute window.
+/// transactions in the last 60 seconds (a sliding window of one-second
+/// steps, as providers count: no burst is let through at a minute boundary).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Throttle {
@@ -192,10 +193,61 @@ pub fn rcpt_reply<'s>(script: &'s Script, local_part: &str) -> Option<&'s str> {
     }
 }
 
+/// Seconds a throttle looks back.
+const THROTTLE_WINDOW_S: u64 = 60;
+
+/// One client IP's transactions started in each of the last 60 seconds.
+#[derive(Debug, Clone)]
+struct Recent {
+    /// Started in second `s` (since the sink's start) at `[s % 60]`.
+    per_second: [u32; THROTTLE_WINDOW_S as usize],
+    /// The newest second counted.
+    second: u64,
+}
+
+impl Recent {
+    fn new(second: u64) -> Self {
+        Recent {
+            per_second: [0; THROTTLE_WINDOW_S as usize],
+            second,
+        }
+    }
+
+    /// Moves the window to end at `second` (earlier times stay where they are).
+    fn advance(&mut self, second: u64) {
+        if second <= self.second {
+            return;
+        }
+        if second - self.second >= THROTTLE_WINDOW_S {
+            self.per_second = [0; THROTTLE_WINDOW_S as usize];
+        } else {
+            for s in self.second + 1..=second {
+                if let Some(slot) = self.per_second.get_mut((s % THROTTLE_WINDOW_S) as usize) {
+                    *slot = 0;
+                }
+            }
+        }
+        self.second = second;
+    }
+
+    fn count(&self) -> u64 {
+        self.per_second.iter().map(|&n| u64::from(n)).sum()
+    }
+
+    fn record(&mut self) {
+        if let Some(slot) = self
+            .per_second
+            .get_mut((self.second % THROTTLE_WINDOW_S) as usize)
+        {
+            *slot = slot.saturating_add(1);
+        }
+    }
+}
+
 /// Per-IP state of the throttle rules and time windows.
 #[derive(Debug, Default)]
 pub struct Policy {
-    windows: HashMap<IpAddr, (u64, u64)>, // (minute index, transactions started)
+    recent: HashMap<IpAddr, Recent>,
 }
 
 impl Policy {
@@ -213,25 +265,25 @@ impl Policy {
         if script.throttle.is_empty() {
             return None;
         }
-        let minute = secs / 60;
-        if self.windows.len() >= THROTTLE_IPS_MAX && !self.windows.contains_key(&ip) {
-            self.windows.retain(|_, (m, _)| *m == minute);
-            if self.windows.len() >= THROTTLE_IPS_MAX {
-                self.windows.clear();
+        if self.recent.len() >= THROTTLE_IPS_MAX && !self.recent.contains_key(&ip) {
+            // Forget the IPs quiet for a minute, or everyone if none is.
+            self.recent
+                .retain(|_, r| secs.saturating_sub(r.second) < THROTTLE_WINDOW_S);
+            if self.recent.len() >= THROTTLE_IPS_MAX {
+                self.recent.clear();
             }
         }
-        let entry = self.windows.entry(ip).or_insert((minute, 0));
-        if entry.0 != minute {
-            *entry = (minute, 0);
-        }
+        let recent = self.recent.entry(ip).or_insert_with(|| Recent::new(secs));
+        recent.advance(secs);
+        let started = recent.count();
         if let Some(t) = script
             .throttle
             .iter()
-            .find(|t| entry.1 >= t.messages_per_minute)
+            .find(|t| started >= t.messages_per_minute)
         {
             return Some(render(&t.reply, ip));
         }
-        entry.1 += 1;
+        recent.record();
         None
     }
 }
@@ -242,6 +294,37 @@ mod tests {
 
     const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
     const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 3));
+
+    #[test]
+    fn throttle_window_slides_by_the_second() {
+        let script = Script::parse(
+            "[[throttle]]\nmessages_per_minute = 3\nreply = \"421 4.7.0 [TSS04] slow\"\n",
+        )
+        .unwrap();
+        let mut policy = Policy::default();
+        let at = |s: u64| Duration::from_millis(s * 1000 + 500);
+        // Two at 50 s and one at 59 s: the limit.
+        assert_eq!(policy.mail_reply(&script, A, at(50)), None);
+        assert_eq!(policy.mail_reply(&script, A, at(50)), None);
+        assert_eq!(policy.mail_reply(&script, A, at(59)), None);
+        // Past the minute boundary the three are still in the last 60 s (a
+        // fixed one-minute block would start again at 60 s).
+        assert!(policy.mail_reply(&script, A, at(61)).is_some());
+        assert!(policy.mail_reply(&script, A, at(109)).is_some());
+        // At 110 s the two of second 50 have left the window; the one of 59
+        // stays until 119 s.
+        assert_eq!(policy.mail_reply(&script, A, at(110)), None);
+        assert_eq!(policy.mail_reply(&script, A, at(110)), None);
+        assert!(policy.mail_reply(&script, A, at(118)).is_some());
+        assert_eq!(policy.mail_reply(&script, A, at(119)), None);
+        // A long quiet spell empties it.
+        let mut policy = Policy::default();
+        for _ in 0..3 {
+            assert_eq!(policy.mail_reply(&script, A, at(5)), None);
+        }
+        assert!(policy.mail_reply(&script, A, at(6)).is_some());
+        assert_eq!(policy.mail_reply(&script, A, at(500)), None);
+    }
 
     #[test]
     fn throttle_counts_per_ip_and_resets_each_minute() {

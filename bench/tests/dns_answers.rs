@@ -131,3 +131,39 @@ fn bad_zone_lines_are_errors_with_line_numbers() {
     assert!(Zone::parse("x.test MX ten mx.test").is_err());
     assert!(Zone::parse("x.test SRV 1 2 3 y.test").is_err());
 }
+
+/// The commands refuse to listen off loopback unless told to.
+#[test]
+fn commands_refuse_non_loopback_listen_addresses() {
+    let dir = tempfile::tempdir().unwrap();
+    let zone = dir.path().join("zone.txt");
+    std::fs::write(&zone, ZONE).unwrap();
+    let bench = env!("CARGO_BIN_EXE_spate-bench");
+    for args in [
+        vec![
+            "dns",
+            "--listen",
+            "192.0.2.1:5353",
+            "--zone",
+            zone.to_str().unwrap(),
+        ],
+        vec![
+            "sink",
+            "--listen",
+            "127.0.0.1:0,192.0.2.1:2526",
+            "--duration",
+            "1s",
+        ],
+    ] {
+        let out = std::process::Command::new(bench)
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} ran");
+        assert!(
+            stderr.contains("refusing non-loopback address 192.0.2.1"),
+            "{args:?}: {stderr}"
+        );
+    }
+}

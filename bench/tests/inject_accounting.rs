@@ -84,3 +84,99 @@ fn message_has_the_requested_size_and_headers() {
     assert!(spate_bench::sink::sent_header(&out).is_some());
     assert!(!text.contains("\r\n."), "no line may start with a dot");
 }
+
+/// The command line end to end: `--size-dist` and weighted `--domains` shape
+/// what the sink stores in its Maildir, and `--json` prints the report.
+#[test]
+fn command_line_mixes_reach_the_sink_as_asked() {
+    let maildir = tempfile::tempdir().unwrap();
+    let mut config = SinkConfig::accept_all("127.0.0.1:0".parse().unwrap());
+    config.maildir = Some(maildir.path().to_path_buf());
+    let s = spawn(config).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spate-bench"))
+        .args(["inject", "--to", &s.addrs[0].to_string()])
+        .args([
+            "--messages",
+            "40",
+            "--connections",
+            "2",
+            "--per-connection",
+            "10",
+        ])
+        .args([
+            "--size-dist",
+            "1000:3,5000:1",
+            "--domains",
+            "a.test:3,b.test",
+        ])
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["messages"], 40, "{report}");
+    assert_eq!(report["accepted"], 40, "{report}");
+    assert_eq!(report["failed"], 0, "{report}");
+    assert_eq!(report["ack_latency"]["count"], 40, "{report}");
+    assert!(s.wait_for_messages(40, std::time::Duration::from_secs(5)));
+    let report = s.stop().unwrap();
+    assert_eq!(report.total.messages, 40);
+
+    // Every accepted message is a file in new/, as the injector wrote it.
+    let mut small = 0;
+    let mut large = 0;
+    let mut to = std::collections::BTreeMap::<String, u32>::new();
+    for entry in std::fs::read_dir(maildir.path().join("new")).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        match text.len() {
+            900..=1000 => small += 1,
+            4900..=5000 => large += 1,
+            other => panic!("unexpected size {other}"),
+        }
+        let rcpt = text
+            .lines()
+            .find_map(|l| l.strip_prefix("To: <"))
+            .expect("a To header");
+        let domain = rcpt.trim_end_matches('>').rsplit('@').next().unwrap();
+        *to.entry(domain.to_owned()).or_default() += 1;
+    }
+    assert_eq!((small, large), (30, 10));
+    assert_eq!(to.get("a.test"), Some(&30), "{to:?}");
+    assert_eq!(to.get("b.test"), Some(&10), "{to:?}");
+    assert_eq!(
+        std::fs::read_dir(maildir.path().join("tmp"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn bad_mixes_and_remote_targets_are_refused_before_sending() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_spate-bench"))
+            .arg("inject")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} was accepted");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let to = ["--to", "127.0.0.1:9"];
+    let err = run(&[&to[..], &["--domains", "a.test:0"]].concat());
+    assert!(err.contains("weight of a.test"), "{err}");
+    let err = run(&[&to[..], &["--domains", "a.test:x"]].concat());
+    assert!(err.contains("bad weight"), "{err}");
+    let err = run(&[&to[..], &["--size-dist", "2048"]].concat());
+    assert!(err.contains("SIZE:WEIGHT"), "{err}");
+    // A documentation address: refused before any connection is tried.
+    let err = run(&["--to", "192.0.2.1:25"]);
+    assert!(
+        err.contains("non-loopback") && err.contains("--allow-remote"),
+        "{err}"
+    );
+}

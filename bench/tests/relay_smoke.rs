@@ -30,7 +30,7 @@ fn raw_leg_delivers_everything() {
 #[test]
 fn spate_leg_delivers_everything() {
     let bin = spate_bin();
-    let r = run_spate(&small_load(), &bin, None, false).unwrap();
+    let r = run_spate(&small_load(), &bin, None, false, false).unwrap();
     assert_eq!(r.error, None);
     assert_eq!(r.delivered, 300);
     assert!(r.cpu_s.is_some() && r.peak_rss_kib.is_some());
@@ -40,12 +40,46 @@ fn spate_leg_delivers_everything() {
     assert_eq!(spool.commits, 300);
     assert!(spool.fsyncs >= 1, "{spool:?}");
     assert!(spool.commit_mean_ms > 0.0 && spool.fsync_mean_ms > 0.0);
+    // The sink was found by name through the leg's test DNS server.
+    assert!(r.dns_queries.is_some_and(|q| q > 0), "{:?}", r.dns_queries);
+}
+
+/// A template routing off loopback is refused before spate starts (nothing
+/// is sent: the refusal comes from reading the filled-in configuration).
+#[test]
+fn a_template_reaching_beyond_loopback_is_refused() {
+    let bin = spate_bin();
+    let dir = tempfile::tempdir().unwrap();
+    let generated = spate_bench::relay::spate_config(
+        std::path::Path::new("{dir}"),
+        "127.0.0.1:1".parse().unwrap(),
+        "127.0.0.1:2".parse().unwrap(),
+        "127.0.0.1:3".parse().unwrap(),
+        "127.0.0.1:4".parse().unwrap(),
+    );
+    // The generated configuration as a template, with placeholders.
+    let template = generated
+        .replace("127.0.0.1:1", "{listen}")
+        .replace("127.0.0.1:2", "{admin}")
+        .replace("127.0.0.1:3", "{dns}");
+    let remote = template.replace(
+        &format!("{}:4", spate_bench::relay::SINK_NAME),
+        "192.0.2.7:25",
+    );
+    assert_ne!(remote, template);
+    let path = dir.path().join("remote.toml");
+    std::fs::write(&path, &remote).unwrap();
+    let err = run_spate(&small_load(), &bin, Some(&path), false, false).unwrap_err();
+    let text = format!("{err:#}");
+    assert!(text.contains("beyond loopback"), "{text}");
+    assert!(text.contains("192.0.2.7"), "{text}");
+    assert!(text.contains("--allow-remote"), "{text}");
 }
 
 #[test]
 fn spate_leg_with_delivery_paused_measures_injection_only() {
     let bin = spate_bin();
-    let r = run_spate(&small_load(), &bin, None, true).unwrap();
+    let r = run_spate(&small_load(), &bin, None, true, false).unwrap();
     assert_eq!(r.error, None);
     assert_eq!(r.injected_ok, 300);
     assert_eq!(r.delivered, 0, "a paused spate delivered");
@@ -59,6 +93,7 @@ fn spate_leg_fails_clearly_when_the_binary_is_missing() {
         &small_load(),
         std::path::Path::new("/nonexistent/spate"),
         None,
+        false,
         false,
     )
     .unwrap_err();

@@ -158,3 +158,102 @@ fn sink_listens_on_several_addresses() {
     }
     assert_eq!(finish(s).total.messages, 4);
 }
+
+/// Each provider preset lets one client IP start its per-minute allowance,
+/// then refuses MAIL with its provider's text; Yahoo's and Gmail's 421 also
+/// close the connection, and every connection closes after the preset's
+/// messages-per-connection.
+#[test]
+fn presets_throttle_with_their_providers_replies() {
+    for (preset, allowance, per_connection, reply_start) in [
+        (
+            "yahoo",
+            1000,
+            50,
+            "421 4.7.0 [TSS04] Messages from 127.0.0.1 ",
+        ),
+        ("gmail", 3000, 100, "421 4.7.28 [127.0.0.1] "),
+        (
+            "microsoft",
+            2000,
+            100,
+            "451 4.7.650 The mail server [127.0.0.1] ",
+        ),
+    ] {
+        let mut config = SinkConfig::accept_all("127.0.0.1:0".parse().unwrap());
+        config.script = Script::preset(preset).unwrap();
+        let s = spawn(config).unwrap();
+        let r = inject(s.addrs[0], allowance + 3, 4, |c| c.per_connection = 1000);
+        assert_eq!(
+            (r.accepted, r.failed),
+            (allowance, 3),
+            "{preset}: {:?}",
+            r.failures
+        );
+        let (reply, n) = r.failures.iter().next().unwrap();
+        assert!(reply.starts_with(reply_start), "{preset}: {reply}");
+        assert_eq!(*n, 3, "{preset}");
+        let report = finish(s);
+        assert_eq!(report.total.messages, allowance, "{preset}");
+        assert_eq!(report.refused_mail, 3, "{preset}");
+        // Every connection carried at most the preset's number of messages:
+        // each closure follows that many, and only the 4 connections open at
+        // the end may have stopped short of it.
+        let closed = report.closed_after_limit;
+        assert!(
+            closed <= allowance / per_connection && closed >= allowance / per_connection - 4,
+            "{preset}: {closed} closed after the limit"
+        );
+    }
+}
+
+/// The command: `--duration` stops the sink by itself, which prints its
+/// counts as JSON and writes the same to `--json-out`.
+#[test]
+fn sink_command_stops_after_its_duration_and_reports_json() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let json_out = dir.path().join("counts.json");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_spate-bench"))
+        .args([
+            "sink",
+            "--listen",
+            "127.0.0.1:0",
+            "--duration",
+            "3s",
+            "--json-out",
+        ])
+        .arg(&json_out)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let addr: SocketAddr = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let r = inject(addr, 5, 1, |_| {});
+    assert_eq!((r.accepted, r.failed), (5, 0));
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let waited = started.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_secs(2) && waited < std::time::Duration::from_secs(20),
+        "{waited:?}"
+    );
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed["total"]["messages"], 5, "{printed}");
+    assert_eq!(
+        printed["per_client_ip"]["127.0.0.1"]["messages"], 5,
+        "{printed}"
+    );
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_out).unwrap()).unwrap();
+    assert_eq!(written, printed);
+}

@@ -357,6 +357,9 @@ pub fn build_message(out: &mut Vec<u8>, cfg: &InjectConfig, rcpt: &str, seq: u64
     }
 }
 
+/// Largest weight of one `--size-dist` or `--domains` entry.
+pub const WEIGHT_MAX: usize = 1000;
+
 /// Parses `--size-dist 1024:70,10240:25,102400:5` into a 100-entry size cycle.
 pub fn parse_size_dist(text: &str) -> anyhow::Result<Vec<usize>> {
     let mut sizes = Vec::new();
@@ -366,16 +369,55 @@ pub fn parse_size_dist(text: &str) -> anyhow::Result<Vec<usize>> {
             .context("--size-dist entries are SIZE:WEIGHT")?;
         let size: usize = size.trim().parse().context("bad size in --size-dist")?;
         let weight: usize = weight.trim().parse().context("bad weight in --size-dist")?;
-        anyhow::ensure!(weight <= 1000, "weight too large in --size-dist");
+        anyhow::ensure!(weight <= WEIGHT_MAX, "weight too large in --size-dist");
         sizes.extend(std::iter::repeat_n(size, weight));
     }
     anyhow::ensure!(!sizes.is_empty(), "--size-dist is empty");
-    // Interleave so that short runs see the mix: stride through the list.
-    let n = sizes.len();
+    Ok(interleave(sizes))
+}
+
+/// Parses `--domains gmail.test:60,yahoo.test:30,other.test:10` (the weight
+/// defaults to 1) into the cycle of recipient domains: each appears as often
+/// as its weight says, spread through the cycle. A list without weights
+/// stays in the order given.
+pub fn parse_domains(entries: &[String]) -> anyhow::Result<Vec<String>> {
+    let mut domains = Vec::new();
+    let mut weighted = false;
+    for entry in entries {
+        let (name, weight) = match entry.split_once(':') {
+            Some((name, w)) => {
+                let w: usize = w
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("bad weight in --domains entry {entry:?}"))?;
+                (name.trim(), w)
+            }
+            None => (entry.trim(), 1),
+        };
+        anyhow::ensure!(!name.is_empty(), "empty domain in --domains");
+        anyhow::ensure!(
+            (1..=WEIGHT_MAX).contains(&weight),
+            "--domains weight of {name} must be 1 to {WEIGHT_MAX}"
+        );
+        weighted |= weight > 1;
+        domains.extend(std::iter::repeat_n(name.to_owned(), weight));
+    }
+    anyhow::ensure!(!domains.is_empty(), "--domains is empty");
+    Ok(if weighted {
+        interleave(domains)
+    } else {
+        domains
+    })
+}
+
+/// Spreads repeated entries through the list (a stride coprime with its
+/// length), so that a short run still sees the mix.
+fn interleave<T: Clone>(items: Vec<T>) -> Vec<T> {
+    let n = items.len();
     let stride = (1..n).rev().find(|s| gcd(*s, n) == 1).unwrap_or(1);
-    Ok((0..n)
-        .filter_map(|i| sizes.get((i * stride) % n).copied())
-        .collect())
+    (0..n)
+        .filter_map(|i| items.get((i * stride) % n).cloned())
+        .collect()
 }
 
 fn gcd(a: usize, b: usize) -> usize {
@@ -399,7 +441,8 @@ pub struct InjectArgs {
     /// Size distribution SIZE:WEIGHT,... e.g. 2048:80,102400:20.
     #[arg(long)]
     pub size_dist: Option<String>,
-    /// Comma-separated recipient domains, used round-robin.
+    /// Comma-separated recipient domains, each with an optional weight
+    /// (gmail.test:60,yahoo.test:30,other.test:10); round-robin by weight.
     #[arg(long, value_delimiter = ',', default_value = "example.test")]
     pub domains: Vec<String>,
     /// Comma-separated recipient local-part prefixes, round-robin.
@@ -446,7 +489,7 @@ impl InjectArgs {
             connections: self.connections,
             per_connection: self.per_connection,
             sizes,
-            domains: self.domains,
+            domains: parse_domains(&self.domains)?,
             locals: self.locals,
             rate: self.rate,
             vmta: self.vmta,

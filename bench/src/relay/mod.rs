@@ -58,6 +58,9 @@ pub struct LegResult {
     /// their mean latency, and the mean time from a new message's record
     /// queued to its commit (the spool's part of the 250's latency).
     pub spool: Option<SpoolFigures>,
+    /// Queries the leg's test DNS server answered (spate resolves the
+    /// sink's name there; None for legs without one).
+    pub dns_queries: Option<u64>,
 }
 
 /// See [`LegResult::spool`].
@@ -296,6 +299,7 @@ fn inject_and_drain(
         error: None,
         round: 1,
         spool: None,
+        dns_queries: None,
         load: String::new(),
     };
     if !complete {
@@ -360,12 +364,73 @@ ehlo = "spate.bench.test"
 max_smtp_out = 20
 starttls = "off"
 
+# By name: spate resolves it with the test DNS server above ({SINK_NAME} A
+# 127.0.0.1), as it would resolve a real MX host.
 [domain."example.test"]
-smtp_hosts = ["{sink}"]
+smtp_hosts = ["{SINK_NAME}:{sink_port}"]
 "#,
         spool = dir.join("spool").display(),
         token = dir.join("admin.token").display(),
+        sink_port = sink.port(),
     )
+}
+
+/// The host name the generated configuration routes `example.test` to; the
+/// relay's test DNS server answers its A (or AAAA) record with the sink's IP.
+pub const SINK_NAME: &str = "sink.example.test";
+
+/// Refuses a configuration that could send traffic off loopback: every
+/// listener, the admin API, vMTA source IPs, `smtp_hosts` IPs and DNS
+/// servers must be loopback, and DNS servers must be given (the system
+/// resolver would ask the real DNS). Host names in `smtp_hosts` are then
+/// resolved by a loopback server. Every problem is listed.
+pub fn ensure_loopback_config(config: &spate::config::Config) -> anyhow::Result<()> {
+    let mut problems = Vec::new();
+    let mut check = |what: String, ip: std::net::IpAddr| {
+        if !ip.is_loopback() {
+            problems.push(format!("{what} {ip}"));
+        }
+    };
+    for l in &config.listeners {
+        check("listener".into(), l.address.ip());
+    }
+    check("admin listen".into(), config.admin.listen.ip());
+    for ns in &config.dns.nameservers {
+        check("dns nameserver".into(), ns.ip());
+    }
+    for v in config.vmtas.values() {
+        check(format!("vmta.{} source_ip", v.name), v.source_ip);
+    }
+    let domain_tables = config
+        .domains
+        .iter()
+        .map(|(d, s)| (format!("domain.{d:?}"), s))
+        .chain(config.vmtas.values().flat_map(|v| {
+            v.domains
+                .iter()
+                .map(move |(d, s)| (format!("vmta.{}.domain.{d:?}", v.name), s))
+        }));
+    for (table, settings) in domain_tables {
+        for host in settings.smtp_hosts.iter().flatten() {
+            if let Some(ip) = host.ip {
+                check(format!("{table} smtp_hosts"), ip);
+            }
+        }
+    }
+    if config.dns.nameservers.is_empty() {
+        problems.push(
+            "no [dns] nameservers: the system resolver would query the real DNS (use \"{dns}\")"
+                .into(),
+        );
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        bail!(
+            "the configuration reaches beyond loopback (pass --allow-remote to run it anyway): {}",
+            problems.join("; ")
+        )
+    }
 }
 
 /// The spate leg.
@@ -374,6 +439,7 @@ pub fn run_spate(
     spate_bin: &Path,
     config: Option<&Path>,
     pause_delivery: bool,
+    allow_remote: bool,
 ) -> anyhow::Result<LegResult> {
     anyhow::ensure!(
         spate_bin.exists(),
@@ -383,9 +449,11 @@ pub fn run_spate(
     let dir = tempfile::tempdir()?;
     let sink = start_sink()?;
     let sink_addr = *sink.addrs.first().context("sink has no address")?;
-    let zone = crate::dns::Zone::parse(
-        "example.test MX 10 sink.example.test\nsink.example.test A 127.0.0.1\n",
-    )?;
+    let address_type = if sink_addr.is_ipv4() { "A" } else { "AAAA" };
+    let zone = crate::dns::Zone::parse(&format!(
+        "example.test MX 10 {SINK_NAME}\n{SINK_NAME} {address_type} {}\n",
+        sink_addr.ip()
+    ))?;
     let dns = crate::dns::spawn("127.0.0.1:0".parse()?, zone)?;
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
@@ -403,13 +471,21 @@ pub fn run_spate(
     };
     let config_path = dir.path().join("spate.toml");
     std::fs::write(&config_path, text)?;
+    if config.is_some() {
+        let parsed = spate::config::load(Some(&config_path))
+            .map_err(|e| anyhow::anyhow!("the --config template, filled in: {e}"))?;
+        if !allow_remote {
+            ensure_loopback_config(&parsed)?;
+        }
+    }
     let log = dir.path().join("spate.log");
+    let log_file = std::fs::File::create(&log)?;
     let child = Command::new(spate_bin)
         .args(["run", "--config"])
         .arg(&config_path)
         .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&log)?)
-        .stderr(std::fs::File::create(&log)?)
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file)
         .spawn()
         .with_context(|| format!("starting {}", spate_bin.display()))?;
     let mut guard = ChildGuard {
@@ -432,6 +508,7 @@ pub fn run_spate(
     };
     let result = result.map(|mut r| {
         r.spool = spool_figures(admin, "spate-bench-token");
+        r.dns_queries = Some(dns.queries());
         r
     });
     guard.terminate(Duration::from_secs(30));
@@ -508,11 +585,15 @@ pub struct RelayArgs {
     /// to {sink}; `spate_bench::relay::spate_config` shows how.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    #[arg(long, default_value = "target/release/spate")]
+    /// The spate binary. The default path is built (cargo build --release
+    /// -p spate) when it is missing and this is spate's workspace.
+    #[arg(long, default_value = DEFAULT_SPATE_BIN)]
     pub spate_bin: PathBuf,
-    #[arg(long)]
-    pub json_out: Option<PathBuf>,
-    /// Allow non-loopback targets (the runner itself only uses loopback).
+    /// Where the rows go as JSON (every leg and round).
+    #[arg(long, default_value = "spate-bench-relay.json")]
+    pub json_out: PathBuf,
+    /// Run a --config template whose listeners, admin API, vMTA source IPs,
+    /// smtp_hosts or DNS servers are not on loopback (refused otherwise).
     #[arg(long)]
     pub allow_remote: bool,
     /// Run every leg this many times, alternating (raw, spate, raw, spate,
@@ -523,8 +604,7 @@ pub struct RelayArgs {
     /// Run the four loads of the published table (2 KB and 100 KB, 20 and
     /// 200 connections; --messages, --connections, --per-connection and
     /// --size are then ignored) and print the table of medians. With
-    /// `--compare raw,postfix --repeat 3` it reproduces README.md's table
-    /// (Postfix only at 20 connections).
+    /// `--compare raw,postfix --repeat 3` it reproduces README.md's table.
     #[arg(long)]
     pub suite: bool,
 }
@@ -719,8 +799,32 @@ pub fn print_summary(rows: &[LegResult], rounds: u32) {
 }
 
 /// Runs `spate-bench relay`.
+/// Where `cargo build --release` puts spate, from the workspace root.
+pub const DEFAULT_SPATE_BIN: &str = "target/release/spate";
+
+/// Builds the release spate when `bin` is the default path, is missing, and
+/// the current directory is spate's workspace (the README's command).
+fn build_spate_if_missing(bin: &Path) -> anyhow::Result<()> {
+    let in_workspace = std::fs::read_to_string("Cargo.toml")
+        .is_ok_and(|t| t.contains("[workspace]") && Path::new("bench/Cargo.toml").exists());
+    if bin.exists() || bin != Path::new(DEFAULT_SPATE_BIN) || !in_workspace {
+        return Ok(());
+    }
+    eprintln!("spate-bench relay: {DEFAULT_SPATE_BIN} is missing; cargo build --release -p spate");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--release", "-p", "spate", "--bin", "spate"])
+        .status()
+        .context("running cargo build --release -p spate")?;
+    anyhow::ensure!(status.success(), "cargo build --release -p spate failed");
+    Ok(())
+}
+
 pub fn run(args: RelayArgs) -> anyhow::Result<()> {
     crate::install_signal_watch()?;
+    if !args.no_spate {
+        build_spate_if_missing(&args.spate_bin)?;
+    }
     for leg in &args.compare {
         anyhow::ensure!(
             matches!(
@@ -743,10 +847,10 @@ pub fn run(args: RelayArgs) -> anyhow::Result<()> {
         };
         run_rounds(&args, &load, &args.compare, "")
     };
-    if let Some(path) = &args.json_out {
-        std::fs::write(path, serde_json::to_string_pretty(&rows)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
+    let path = &args.json_out;
+    std::fs::write(path, serde_json::to_string_pretty(&rows)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!("rows written to {}", path.display());
     if rows.iter().any(|r| r.error.is_some()) {
         bail!("some legs failed (see the table)");
     }
@@ -782,6 +886,7 @@ fn run_rounds(args: &RelayArgs, load: &Load, compare: &[String], label: &str) ->
                     &args.spate_bin,
                     args.config.as_deref(),
                     args.pause_delivery,
+                    args.allow_remote,
                 )
                 .unwrap_or_else(|e| failed("spate", e)),
             );
@@ -817,8 +922,7 @@ pub const SUITE: [(&str, usize, u64, u64, u64); 4] = [
     ("100 KB, 200 connections", 102_400, 200, 20, 4_000),
 ];
 
-/// `--suite`: every load of [`SUITE`] with the legs of `--compare` (Postfix
-/// only at 20 connections, where it finishes in about a minute), then one
+/// `--suite`: every load of [`SUITE`] with the legs of `--compare`, then one
 /// table of medians: the table README.md shows.
 fn run_suite(args: &RelayArgs) -> Vec<LegResult> {
     let mut rows = Vec::new();
@@ -832,13 +936,7 @@ fn run_suite(args: &RelayArgs) -> Vec<LegResult> {
             inject_threads: args.inject_threads,
             rate: args.rate,
         };
-        let compare: Vec<String> = args
-            .compare
-            .iter()
-            .filter(|l| connections <= 20 || l.as_str() != "postfix")
-            .cloned()
-            .collect();
-        rows.extend(run_rounds(args, &load, &compare, label));
+        rows.extend(run_rounds(args, &load, &args.compare, label));
         if crate::stop_requested() {
             break;
         }
@@ -945,6 +1043,62 @@ mod tests {
             line,
             "| 2 KB, 20 connections | 10000 | 25000 | 0.40× (0.40–0.45) | – | – |"
         );
+    }
+
+    #[test]
+    fn loopback_configs_pass_and_each_remote_target_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("admin.token"), "t\n").unwrap();
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let generated = spate_config(
+            dir.path(),
+            addr("127.0.0.1:2525"),
+            addr("127.0.0.1:8025"),
+            addr("127.0.0.1:5353"),
+            addr("127.0.0.1:2526"),
+        );
+        let load = |text: &str| spate::config::load_str("t.toml", text, None).unwrap();
+        ensure_loopback_config(&load(&generated)).unwrap();
+        let cases = [
+            (
+                "address = \"127.0.0.1:2525\"",
+                "address = \"0.0.0.0:2525\"",
+                "listener 0.0.0.0",
+            ),
+            (
+                "listen = \"127.0.0.1:8025\"",
+                "listen = \"10.1.2.3:8025\"",
+                "admin listen 10.1.2.3",
+            ),
+            (
+                "[\"127.0.0.1:5353\"]",
+                "[\"192.0.2.53\"]",
+                "dns nameserver 192.0.2.53",
+            ),
+            (
+                "source_ip = \"127.0.0.1\"",
+                "source_ip = \"192.0.2.9\"",
+                "source_ip 192.0.2.9",
+            ),
+            (
+                "[\"sink.example.test:2526\"]",
+                "[\"[2001:db8::1]:25\"]",
+                "smtp_hosts 2001:db8::1",
+            ),
+            (
+                "nameservers = [\"127.0.0.1:5353\"]",
+                "",
+                "no [dns] nameservers",
+            ),
+        ];
+        for (from, to, named) in cases {
+            assert!(generated.contains(from), "{from}");
+            let text = generated.replace(from, to);
+            let err = ensure_loopback_config(&load(&text))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(named), "{named}: {err}");
+        }
     }
 
     #[test]

@@ -150,6 +150,7 @@ maillog_file_prefixes = {dir}
 smtp_tls_security_level = none
 smtpd_tls_security_level = none
 default_destination_concurrency_limit = 20
+default_process_limit = 250
 smtpd_client_connection_count_limit = 0
 smtpd_client_message_rate_limit = 0
 in_flow_delay = 0s
