@@ -129,6 +129,7 @@ fn bad_values() {
             "[spool]\ncompact_live_ratio = 1.5",
             "spool.compact_live_ratio",
         ),
+        ("[spool]\nzero_fill = \"sometimes\"", "spool.zero_fill"),
         ("[[listener]]\naddress = \"0.0.0.0\"", "listener[0].address"),
         (
             "[[listener]]\naddress = \"127.0.0.1:25\"\nmax_message_size = \"1XB\"",

@@ -272,6 +272,7 @@ relay_domains = ["Example.org"]
 [spool]
 compact_live_ratio = 0.4
 sync = "none"
+zero_fill = "never"
 [runtime]
 shards = 2
 io_driver = "polling"
@@ -318,6 +319,7 @@ rules = [
     let c = load_text(&text).unwrap();
     assert!(c.is_relay_domain("example.org"));
     assert_eq!(c.spool.compact_live_ratio, 0.4);
+    assert_eq!(c.spool.zero_fill, spate::spool::ZeroFill::Never);
     assert!(c.warnings.iter().any(|w| w.key == "spool.sync"));
     assert_eq!(c.runtime.shards, Some(2));
     assert_eq!(c.runtime.io_driver, config::IoDriver::Polling);

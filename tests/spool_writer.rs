@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use spate::spool::record::RECORD_HEADER_BYTES;
 use spate::spool::{
     MessageId, MessageRef, NewMessage, NewRecipient, RecipientState, RecoveredMessage, Ret, Spool,
-    SpoolError, SpoolOptions, SyncMode, recover,
+    SpoolError, SpoolOptions, SyncMode, ZeroFill, recover,
 };
 
 fn rt() -> compio::runtime::Runtime {
@@ -662,6 +662,72 @@ fn prepared_segments_take_over_and_everything_recovers() {
             by_id[&id].message.content(),
             content_for(i, 2000).as_slice()
         );
+    }
+}
+
+/// Preparations by `zero_fill`: `auto` zero-fills while fdatasyncs carry
+/// small batches and only allocates once they carry large ones; `always` and
+/// `never` do as they say. Whatever the fill, every message recovers.
+#[test]
+fn prepared_segments_are_zero_filled_by_the_size_of_what_each_sync_carries() {
+    // (mode, message size, expect zero-filled preparations, allocated ones)
+    let cases = [
+        (ZeroFill::Auto, 2_000, true, false),
+        (ZeroFill::Auto, 100_000, true, true),
+        (ZeroFill::Never, 2_000, false, true),
+        (ZeroFill::Always, 100_000, true, false),
+    ];
+    for (mode, size, zero_filled, allocated) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = options(dir.path(), 256 * 1024);
+        opts.prepare_segments = true;
+        opts.zero_fill = mode;
+        let count = 1_200_000 / size;
+        let (ids, zeros, allocs) = {
+            let rec = recover(&opts, 1).unwrap();
+            rt().block_on(async {
+                let spool = Spool::open(rec.shared.clone(), 0).unwrap();
+                let mut ids = Vec::new();
+                for i in 0..count {
+                    // One at a time: each fdatasync carries one message.
+                    let m = append(&spool, i, size, 1).await;
+                    ids.push((m.id(), i));
+                    if i % (count / 12) == 0 {
+                        // Time for the helper thread to prepare.
+                        compio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                }
+                spool.close().await;
+                let shared = &rec.shared;
+                (
+                    ids,
+                    shared.segments_zero_filled.load(Ordering::Relaxed),
+                    shared.segments_allocated.load(Ordering::Relaxed),
+                )
+            })
+        };
+        let what = format!("{mode:?} at {size} bytes: {zeros} zero-filled, {allocs} allocated");
+        // The first preparation (at open, before any sync) zero-fills under
+        // auto, and at most one more before a large sync is seen.
+        match (zero_filled, allocated) {
+            (true, false) => assert!(zeros >= 2 && allocs == 0, "{what}"),
+            (false, true) => assert!(zeros == 0 && allocs >= 2, "{what}"),
+            _ => assert!((1..=2).contains(&zeros) && allocs >= 2, "{what}"),
+        }
+        let rec = recover(&opts, 1).unwrap();
+        assert!(
+            rec.report.corrupt.is_empty() && rec.report.torn_tails.is_empty(),
+            "{what}: {:?}",
+            rec.report
+        );
+        let by_id = by_id(&rec.messages);
+        assert_eq!(by_id.len(), count, "{what}");
+        for (id, i) in ids {
+            assert_eq!(
+                by_id[&id].message.content(),
+                content_for(i, size).as_slice()
+            );
+        }
     }
 }
 

@@ -178,6 +178,9 @@ impl Config {
         if self.spool.sync != new.spool.sync {
             out.push("spool.sync");
         }
+        if self.spool.zero_fill != new.spool.zero_fill {
+            out.push("spool.zero_fill");
+        }
         if self.runtime != new.runtime {
             out.push("runtime");
         }

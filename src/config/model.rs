@@ -27,6 +27,9 @@ pub struct SpoolConfig {
     /// fraction of its size is compacted: live records are copied forward
     /// and the file is reclaimed. 0.0..=1.0, default 0.25.
     pub compact_live_ratio: f64,
+    /// Whether segments made ahead of need are written full of zeros:
+    /// "auto" (default), "always" or "never".
+    pub zero_fill: crate::spool::ZeroFill,
 }
 
 /// `[spool] sync`

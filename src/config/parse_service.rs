@@ -13,6 +13,7 @@ use super::model::{
 use super::parse::{FileKind, Refs, count, file, name_ref, path_buf, positive_duration, rate};
 use super::values::{self, Rate};
 use super::walk::{Ctx, Table};
+use crate::spool::ZeroFill;
 
 pub(crate) fn default_spool() -> SpoolConfig {
     SpoolConfig {
@@ -20,6 +21,7 @@ pub(crate) fn default_spool() -> SpoolConfig {
         segment_bytes: 64 << 20,
         sync: SpoolSync::Group,
         compact_live_ratio: 0.25,
+        zero_fill: ZeroFill::Auto,
     }
 }
 
@@ -49,6 +51,18 @@ pub(crate) fn parse_spool(ctx: &mut Ctx, t: &mut Table<'_, '_>) -> SpoolConfig {
         compact_live_ratio: t
             .opt(ctx, "compact_live_ratio", |c, it| c.number(it, 0.0, 1.0))
             .unwrap_or(d.compact_live_ratio),
+        zero_fill: t
+            .opt(ctx, "zero_fill", |c, it| {
+                c.choice(
+                    it,
+                    &[
+                        ("auto", ZeroFill::Auto),
+                        ("always", ZeroFill::Always),
+                        ("never", ZeroFill::Never),
+                    ],
+                )
+            })
+            .unwrap_or(d.zero_fill),
     }
 }
 

@@ -378,6 +378,8 @@ pub fn recover(options: &SpoolOptions, shards: u16) -> Result<Recovery, SpoolErr
         sync_latency: Default::default(),
         commit_latency: Default::default(),
         segments_prepared: Default::default(),
+        segments_zero_filled: Default::default(),
+        segments_allocated: Default::default(),
     });
     report.elapsed = started.elapsed();
     Ok(Recovery {

@@ -260,6 +260,10 @@ pub struct SpoolShared {
     pub commit_latency: crate::util::histogram::LatencyHistogram,
     /// Segments made from a prepared (zero-filled) file since start.
     pub segments_prepared: AtomicU64,
+    /// Preparations finished on the helper threads, written full of zeros
+    /// first or only allocated ([`super::ZeroFill`]).
+    pub segments_zero_filled: AtomicU64,
+    pub segments_allocated: AtomicU64,
 }
 
 impl SpoolShared {
@@ -396,19 +400,23 @@ pub(crate) struct PreparedSegment {
     bytes: u64,
 }
 
-/// Makes segment `id`'s file ahead of need: reserve the space,
-/// write it full of zeros (so later overwrites change no extent metadata and
-/// their fdatasyncs are cheap), sync. Blocking; runs on a helper thread.
-/// Zeros read as the end of the records, so the file is valid as it stands.
+/// Makes segment `id`'s file ahead of need: reserve the space and, with
+/// `zeros`, write it full of zeros (so later overwrites change no extent
+/// metadata and their fdatasyncs are cheap, see [`super::ZeroFill`]) and
+/// sync. Blocking; runs on a helper thread. Zeros (written or not) read as
+/// the end of the records, so the file is valid as it stands.
 pub(crate) fn prepare_segment(
     dir: &Path,
     id: SegmentId,
     segment_bytes: u64,
+    zeros: bool,
 ) -> Result<PreparedSegment, SpoolError> {
     let path = dir.join(prepared_file_name(id));
     let _ = std::fs::remove_file(&path);
     let file = create_reserved(&path, segment_bytes, "create prepared segment")?;
-    or_remove(&path, zero_fill(&file, &path, segment_bytes))?;
+    if zeros {
+        or_remove(&path, zero_fill(&file, &path, segment_bytes))?;
+    }
     Ok(PreparedSegment {
         file,
         path,
@@ -514,7 +522,7 @@ mod tests {
                 shard: 7,
                 number: 1,
             };
-            let p = prepare_segment(dir.path(), id, bytes).unwrap();
+            let p = prepare_segment(dir.path(), id, bytes, true).unwrap();
             let data = std::fs::read(&p.path).unwrap();
             assert_eq!(data.len() as u64, bytes);
             assert!(data.iter().all(|&b| b == 0), "non-zero byte in {bytes}");

@@ -69,6 +69,9 @@ pub(crate) struct Inner {
     writing: Cell<bool>,
     /// The outcome of the newest flush; the next one resolves after it.
     last_outcome: RefCell<Option<Rc<Outcome>>>,
+    /// Bytes and fdatasyncs of the flushes since the last preparation
+    /// started: what `ZeroFill::zeros_next` decides by.
+    synced: Cell<(u64, u64)>,
 }
 
 /// Two flushes overlap: the next batch is written and its fdatasync issued
@@ -153,6 +156,8 @@ struct ReadySegment {
     id: SegmentId,
     file: std::fs::File,
     path: std::path::PathBuf,
+    /// Written full of zeros (else only allocated).
+    zeroed: bool,
 }
 
 struct Current {
@@ -166,7 +171,7 @@ struct Current {
     next_file: usize,
     write_pos: u64,
     capacity: u64,
-    /// Made from a prepared (zero-filled) file rather than `fallocate`.
+    /// Made from a zero-filled prepared file (else only allocated).
     zeroed: bool,
 }
 
@@ -249,6 +254,7 @@ impl Spool {
             in_flight: Cell::new(0),
             writing: Cell::new(false),
             last_outcome: RefCell::new(None),
+            synced: Cell::new((0, 0)),
         });
         inner.start_preparing(&mut inner.st.borrow_mut());
         compio::runtime::spawn(flush_loop(inner.clone())).detach();
@@ -581,9 +587,9 @@ impl Inner {
         // one here, and the helper's serves a later rotation.
         poll_prepared(st);
         let prepared = st.prepared.take();
-        let zeroed = prepared.is_some();
+        let zeroed = prepared.as_ref().is_some_and(|p| p.zeroed);
         let (id, made) = match prepared {
-            Some(ReadySegment { id, file, path }) => {
+            Some(ReadySegment { id, file, path, .. }) => {
                 self.shared
                     .segments_prepared
                     .fetch_add(1, Ordering::Relaxed);
@@ -659,14 +665,30 @@ impl Inner {
         let Some(id) = self.next_segment_id() else {
             return;
         };
+        let (synced_bytes, syncs) = self.synced.take();
+        let zeros = opts.zero_fill.zeros_next(synced_bytes, syncs);
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let (dir, shard, bytes) = (opts.path.clone(), self.shard, opts.segment_bytes);
+        let shared = self.shared.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("spate-spool-prep-{shard}"))
             .spawn(move || {
-                let ready = segment::prepare_segment(&dir, id, bytes)
+                let ready = segment::prepare_segment(&dir, id, bytes, zeros)
                     .and_then(|p| segment::install_prepared(&dir, id, p))
-                    .map(|(file, path)| ReadySegment { id, file, path });
+                    .map(|(file, path)| ReadySegment {
+                        id,
+                        file,
+                        path,
+                        zeroed: zeros,
+                    });
+                if ready.is_ok() {
+                    let counter = if zeros {
+                        &shared.segments_zero_filled
+                    } else {
+                        &shared.segments_allocated
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
                 let _ = tx.send(ready);
             });
         match spawned {
@@ -703,10 +725,11 @@ impl Inner {
             .as_ref()
             .is_some_and(|c| c.write_pos + first <= c.capacity);
         // A shard starts on a fallocated segment (the first prepared one
-        // is not ready yet); it moves to the prepared one as soon as it is.
+        // is not ready yet); it moves to a zero-filled prepared one as soon
+        // as it is.
         let early = fits && st.current.as_ref().is_some_and(|c| !c.zeroed) && {
             poll_prepared(&mut st);
-            st.prepared.is_some()
+            st.prepared.as_ref().is_some_and(|p| p.zeroed)
         };
         if (!fits || early) && self.in_flight.get() > 0 {
             // Never rotate under a flush still writing to the old segment.
@@ -823,6 +846,10 @@ impl Inner {
             other => other,
         };
         let ok = res.is_ok();
+        if ok {
+            let (bytes, syncs) = self.synced.get();
+            self.synced.set((bytes + written, syncs + 1));
+        }
         self.finish_flush(&seg, pos, written, buf, entries, res);
         self.in_flight.set(self.in_flight.get().saturating_sub(1));
         mine.set(ok);
