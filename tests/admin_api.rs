@@ -185,6 +185,15 @@ fn metrics_parse_as_prometheus_text() {
         assert!(value(name).is_some(), "{name} missing");
     }
     assert!(value("spate_rate_limit_waits_total").is_some());
+    for fill in ["zeros", "allocated"] {
+        assert!(
+            samples
+                .iter()
+                .any(|s| s.name == "spate_spool_segments_prepared_total"
+                    && s.labels == vec![("fill".into(), fill.into())]),
+            "no segments_prepared sample for {fill}"
+        );
+    }
     // Three messages were spooled with sync = "group": at least one fsync
     // was timed, and the +Inf bucket holds every observation.
     let fsyncs = value("spate_spool_fsync_seconds_count").expect("fsync histogram");

@@ -683,7 +683,7 @@ fn prepared_segments_are_zero_filled_by_the_size_of_what_each_sync_carries() {
         opts.prepare_segments = true;
         opts.zero_fill = mode;
         let count = 1_200_000 / size;
-        let (ids, zeros, allocs) = {
+        let (ids, zeros, allocs, used) = {
             let rec = recover(&opts, 1).unwrap();
             rt().block_on(async {
                 let spool = Spool::open(rec.shared.clone(), 0).unwrap();
@@ -703,10 +703,15 @@ fn prepared_segments_are_zero_filled_by_the_size_of_what_each_sync_carries() {
                     ids,
                     shared.segments_zero_filled.load(Ordering::Relaxed),
                     shared.segments_allocated.load(Ordering::Relaxed),
+                    shared.segments_prepared.load(Ordering::Relaxed),
                 )
             })
         };
-        let what = format!("{mode:?} at {size} bytes: {zeros} zero-filled, {allocs} allocated");
+        let what = format!(
+            "{mode:?} at {size} bytes: {zeros} zero-filled, {allocs} allocated, {used} used"
+        );
+        // The prepared segments were taken by rotations, whatever their fill.
+        assert!(used >= 2, "{what}");
         // The first preparation (at open, before any sync) zero-fills under
         // auto, and at most one more before a large sync is seen.
         match (zero_filled, allocated) {

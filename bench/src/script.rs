@@ -327,7 +327,7 @@ mod tests {
     }
 
     #[test]
-    fn throttle_counts_per_ip_and_resets_each_minute() {
+    fn throttle_counts_per_ip_and_forgets_after_a_minute() {
         let script = Script::parse(
             "[[throttle]]\nmessages_per_minute = 2\nreply = \"421 4.7.0 [TSS04] {ip} slow down\"\n",
         )

@@ -423,6 +423,10 @@ fn snapshot(shared: &Shared, queues: Vec<QueueView>) -> MetricsSnapshot {
         queues,
         spool_bytes_used,
         spool_bytes_free,
+        spool_segments_prepared: vec![
+            ("zeros", shared.spool.segments_zero_filled.load(Relaxed)),
+            ("allocated", shared.spool.segments_allocated.load(Relaxed)),
+        ],
         dns: shared.dns.metrics(),
         accounting_written: acct.iter().map(|a| a.written).sum(),
         accounting_dropped: acct.iter().map(|a| a.dropped).sum(),

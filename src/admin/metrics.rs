@@ -38,6 +38,8 @@ pub struct MetricsSnapshot {
     pub queues: Vec<QueueView>,
     pub spool_bytes_used: u64,
     pub spool_bytes_free: Option<u64>,
+    /// Segments made ahead of need, by fill ("zeros" or "allocated").
+    pub spool_segments_prepared: Vec<(&'static str, u64)>,
     pub dns: DnsMetricsSnapshot,
     pub accounting_written: u64,
     pub accounting_dropped: u64,
@@ -247,6 +249,14 @@ pub fn render(s: &MetricsSnapshot) -> String {
             "Bytes available to spate on the spool file system.",
             free,
         );
+    }
+    o.family(
+        "spate_spool_segments_prepared_total",
+        c,
+        "Segments made ahead of need, written full of zeros or only allocated ([spool] zero_fill).",
+    );
+    for (fill, n) in &s.spool_segments_prepared {
+        o.sample("spate_spool_segments_prepared_total", &[("fill", fill)], n);
     }
     o.single(
         "spate_dns_lookups_total",

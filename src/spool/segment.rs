@@ -258,7 +258,8 @@ pub struct SpoolShared {
     /// spool's share of the 250's latency (waiting for a batch, the write,
     /// the fdatasync).
     pub commit_latency: crate::util::histogram::LatencyHistogram,
-    /// Segments made from a prepared (zero-filled) file since start.
+    /// Segments made from a prepared file (zero-filled or allocated) since
+    /// start, rather than on the shard.
     pub segments_prepared: AtomicU64,
     /// Preparations finished on the helper threads, written full of zeros
     /// first or only allocated ([`super::ZeroFill`]).
@@ -392,7 +393,8 @@ pub(crate) fn is_prepared_file_name(name: &str) -> bool {
     name.starts_with("prep-shard-") && name.ends_with(".tmp")
 }
 
-/// A segment file written full of zeros and synced, not yet a segment.
+/// A segment file allocated (and, if asked, written full of zeros and
+/// synced), not yet a segment.
 #[derive(Debug)]
 pub(crate) struct PreparedSegment {
     file: File,

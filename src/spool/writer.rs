@@ -173,6 +173,9 @@ struct Current {
     capacity: u64,
     /// Made from a zero-filled prepared file (else only allocated).
     zeroed: bool,
+    /// Created on the shard (at start, or a preparation was not ready)
+    /// rather than chosen from a prepared file.
+    made_here: bool,
 }
 
 struct Entry {
@@ -583,11 +586,12 @@ impl Inner {
             return Err(SpoolError::DiskFull);
         }
         let opts = &self.shared.options;
-        // A prepared (zero-filled) segment if one is ready; otherwise create
-        // one here, and the helper's serves a later rotation.
+        // A prepared segment if one is ready; otherwise create one here,
+        // and the helper's serves a later rotation.
         poll_prepared(st);
         let prepared = st.prepared.take();
         let zeroed = prepared.as_ref().is_some_and(|p| p.zeroed);
+        let made_here = prepared.is_none();
         let (id, made) = match prepared {
             Some(ReadySegment { id, file, path, .. }) => {
                 self.shared
@@ -628,6 +632,7 @@ impl Inner {
                     write_pos: SEGMENT_HEADER_BYTES as u64,
                     capacity: opts.segment_bytes,
                     zeroed,
+                    made_here,
                 });
                 st.disk_full_until = None;
                 self.start_preparing(st);
@@ -724,13 +729,19 @@ impl Inner {
             .current
             .as_ref()
             .is_some_and(|c| c.write_pos + first <= c.capacity);
-        // A shard starts on a fallocated segment (the first prepared one
-        // is not ready yet); it moves to a zero-filled prepared one as soon
-        // as it is.
-        let early = fits && st.current.as_ref().is_some_and(|c| !c.zeroed) && {
-            poll_prepared(&mut st);
-            st.prepared.as_ref().is_some_and(|p| p.zeroed)
-        };
+        // A shard starts on a segment it fallocated itself (the first
+        // prepared one is not ready yet), as it does when a preparation was
+        // late; it moves to a zero-filled prepared one as soon as it is. An
+        // allocated prepared segment was chosen (ZeroFill) and is kept.
+        let early = fits
+            && st
+                .current
+                .as_ref()
+                .is_some_and(|c| c.made_here && !c.zeroed)
+            && {
+                poll_prepared(&mut st);
+                st.prepared.as_ref().is_some_and(|p| p.zeroed)
+            };
         if (!fits || early) && self.in_flight.get() > 0 {
             // Never rotate under a flush still writing to the old segment.
             return Some(None);

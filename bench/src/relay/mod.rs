@@ -364,8 +364,8 @@ ehlo = "spate.bench.test"
 max_smtp_out = 20
 starttls = "off"
 
-# By name: spate resolves it with the test DNS server above ({SINK_NAME} A
-# 127.0.0.1), as it would resolve a real MX host.
+# By name: spate resolves it with the test DNS server above (whose zone holds
+# {SINK_NAME} with the sink's address), as it would resolve a real MX host.
 [domain."example.test"]
 smtp_hosts = ["{SINK_NAME}:{sink_port}"]
 "#,
@@ -380,11 +380,15 @@ smtp_hosts = ["{SINK_NAME}:{sink_port}"]
 pub const SINK_NAME: &str = "sink.example.test";
 
 /// Refuses a configuration that could send traffic off loopback: every
-/// listener, the admin API, vMTA source IPs, `smtp_hosts` IPs and DNS
-/// servers must be loopback, and DNS servers must be given (the system
-/// resolver would ask the real DNS). Host names in `smtp_hosts` are then
-/// resolved by a loopback server. Every problem is listed.
-pub fn ensure_loopback_config(config: &spate::config::Config) -> anyhow::Result<()> {
+/// listener, the admin API, vMTA source IPs and `smtp_hosts` IPs must be
+/// loopback, and the DNS servers must be given and each be `test_dns` (the
+/// leg's own server; a loopback resolver such as systemd-resolved's would
+/// forward to the real DNS, and so would the system resolver). Host names
+/// are then answered from the test zone only. Every problem is listed.
+pub fn ensure_loopback_config(
+    config: &spate::config::Config,
+    test_dns: SocketAddr,
+) -> anyhow::Result<()> {
     let mut problems = Vec::new();
     let mut check = |what: String, ip: std::net::IpAddr| {
         if !ip.is_loopback() {
@@ -395,9 +399,6 @@ pub fn ensure_loopback_config(config: &spate::config::Config) -> anyhow::Result<
         check("listener".into(), l.address.ip());
     }
     check("admin listen".into(), config.admin.listen.ip());
-    for ns in &config.dns.nameservers {
-        check("dns nameserver".into(), ns.ip());
-    }
     for v in config.vmtas.values() {
         check(format!("vmta.{} source_ip", v.name), v.source_ip);
     }
@@ -415,6 +416,13 @@ pub fn ensure_loopback_config(config: &spate::config::Config) -> anyhow::Result<
             if let Some(ip) = host.ip {
                 check(format!("{table} smtp_hosts"), ip);
             }
+        }
+    }
+    for ns in &config.dns.nameservers {
+        if *ns != test_dns {
+            problems.push(format!(
+                "dns nameserver {ns} is not the relay's test server {test_dns} (use \"{{dns}}\")"
+            ));
         }
     }
     if config.dns.nameservers.is_empty() {
@@ -475,7 +483,7 @@ pub fn run_spate(
         let parsed = spate::config::load(Some(&config_path))
             .map_err(|e| anyhow::anyhow!("the --config template, filled in: {e}"))?;
         if !allow_remote {
-            ensure_loopback_config(&parsed)?;
+            ensure_loopback_config(&parsed, dns.addr)?;
         }
     }
     let log = dir.path().join("spate.log");
@@ -1058,7 +1066,8 @@ mod tests {
             addr("127.0.0.1:2526"),
         );
         let load = |text: &str| spate::config::load_str("t.toml", text, None).unwrap();
-        ensure_loopback_config(&load(&generated)).unwrap();
+        let dns = addr("127.0.0.1:5353");
+        ensure_loopback_config(&load(&generated), dns).unwrap();
         let cases = [
             (
                 "address = \"127.0.0.1:2525\"",
@@ -1073,7 +1082,12 @@ mod tests {
             (
                 "[\"127.0.0.1:5353\"]",
                 "[\"192.0.2.53\"]",
-                "dns nameserver 192.0.2.53",
+                "dns nameserver 192.0.2.53:53",
+            ),
+            (
+                "[\"127.0.0.1:5353\"]",
+                "[\"127.0.0.53\"]",
+                "dns nameserver 127.0.0.53:53 is not the relay's test server 127.0.0.1:5353",
             ),
             (
                 "source_ip = \"127.0.0.1\"",
@@ -1094,7 +1108,7 @@ mod tests {
         for (from, to, named) in cases {
             assert!(generated.contains(from), "{from}");
             let text = generated.replace(from, to);
-            let err = ensure_loopback_config(&load(&text))
+            let err = ensure_loopback_config(&load(&text), dns)
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(named), "{named}: {err}");

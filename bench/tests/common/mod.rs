@@ -12,8 +12,9 @@ pub fn spate_bin() -> std::path::PathBuf {
         .status()
         .expect("run cargo build");
     assert!(status.success(), "cargo build -p spate failed");
+    // A relative CARGO_TARGET_DIR is relative to where cargo ran: `root`.
     let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
+        .map(|d| root.join(d))
         .unwrap_or_else(|| root.join("target"));
     target.join("debug/spate")
 }
