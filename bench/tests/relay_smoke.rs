@@ -3,7 +3,7 @@
 mod common;
 use common::spate_bin;
 
-use spate_bench::relay::{Load, run_raw, run_spate};
+use spate_bench::relay::{Load, SpateLeg, run_raw, run_spate};
 
 fn small_load() -> Load {
     Load {
@@ -30,7 +30,7 @@ fn raw_leg_delivers_everything() {
 #[test]
 fn spate_leg_delivers_everything() {
     let bin = spate_bin();
-    let r = run_spate(&small_load(), &bin, None, false, false).unwrap();
+    let r = run_spate(&small_load(), &SpateLeg::new(&bin)).unwrap();
     assert_eq!(r.error, None);
     assert_eq!(r.delivered, 300);
     assert!(r.cpu_s.is_some() && r.peak_rss_kib.is_some());
@@ -69,7 +69,11 @@ fn a_template_reaching_beyond_loopback_is_refused() {
     assert_ne!(remote, template);
     let path = dir.path().join("remote.toml");
     std::fs::write(&path, &remote).unwrap();
-    let err = run_spate(&small_load(), &bin, Some(&path), false, false).unwrap_err();
+    let leg = SpateLeg {
+        config: Some(&path),
+        ..SpateLeg::new(&bin)
+    };
+    let err = run_spate(&small_load(), &leg).unwrap_err();
     let text = format!("{err:#}");
     assert!(text.contains("beyond loopback"), "{text}");
     assert!(text.contains("192.0.2.7"), "{text}");
@@ -79,24 +83,37 @@ fn a_template_reaching_beyond_loopback_is_refused() {
 #[test]
 fn spate_leg_with_delivery_paused_measures_injection_only() {
     let bin = spate_bin();
-    let r = run_spate(&small_load(), &bin, None, true, false).unwrap();
+    // In a directory of our choosing (--work-dir), removed after the run.
+    let work = tempfile::tempdir().unwrap();
+    let leg = SpateLeg {
+        pause_delivery: true,
+        work_dir: Some(work.path()),
+        ..SpateLeg::new(&bin)
+    };
+    let r = run_spate(&small_load(), &leg).unwrap();
     assert_eq!(r.error, None);
     assert_eq!(r.injected_ok, 300);
     assert_eq!(r.delivered, 0, "a paused spate delivered");
     assert!(r.injection_msgs_per_s > 0.0);
     assert_eq!(r.ack_latency.count, 300);
+    // The run directory was made there, and removed after the run.
+    assert_eq!(std::fs::read_dir(work.path()).unwrap().count(), 0);
+    let nowhere = work.path().join("missing");
+    let leg = SpateLeg {
+        work_dir: Some(&nowhere),
+        ..SpateLeg::new(&bin)
+    };
+    let err = run_spate(&small_load(), &leg).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("making a run directory in"),
+        "{err:#}"
+    );
 }
 
 #[test]
 fn spate_leg_fails_clearly_when_the_binary_is_missing() {
-    let err = run_spate(
-        &small_load(),
-        std::path::Path::new("/nonexistent/spate"),
-        None,
-        false,
-        false,
-    )
-    .unwrap_err();
+    let missing = std::path::Path::new("/nonexistent/spate");
+    let err = run_spate(&small_load(), &SpateLeg::new(missing)).unwrap_err();
     assert!(format!("{err:#}").contains("not found"), "{err:#}");
 }
 

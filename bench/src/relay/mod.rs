@@ -442,19 +442,52 @@ pub fn ensure_loopback_config(
 }
 
 /// The spate leg.
-pub fn run_spate(
-    load: &Load,
-    spate_bin: &Path,
-    config: Option<&Path>,
-    pause_delivery: bool,
-    allow_remote: bool,
-) -> anyhow::Result<LegResult> {
+/// How the spate leg runs spate.
+#[derive(Debug, Clone, Copy)]
+pub struct SpateLeg<'a> {
+    pub bin: &'a Path,
+    /// A configuration template (see [`RelayArgs::config`]).
+    pub config: Option<&'a Path>,
+    pub pause_delivery: bool,
+    pub allow_remote: bool,
+    /// Where the run's directory (spool, configuration, log) is made: the
+    /// file system whose disk is measured. None: the system temp dir.
+    pub work_dir: Option<&'a Path>,
+}
+
+impl<'a> SpateLeg<'a> {
+    /// The generated configuration, delivery on, in the system temp dir.
+    pub fn new(bin: &'a Path) -> Self {
+        SpateLeg {
+            bin,
+            config: None,
+            pause_delivery: false,
+            allow_remote: false,
+            work_dir: None,
+        }
+    }
+}
+
+pub fn run_spate(load: &Load, leg: &SpateLeg<'_>) -> anyhow::Result<LegResult> {
+    let SpateLeg {
+        bin: spate_bin,
+        config,
+        pause_delivery,
+        allow_remote,
+        work_dir,
+    } = *leg;
     anyhow::ensure!(
         spate_bin.exists(),
         "spate binary {} not found (cargo build --release -p spate)",
         spate_bin.display()
     );
-    let dir = tempfile::tempdir()?;
+    let dir = match work_dir {
+        Some(d) => tempfile::Builder::new()
+            .prefix("spate-bench-relay")
+            .tempdir_in(d)
+            .with_context(|| format!("making a run directory in {}", d.display()))?,
+        None => tempfile::tempdir()?,
+    };
     let sink = start_sink()?;
     let sink_addr = *sink.addrs.first().context("sink has no address")?;
     let address_type = if sink_addr.is_ipv4() { "A" } else { "AAAA" };
@@ -597,6 +630,11 @@ pub struct RelayArgs {
     /// -p spate) when it is missing and this is spate's workspace.
     #[arg(long, default_value = DEFAULT_SPATE_BIN)]
     pub spate_bin: PathBuf,
+    /// Make spate's run directory (spool, configuration, log) in this
+    /// directory instead of the system temp dir: to measure the disk and
+    /// file system spate will run on.
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
     /// Where the rows go as JSON (every leg and round).
     #[arg(long, default_value = "spate-bench-relay.json")]
     pub json_out: PathBuf,
@@ -891,10 +929,13 @@ fn run_rounds(args: &RelayArgs, load: &Load, compare: &[String], label: &str) ->
             these.push(
                 run_spate(
                     load,
-                    &args.spate_bin,
-                    args.config.as_deref(),
-                    args.pause_delivery,
-                    args.allow_remote,
+                    &SpateLeg {
+                        bin: &args.spate_bin,
+                        config: args.config.as_deref(),
+                        pause_delivery: args.pause_delivery,
+                        allow_remote: args.allow_remote,
+                        work_dir: args.work_dir.as_deref(),
+                    },
                 )
                 .unwrap_or_else(|e| failed("spate", e)),
             );
