@@ -673,16 +673,16 @@ fn prepared_segments_are_zero_filled_by_the_size_of_what_each_sync_carries() {
     // (mode, message size, expect zero-filled preparations, allocated ones)
     let cases = [
         (ZeroFill::Auto, 2_000, true, false),
-        (ZeroFill::Auto, 100_000, true, true),
+        (ZeroFill::Auto, 300_000, true, true),
         (ZeroFill::Never, 2_000, false, true),
-        (ZeroFill::Always, 100_000, true, false),
+        (ZeroFill::Always, 300_000, true, false),
     ];
     for (mode, size, zero_filled, allocated) in cases {
         let dir = tempfile::tempdir().unwrap();
-        let mut opts = options(dir.path(), 256 * 1024);
+        let mut opts = options(dir.path(), 1024 * 1024);
         opts.prepare_segments = true;
         opts.zero_fill = mode;
-        let count = 1_200_000 / size;
+        let count = 4_000_000 / size;
         let (ids, zeros, allocs, used) = {
             let rec = recover(&opts, 1).unwrap();
             rt().block_on(async {

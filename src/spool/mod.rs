@@ -119,9 +119,12 @@ pub enum ZeroFill {
     Never,
 }
 
-/// See [`ZeroFill::Auto`]: measured per-sync payloads were ~7 KB at 2 KB
-/// messages (zeros pay) and 0.36–1.5 MB at 100 KB (they do not).
-pub const ZERO_FILL_AUTO_BYTES_PER_SYNC: u64 = 64 << 10;
+/// See [`ZeroFill::Auto`]. Measured on a journaled ext4 at 20 connections
+/// (`bench/results/2026-11-28e-relay.md`): zeros paid at ~7 KB per sync
+/// (2 KB messages, +50%) and ~70 KB (20 KB messages, +45%), broke even at
+/// ~180 KB (50 KB messages) and lost at ~360 KB (100 KB messages, −15%).
+/// Without a journal they never paid much and lost at 100 KB.
+pub const ZERO_FILL_AUTO_BYTES_PER_SYNC: u64 = 128 << 10;
 
 impl ZeroFill {
     /// Whether the next prepared segment gets zeros, after `syncs`
