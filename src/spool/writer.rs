@@ -36,7 +36,10 @@ use super::record::{
     StateRecord,
 };
 use super::segment::{self, MessageRef, SegmentShared, SpoolShared};
-use super::{MessageId, PENDING_BYTES_MAX, SegmentId, SpoolError, SyncMode};
+use super::{
+    MessageId, PENDING_BYTES_MAX, SegmentId, SpoolError, SyncMode, ZERO_FILL_AUTO_FIRST_SYNCS,
+    ZeroFill,
+};
 
 /// One shard's spool handle. `!Send`: it lives on its shard. Cloning is cheap
 /// (every session on the shard may hold one).
@@ -72,6 +75,10 @@ pub(crate) struct Inner {
     /// Bytes and fdatasyncs of the flushes since the last preparation
     /// started: what `ZeroFill::zeros_next` decides by.
     synced: Cell<(u64, u64)>,
+    /// Under `ZeroFill::Auto`, no preparation decided yet.
+    auto_undecided: Cell<bool>,
+    /// A preparation waits for [`ZERO_FILL_AUTO_FIRST_SYNCS`] fdatasyncs.
+    prepare_deferred: Cell<bool>,
 }
 
 /// Two flushes overlap: the next batch is written and its fdatasync issued
@@ -235,6 +242,7 @@ impl Spool {
             .into_iter()
             .filter(|s| s.is_sealed() && s.id.shard % shared.shards == shard)
             .collect();
+        let auto_zero_fill = shared.options.zero_fill == ZeroFill::Auto;
         let inner = Rc::new(Inner {
             shared,
             shard,
@@ -258,6 +266,8 @@ impl Spool {
             writing: Cell::new(false),
             last_outcome: RefCell::new(None),
             synced: Cell::new((0, 0)),
+            auto_undecided: Cell::new(auto_zero_fill),
+            prepare_deferred: Cell::new(false),
         });
         inner.start_preparing(&mut inner.st.borrow_mut());
         compio::runtime::spawn(flush_loop(inner.clone())).detach();
@@ -667,6 +677,15 @@ impl Inner {
         if !opts.prepare_segments || st.preparing.is_some() || st.prepared.is_some() || st.closing {
             return;
         }
+        if self.auto_undecided.get() {
+            if self.synced.get().1 < ZERO_FILL_AUTO_FIRST_SYNCS {
+                // run_flush calls again once there are figures to decide by.
+                self.prepare_deferred.set(true);
+                return;
+            }
+            self.auto_undecided.set(false);
+        }
+        self.prepare_deferred.set(false);
         let Some(id) = self.next_segment_id() else {
             return;
         };
@@ -860,6 +879,9 @@ impl Inner {
         if ok {
             let (bytes, syncs) = self.synced.get();
             self.synced.set((bytes + written, syncs + 1));
+            if self.prepare_deferred.get() && syncs + 1 >= ZERO_FILL_AUTO_FIRST_SYNCS {
+                self.start_preparing(&mut self.st.borrow_mut());
+            }
         }
         self.finish_flush(&seg, pos, written, buf, entries, res);
         self.in_flight.set(self.in_flight.get().saturating_sub(1));
