@@ -75,10 +75,9 @@ pub(crate) struct Inner {
     /// Bytes and fdatasyncs of the flushes since the last preparation
     /// started: what `ZeroFill::zeros_next` decides by.
     synced: Cell<(u64, u64)>,
-    /// Under `ZeroFill::Auto`, no preparation decided yet.
+    /// Under `ZeroFill::Auto` (with preparation on), no preparation decided
+    /// yet: the first waits for [`ZERO_FILL_AUTO_FIRST_SYNCS`] fdatasyncs.
     auto_undecided: Cell<bool>,
-    /// A preparation waits for [`ZERO_FILL_AUTO_FIRST_SYNCS`] fdatasyncs.
-    prepare_deferred: Cell<bool>,
 }
 
 /// Two flushes overlap: the next batch is written and its fdatasync issued
@@ -178,10 +177,8 @@ struct Current {
     next_file: usize,
     write_pos: u64,
     capacity: u64,
-    /// Made from a zero-filled prepared file (else only allocated).
-    zeroed: bool,
-    /// Created on the shard (at start, or a preparation was not ready)
-    /// rather than chosen from a prepared file.
+    /// Created (fallocated) on the shard, at start or because a
+    /// preparation was not ready, rather than chosen from a prepared file.
     made_here: bool,
 }
 
@@ -242,7 +239,8 @@ impl Spool {
             .into_iter()
             .filter(|s| s.is_sealed() && s.id.shard % shared.shards == shard)
             .collect();
-        let auto_zero_fill = shared.options.zero_fill == ZeroFill::Auto;
+        let auto_undecided =
+            shared.options.prepare_segments && shared.options.zero_fill == ZeroFill::Auto;
         let inner = Rc::new(Inner {
             shared,
             shard,
@@ -266,8 +264,7 @@ impl Spool {
             writing: Cell::new(false),
             last_outcome: RefCell::new(None),
             synced: Cell::new((0, 0)),
-            auto_undecided: Cell::new(auto_zero_fill),
-            prepare_deferred: Cell::new(false),
+            auto_undecided: Cell::new(auto_undecided),
         });
         inner.start_preparing(&mut inner.st.borrow_mut());
         compio::runtime::spawn(flush_loop(inner.clone())).detach();
@@ -600,7 +597,6 @@ impl Inner {
         // and the helper's serves a later rotation.
         poll_prepared(st);
         let prepared = st.prepared.take();
-        let zeroed = prepared.as_ref().is_some_and(|p| p.zeroed);
         let made_here = prepared.is_none();
         let (id, made) = match prepared {
             Some(ReadySegment { id, file, path, .. }) => {
@@ -641,7 +637,6 @@ impl Inner {
                     next_file: 0,
                     write_pos: SEGMENT_HEADER_BYTES as u64,
                     capacity: opts.segment_bytes,
-                    zeroed,
                     made_here,
                 });
                 st.disk_full_until = None;
@@ -680,12 +675,10 @@ impl Inner {
         if self.auto_undecided.get() {
             if self.synced.get().1 < ZERO_FILL_AUTO_FIRST_SYNCS {
                 // run_flush calls again once there are figures to decide by.
-                self.prepare_deferred.set(true);
                 return;
             }
             self.auto_undecided.set(false);
         }
-        self.prepare_deferred.set(false);
         let Some(id) = self.next_segment_id() else {
             return;
         };
@@ -752,15 +745,10 @@ impl Inner {
         // prepared one is not ready yet), as it does when a preparation was
         // late; it moves to a zero-filled prepared one as soon as it is. An
         // allocated prepared segment was chosen (ZeroFill) and is kept.
-        let early = fits
-            && st
-                .current
-                .as_ref()
-                .is_some_and(|c| c.made_here && !c.zeroed)
-            && {
-                poll_prepared(&mut st);
-                st.prepared.as_ref().is_some_and(|p| p.zeroed)
-            };
+        let early = fits && st.current.as_ref().is_some_and(|c| c.made_here) && {
+            poll_prepared(&mut st);
+            st.prepared.as_ref().is_some_and(|p| p.zeroed)
+        };
         if (!fits || early) && self.in_flight.get() > 0 {
             // Never rotate under a flush still writing to the old segment.
             return Some(None);
@@ -879,7 +867,7 @@ impl Inner {
         if ok {
             let (bytes, syncs) = self.synced.get();
             self.synced.set((bytes + written, syncs + 1));
-            if self.prepare_deferred.get() && syncs + 1 >= ZERO_FILL_AUTO_FIRST_SYNCS {
+            if self.auto_undecided.get() && syncs + 1 >= ZERO_FILL_AUTO_FIRST_SYNCS {
                 self.start_preparing(&mut self.st.borrow_mut());
             }
         }

@@ -441,7 +441,6 @@ pub fn ensure_loopback_config(
     }
 }
 
-/// The spate leg.
 /// How the spate leg runs spate.
 #[derive(Debug, Clone, Copy)]
 pub struct SpateLeg<'a> {
@@ -468,6 +467,7 @@ impl<'a> SpateLeg<'a> {
     }
 }
 
+/// The spate leg.
 pub fn run_spate(load: &Load, leg: &SpateLeg<'_>) -> anyhow::Result<LegResult> {
     let SpateLeg {
         bin: spate_bin,
@@ -481,13 +481,11 @@ pub fn run_spate(load: &Load, leg: &SpateLeg<'_>) -> anyhow::Result<LegResult> {
         "spate binary {} not found (cargo build --release -p spate)",
         spate_bin.display()
     );
-    let dir = match work_dir {
-        Some(d) => tempfile::Builder::new()
-            .prefix("spate-bench-relay")
-            .tempdir_in(d)
-            .with_context(|| format!("making a run directory in {}", d.display()))?,
-        None => tempfile::tempdir()?,
-    };
+    let parent = work_dir.map_or_else(std::env::temp_dir, Path::to_path_buf);
+    let dir = tempfile::Builder::new()
+        .prefix("spate-bench-relay")
+        .tempdir_in(&parent)
+        .with_context(|| format!("making a run directory in {}", parent.display()))?;
     let sink = start_sink()?;
     let sink_addr = *sink.addrs.first().context("sink has no address")?;
     let address_type = if sink_addr.is_ipv4() { "A" } else { "AAAA" };
@@ -844,7 +842,6 @@ pub fn print_summary(rows: &[LegResult], rounds: u32) {
     }
 }
 
-/// Runs `spate-bench relay`.
 /// Where `cargo build --release` puts spate, from the workspace root.
 pub const DEFAULT_SPATE_BIN: &str = "target/release/spate";
 
@@ -866,6 +863,7 @@ fn build_spate_if_missing(bin: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs `spate-bench relay`.
 pub fn run(args: RelayArgs) -> anyhow::Result<()> {
     crate::install_signal_watch()?;
     if !args.no_spate {
