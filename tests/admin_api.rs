@@ -185,7 +185,7 @@ fn metrics_parse_as_prometheus_text() {
         assert!(value(name).is_some(), "{name} missing");
     }
     assert!(value("spate_rate_limit_waits_total").is_some());
-    for fill in ["zeros", "allocated"] {
+    for fill in ["zeros", "allocated", "recycled"] {
         assert!(
             samples
                 .iter()

@@ -54,6 +54,10 @@ fn wrong_types() {
     let cases: &[(&str, &str)] = &[
         ("hostname = 5", "hostname"),
         ("[spool]\nsegment_size = true", "spool.segment_size"),
+        (
+            "[spool]\nrecycle_segments = \"yes\"",
+            "spool.recycle_segments",
+        ),
         ("[runtime]\npin_cores = \"yes\"", "runtime.pin_cores"),
         ("[runtime]\nshards = \"many\"", "runtime.shards"),
         ("[dns]\nnameservers = \"127.0.0.1\"", "dns.nameservers"),

@@ -273,6 +273,7 @@ relay_domains = ["Example.org"]
 compact_live_ratio = 0.4
 sync = "none"
 zero_fill = "never"
+recycle_segments = false
 [runtime]
 shards = 2
 io_driver = "polling"
@@ -320,6 +321,7 @@ rules = [
     assert!(c.is_relay_domain("example.org"));
     assert_eq!(c.spool.compact_live_ratio, 0.4);
     assert_eq!(c.spool.zero_fill, spate::spool::ZeroFill::Never);
+    assert!(!c.spool.recycle_segments);
     assert!(c.warnings.iter().any(|w| w.key == "spool.sync"));
     assert_eq!(c.runtime.shards, Some(2));
     assert_eq!(c.runtime.io_driver, config::IoDriver::Polling);

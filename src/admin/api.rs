@@ -426,6 +426,7 @@ fn snapshot(shared: &Shared, queues: Vec<QueueView>) -> MetricsSnapshot {
         spool_segments_prepared: vec![
             ("zeros", shared.spool.segments_zero_filled.load(Relaxed)),
             ("allocated", shared.spool.segments_allocated.load(Relaxed)),
+            ("recycled", shared.spool.segments_recycled.load(Relaxed)),
         ],
         dns: shared.dns.metrics(),
         accounting_written: acct.iter().map(|a| a.written).sum(),

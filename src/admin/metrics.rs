@@ -253,7 +253,7 @@ pub fn render(s: &MetricsSnapshot) -> String {
     o.family(
         "spate_spool_segments_prepared_total",
         c,
-        "Segments made ahead of need, written full of zeros or only allocated ([spool] zero_fill).",
+        "Segments made ahead of need: from a finished segment's file ([spool] recycle_segments), or new and written full of zeros or only allocated ([spool] zero_fill).",
     );
     for (fill, n) in &s.spool_segments_prepared {
         o.sample("spate_spool_segments_prepared_total", &[("fill", fill)], n);

@@ -181,6 +181,9 @@ impl Config {
         if self.spool.zero_fill != new.spool.zero_fill {
             out.push("spool.zero_fill");
         }
+        if self.spool.recycle_segments != new.spool.recycle_segments {
+            out.push("spool.recycle_segments");
+        }
         if self.runtime != new.runtime {
             out.push("runtime");
         }

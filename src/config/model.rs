@@ -30,6 +30,8 @@ pub struct SpoolConfig {
     /// Whether segments made ahead of need are written full of zeros:
     /// "auto" (default), "always" or "never".
     pub zero_fill: crate::spool::ZeroFill,
+    /// Reuse the files of finished segments for new ones (default true).
+    pub recycle_segments: bool,
 }
 
 /// `[spool] sync`

@@ -22,6 +22,7 @@ pub(crate) fn default_spool() -> SpoolConfig {
         sync: SpoolSync::Group,
         compact_live_ratio: 0.25,
         zero_fill: ZeroFill::Auto,
+        recycle_segments: true,
     }
 }
 
@@ -63,6 +64,9 @@ pub(crate) fn parse_spool(ctx: &mut Ctx, t: &mut Table<'_, '_>) -> SpoolConfig {
                 )
             })
             .unwrap_or(d.zero_fill),
+        recycle_segments: t
+            .opt(ctx, "recycle_segments", |c, it| c.bool(it))
+            .unwrap_or(d.recycle_segments),
     }
 }
 

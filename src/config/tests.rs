@@ -174,13 +174,14 @@ fn restart_required_lists_only_fixed_settings() {
             .unwrap();
     let same = load_text("[[listener]]\naddress = \"127.0.0.1:25\"\nmax_connections = 5\n[domain.\"*\"]\nmax_smtp_out = 9\n").unwrap();
     assert!(old.restart_required(&same).is_empty());
-    let moved = load_text("[[listener]]\naddress = \"127.0.0.1:26\"\n[spool]\nsync = \"none\"\nzero_fill = \"always\"\n[runtime]\nshards = 1\n").unwrap();
+    let moved = load_text("[[listener]]\naddress = \"127.0.0.1:26\"\n[spool]\nsync = \"none\"\nzero_fill = \"always\"\nrecycle_segments = false\n[runtime]\nshards = 1\n").unwrap();
     assert_eq!(
         old.restart_required(&moved),
         [
             "listener.address",
             "spool.sync",
             "spool.zero_fill",
+            "spool.recycle_segments",
             "runtime"
         ]
     );

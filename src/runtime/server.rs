@@ -100,6 +100,7 @@ fn spool_options(config: &Config) -> SpoolOptions {
     };
     o.compact_live_fraction = config.spool.compact_live_ratio.clamp(0.01, 0.99);
     o.zero_fill = config.spool.zero_fill;
+    o.recycle_segments = config.spool.recycle_segments;
     o
 }
 

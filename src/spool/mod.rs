@@ -95,6 +95,11 @@ pub struct SpoolOptions {
     pub prepare_segments: bool,
     /// Whether a prepared segment is written full of zeros first.
     pub zero_fill: ZeroFill,
+    /// Keep the files of finished segments (up to
+    /// [`segment::FREE_SEGMENTS_PER_SHARD`] per shard) and make the next
+    /// prepared segments from them rather than from new files (see
+    /// `record.rs`, "Generations").
+    pub recycle_segments: bool,
 }
 
 /// Whether prepared segments are written full of zeros (`[spool] zero_fill`).
@@ -156,6 +161,7 @@ impl SpoolOptions {
             disk_full_retry_ms: DISK_FULL_RETRY_MS_DEFAULT,
             prepare_segments: true,
             zero_fill: ZeroFill::Auto,
+            recycle_segments: true,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Reclamation: deleting this shard's sealed segments once nothing in them is
-//! needed any more.
+//! needed any more (or keeping the file for a later segment: see
+//! `record.rs`, "Generations").
 //!
 //! A sealed segment T is deleted when no message whose newest copy lives in T
 //! has a live recipient. Its state records may still matter, though: a
@@ -23,7 +24,7 @@ use std::sync::atomic::Ordering;
 
 use super::record::{KIND_STATE, RawRecord, decode_state};
 use super::scan::{scan_records, walk_written};
-use super::segment::{SegmentShared, SpoolShared, sync_dir};
+use super::segment::{self, SegmentShared, SpoolShared, sync_dir};
 use super::{SegmentId, Spool, SpoolError};
 
 /// What one [`Spool::reclaim`] pass did.
@@ -61,16 +62,24 @@ impl Spool {
             if seg.live_messages() != 0 || seg.used_bytes() != used_before {
                 continue;
             }
-            // Unlinking and the directory fsync block for a device round
+            // The file goes (unlinked, or renamed to a free file to be
+            // reused), durably, before the segment stops existing for the
+            // other shards' carry-forward. Both block for a device round
             // trip: on a helper thread, not the shard's I/O loop.
-            let (path, dir) = (seg.path.clone(), self.inner.shared.options.path.clone());
-            compio::runtime::spawn_blocking(move || {
-                match std::fs::remove_file(&path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(SpoolError::io("delete segment", &e)),
+            let shared = self.inner.shared.clone();
+            let free = (shared.free_has_room() && !seg.had_corruption.load(Ordering::Relaxed))
+                .then(|| shared.options.path.join(segment::free_file_name(seg.id)));
+            let (path, to) = (seg.path.clone(), free.clone());
+            let free = compio::runtime::spawn_blocking(move || {
+                let renamed = to.filter(|to| std::fs::rename(&path, to).is_ok());
+                if renamed.is_none() {
+                    match std::fs::remove_file(&path) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(SpoolError::io("delete segment", &e)),
+                    }
                 }
-                sync_dir(&dir)
+                sync_dir(&shared.options.path).map(|()| renamed)
             })
             .await
             .unwrap_or_else(|_| Err(SpoolError::Unusable("segment deletion panicked".into())))?;
@@ -83,10 +92,24 @@ impl Spool {
                 .retain(|s| !Arc::ptr_eq(s, &seg));
             report.freed_bytes += seg.used_bytes();
             report.deleted.push(seg.id);
-            // Usually the last handle: dropping it unmaps the segment and
-            // closes the unlinked file, which frees its page cache and blocks
-            // (tens of milliseconds for a full segment), so on a helper thread.
-            compio::runtime::spawn_blocking(move || drop(seg)).detach();
+            // The renamed file is reused only when nothing else holds the
+            // segment (a message handle could still read its map); otherwise
+            // it is unlinked after all. Usually this is the last handle:
+            // dropping it unmaps the segment (and for an unlinked file frees
+            // its page cache and blocks: tens of milliseconds for a full
+            // segment), so on a helper thread.
+            let shared = self.inner.shared.clone();
+            let only = Arc::try_unwrap(seg);
+            compio::runtime::spawn_blocking(move || {
+                let sole = only.is_ok();
+                drop(only);
+                if let Some(free) = free
+                    && !(sole && shared.add_free(free.clone()))
+                {
+                    let _ = std::fs::remove_file(free);
+                }
+            })
+            .detach();
         }
         Ok(report)
     }

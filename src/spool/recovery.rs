@@ -262,6 +262,7 @@ pub fn recover(options: &SpoolOptions, shards: u16) -> Result<Recovery, SpoolErr
     let lock = lock_dir(&options.path)?;
     let mut report = RecoveryReport::default();
     let mut files: Vec<(SegmentId, PathBuf)> = Vec::new();
+    let mut free: Vec<PathBuf> = Vec::new();
     let dir =
         std::fs::read_dir(&options.path).map_err(|e| SpoolError::io("read spool directory", &e))?;
     for entry in dir {
@@ -273,6 +274,19 @@ pub fn recover(options: &SpoolOptions, shards: u16) -> Result<Recovery, SpoolErr
         } else if segment::is_prepared_file_name(name) {
             // A segment being prepared when the last run stopped: never used.
             let _ = std::fs::remove_file(entry.path());
+        } else if segment::is_free_file_name(name) {
+            // A finished segment's file kept for reuse: kept again if it has
+            // this run's segment size and the pool has room.
+            let fits = entry
+                .metadata()
+                .is_ok_and(|m| m.len() == options.segment_bytes);
+            let room = segment::FREE_SEGMENTS_PER_SHARD * usize::from(shards);
+            let reused = options.recycle_segments && options.prepare_segments;
+            if fits && reused && free.len() < room {
+                free.push(entry.path());
+            } else {
+                let _ = std::fs::remove_file(entry.path());
+            }
         }
     }
     files.sort();
@@ -380,6 +394,8 @@ pub fn recover(options: &SpoolOptions, shards: u16) -> Result<Recovery, SpoolErr
         segments_prepared: Default::default(),
         segments_zero_filled: Default::default(),
         segments_allocated: Default::default(),
+        segments_recycled: Default::default(),
+        free: Mutex::new(free),
     });
     report.elapsed = started.elapsed();
     Ok(Recovery {

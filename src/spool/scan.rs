@@ -18,14 +18,21 @@
 //!   beside a running server, an append in progress). Nothing after the valid
 //!   end was ever acknowledged, because a commit covers only a contiguous
 //!   prefix of the segment.
+//! - In a recycled file (generation 1 and up, see `record.rs`) the bytes after
+//!   the end of data are leftovers of the file's earlier uses, not zeros: a
+//!   valid record of another generation is the end of the data, and so is a
+//!   bad region followed by no record of this generation. Such a tail is not
+//!   reported: a torn append cannot be told from the leftovers, and nothing
+//!   in either was acknowledged.
 //! - Corruption that happens to contain a full record with a valid CRC
 //!   (e.g. a message whose body embeds a spool record) can make resync land
 //!   inside that body; CRC32C makes an accidental match negligible.
 
 use super::record::{
     RECORD_ALIGN_BYTES, RECORD_HEADER_BYTES, RECORD_MAGIC, RawRecord, RecordError,
-    SEGMENT_HEADER_BYTES, decode_raw, decode_verified, is_zero_header,
+    SEGMENT_HEADER_BYTES, SegmentHeader, decode_raw, decode_verified, is_zero_header,
 };
+use super::segment::PAGE_BYTES;
 
 /// A region between valid records that failed to decode.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +52,8 @@ pub struct ScanReport {
     /// Offset and cause of non-zero bytes after the last valid record.
     pub torn_tail: Option<(usize, RecordError)>,
     pub records: u64,
+    /// The generation of the segment's file (from its header).
+    pub generation: u16,
 }
 
 /// Calls `visit(offset, record)` for every valid record after the segment
@@ -53,8 +62,10 @@ pub fn scan_records<'a>(
     bytes: &'a [u8],
     mut visit: impl FnMut(usize, RawRecord<'a>),
 ) -> ScanReport {
+    let generation = segment_generation(bytes);
     let mut report = ScanReport {
         valid_end: SEGMENT_HEADER_BYTES.min(bytes.len()),
+        generation,
         ..Default::default()
     };
     let mut pos = SEGMENT_HEADER_BYTES;
@@ -72,6 +83,8 @@ pub fn scan_records<'a>(
             None
         } else {
             match decode_raw(rest) {
+                // A leftover of an earlier use of the file: the end of data.
+                Ok(raw) if raw.generation != generation => break,
                 Ok(raw) => {
                     visit(pos, raw);
                     report.records += 1;
@@ -82,7 +95,10 @@ pub fn scan_records<'a>(
                 Err(e) => Some(e),
             }
         };
-        match resync(bytes, pos + RECORD_ALIGN_BYTES) {
+        let next = resync(bytes, pos + RECORD_ALIGN_BYTES).filter(|&next| {
+            decode_raw(&bytes[next..]).is_ok_and(|raw| raw.generation == generation)
+        });
+        match next {
             Some(next) => {
                 report.corrupt.push(Corruption {
                     offset: pos,
@@ -92,6 +108,7 @@ pub fn scan_records<'a>(
                 });
                 pos = next;
             }
+            None if generation != 0 => break,
             None => {
                 if let Some(e) = error {
                     report.torn_tail = Some((pos, e));
@@ -140,6 +157,19 @@ pub fn walk_written<'a>(
         visit(pos, raw);
     }
     true
+}
+
+/// The generation of the segment whose bytes these are: its header's, or
+/// with a damaged header that of a valid record in the first page (which
+/// installing a segment rewrites, so no leftover lies there), else 0.
+fn segment_generation(bytes: &[u8]) -> u16 {
+    if let Ok(h) = SegmentHeader::decode(bytes) {
+        return h.generation;
+    }
+    (SEGMENT_HEADER_BYTES..bytes.len().min(PAGE_BYTES as usize))
+        .step_by(RECORD_ALIGN_BYTES)
+        .find_map(|p| decode_raw(&bytes[p..]).ok())
+        .map_or(0, |raw| raw.generation)
 }
 
 /// The next aligned offset at or after `from` holding a fully valid record.

@@ -265,6 +265,11 @@ pub struct SpoolShared {
     /// first or only allocated ([`super::ZeroFill`]).
     pub segments_zero_filled: AtomicU64,
     pub segments_allocated: AtomicU64,
+    /// Preparations that reused the file of a finished segment.
+    pub segments_recycled: AtomicU64,
+    /// Files of finished segments kept for reuse (at most
+    /// [`FREE_SEGMENTS_PER_SHARD`] per shard), by path.
+    pub(crate) free: Mutex<Vec<PathBuf>>,
 }
 
 impl SpoolShared {
@@ -302,6 +307,36 @@ impl SpoolShared {
         }
     }
 
+    /// Whether a finished segment's file may be kept for reuse: recycling and
+    /// preparation (which reuses them) are on and the pool has room.
+    pub(crate) fn free_has_room(&self) -> bool {
+        self.options.recycle_segments
+            && self.options.prepare_segments
+            && self
+                .free
+                .lock()
+                .is_ok_and(|f| f.len() < FREE_SEGMENTS_PER_SHARD * usize::from(self.shards))
+    }
+
+    /// Adds a finished segment's file, renamed to its [`free_file_name`] and
+    /// no longer mapped, to the pool. False when the pool is full (the
+    /// caller deletes it).
+    pub(crate) fn add_free(&self, path: PathBuf) -> bool {
+        let Ok(mut free) = self.free.lock() else {
+            return false;
+        };
+        if free.len() >= FREE_SEGMENTS_PER_SHARD * usize::from(self.shards) {
+            return false;
+        }
+        free.push(path);
+        true
+    }
+
+    /// A kept file to reuse, if any.
+    pub(crate) fn take_free(&self) -> Option<PathBuf> {
+        self.free.lock().ok()?.pop()
+    }
+
     pub(crate) fn unregister(&self, id: SegmentId) {
         if let Ok(mut m) = self.segments.lock() {
             m.remove(&id);
@@ -319,7 +354,7 @@ pub(crate) fn create_segment(
 ) -> Result<(File, PathBuf), SpoolError> {
     let path = dir.join(file_name(id));
     let file = create_reserved(&path, segment_bytes, "create segment")?;
-    let headed = write_header(&file, id, segment_bytes).and_then(|()| sync_dir(dir));
+    let headed = write_header(&file, id, 0, segment_bytes).and_then(|()| sync_dir(dir));
     or_remove(&path, headed)?;
     Ok((file, path))
 }
@@ -357,10 +392,16 @@ fn create_reserved(
 }
 
 /// Writes segment `id`'s header at the start of `file`, as a whole first
-/// page (the rest zeros, which the file holds anyway) so that no block is
-/// read back, and syncs the file.
-fn write_header(file: &File, id: SegmentId, segment_bytes: u64) -> Result<(), SpoolError> {
-    let mut page = SegmentHeader { id }.encode().to_vec();
+/// page (the rest zeros, which a new file holds anyway) so that no block is
+/// read back, and syncs the file. In a recycled file this also clears the
+/// first page of leftovers (see `scan::segment_generation`).
+fn write_header(
+    file: &File,
+    id: SegmentId,
+    generation: u16,
+    segment_bytes: u64,
+) -> Result<(), SpoolError> {
+    let mut page = SegmentHeader { id, generation }.encode().to_vec();
     let len = usize::try_from(PAGE_BYTES.min(segment_bytes)).unwrap_or(page.len());
     page.resize(len.max(page.len()), 0);
     file.write_all_at(&page, 0)
@@ -400,6 +441,8 @@ pub(crate) struct PreparedSegment {
     file: File,
     path: PathBuf,
     bytes: u64,
+    /// 0 for a new file; one more than its last use for a recycled one.
+    pub(crate) generation: u16,
 }
 
 /// Makes segment `id`'s file ahead of need: reserve the space and, with
@@ -423,8 +466,62 @@ pub(crate) fn prepare_segment(
         file,
         path,
         bytes: segment_bytes,
+        generation: 0,
     })
 }
+
+/// Makes segment `id`'s file from `free`, a file of a finished segment kept
+/// by [`SpoolShared::add_free`]: renamed to the preparation name, its
+/// generation one more than its header's. Its blocks are written, so nothing
+/// is allocated or zero-filled. `None`, with the file removed, when it is
+/// not a whole segment of `segment_bytes` with a valid header, or has used
+/// up its generations.
+pub(crate) fn recycle_segment(
+    dir: &Path,
+    id: SegmentId,
+    segment_bytes: u64,
+    free: &Path,
+) -> Option<PreparedSegment> {
+    let path = dir.join(prepared_file_name(id));
+    let _ = std::fs::remove_file(&path);
+    let reused = std::fs::rename(free, &path).ok().and_then(|()| {
+        let file = OpenOptions::new().read(true).write(true).open(&path).ok()?;
+        if file.metadata().ok()?.len() != segment_bytes {
+            return None;
+        }
+        let mut header = [0u8; record::SEGMENT_HEADER_BYTES];
+        file.read_exact_at(&mut header, 0).ok()?;
+        let generation = SegmentHeader::decode(&header)
+            .ok()?
+            .generation
+            .checked_add(1)?;
+        Some(PreparedSegment {
+            file,
+            path: path.clone(),
+            bytes: segment_bytes,
+            generation,
+        })
+    });
+    if reused.is_none() {
+        let _ = std::fs::remove_file(free);
+        let _ = std::fs::remove_file(&path);
+    }
+    reused
+}
+
+/// Name of a finished segment's file kept for reuse (`free-3-0000000012.free`:
+/// the segment it was); recovery keeps it as well.
+pub(crate) fn free_file_name(id: SegmentId) -> String {
+    format!("free-{}-{:010}.free", id.shard, id.number)
+}
+
+/// Whether `name` is a file named by [`free_file_name`].
+pub(crate) fn is_free_file_name(name: &str) -> bool {
+    name.starts_with("free-") && name.ends_with(".free")
+}
+
+/// Finished segment files kept for reuse, per shard of the spool.
+pub const FREE_SEGMENTS_PER_SHARD: usize = 2;
 
 /// Writes `segment_bytes` of zeros over `file` (at `path`) and syncs its data.
 ///
@@ -492,9 +589,10 @@ pub(crate) fn install_prepared(
         file,
         path: tmp,
         bytes,
+        generation,
     } = prepared;
     let path = dir.join(file_name(id));
-    or_remove(&tmp, write_header(&file, id, bytes))?;
+    or_remove(&tmp, write_header(&file, id, generation, bytes))?;
     let renamed =
         std::fs::rename(&tmp, &path).map_err(|e| SpoolError::io("rename prepared segment", &e));
     or_remove(&tmp, renamed)?;

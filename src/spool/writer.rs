@@ -153,17 +153,19 @@ pub(crate) struct State {
     flusher_done: bool,
 }
 
-/// A segment made ahead of need on a helper thread: zero-filled, its header
-/// written and synced, renamed to its final name, the directory synced. All
-/// of that blocks for device round trips, so none of it runs on the shard.
-/// Until its first record it reads as an empty segment (recovery keeps it
-/// as one and reclamation deletes it).
+/// A segment made ahead of need on a helper thread (from a finished
+/// segment's file, or allocated and perhaps zero-filled), its header written
+/// and synced, renamed to its final name, the directory synced. All of that
+/// blocks for device round trips, so none of it runs on the shard. Until its
+/// first record it reads as an empty segment (recovery keeps it as one and
+/// reclamation deletes it).
 struct ReadySegment {
     id: SegmentId,
     file: std::fs::File,
     path: std::path::PathBuf,
-    /// Written full of zeros (else only allocated).
-    zeroed: bool,
+    /// Its blocks are written (zero-filled or recycled), else only allocated.
+    written: bool,
+    generation: u16,
 }
 
 struct Current {
@@ -180,6 +182,8 @@ struct Current {
     /// Created (fallocated) on the shard, at start or because a
     /// preparation was not ready, rather than chosen from a prepared file.
     made_here: bool,
+    /// The file's generation, stamped on every record written to it.
+    generation: u16,
 }
 
 struct Entry {
@@ -598,17 +602,24 @@ impl Inner {
         poll_prepared(st);
         let prepared = st.prepared.take();
         let made_here = prepared.is_none();
-        let (id, made) = match prepared {
-            Some(ReadySegment { id, file, path, .. }) => {
+        let (id, generation, made) = match prepared {
+            Some(ReadySegment {
+                id,
+                file,
+                path,
+                generation,
+                ..
+            }) => {
                 self.shared
                     .segments_prepared
                     .fetch_add(1, Ordering::Relaxed);
-                (id, Ok((file, path)))
+                (id, generation, Ok((file, path)))
             }
             None => {
                 let id = self.next_segment_id().ok_or(SpoolError::Closed)?;
                 (
                     id,
+                    0,
                     segment::create_segment(&opts.path, id, opts.segment_bytes),
                 )
             }
@@ -638,6 +649,7 @@ impl Inner {
                     write_pos: SEGMENT_HEADER_BYTES as u64,
                     capacity: opts.segment_bytes,
                     made_here,
+                    generation,
                 });
                 st.disk_full_until = None;
                 self.start_preparing(st);
@@ -690,16 +702,28 @@ impl Inner {
         let spawned = std::thread::Builder::new()
             .name(format!("spate-spool-prep-{shard}"))
             .spawn(move || {
-                let ready = segment::prepare_segment(&dir, id, bytes, zeros)
-                    .and_then(|p| segment::install_prepared(&dir, id, p))
-                    .map(|(file, path)| ReadySegment {
-                        id,
-                        file,
-                        path,
-                        zeroed: zeros,
+                // A finished segment's file if one is kept: written blocks
+                // with nothing to zero-fill.
+                let recycled = shared
+                    .take_free()
+                    .and_then(|free| segment::recycle_segment(&dir, id, bytes, &free));
+                let is_recycled = recycled.is_some();
+                let ready = recycled
+                    .map_or_else(|| segment::prepare_segment(&dir, id, bytes, zeros), Ok)
+                    .and_then(|p| {
+                        let generation = p.generation;
+                        segment::install_prepared(&dir, id, p).map(|(file, path)| ReadySegment {
+                            id,
+                            file,
+                            path,
+                            written: zeros || is_recycled,
+                            generation,
+                        })
                     });
                 if ready.is_ok() {
-                    let counter = if zeros {
+                    let counter = if is_recycled {
+                        &shared.segments_recycled
+                    } else if zeros {
                         &shared.segments_zero_filled
                     } else {
                         &shared.segments_allocated
@@ -743,11 +767,12 @@ impl Inner {
             .is_some_and(|c| c.write_pos + first <= c.capacity);
         // A shard starts on a segment it fallocated itself (the first
         // prepared one is not ready yet), as it does when a preparation was
-        // late; it moves to a zero-filled prepared one as soon as it is. An
-        // allocated prepared segment was chosen (ZeroFill) and is kept.
+        // late; it moves to a prepared one with written blocks (zero-filled
+        // or recycled) as soon as it is. An allocated prepared segment was
+        // chosen (ZeroFill) and is kept.
         let early = fits && st.current.as_ref().is_some_and(|c| c.made_here) && {
             poll_prepared(&mut st);
-            st.prepared.as_ref().is_some_and(|p| p.zeroed)
+            st.prepared.as_ref().is_some_and(|p| p.written)
         };
         if (!fits || early) && self.in_flight.get() > 0 {
             // Never rotate under a flush still writing to the old segment.
@@ -780,6 +805,18 @@ impl Inner {
         st.pending
             .extend_from_slice(buf.get(bytes..).unwrap_or(&[]));
         buf.truncate(bytes);
+        // Records are encoded as generation 0 (carried-forward ones keep
+        // theirs): they take their segment's here. Records of another
+        // generation would read as the end of the data at recovery.
+        if !record::stamp_generation(&mut buf, cur.generation) {
+            tracing::error!(segment = %cur.seg.id, "spool batch does not frame as records");
+            for e in entries {
+                e.slot.resolve(Err(SpoolError::Unusable(
+                    "spool batch does not frame as records".into(),
+                )));
+            }
+            return None;
+        }
         let pos = cur.write_pos;
         cur.write_pos += bytes as u64;
         cur.next_file ^= 1;
