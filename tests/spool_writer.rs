@@ -921,6 +921,17 @@ fn finished_segments_are_recycled_and_their_leftovers_never_recover() {
         } else {
             assert_eq!(recycled, 0, "{what}");
         }
+        // The inspector reads the recycled files' generations (and, like
+        // recovery, none of their leftovers).
+        let inv = spate::spool::inspect::inventory(copy.path()).unwrap();
+        let reused = inv.segments.iter().filter(|s| s.generation > 0).count();
+        assert_eq!(reused > 0, recycle, "{what}: {reused} recycled in the copy");
+        let live = inv
+            .messages
+            .iter()
+            .filter(|m| m.recipients.iter().any(|r| !r.state.is_final()))
+            .count();
+        assert_eq!(live, ids.len(), "{what}");
         for d in [copy.path(), dir.path()] {
             let rec = recover(&options_like(&opts, d), 1).unwrap();
             assert!(

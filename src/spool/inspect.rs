@@ -23,6 +23,8 @@ pub struct SegmentInfo {
     /// End of the last valid record.
     pub valid_end: u64,
     pub records: u64,
+    /// The file's generation: how many segments used it before this one.
+    pub generation: u16,
     pub live_messages: u64,
     pub live_bytes: u64,
     pub header_error: Option<String>,
@@ -147,6 +149,7 @@ pub fn inventory(dir: &Path) -> std::io::Result<Inventory> {
             file_bytes: bytes.len() as u64,
             valid_end: scan.valid_end as u64,
             records: scan.records,
+            generation: scan.generation,
             live_messages: 0,
             live_bytes: 0,
             header_error,

@@ -67,7 +67,10 @@ impl Spool {
             // other shards' carry-forward. Both block for a device round
             // trip: on a helper thread, not the shard's I/O loop.
             let shared = self.inner.shared.clone();
-            let free = (shared.free_has_room() && !seg.had_corruption.load(Ordering::Relaxed))
+            // (Not one that recovery found damaged or cut to its used length.)
+            let reusable = !seg.had_corruption.load(Ordering::Relaxed)
+                && seg.file_len() == shared.options.segment_bytes;
+            let free = (reusable && shared.free_has_room())
                 .then(|| shared.options.path.join(segment::free_file_name(seg.id)));
             let (path, to) = (seg.path.clone(), free.clone());
             let free = compio::runtime::spawn_blocking(move || {

@@ -91,6 +91,11 @@ impl SegmentShared {
         self.map.get(..used).unwrap_or(&self.map)
     }
 
+    /// The file's length when it was mapped.
+    pub fn file_len(&self) -> u64 {
+        self.map.len() as u64
+    }
+
     pub fn live_messages(&self) -> u64 {
         self.live_messages.load(Ordering::Relaxed)
     }

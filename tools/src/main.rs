@@ -237,7 +237,7 @@ fn stats(inv: &Inventory, as_json: bool, out: &mut impl Write) -> anyhow::Result
             .map(|s| {
                 json!({"segment": s.id.to_string(), "file_bytes": s.file_bytes, "used_bytes": s.valid_end,
                        "live_bytes": s.live_bytes, "dead_bytes": s.valid_end.saturating_sub(s.live_bytes),
-                       "records": s.records, "live_messages": s.live_messages})
+                       "records": s.records, "live_messages": s.live_messages, "generation": s.generation})
             })
             .collect();
         let v = json!({"segments": segs, "messages": inv.messages.len(), "live_messages": live_messages,
@@ -247,19 +247,20 @@ fn stats(inv: &Inventory, as_json: bool, out: &mut impl Write) -> anyhow::Result
     }
     writeln!(
         out,
-        "{:<26} {:>12} {:>12} {:>12} {:>9} {:>9}",
-        "SEGMENT", "FILE", "USED", "LIVE", "RECORDS", "LIVE MSG"
+        "{:<26} {:>12} {:>12} {:>12} {:>9} {:>9} {:>5}",
+        "SEGMENT", "FILE", "USED", "LIVE", "RECORDS", "LIVE MSG", "GEN"
     )?;
     for s in &inv.segments {
         writeln!(
             out,
-            "{:<26} {:>12} {:>12} {:>12} {:>9} {:>9}",
+            "{:<26} {:>12} {:>12} {:>12} {:>9} {:>9} {:>5}",
             s.id.to_string(),
             s.file_bytes,
             s.valid_end,
             s.live_bytes,
             s.records,
-            s.live_messages
+            s.live_messages,
+            s.generation
         )?;
     }
     writeln!(
