@@ -4,7 +4,7 @@
 
 use spate::spool::record::{
     self, NewMessage, NewRecipient, RECORD_HEADER_BYTES, RecipientState, RecordError, Ret,
-    SEGMENT_HEADER_BYTES, SegmentHeader, StateRecord,
+    SEGMENT_HEADER_BYTES, SegmentHeader, StateRecord, UseKey,
 };
 use spate::spool::scan::{scan_records, walk_written};
 use spate::spool::{MessageId, SegmentId};
@@ -248,7 +248,7 @@ fn segment_header_round_trip_and_corruption() {
             shard: 3,
             number: 12,
         },
-        generation: 0,
+        key: UseKey::FIRST,
     };
     let bytes = h.encode();
     assert_eq!(SegmentHeader::decode(&bytes).unwrap(), h);
@@ -267,7 +267,7 @@ fn segment_image(n: usize, zeros: usize) -> (Vec<u8>, Vec<usize>) {
             shard: 0,
             number: 1,
         },
-        generation: 0,
+        key: UseKey::FIRST,
     }
     .encode()
     .to_vec();
@@ -359,7 +359,12 @@ fn walk_written_visits_the_same_state_records_as_a_full_scan() {
     });
     assert_eq!(scanned, states);
     let mut walked = Vec::new();
-    assert!(walk_written(&seg, record::KIND_STATE, |off, _| walked.push(off)));
+    assert!(walk_written(
+        &seg,
+        UseKey::FIRST,
+        record::KIND_STATE,
+        |off, _| walked.push(off)
+    ));
     assert_eq!(walked, states);
 
     // A message payload is not read (its CRC was checked when written or
@@ -367,9 +372,12 @@ fn walk_written_visits_the_same_state_records_as_a_full_scan() {
     let mut bad_message = seg.clone();
     bad_message[offsets[2] + RECORD_HEADER_BYTES + 5] ^= 0x01;
     let mut walked = Vec::new();
-    assert!(walk_written(&bad_message, record::KIND_STATE, |off, _| {
-        walked.push(off)
-    }));
+    assert!(walk_written(
+        &bad_message,
+        UseKey::FIRST,
+        record::KIND_STATE,
+        |off, _| { walked.push(off) }
+    ));
     assert_eq!(walked, states);
 
     // A bad state record, bad framing or stray bytes after the last record
@@ -382,7 +390,12 @@ fn walk_written_visits_the_same_state_records_as_a_full_scan() {
     stray.extend_from_slice(&[0u8; RECORD_HEADER_BYTES]);
     for bad in [bad_state, bad_frame, stray] {
         let mut visited = 0;
-        assert!(!walk_written(&bad, record::KIND_STATE, |_, _| visited += 1));
+        assert!(!walk_written(
+            &bad,
+            UseKey::FIRST,
+            record::KIND_STATE,
+            |_, _| visited += 1
+        ));
         assert_eq!(visited, 0);
     }
 }
@@ -476,7 +489,7 @@ fn write_corpus_seeds() {
                     shard: 2,
                     number: 5,
                 },
-                generation: 0,
+                key: UseKey::FIRST,
             }
             .encode()
             .to_vec(),
@@ -506,8 +519,11 @@ fn segment_header_generation_and_version() {
         shard: 1,
         number: 40,
     };
-    for generation in [0u16, 1, 7, u16::MAX] {
-        let h = SegmentHeader { id, generation };
+    for (generation, salt) in [(0u16, 0u32), (1, 5), (7, 0xdead_beef), (u16::MAX, 1)] {
+        let h = SegmentHeader {
+            id,
+            key: UseKey { generation, salt },
+        };
         let bytes = h.encode();
         let version = u16::from_le_bytes([bytes[8], bytes[9]]);
         assert_eq!(version, if generation == 0 { 1 } else { 2 });
@@ -518,19 +534,36 @@ fn segment_header_generation_and_version() {
         b[28..32].copy_from_slice(&crc.to_le_bytes());
         b
     };
-    let mut v1_with_gen = SegmentHeader { id, generation: 0 }.encode();
+    let first = SegmentHeader {
+        id,
+        key: UseKey::FIRST,
+    };
+    let mut v1_with_gen = first.encode();
     v1_with_gen[10] = 3;
     assert!(matches!(
         SegmentHeader::decode(&with_crc(v1_with_gen)),
         Err(RecordError::Malformed(_))
     ));
-    let mut v2_without = SegmentHeader { id, generation: 4 }.encode();
+    let mut v1_with_salt = first.encode();
+    v1_with_salt[25] = 3;
+    assert!(matches!(
+        SegmentHeader::decode(&with_crc(v1_with_salt)),
+        Err(RecordError::Malformed(_))
+    ));
+    let fourth = SegmentHeader {
+        id,
+        key: UseKey {
+            generation: 4,
+            salt: 77,
+        },
+    };
+    let mut v2_without = fourth.encode();
     v2_without[10..12].copy_from_slice(&[0, 0]);
     assert!(matches!(
         SegmentHeader::decode(&with_crc(v2_without)),
         Err(RecordError::Malformed(_))
     ));
-    let mut v3 = SegmentHeader { id, generation: 4 }.encode();
+    let mut v3 = fourth.encode();
     v3[8] = 3;
     assert_eq!(
         SegmentHeader::decode(&with_crc(v3)),
@@ -538,73 +571,134 @@ fn segment_header_generation_and_version() {
     );
 }
 
-/// Stamping sets the generation of every record and keeps each one valid;
-/// stamping back to 0 restores the bytes exactly. Bytes that do not frame as
-/// whole records are refused.
+/// Stamping sets the use of every record and keeps each one valid under its
+/// salt (and only under it); stamping back to a first use restores the bytes
+/// exactly. Bytes that do not frame as whole records are refused.
 #[test]
-fn stamping_a_generation_keeps_records_valid() {
+fn stamping_a_use_keeps_records_valid_under_its_salt_only() {
     let mut batch = sample_message(b"Subject: s\r\n\r\nbody\r\n");
     batch.extend_from_slice(&sample_state());
     let original = batch.clone();
-    assert!(record::stamp_generation(&mut batch, 9));
+    let key = UseKey {
+        generation: 9,
+        salt: 0x5a5a_0001,
+    };
+    assert!(record::stamp(&mut batch, key));
     assert_ne!(batch, original);
-    let first = record::decode_raw(&batch).unwrap();
+    let first = record::decode_raw_salted(&batch, key.salt).unwrap();
     assert_eq!(first.generation, 9);
-    let second = record::decode_raw(&batch[first.stored_len..]).unwrap();
+    let second = record::decode_raw_salted(&batch[first.stored_len..], key.salt).unwrap();
     assert_eq!(second.generation, 9);
     assert_eq!(second.seq, 78);
-    assert!(record::stamp_generation(&mut batch, 0));
+    assert_eq!(
+        record::decode_raw(&batch).unwrap_err(),
+        RecordError::BadChecksum
+    );
+    assert_eq!(
+        record::decode_raw_salted(&batch, key.salt + 1).unwrap_err(),
+        RecordError::BadChecksum
+    );
+    assert!(record::stamp(&mut batch, UseKey::FIRST));
     assert_eq!(batch, original);
     let mut cut = original.clone();
     cut.truncate(original.len() - 8);
-    assert!(!record::stamp_generation(&mut cut, 2));
+    assert!(!record::stamp(&mut cut, key));
 }
 
-/// One use of a recycled file: its header of `generation` over a zeroed
-/// first page, then `n` records stamped with that generation, written over
-/// `old` (the file as its earlier use left it). Returns the image and the
-/// offsets of the new records.
-fn reuse_image(old: &[u8], generation: u16, n: usize, body: usize) -> (Vec<u8>, Vec<usize>) {
+const IMAGE_BYTES: usize = 64 * 1024;
+
+fn key_of(generation: u16) -> UseKey {
+    UseKey {
+        generation,
+        salt: 0x1000_0000 + u32::from(generation),
+    }
+}
+
+/// A record as a sender could hide it in a message body: valid framing and
+/// CRC for salt 0 (the only salt a sender can know), `generation` set.
+fn forged_state(generation: u16) -> Vec<u8> {
+    let mut rec = sample_state();
+    assert!(record::stamp(
+        &mut rec,
+        UseKey {
+            generation,
+            salt: 0
+        }
+    ));
+    rec
+}
+
+/// One use of a recycled file, as `install_prepared` and the writer leave
+/// it: the header of `key` over a zeroed first page and its copy at the
+/// trailer offset, then `n` records of that use, written over `old` (the file
+/// as its earlier use left it). Returns the image and the offsets of the
+/// new records. Records are messages of `body` bytes and state records; with
+/// `forge: Some(g)`, each message body holds a state record forged for
+/// generation `g` (after 0 to 7 filler bytes, so that some land 8-aligned).
+fn use_image(
+    old: &[u8],
+    key: UseKey,
+    n: usize,
+    body: usize,
+    forge: Option<u16>,
+) -> (Vec<u8>, Vec<usize>) {
     let mut seg = old.to_vec();
     let header = SegmentHeader {
         id: SegmentId {
             shard: 0,
-            number: 90 + u32::from(generation),
+            number: 90 + u32::from(key.generation),
         },
-        generation,
+        key,
     }
     .encode();
     seg[..4096].fill(0);
     seg[..SEGMENT_HEADER_BYTES].copy_from_slice(&header);
+    let trailer = record::trailer_offset(seg.len() as u64) as usize;
+    seg[trailer..trailer + SEGMENT_HEADER_BYTES].copy_from_slice(&header);
     let mut pos = SEGMENT_HEADER_BYTES;
     let mut offsets = Vec::new();
     for i in 0..n {
         let mut rec = if i % 3 == 2 {
             sample_state()
+        } else if let Some(g) = forge {
+            let mut content = vec![b'f'; 16 + i % 8];
+            content.extend_from_slice(&forged_state(g));
+            content.resize(body.max(content.len()), b'f');
+            sample_message(&content)
         } else {
             sample_message(&vec![b'a' + (i % 26) as u8; body])
         };
-        assert!(record::stamp_generation(&mut rec, generation));
+        assert!(record::stamp(&mut rec, key));
         offsets.push(pos);
         seg[pos..pos + rec.len()].copy_from_slice(&rec);
         pos += rec.len();
     }
+    // Each commit is padded with zeros to its page boundary.
+    let page_end = pos.next_multiple_of(4096).min(trailer);
+    seg[pos..page_end].fill(0);
     (seg, offsets)
 }
 
+/// The end of `offsets`' last record in `image`.
+fn end_of(image: &[u8], key: UseKey, offsets: &[usize]) -> usize {
+    offsets.last().map_or(SEGMENT_HEADER_BYTES, |&o| {
+        o + record::decode_raw_salted(&image[o..], key.salt)
+            .unwrap()
+            .stored_len
+    })
+}
+
 /// A recycled file holds leftovers of its earlier uses after its own
-/// records. Whatever the new end cuts (a leftover record boundary or the
-/// middle of one), the scan returns exactly the new records and reports no
-/// corruption and no torn tail; and the leftovers are full of valid records
-/// of other generations, which would all have been taken without the
-/// generation check.
+/// records, with CRCs valid under their own salt. Whatever the new end cuts
+/// (a leftover record boundary or the middle of one), the scan returns
+/// exactly the new records and reports no corruption and no torn tail.
 #[test]
 fn a_recycled_file_ends_where_its_own_records_end() {
-    let fresh = vec![0u8; 64 * 1024];
-    let (gen1, old_offsets) = reuse_image(&fresh, 1, 150, 300);
+    let fresh = vec![0u8; IMAGE_BYTES];
+    let (gen1, old_offsets) = use_image(&fresh, key_of(1), 150, 300, None);
     let rep1 = scan_records(&gen1, |_, _| {});
     assert_eq!(rep1.records, 150);
-    assert_eq!(rep1.generation, 1);
+    assert_eq!(rep1.key, key_of(1));
     // (40, 300) and (100, 300) repeat the earlier use's record sizes, so the
     // new end falls exactly on a leftover record (past the zeroed first
     // page); the others end inside one or inside the first page.
@@ -618,56 +712,167 @@ fn a_recycled_file_ends_where_its_own_records_end() {
         (61, 1),
         (100, 300),
     ] {
-        let (gen2, offsets) = reuse_image(&gen1, 2, n, body);
+        let (gen2, offsets) = use_image(&gen1, key_of(2), n, body, None);
         let mut seen = Vec::new();
         let rep = scan_records(&gen2, |off, raw| {
             assert_eq!(raw.generation, 2);
             seen.push(off)
         });
         assert_eq!(seen, offsets, "{n} records of {body} bytes");
-        assert_eq!(rep.generation, 2);
+        assert_eq!(rep.key, key_of(2));
         assert!(rep.corrupt.is_empty(), "{n}/{body}: {:?}", rep.corrupt);
         assert_eq!(rep.torn_tail, None, "{n}/{body}");
-        let end = offsets.last().map_or(SEGMENT_HEADER_BYTES, |&o| {
-            o + record::decode_raw(&gen2[o..]).unwrap().stored_len
-        });
+        let end = end_of(&gen2, key_of(2), &offsets);
         assert_eq!(rep.valid_end, end);
-        // Leftovers of generation 1 lie after the end.
+        // Leftovers of generation 1, valid under their own salt, lie after the end.
         assert!(
-            old_offsets
-                .iter()
-                .any(|&o| o >= end
-                    && record::decode_raw(&gen2[o..]).is_ok_and(|r| r.generation == 1)),
+            old_offsets.iter().any(|&o| o >= end
+                && record::decode_raw_salted(&gen2[o..], key_of(1).salt).is_ok()),
             "{n}/{body}: no leftover record to ignore"
         );
     }
+    // The same generation with another salt (as after a reuse whose header
+    // was written but whose records were not): the salt alone separates them.
+    let again = UseKey {
+        generation: 1,
+        salt: 0x77,
+    };
+    let (regen, offsets) = use_image(&gen1, again, 40, 300, None);
+    let mut seen = Vec::new();
+    let rep = scan_records(&regen, |off, _| seen.push(off));
+    assert_eq!(seen, offsets);
+    assert_eq!(rep.records, 40);
 }
 
-/// Mid-segment corruption in a recycled file is still reported and skipped,
-/// and the records after it are still recovered; a damaged header does not
-/// hide the generation (the first page holds only this use's records).
+/// A sender can hide a well-formed record in a message body, with a CRC for
+/// the only salt it can know (0) and any generation. In a recycled file the
+/// scan runs into such bodies among the leftovers after every end of data;
+/// none of them is taken.
 #[test]
-fn a_recycled_file_resyncs_past_corruption_and_a_damaged_header() {
-    let (gen1, _) = reuse_image(&vec![0u8; 64 * 1024], 1, 150, 300);
-    let (mut gen2, offsets) = reuse_image(&gen1, 2, 30, 200);
-    gen2[offsets[10] + RECORD_HEADER_BYTES + 5] ^= 0x40;
-    let mut seen = Vec::new();
-    let rep = scan_records(&gen2, |off, _| seen.push(off));
-    let expected: Vec<usize> = offsets
-        .iter()
-        .copied()
-        .filter(|&o| o != offsets[10])
-        .collect();
-    assert_eq!(seen, expected);
-    assert_eq!(rep.corrupt.len(), 1);
-    assert_eq!(rep.corrupt[0].offset, offsets[10]);
-    assert_eq!(rep.torn_tail, None);
+fn records_forged_in_message_bodies_are_never_taken() {
+    let fresh = vec![0u8; IMAGE_BYTES];
+    let (gen1, _) = use_image(&fresh, key_of(1), 120, 300, Some(2));
+    for n in [0, 5, 30] {
+        let (gen2, offsets) = use_image(&gen1, key_of(2), n, 300, None);
+        let mut seen = Vec::new();
+        let rep = scan_records(&gen2, |off, raw| {
+            assert_ne!(raw.seq, 78 + 1_000_000, "forged record taken");
+            seen.push(off)
+        });
+        assert_eq!(seen, offsets, "{n}");
+        assert!(rep.corrupt.is_empty(), "{n}: {:?}", rep.corrupt);
+    }
+    // And the forged records are there, 8-aligned and valid for salt 0: a
+    // scan keyed by generation alone would have taken them.
+    let aligned = (SEGMENT_HEADER_BYTES..gen1.len())
+        .step_by(8)
+        .filter(|&p| record::decode_raw(&gen1[p..]).is_ok_and(|r| r.generation == 2))
+        .count();
+    assert!(aligned >= 10, "{aligned} aligned forged records");
+}
 
-    let (mut damaged, offsets) = reuse_image(&gen1, 2, 30, 200);
+/// Mid-segment corruption is reported and skipped, and the records after it
+/// are recovered, also when the damaged record's body holds a well-formed
+/// record of another use: the search goes past it (in a recycled file and in
+/// a first-use one, where such a record only ever comes from a body).
+#[test]
+fn resync_goes_past_records_of_other_uses() {
+    let fresh = vec![0u8; IMAGE_BYTES];
+    for key in [UseKey::FIRST, key_of(2)] {
+        let (old, _) = use_image(&fresh, key_of(1), 150, 300, None);
+        let base = if key == UseKey::FIRST { &fresh } else { &old };
+        // Bodies hold records forged for another generation (a first use),
+        // or for this one with the salt a sender can know (a recycled file).
+        let forge = if key == UseKey::FIRST {
+            5
+        } else {
+            key.generation
+        };
+        let (mut image, offsets) = use_image(base, key, 30, 200, Some(forge));
+        if key == UseKey::FIRST {
+            // A first-use file has no trailer copy: clear the one use_image wrote.
+            let t = record::trailer_offset(image.len() as u64) as usize;
+            image[t..t + SEGMENT_HEADER_BYTES].fill(0);
+        }
+        // Damage a record whose body holds an 8-aligned forged record, valid
+        // for salt 0: the search after the damage meets it first.
+        let forged_inside = |o: usize| {
+            let len = record::decode_raw_salted(&image[o..], key.salt)
+                .unwrap()
+                .stored_len;
+            (o + 8..o + len)
+                .step_by(8)
+                .any(|p| record::decode_raw(&image[p..]).is_ok_and(|r| r.generation == forge))
+        };
+        let victim = offsets[3..]
+            .iter()
+            .copied()
+            .find(|&o| forged_inside(o))
+            .expect("no record with an aligned forged record");
+        image[victim + RECORD_HEADER_BYTES + 5] ^= 0x40;
+        let mut seen = Vec::new();
+        let rep = scan_records(&image, |off, _| seen.push(off));
+        let expected: Vec<usize> = offsets.iter().copied().filter(|&o| o != victim).collect();
+        assert_eq!(seen, expected, "{key:?}");
+        assert_eq!(rep.corrupt.len(), 1, "{key:?}");
+        assert_eq!(rep.corrupt[0].offset, victim);
+        assert_eq!(rep.torn_tail, None, "{key:?}");
+    }
+}
+
+/// A damaged header, or a lost first page, of a recycled file does not lose
+/// its use: the copy at the end gives it, and the records are recovered
+/// (those of a lost page reported as a corrupt region). Without a copy the
+/// records fail their CRCs and are reported, never taken as a first use's.
+#[test]
+fn a_recycled_file_with_a_damaged_header_reads_its_trailer_copy() {
+    let (gen1, _) = use_image(&vec![0u8; IMAGE_BYTES], key_of(1), 150, 300, None);
+    let (image, offsets) = use_image(&gen1, key_of(2), 30, 200, None);
+
+    let mut damaged = image.clone();
     damaged[20] ^= 0xff;
     assert!(SegmentHeader::decode(&damaged).is_err());
     let mut seen = Vec::new();
     let rep = scan_records(&damaged, |off, _| seen.push(off));
-    assert_eq!(rep.generation, 2);
+    assert_eq!(rep.key, key_of(2));
     assert_eq!(seen, offsets);
+
+    let mut lost = image.clone();
+    lost[..4096].fill(0);
+    let mut seen = Vec::new();
+    let rep = scan_records(&lost, |off, _| seen.push(off));
+    assert_eq!(rep.key, key_of(2));
+    let after: Vec<usize> = offsets.iter().copied().filter(|&o| o >= 4096).collect();
+    assert!(!after.is_empty());
+    assert!(seen.ends_with(&after), "{seen:?}");
+    assert_eq!(rep.corrupt.len(), 1, "{:?}", rep.corrupt);
+
+    let mut both = damaged;
+    let t = record::trailer_offset(both.len() as u64) as usize;
+    both[t + 20] ^= 0xff;
+    let rep = scan_records(&both, |_, raw| {
+        panic!("record taken without its use: {raw:?}")
+    });
+    assert_eq!(rep.key, UseKey::FIRST);
+    assert_eq!(rep.records, 0);
+}
+
+/// In a recycled file, damage to the last record is reported as a torn tail
+/// (its bytes before the page boundary are not the zeros a commit pads
+/// with), while the zero-padded end of an intact use is not.
+#[test]
+fn a_damaged_last_record_of_a_recycled_file_is_reported() {
+    let (gen1, _) = use_image(&vec![0u8; IMAGE_BYTES], key_of(1), 150, 300, None);
+    let (mut image, offsets) = use_image(&gen1, key_of(2), 20, 300, None);
+    let last = *offsets.last().unwrap();
+    assert_eq!(scan_records(&image, |_, _| {}).torn_tail, None);
+    image[last + RECORD_HEADER_BYTES + 9] ^= 0x01;
+    let rep = scan_records(&image, |_, _| {});
+    assert_eq!(rep.records, 19);
+    assert_eq!(rep.valid_end, last);
+    assert!(
+        matches!(rep.torn_tail, Some((at, _)) if at == last),
+        "{:?}",
+        rep.torn_tail
+    );
 }

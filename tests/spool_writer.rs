@@ -889,9 +889,14 @@ fn finished_segments_are_recycled_and_their_leftovers_never_recover() {
                     .await
                     .unwrap();
             }
+            // A handle to a finished message of the first segment is still
+            // held (as a bounce being written would): that segment's file
+            // must not be rewritten under its map.
+            let held = done[0].clone();
             drop(done);
             let r = spool.reclaim().await.unwrap();
             assert!(r.deleted.len() >= 3, "{what}: {r:?}");
+            assert!(r.deleted.contains(&held.segment()), "{what}: {r:?}");
             // The pool is filled once the last handles are dropped.
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
             let want = if recycle { 2 } else { 0 };
@@ -899,6 +904,18 @@ fn finished_segments_are_recycled_and_their_leftovers_never_recover() {
                 assert!(std::time::Instant::now() < deadline, "{what}: free files");
                 compio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
+            let held_name = format!(
+                "free-{}-{:010}.free",
+                held.segment().shard,
+                held.segment().number
+            );
+            assert!(
+                !free_files(dir.path())
+                    .iter()
+                    .any(|p| p.ends_with(&held_name)),
+                "{what}: the held segment's file was kept for reuse"
+            );
+            assert!(held.content().starts_with(b"Subject: message 0\r\n"));
             // Round 2: more segments, over the recycled files.
             let mut ids = Vec::new();
             for i in 1000..1300 {
@@ -912,6 +929,9 @@ fn finished_segments_are_recycled_and_their_leftovers_never_recover() {
             for path in segment_files(dir.path()) {
                 std::fs::copy(&path, copy.path().join(path.file_name().unwrap())).unwrap();
             }
+            // The held map still reads the first round's message.
+            assert!(held.content().starts_with(b"Subject: message 0\r\n"));
+            drop(held);
             spool.close().await;
             (ids, rec.shared.segments_recycled.load(Ordering::Relaxed))
         });
@@ -956,4 +976,47 @@ fn options_like(opts: &SpoolOptions, dir: &Path) -> SpoolOptions {
     let mut o = opts.clone();
     o.path = dir.to_path_buf();
     o
+}
+
+/// A kept free file survives a restart, and the shard's new segments are
+/// numbered above it, so a later free file never takes its name (which
+/// would leave the pool pointing at a file still mapped).
+#[test]
+fn free_files_survive_a_restart_and_are_numbered_around() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(dir.path(), 256 * 1024);
+    opts.prepare_segments = true;
+    opts.zero_fill = ZeroFill::Never;
+    // A whole segment's file kept from an earlier run, under a high number,
+    // and one of the wrong size (deleted).
+    let rec = recover(&opts, 1).unwrap();
+    rt().block_on(async {
+        let spool = Spool::open(rec.shared.clone(), 0).unwrap();
+        append(&spool, 1, 2000, 1).await;
+        spool.close().await;
+    });
+    drop(rec);
+    let seg = segment_files(dir.path()).remove(0);
+    std::fs::remove_file(&seg).unwrap();
+    let kept = dir.path().join("free-0-0000000041.free");
+    let file = std::fs::File::create(&kept).unwrap();
+    file.set_len(256 * 1024).unwrap();
+    drop(file);
+    let short = dir.path().join("free-0-0000000007.free");
+    std::fs::write(&short, b"short").unwrap();
+    let rec = recover(&opts, 1).unwrap();
+    assert!(kept.exists() && !short.exists());
+    rt().block_on(async {
+        let spool = Spool::open(rec.shared.clone(), 0).unwrap();
+        append(&spool, 2, 2000, 1).await;
+        spool.close().await;
+    });
+    let names: Vec<String> = segment_files(dir.path())
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().all(|n| n.as_str() > "shard-0-0000000041.seg"),
+        "{names:?}"
+    );
 }

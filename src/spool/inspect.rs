@@ -127,7 +127,7 @@ pub fn inventory(dir: &Path) -> std::io::Result<Inventory> {
         for c in &collector.copies[first_copy..] {
             let env = bytes
                 .get(c.record_offset as usize..)
-                .and_then(|b| record::decode_raw(b).ok())
+                .and_then(|b| record::decode_raw_salted(b, scan.key.salt).ok())
                 .and_then(|raw| record::decode_message(raw.payload).ok())
                 .map(|m| Envelope {
                     received_unix_ms: m.received_unix_ms,
@@ -149,7 +149,7 @@ pub fn inventory(dir: &Path) -> std::io::Result<Inventory> {
             file_bytes: bytes.len() as u64,
             valid_end: scan.valid_end as u64,
             records: scan.records,
-            generation: scan.generation,
+            generation: scan.key.generation,
             live_messages: 0,
             live_bytes: 0,
             header_error,

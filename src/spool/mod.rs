@@ -98,7 +98,7 @@ pub struct SpoolOptions {
     /// Keep the files of finished segments (up to
     /// [`segment::FREE_SEGMENTS_PER_SHARD`] per shard) and make the next
     /// prepared segments from them rather than from new files (see
-    /// `record.rs`, "Generations").
+    /// `record.rs`, "Recycled files").
     pub recycle_segments: bool,
 }
 

@@ -1,6 +1,6 @@
 //! Reclamation: deleting this shard's sealed segments once nothing in them is
 //! needed any more (or keeping the file for a later segment: see
-//! `record.rs`, "Generations").
+//! `record.rs`, "Recycled files").
 //!
 //! A sealed segment T is deleted when no message whose newest copy lives in T
 //! has a live recipient. Its state records may still matter, though: a
@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::record::{KIND_STATE, RawRecord, decode_state};
-use super::scan::{scan_records, walk_written};
+use super::scan::{scan_records_of, walk_written};
 use super::segment::{self, SegmentShared, SpoolShared, sync_dir};
 use super::{SegmentId, Spool, SpoolError};
 
@@ -67,14 +67,13 @@ impl Spool {
             // other shards' carry-forward. Both block for a device round
             // trip: on a helper thread, not the shard's I/O loop.
             let shared = self.inner.shared.clone();
-            // (Not one that recovery found damaged or cut to its used length.)
-            let reusable = !seg.had_corruption.load(Ordering::Relaxed)
-                && seg.file_len() == shared.options.segment_bytes;
-            let free = (reusable && shared.free_has_room())
+            let free = (seg.reusable(shared.options.segment_bytes) && shared.free_has_room())
                 .then(|| shared.options.path.join(segment::free_file_name(seg.id)));
             let (path, to) = (seg.path.clone(), free.clone());
             let free = compio::runtime::spawn_blocking(move || {
-                let renamed = to.filter(|to| std::fs::rename(&path, to).is_ok());
+                // (Never over another free file: recovery numbers segments
+                // above them, so that is only a safety net.)
+                let renamed = to.filter(|to| !to.exists() && std::fs::rename(&path, to).is_ok());
                 if renamed.is_none() {
                     match std::fs::remove_file(&path) {
                         Ok(()) => {}
@@ -100,19 +99,16 @@ impl Spool {
             // it is unlinked after all. Usually this is the last handle:
             // dropping it unmaps the segment (and for an unlinked file frees
             // its page cache and blocks: tens of milliseconds for a full
-            // segment), so on a helper thread.
-            let shared = self.inner.shared.clone();
+            // segment), so on a helper thread, awaited so that nothing of
+            // this pass outlives it.
             let only = Arc::try_unwrap(seg);
-            compio::runtime::spawn_blocking(move || {
-                let sole = only.is_ok();
-                drop(only);
-                if let Some(free) = free
-                    && !(sole && shared.add_free(free.clone()))
-                {
-                    let _ = std::fs::remove_file(free);
-                }
-            })
-            .detach();
+            let sole = only.is_ok();
+            let _ = compio::runtime::spawn_blocking(move || drop(only)).await;
+            if let Some(free) = free
+                && !(sole && self.inner.shared.add_free(free.clone()))
+            {
+                let _ = compio::runtime::spawn_blocking(move || std::fs::remove_file(free)).await;
+            }
         }
         Ok(report)
     }
@@ -152,9 +148,9 @@ fn carry_forward(shared: &SpoolShared, seg: &SegmentShared) -> (Vec<u8>, u64) {
     // clean at recovery. One with corrupt regions (where a damaged length
     // could mislead the walk), or anything unexpected, gets the full scan.
     if seg.had_corruption.load(Ordering::Relaxed)
-        || !walk_written(bytes, KIND_STATE, &mut state_record)
+        || !walk_written(bytes, seg.key, KIND_STATE, &mut state_record)
     {
-        scan_records(bytes, &mut state_record);
+        scan_records_of(bytes, seg.key, &mut state_record);
     }
     let mut keep: Vec<(usize, usize)> = latest
         .into_values()

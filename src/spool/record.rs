@@ -9,30 +9,38 @@
 //! # Layout (all integers little-endian)
 //!
 //! Segment header, 32 bytes at offset 0:
-//! `magic "SPATESG1" | version u16 | generation u16 | shard u32 | number u64 | 0 u32 | crc32c u32`
-//! (the CRC covers bytes 0..28).
+//! `magic "SPATESG1" | version u16 | generation u16 | shard u32 | number u64 | salt u32 | crc32c u32`
+//! (the CRC covers bytes 0..28). Version 2 files (recycled, below) also hold
+//! a copy of it in their last 32 bytes (8-aligned: [`trailer_offset`]).
 //!
 //! Record, starting at an 8-byte aligned offset:
 //! `magic u32 | kind u8 | 0 u8 | generation u16 | payload_len u32 | crc32c u32 | seq u64 | payload | zero padding to 8`
 //! The CRC covers header bytes 0..12 and 16..24 and the payload, so a flipped
 //! bit anywhere in a record (kind, generation, length, sequence or payload)
-//! is detected. The preallocated, never-written part of a new segment file
+//! is detected. It starts from the segment's salt (0 in version 1 files, so
+//! there it is the plain CRC32C). The preallocated, never-written part of a new segment file
 //! reads as zeros; an all-zero record header therefore marks the end of the
 //! written data.
 //!
-//! # Generations (recycled files)
+//! # Recycled files: use keys
 //!
 //! A segment file whose messages are all finished may be used again for a
 //! later segment instead of being deleted: its blocks are already written, so
 //! the fdatasyncs into it need no extent conversion (about half the time of
 //! those into a freshly allocated file on ext4), and nothing had to write
-//! zeros over it first. Its old records stay behind the new ones. Each use of
-//! a file has a generation, one more than the last (0 for a new file): the
-//! segment header and every record written in that use carry it, and a
-//! record of another generation is a leftover, the end of the data, never a
-//! record of this segment. A file is not reused past generation `u16::MAX`.
-//! Headers of generation 0 say version 1 (the format before recycling, which
-//! older readers still take); recycled ones say version 2.
+//! zeros over it first. Its old records stay behind the new ones, with
+//! CRCs that were valid in their day. Each use of a file has a [`UseKey`]:
+//! a generation, one more than the last (0 for a new file), and a random
+//! salt (0 for a new file). The header carries both, every record carries
+//! the generation, and every record's CRC starts from the salt. A leftover
+//! therefore fails its CRC (its salt was another), and so does a record a
+//! sender forged inside a message body (the salt is never shown), so the
+//! search for the next record after the end of the data, which in a recycled
+//! file always runs into leftovers, finds none of them. The generation
+//! check is a second fence and what `spate-spool` shows. A file is not
+//! reused past generation `u16::MAX`. Headers of generation 0 say version 1
+//! (the format before recycling); recycled ones say version 2 and have the
+//! trailer copy, so that a damaged header does not lose the salt.
 
 use super::{MessageId, SegmentId};
 
@@ -100,21 +108,46 @@ pub enum EncodeError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegmentHeader {
     pub id: SegmentId,
-    /// How many times the file was used before (see the module docs).
+    /// How many times the file was used before, and the salt of this use's
+    /// record CRCs (see the module docs).
+    pub key: UseKey,
+}
+
+/// One use of a segment file (see the module docs): records of this use
+/// carry `generation` and have CRCs that start from `salt`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UseKey {
     pub generation: u16,
+    pub salt: u32,
+}
+
+impl UseKey {
+    /// A new file's first use: the format of version 1.
+    pub const FIRST: UseKey = UseKey {
+        generation: 0,
+        salt: 0,
+    };
+}
+
+/// Where a version 2 file keeps the copy of its header: the last 32 bytes,
+/// rounded down to a record boundary. Records of such a file end before it.
+pub fn trailer_offset(file_len: u64) -> u64 {
+    file_len.saturating_sub(SEGMENT_HEADER_BYTES as u64) / RECORD_ALIGN_BYTES as u64
+        * RECORD_ALIGN_BYTES as u64
 }
 
 impl SegmentHeader {
     pub fn encode(&self) -> [u8; SEGMENT_HEADER_BYTES] {
         let mut out = [0u8; SEGMENT_HEADER_BYTES];
         out[0..8].copy_from_slice(&SEGMENT_MAGIC);
-        let version = if self.generation == 0 {
+        let version = if self.key.generation == 0 {
             FORMAT_VERSION_FIRST_USE
         } else {
             FORMAT_VERSION
         };
         out[8..10].copy_from_slice(&version.to_le_bytes());
-        out[10..12].copy_from_slice(&self.generation.to_le_bytes());
+        out[10..12].copy_from_slice(&self.key.generation.to_le_bytes());
+        out[24..28].copy_from_slice(&self.key.salt.to_le_bytes());
         out[12..16].copy_from_slice(&u32::from(self.id.shard).to_le_bytes());
         out[16..24].copy_from_slice(&u64::from(self.id.number).to_le_bytes());
         let crc = crc32c::crc32c(&out[0..28]);
@@ -137,8 +170,9 @@ impl SegmentHeader {
         }
         let version = u16::from_le_bytes([h[8], h[9]]);
         let generation = u16::from_le_bytes([h[10], h[11]]);
+        let salt = le_u32(&h[24..28]);
         match version {
-            FORMAT_VERSION_FIRST_USE if generation != 0 => {
+            FORMAT_VERSION_FIRST_USE if generation != 0 || salt != 0 => {
                 return Err(RecordError::Malformed("generation in a version 1 header"));
             }
             FORMAT_VERSION if generation == 0 => {
@@ -153,7 +187,7 @@ impl SegmentHeader {
             .map_err(|_| RecordError::Malformed("segment number"))?;
         Ok(SegmentHeader {
             id: SegmentId { shard, number },
-            generation,
+            key: UseKey { generation, salt },
         })
     }
 }
@@ -180,10 +214,16 @@ pub fn is_zero_header(bytes: &[u8]) -> bool {
     bytes.iter().take(RECORD_HEADER_BYTES).all(|&b| b == 0)
 }
 
-/// Decodes the framing of the record at the start of `bytes` and checks its CRC.
+/// Decodes the framing of the record at the start of `bytes` and checks its
+/// CRC, as a record of a version 1 file (salt 0).
 pub fn decode_raw(bytes: &[u8]) -> Result<RawRecord<'_>, RecordError> {
+    decode_raw_salted(bytes, 0)
+}
+
+/// [`decode_raw`] for a record of a use whose records' CRCs start from `salt`.
+pub fn decode_raw_salted(bytes: &[u8], salt: u32) -> Result<RawRecord<'_>, RecordError> {
     let (h, raw) = frame(bytes)?;
-    if record_crc(h, raw.payload) != le_u32(&h[12..16]) {
+    if record_crc(h, raw.payload, salt) != le_u32(&h[12..16]) {
         return Err(RecordError::BadChecksum);
     }
     if h[5] != 0 {
@@ -665,12 +705,12 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-/// Sets the generation of every record in `records` (whole records, as
-/// encoded here) to `generation`, recomputing the CRC of each one changed.
-/// Records are encoded with generation 0 and stamped when their batch is
-/// given its segment. Returns false, with nothing after the first bad record
-/// changed, if `records` does not frame as whole records.
-pub fn stamp_generation(records: &mut [u8], generation: u16) -> bool {
+/// Makes every record in `records` (whole records: as encoded here, for a
+/// first use, or carried forward from any segment) a record of use `key`: its generation set, its CRC recomputed from the
+/// salt. Records are encoded for a first use and stamped when their batch
+/// is given its segment; for a first use with first-use records nothing
+/// changes. Returns false if `records` does not frame as whole records.
+pub fn stamp(records: &mut [u8], key: UseKey) -> bool {
     let mut pos = 0;
     while pos < records.len() {
         let Ok((_, raw)) = frame(&records[pos..]) else {
@@ -680,10 +720,14 @@ pub fn stamp_generation(records: &mut [u8], generation: u16) -> bool {
         if pos + stored > records.len() {
             return false;
         }
-        if raw.generation != generation {
+        if raw.generation != key.generation || key.salt != 0 {
             let rec = &mut records[pos..pos + RECORD_HEADER_BYTES + len];
-            rec[6..8].copy_from_slice(&generation.to_le_bytes());
-            let crc = record_crc(&rec[..RECORD_HEADER_BYTES], &rec[RECORD_HEADER_BYTES..]);
+            rec[6..8].copy_from_slice(&key.generation.to_le_bytes());
+            let crc = record_crc(
+                &rec[..RECORD_HEADER_BYTES],
+                &rec[RECORD_HEADER_BYTES..],
+                key.salt,
+            );
             rec[12..16].copy_from_slice(&crc.to_le_bytes());
         }
         pos += stored;
@@ -691,9 +735,10 @@ pub fn stamp_generation(records: &mut [u8], generation: u16) -> bool {
     true
 }
 
-/// The CRC of a record: header bytes 0..12 and 16..24, then the payload.
-fn record_crc(header: &[u8], payload: &[u8]) -> u32 {
-    let mut crc = crc32c::crc32c(&header[0..12]);
+/// The CRC of a record: header bytes 0..12 and 16..24, then the payload,
+/// starting from `salt` (0: the plain CRC32C).
+fn record_crc(header: &[u8], payload: &[u8], salt: u32) -> u32 {
+    let mut crc = crc32c::crc32c_append(salt, &header[0..12]);
     crc = crc32c::crc32c_append(crc, &header[16..24]);
     crc32c::crc32c_append(crc, payload)
 }
@@ -709,7 +754,7 @@ fn finish(out: &mut Vec<u8>, start: usize, kind: u8, seq: u64) -> Result<(), Enc
     h[4] = kind;
     h[8..12].copy_from_slice(&payload_len.to_le_bytes());
     h[16..24].copy_from_slice(&seq.to_le_bytes());
-    let crc = record_crc(&h, &out[start + RECORD_HEADER_BYTES..]);
+    let crc = record_crc(&h, &out[start + RECORD_HEADER_BYTES..], 0);
     h[12..16].copy_from_slice(&crc.to_le_bytes());
     out[start..start + RECORD_HEADER_BYTES].copy_from_slice(&h);
     let padded = start + stored_len(payload_len as usize);

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use super::record::{
     KIND_MESSAGE, KIND_STATE, RECIPIENT_SUPERSEDED, RecipientState, SEGMENT_HEADER_BYTES,
-    SegmentHeader, decode_message, decode_state,
+    SegmentHeader, UseKey, decode_message, decode_state,
 };
 use super::scan::{ScanReport, scan_records};
 use super::segment::{self, MessageRef, SegmentShared, SpoolShared};
@@ -263,6 +263,7 @@ pub fn recover(options: &SpoolOptions, shards: u16) -> Result<Recovery, SpoolErr
     let mut report = RecoveryReport::default();
     let mut files: Vec<(SegmentId, PathBuf)> = Vec::new();
     let mut free: Vec<PathBuf> = Vec::new();
+    let mut freed: Vec<SegmentId> = Vec::new();
     let dir =
         std::fs::read_dir(&options.path).map_err(|e| SpoolError::io("read spool directory", &e))?;
     for entry in dir {
@@ -274,9 +275,11 @@ pub fn recover(options: &SpoolOptions, shards: u16) -> Result<Recovery, SpoolErr
         } else if segment::is_prepared_file_name(name) {
             // A segment being prepared when the last run stopped: never used.
             let _ = std::fs::remove_file(entry.path());
-        } else if segment::is_free_file_name(name) {
+        } else if let Some(was) = segment::parse_free_file_name(name) {
             // A finished segment's file kept for reuse: kept again if it has
-            // this run's segment size and the pool has room.
+            // this run's segment size and the pool has room. Its number is
+            // not given to a new segment (whose free file would take its name).
+            freed.push(was);
             let fits = entry
                 .metadata()
                 .is_ok_and(|m| m.len() == options.segment_bytes);
@@ -291,7 +294,7 @@ pub fn recover(options: &SpoolOptions, shards: u16) -> Result<Recovery, SpoolErr
     }
     files.sort();
     let mut next_number: Vec<u32> = vec![0; usize::from(shards)];
-    for (id, _) in &files {
+    for id in files.iter().map(|(id, _)| id).chain(&freed) {
         if let Some(n) = next_number.get_mut(usize::from(id.shard)) {
             *n = (*n).max(id.number.saturating_add(1));
         }
@@ -422,8 +425,8 @@ fn open_segment(
     if len < SEGMENT_HEADER_BYTES as u64 {
         return Err("shorter than a segment header".into());
     }
-    let probe =
-        SegmentShared::map(id, path.to_path_buf(), &file, len, true).map_err(|e| e.to_string())?;
+    let probe = SegmentShared::map(id, UseKey::FIRST, path.to_path_buf(), &file, len, true)
+        .map_err(|e| e.to_string())?;
     // A damaged header must not cost the acknowledged records behind it:
     // report it and scan on, trusting the file name.
     match SegmentHeader::decode(probe.bytes()) {
@@ -454,7 +457,10 @@ fn open_segment(
         report.torn_tails.push((id, *off as u64, e.to_string()));
     }
     let valid_end = scan.valid_end as u64;
-    if len > valid_end {
+    // A recycled file (generation 1 and up) keeps its length: past its
+    // records are leftovers (never valid for its use) and, at the end, the
+    // copy of its header, which must survive should the header be damaged.
+    if len > valid_end && scan.key.generation == 0 {
         // Drop the torn tail and the unused preallocation of the segment that
         // was current when we stopped. Nothing past valid_end was acknowledged.
         file.set_len(valid_end)
@@ -462,10 +468,14 @@ fn open_segment(
         file.sync_all()
             .map_err(|e| format!("fsync after truncate: {e}"))?;
     }
-    let seg = SegmentShared::map(id, path.to_path_buf(), &file, valid_end, true)
+    let seg = SegmentShared::map(id, scan.key, path.to_path_buf(), &file, valid_end, true)
         .map_err(|e| e.to_string())?;
     if !scan.corrupt.is_empty() {
         seg.had_corruption.store(true, Ordering::Relaxed);
+    }
+    // A recycled file's blocks were written in its earlier uses.
+    if scan.key.generation != 0 {
+        seg.blocks_written.store(true, Ordering::Relaxed);
     }
     Ok(seg)
 }

@@ -18,19 +18,23 @@
 //!   beside a running server, an append in progress). Nothing after the valid
 //!   end was ever acknowledged, because a commit covers only a contiguous
 //!   prefix of the segment.
-//! - In a recycled file (generation 1 and up, see `record.rs`) the bytes after
-//!   the end of data are leftovers of the file's earlier uses, not zeros: a
-//!   valid record of another generation is the end of the data, and so is a
-//!   bad region followed by no record of this generation. Such a tail is not
-//!   reported: a torn append cannot be told from the leftovers, and nothing
-//!   in either was acknowledged.
+//! - A record is valid for the segment's use ([`UseKey`], see `record.rs`):
+//!   its CRC starts from the use's salt and it carries the use's generation.
+//!   In a recycled file the bytes after the end of data are leftovers of the
+//!   file's earlier uses, not zeros, and none of them is valid for this use;
+//!   the search forward for the next valid record therefore finds none, and
+//!   that is the end of the data. Such a tail is reported as torn only when
+//!   its first page is not zeros up to the page boundary (each commit is
+//!   zero-padded to a page boundary): leftovers cannot be told from a torn
+//!   append, and nothing in either was acknowledged.
 //! - Corruption that happens to contain a full record with a valid CRC
 //!   (e.g. a message whose body embeds a spool record) can make resync land
 //!   inside that body; CRC32C makes an accidental match negligible.
 
 use super::record::{
     RECORD_ALIGN_BYTES, RECORD_HEADER_BYTES, RECORD_MAGIC, RawRecord, RecordError,
-    SEGMENT_HEADER_BYTES, SegmentHeader, decode_raw, decode_verified, is_zero_header,
+    SEGMENT_HEADER_BYTES, SegmentHeader, UseKey, decode_raw_salted, decode_verified,
+    is_zero_header, trailer_offset,
 };
 use super::segment::PAGE_BYTES;
 
@@ -52,20 +56,28 @@ pub struct ScanReport {
     /// Offset and cause of non-zero bytes after the last valid record.
     pub torn_tail: Option<(usize, RecordError)>,
     pub records: u64,
-    /// The generation of the segment's file (from its header).
-    pub generation: u16,
+    /// The use of the segment's file the records belong to (from its header,
+    /// else from its trailer copy: [`segment_key`]).
+    pub key: UseKey,
 }
 
 /// Calls `visit(offset, record)` for every valid record after the segment
-/// header, in order, and reports the rest.
-pub fn scan_records<'a>(
+/// header, in order, and reports the rest. `bytes` is the whole file (the
+/// use is read from its header or trailer).
+pub fn scan_records<'a>(bytes: &'a [u8], visit: impl FnMut(usize, RawRecord<'a>)) -> ScanReport {
+    scan_records_of(bytes, segment_key(bytes), visit)
+}
+
+/// [`scan_records`] for the records of use `key` (`bytes` may stop before
+/// the trailer).
+pub fn scan_records_of<'a>(
     bytes: &'a [u8],
+    key: UseKey,
     mut visit: impl FnMut(usize, RawRecord<'a>),
 ) -> ScanReport {
-    let generation = segment_generation(bytes);
     let mut report = ScanReport {
         valid_end: SEGMENT_HEADER_BYTES.min(bytes.len()),
-        generation,
+        key,
         ..Default::default()
     };
     let mut pos = SEGMENT_HEADER_BYTES;
@@ -82,9 +94,10 @@ pub fn scan_records<'a>(
             }
             None
         } else {
-            match decode_raw(rest) {
-                // A leftover of an earlier use of the file: the end of data.
-                Ok(raw) if raw.generation != generation => break,
+            match decode_raw_salted(rest, key.salt) {
+                Ok(raw) if raw.generation != key.generation => {
+                    Some(RecordError::Malformed("record of another generation"))
+                }
                 Ok(raw) => {
                     visit(pos, raw);
                     report.records += 1;
@@ -95,10 +108,7 @@ pub fn scan_records<'a>(
                 Err(e) => Some(e),
             }
         };
-        let next = resync(bytes, pos + RECORD_ALIGN_BYTES).filter(|&next| {
-            decode_raw(&bytes[next..]).is_ok_and(|raw| raw.generation == generation)
-        });
-        match next {
+        match resync(bytes, pos + RECORD_ALIGN_BYTES, key) {
             Some(next) => {
                 report.corrupt.push(Corruption {
                     offset: pos,
@@ -108,7 +118,17 @@ pub fn scan_records<'a>(
                 });
                 pos = next;
             }
-            None if generation != 0 => break,
+            None if key.generation != 0 => {
+                // Leftovers follow this use's records; only bytes before the
+                // page boundary (zero padding of the last commit) say torn.
+                let page_end = pos.next_multiple_of(PAGE_BYTES as usize).min(bytes.len());
+                if bytes[pos..page_end].iter().any(|&b| b != 0) {
+                    let e = error
+                        .unwrap_or(RecordError::Malformed("stray bytes after the end of data"));
+                    report.torn_tail = Some((pos, e));
+                }
+                break;
+            }
             None => {
                 if let Some(e) = error {
                     report.torn_tail = Some((pos, e));
@@ -127,7 +147,7 @@ pub fn scan_records<'a>(
 
 /// Calls `visit(offset, record)` for every record of `kind` in bytes this
 /// process wrote or recovery already scanned (a segment up to its used
-/// length), checking the CRC of those records only and skipping the others
+/// length; its records are of use `key`), checking the CRC of those records only and skipping the others
 /// by their framed length, without reading their payload. At 100 KB
 /// messages, reclamation's search for state records spent most of its time
 /// re-checking message CRCs. Returns false at anything a full
@@ -135,6 +155,7 @@ pub fn scan_records<'a>(
 /// after the last record); `visit` has then seen nothing.
 pub fn walk_written<'a>(
     bytes: &'a [u8],
+    key: UseKey,
     kind: u8,
     mut visit: impl FnMut(usize, RawRecord<'a>),
 ) -> bool {
@@ -146,7 +167,7 @@ pub fn walk_written<'a>(
             return false;
         };
         if framed.kind == kind {
-            match decode_raw(rest) {
+            match decode_raw_salted(rest, key.salt) {
                 Ok(raw) => found.push((pos, raw)),
                 Err(_) => return false,
             }
@@ -159,25 +180,29 @@ pub fn walk_written<'a>(
     true
 }
 
-/// The generation of the segment whose bytes these are: its header's, or
-/// with a damaged header that of a valid record in the first page (which
-/// installing a segment rewrites, so no leftover lies there), else 0.
-fn segment_generation(bytes: &[u8]) -> u16 {
+/// The use of the segment file whose bytes these are: its header's, or with
+/// a damaged header its trailer copy's (version 2 files have one), else a
+/// first use (a version 1 file, whose records have salt 0).
+pub fn segment_key(bytes: &[u8]) -> UseKey {
     if let Ok(h) = SegmentHeader::decode(bytes) {
-        return h.generation;
+        return h.key;
     }
-    (SEGMENT_HEADER_BYTES..bytes.len().min(PAGE_BYTES as usize))
-        .step_by(RECORD_ALIGN_BYTES)
-        .find_map(|p| decode_raw(&bytes[p..]).ok())
-        .map_or(0, |raw| raw.generation)
+    let trailer = trailer_offset(bytes.len() as u64) as usize;
+    match bytes.get(trailer..).map(SegmentHeader::decode) {
+        Some(Ok(h)) if trailer >= SEGMENT_HEADER_BYTES && h.key.generation != 0 => h.key,
+        _ => UseKey::FIRST,
+    }
 }
 
-/// The next aligned offset at or after `from` holding a fully valid record.
-fn resync(bytes: &[u8], from: usize) -> Option<usize> {
+/// The next aligned offset at or after `from` holding a record valid for use `key`.
+fn resync(bytes: &[u8], from: usize, key: UseKey) -> Option<usize> {
     let magic = RECORD_MAGIC.to_le_bytes();
     let mut p = from.next_multiple_of(RECORD_ALIGN_BYTES);
     while p + RECORD_HEADER_BYTES <= bytes.len() {
-        if bytes[p..p + 4] == magic && decode_raw(&bytes[p..]).is_ok() {
+        if bytes[p..p + 4] == magic
+            && decode_raw_salted(&bytes[p..], key.salt)
+                .is_ok_and(|raw| raw.generation == key.generation)
+        {
             return Some(p);
         }
         p += RECORD_ALIGN_BYTES;

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use memmap2::Mmap;
 
-use super::record::{self, MessageRecord, RecordError, SegmentHeader};
+use super::record::{self, MessageRecord, RecordError, SegmentHeader, UseKey};
 use super::{MessageId, SegmentId, SpoolError, SpoolOptions};
 
 /// `shard-3-0000000012.seg`
@@ -39,6 +39,8 @@ pub fn parse_file_name(name: &str) -> Option<SegmentId> {
 #[derive(Debug)]
 pub struct SegmentShared {
     pub id: SegmentId,
+    /// The use of the file this segment is (its records' generation and salt).
+    pub key: UseKey,
     pub path: PathBuf,
     map: Mmap,
     /// Messages whose newest copy is here and which still have live recipients.
@@ -53,12 +55,19 @@ pub struct SegmentShared {
     /// Recovery found corrupt regions inside it (below `used_bytes`): its
     /// records must be walked with the full, resynchronising scan.
     pub(crate) had_corruption: AtomicBool,
+    /// A write or fdatasync into it failed: its file is not reused.
+    pub(crate) io_failed: AtomicBool,
+    /// Its file's blocks were all written when it was made (zero-filled or
+    /// recycled): reusing it saves their extent conversion. Else only its
+    /// used part is, which must be most of the file for reuse to pay.
+    pub(crate) blocks_written: AtomicBool,
 }
 
 impl SegmentShared {
     /// Maps `file` read-only.
     pub(crate) fn map(
         id: SegmentId,
+        key: UseKey,
         path: PathBuf,
         file: &File,
         used_bytes: u64,
@@ -68,12 +77,16 @@ impl SegmentShared {
         // appender at offsets past the committed end (readers only look below
         // `used_bytes` or at records whose commit they observed), it is never
         // truncated while mapped (recovery truncates before mapping), and
-        // unlinking it keeps the pages valid until the map is dropped.
+        // unlinking it keeps the pages valid until the map is dropped. A file
+        // is reused for a later segment (rewritten from the start) only after
+        // reclamation held the last handle to this map and dropped it
+        // (`Arc::try_unwrap` in `reclaim.rs`).
         // Modification by other processes is outside the spool's contract.
         let map = unsafe { memmap2::MmapOptions::new().map(file) }
             .map_err(|e| SpoolError::io("mmap", &e))?;
         Ok(SegmentShared {
             id,
+            key,
             path,
             map,
             live_messages: AtomicU64::new(0),
@@ -82,6 +95,8 @@ impl SegmentShared {
             sealed: AtomicBool::new(sealed),
             deleted: AtomicBool::new(false),
             had_corruption: AtomicBool::new(false),
+            io_failed: AtomicBool::new(false),
+            blocks_written: AtomicBool::new(false),
         })
     }
 
@@ -94,6 +109,19 @@ impl SegmentShared {
     /// The file's length when it was mapped.
     pub fn file_len(&self) -> u64 {
         self.map.len() as u64
+    }
+
+    /// Whether its file is worth reusing for a later segment once it is
+    /// finished: a whole segment of `segment_bytes`, undamaged, with no
+    /// failed write, and with written blocks (at least 7/8 of them when it
+    /// was not made from written ones), so that fdatasyncs into it convert no
+    /// extents.
+    pub(crate) fn reusable(&self, segment_bytes: u64) -> bool {
+        let len = self.file_len();
+        len == segment_bytes
+            && !self.had_corruption.load(Ordering::Relaxed)
+            && !self.io_failed.load(Ordering::Relaxed)
+            && (self.blocks_written.load(Ordering::Relaxed) || self.used_bytes() >= len - len / 8)
     }
 
     pub fn live_messages(&self) -> u64 {
@@ -359,7 +387,7 @@ pub(crate) fn create_segment(
 ) -> Result<(File, PathBuf), SpoolError> {
     let path = dir.join(file_name(id));
     let file = create_reserved(&path, segment_bytes, "create segment")?;
-    let headed = write_header(&file, id, 0, segment_bytes).and_then(|()| sync_dir(dir));
+    let headed = write_header(&file, id, UseKey::FIRST, segment_bytes).and_then(|()| sync_dir(dir));
     or_remove(&path, headed)?;
     Ok((file, path))
 }
@@ -403,14 +431,20 @@ fn create_reserved(
 fn write_header(
     file: &File,
     id: SegmentId,
-    generation: u16,
+    key: UseKey,
     segment_bytes: u64,
 ) -> Result<(), SpoolError> {
-    let mut page = SegmentHeader { id, generation }.encode().to_vec();
+    let header = SegmentHeader { id, key }.encode();
+    let mut page = header.to_vec();
     let len = usize::try_from(PAGE_BYTES.min(segment_bytes)).unwrap_or(page.len());
     page.resize(len.max(page.len()), 0);
     file.write_all_at(&page, 0)
         .map_err(|e| SpoolError::io("write segment header", &e))?;
+    if key.generation != 0 {
+        // The copy a damaged header is read back from (the salt must not be lost).
+        file.write_all_at(&header, record::trailer_offset(segment_bytes))
+            .map_err(|e| SpoolError::io("write segment header", &e))?;
+    }
     file.sync_all()
         .map_err(|e| SpoolError::io("fsync new segment", &e))
 }
@@ -446,8 +480,9 @@ pub(crate) struct PreparedSegment {
     file: File,
     path: PathBuf,
     bytes: u64,
-    /// 0 for a new file; one more than its last use for a recycled one.
-    pub(crate) generation: u16,
+    /// A first use for a new file; for a recycled one, one generation more
+    /// than its last use and a new salt.
+    pub(crate) key: UseKey,
 }
 
 /// Makes segment `id`'s file ahead of need: reserve the space and, with
@@ -471,7 +506,7 @@ pub(crate) fn prepare_segment(
         file,
         path,
         bytes: segment_bytes,
-        generation: 0,
+        key: UseKey::FIRST,
     })
 }
 
@@ -498,13 +533,22 @@ pub(crate) fn recycle_segment(
         file.read_exact_at(&mut header, 0).ok()?;
         let generation = SegmentHeader::decode(&header)
             .ok()?
+            .key
             .generation
             .checked_add(1)?;
+        // Any salt but 0 (a first use's): a leftover record fails its CRC
+        // unless the salts collide (2^-32 per record).
+        let salt = loop {
+            let s: u32 = rand::random();
+            if s != 0 {
+                break s;
+            }
+        };
         Some(PreparedSegment {
             file,
             path: path.clone(),
             bytes: segment_bytes,
-            generation,
+            key: UseKey { generation, salt },
         })
     });
     if reused.is_none() {
@@ -515,14 +559,20 @@ pub(crate) fn recycle_segment(
 }
 
 /// Name of a finished segment's file kept for reuse (`free-3-0000000012.free`:
-/// the segment it was); recovery keeps it as well.
+/// the segment it was); recovery keeps it as well, and numbers the shard's
+/// next segments above it so that no later free file takes its name.
 pub(crate) fn free_file_name(id: SegmentId) -> String {
     format!("free-{}-{:010}.free", id.shard, id.number)
 }
 
-/// Whether `name` is a file named by [`free_file_name`].
-pub(crate) fn is_free_file_name(name: &str) -> bool {
-    name.starts_with("free-") && name.ends_with(".free")
+/// The inverse of [`free_file_name`]; `None` for any other file.
+pub(crate) fn parse_free_file_name(name: &str) -> Option<SegmentId> {
+    let rest = name.strip_prefix("free-")?.strip_suffix(".free")?;
+    let (shard, number) = rest.split_once('-')?;
+    Some(SegmentId {
+        shard: shard.parse().ok()?,
+        number: number.parse().ok()?,
+    })
 }
 
 /// Finished segment files kept for reuse, per shard of the spool.
@@ -594,10 +644,10 @@ pub(crate) fn install_prepared(
         file,
         path: tmp,
         bytes,
-        generation,
+        key,
     } = prepared;
     let path = dir.join(file_name(id));
-    or_remove(&tmp, write_header(&file, id, generation, bytes))?;
+    or_remove(&tmp, write_header(&file, id, key, bytes))?;
     let renamed =
         std::fs::rename(&tmp, &path).map_err(|e| SpoolError::io("rename prepared segment", &e));
     or_remove(&tmp, renamed)?;

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use super::record::{
     self, NewMessage, NewRecipient, RECIPIENT_SUPERSEDED, RecipientState, SEGMENT_HEADER_BYTES,
-    StateRecord,
+    StateRecord, UseKey,
 };
 use super::segment::{self, MessageRef, SegmentShared, SpoolShared};
 use super::{
@@ -165,7 +165,7 @@ struct ReadySegment {
     path: std::path::PathBuf,
     /// Its blocks are written (zero-filled or recycled), else only allocated.
     written: bool,
-    generation: u16,
+    key: UseKey,
 }
 
 struct Current {
@@ -182,8 +182,8 @@ struct Current {
     /// Created (fallocated) on the shard, at start or because a
     /// preparation was not ready, rather than chosen from a prepared file.
     made_here: bool,
-    /// The file's generation, stamped on every record written to it.
-    generation: u16,
+    /// The use of the file: every record written to it is stamped with it.
+    key: UseKey,
 }
 
 struct Entry {
@@ -516,7 +516,10 @@ impl Inner {
         &self,
         encode: impl FnOnce(&mut Vec<u8>) -> Result<Effect, SpoolError>,
     ) -> Result<Rc<Slot>, SpoolError> {
-        let capacity = self.shared.options.segment_bytes - SEGMENT_HEADER_BYTES as u64;
+        // The room of a recycled segment, whose header's copy takes the end
+        // (a new one has a few bytes more).
+        let capacity =
+            record::trailer_offset(self.shared.options.segment_bytes) - SEGMENT_HEADER_BYTES as u64;
         let slot = Rc::new(Slot::default());
         {
             let mut st = self.st.borrow_mut();
@@ -602,24 +605,25 @@ impl Inner {
         poll_prepared(st);
         let prepared = st.prepared.take();
         let made_here = prepared.is_none();
-        let (id, generation, made) = match prepared {
+        let written = prepared.as_ref().is_some_and(|p| p.written);
+        let (id, key, made) = match prepared {
             Some(ReadySegment {
                 id,
                 file,
                 path,
-                generation,
+                key,
                 ..
             }) => {
                 self.shared
                     .segments_prepared
                     .fetch_add(1, Ordering::Relaxed);
-                (id, generation, Ok((file, path)))
+                (id, key, Ok((file, path)))
             }
             None => {
                 let id = self.next_segment_id().ok_or(SpoolError::Closed)?;
                 (
                     id,
-                    0,
+                    UseKey::FIRST,
                     segment::create_segment(&opts.path, id, opts.segment_bytes),
                 )
             }
@@ -630,11 +634,12 @@ impl Inner {
                 .write(true)
                 .open(&path)
                 .map_err(|e| SpoolError::io("open segment", &e))?;
-            let seg = SegmentShared::map(id, path, &file, SEGMENT_HEADER_BYTES as u64, false)?;
+            let seg = SegmentShared::map(id, key, path, &file, SEGMENT_HEADER_BYTES as u64, false)?;
             Ok(([file, second], seg))
         });
         match created {
             Ok(([first, second], seg)) => {
+                seg.blocks_written.store(written, Ordering::Relaxed);
                 let seg = Arc::new(seg);
                 self.shared.register(seg.clone());
                 self.seal_current(st);
@@ -647,9 +652,14 @@ impl Inner {
                     files,
                     next_file: 0,
                     write_pos: SEGMENT_HEADER_BYTES as u64,
-                    capacity: opts.segment_bytes,
+                    // A recycled file keeps its header's copy at the end.
+                    capacity: if key.generation == 0 {
+                        opts.segment_bytes
+                    } else {
+                        record::trailer_offset(opts.segment_bytes)
+                    },
                     made_here,
-                    generation,
+                    key,
                 });
                 st.disk_full_until = None;
                 self.start_preparing(st);
@@ -711,13 +721,13 @@ impl Inner {
                 let ready = recycled
                     .map_or_else(|| segment::prepare_segment(&dir, id, bytes, zeros), Ok)
                     .and_then(|p| {
-                        let generation = p.generation;
+                        let key = p.key;
                         segment::install_prepared(&dir, id, p).map(|(file, path)| ReadySegment {
                             id,
                             file,
                             path,
                             written: zeros || is_recycled,
-                            generation,
+                            key,
                         })
                     });
                 if ready.is_ok() {
@@ -805,10 +815,10 @@ impl Inner {
         st.pending
             .extend_from_slice(buf.get(bytes..).unwrap_or(&[]));
         buf.truncate(bytes);
-        // Records are encoded as generation 0 (carried-forward ones keep
-        // theirs): they take their segment's here. Records of another
-        // generation would read as the end of the data at recovery.
-        if !record::stamp_generation(&mut buf, cur.generation) {
+        // Records are encoded for a first use (carried-forward ones come as
+        // their segment had them): they take their segment's use here.
+        // Records of another use would read as the end of the data at recovery.
+        if !record::stamp(&mut buf, cur.key) {
             tracing::error!(segment = %cur.seg.id, "spool batch does not frame as records");
             for e in entries {
                 e.slot.resolve(Err(SpoolError::Unusable(
@@ -901,6 +911,9 @@ impl Inner {
             other => other,
         };
         let ok = res.is_ok();
+        if !ok {
+            seg.io_failed.store(true, Ordering::Relaxed);
+        }
         if ok {
             let (bytes, syncs) = self.synced.get();
             self.synced.set((bytes + written, syncs + 1));
