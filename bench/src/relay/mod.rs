@@ -70,6 +70,11 @@ pub struct SpoolFigures {
     pub fsync_mean_ms: f64,
     pub commits: u64,
     pub commit_mean_ms: f64,
+    /// Segments made ahead of need, by how: from a finished segment's file,
+    /// new and zero-filled, new and only allocated.
+    pub segments_recycled: u64,
+    pub segments_zero_filled: u64,
+    pub segments_allocated: u64,
 }
 
 /// Reads [`SpoolFigures`] from spate's `/metrics` (None if unavailable).
@@ -97,11 +102,20 @@ fn spool_figures(admin: SocketAddr, token: &str) -> Option<SpoolFigures> {
     let mean_ms = |sum: f64, n: f64| if n > 0.0 { sum * 1000.0 / n } else { 0.0 };
     let fsyncs = value("spate_spool_fsync_seconds_count")?;
     let commits = value("spate_spool_commit_seconds_count")?;
+    let prepared = |fill: &str| {
+        value(&format!(
+            "spate_spool_segments_prepared_total{{fill=\"{fill}\"}}"
+        ))
+        .unwrap_or(0.0) as u64
+    };
     Some(SpoolFigures {
         fsyncs: fsyncs as u64,
         fsync_mean_ms: mean_ms(value("spate_spool_fsync_seconds_sum")?, fsyncs),
         commits: commits as u64,
         commit_mean_ms: mean_ms(value("spate_spool_commit_seconds_sum")?, commits),
+        segments_recycled: prepared("recycled"),
+        segments_zero_filled: prepared("zeros"),
+        segments_allocated: prepared("allocated"),
     })
 }
 
@@ -699,7 +713,7 @@ pub fn print_table(rows: &[LegResult]) {
         }
         if let Some(sp) = &r.spool {
             println!(
-                "    spool: {} fdatasyncs ({:.1} new messages per fdatasync; delivery states share them), fdatasync mean {:.2} ms, commit mean {:.2} ms",
+                "    spool: {} fdatasyncs ({:.1} new messages per fdatasync; delivery states share them), fdatasync mean {:.2} ms, commit mean {:.2} ms; segments made ahead: {} recycled, {} zero-filled, {} allocated",
                 sp.fsyncs,
                 if sp.fsyncs > 0 {
                     sp.commits as f64 / sp.fsyncs as f64
@@ -708,6 +722,9 @@ pub fn print_table(rows: &[LegResult]) {
                 },
                 sp.fsync_mean_ms,
                 sp.commit_mean_ms,
+                sp.segments_recycled,
+                sp.segments_zero_filled,
+                sp.segments_allocated,
             );
         }
     }
