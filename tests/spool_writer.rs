@@ -205,11 +205,16 @@ fn states_survive_restart_and_last_state_wins_across_shards() {
 }
 
 fn segment_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    files_ending(dir, "seg")
+}
+
+/// The files in `dir` with extension `ext`, sorted.
+fn files_ending(dir: &Path, ext: &str) -> Vec<std::path::PathBuf> {
     let mut v: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .filter(|p| p.extension().is_some_and(|e| e == ext))
         .collect();
     v.sort();
     v
@@ -845,14 +850,7 @@ fn a_prepared_segment_is_an_empty_one_until_used() {
 }
 
 fn free_files(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut v: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "free"))
-        .collect();
-    v.sort();
-    v
+    files_ending(dir, "free")
 }
 
 /// Reclaimed segments' files are kept (at most 2 per shard) and the next
