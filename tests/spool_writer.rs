@@ -39,6 +39,24 @@ fn by_id(messages: &[RecoveredMessage]) -> HashMap<MessageId, &RecoveredMessage>
     messages.iter().map(|m| (m.message.id(), m)).collect()
 }
 
+/// Appends messages `range` (2,000 bytes, one recipient each), pausing
+/// `pause_ms` every 50 (time for the helper thread to prepare a segment).
+/// Returns each message's id with its number.
+async fn append_paced(
+    spool: &Spool,
+    range: std::ops::Range<usize>,
+    pause_ms: u64,
+) -> Vec<(MessageId, usize)> {
+    let mut ids = Vec::new();
+    for i in range {
+        ids.push((append(spool, i, 2000, 1).await.id(), i));
+        if i % 50 == 0 {
+            compio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
+        }
+    }
+    ids
+}
+
 async fn append(spool: &Spool, i: usize, size: usize, rcpts: usize) -> MessageRef {
     try_append(spool, i, size, rcpts).await.expect("append")
 }
@@ -637,15 +655,8 @@ fn prepared_segments_take_over_and_everything_recovers() {
         let rec = recover(&opts, 1).unwrap();
         rt().block_on(async {
             let spool = Spool::open(rec.shared.clone(), 0).unwrap();
-            let mut ids = Vec::new();
-            for i in 0..300 {
-                let m = append(&spool, i, 2000, 1).await;
-                ids.push((m.id(), i));
-                if i % 50 == 0 {
-                    // Give the helper thread time to zero the next segment.
-                    compio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-            }
+            // Pauses give the helper thread time to zero the next segment.
+            let ids = append_paced(&spool, 0..300, 100).await;
             spool.close().await;
             (ids, rec.shared.segments_prepared.load(Ordering::Relaxed))
         })
@@ -915,14 +926,7 @@ fn finished_segments_are_recycled_and_their_leftovers_never_recover() {
             );
             assert!(held.content().starts_with(b"Subject: message 0\r\n"));
             // Round 2: more segments, over the recycled files.
-            let mut ids = Vec::new();
-            for i in 1000..1300 {
-                let m = append(&spool, i, 2000, 1).await;
-                ids.push((m.id(), i));
-                if i % 50 == 0 {
-                    compio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            }
+            let ids = append_paced(&spool, 1000..1300, 50).await;
             // "Crash" here: a copy of the directory as it stands.
             for path in segment_files(dir.path()) {
                 std::fs::copy(&path, copy.path().join(path.file_name().unwrap())).unwrap();
