@@ -1022,3 +1022,62 @@ fn free_files_survive_a_restart_and_are_numbered_around() {
         "{names:?}"
     );
 }
+
+/// A segment that saw a failed fdatasync is never reused (its blocks may be
+/// bad), while a healthy full one beside it is.
+#[test]
+fn a_segment_with_failed_io_is_not_kept_for_reuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(dir.path(), 256 * 1024);
+    opts.prepare_segments = true;
+    opts.zero_fill = ZeroFill::Never;
+    let rec = recover(&opts, 1).unwrap();
+    let shared = rec.shared.clone();
+    let (failed, healthy) = rt().block_on(async {
+        let s = Spool::open(shared.clone(), 0).unwrap();
+        let mut done = Vec::new();
+        // Segment A: filled past 7/8, then a failed fdatasync seals it.
+        let first = append(&s, 0, 2000, 1).await;
+        let a = first.segment();
+        done.push(first);
+        let mut i = 1;
+        while shared.segment(a).unwrap().used_bytes() < 236 * 1024 {
+            done.push(append(&s, i, 2000, 1).await);
+            i += 1;
+        }
+        s.inject_sync_failures(1);
+        assert!(try_append(&s, i, 2000, 1).await.is_err());
+        // Segment B: filled until the next append goes elsewhere.
+        let next = append(&s, i + 1, 2000, 1).await;
+        let b = next.segment();
+        assert_ne!(a, b);
+        done.push(next);
+        let mut j = i + 2;
+        loop {
+            let m = append(&s, j, 2000, 1).await;
+            j += 1;
+            let moved = m.segment() != b;
+            done.push(m);
+            if moved {
+                break;
+            }
+        }
+        for m in &done {
+            s.record_states(m, &[(0, RecipientState::Delivered)], "250")
+                .await
+                .unwrap();
+        }
+        drop(done);
+        let r = s.reclaim().await.unwrap();
+        assert!(r.deleted.contains(&a) && r.deleted.contains(&b), "{r:?}");
+        s.close().await;
+        (a, b)
+    });
+    let free: Vec<String> = free_files(dir.path())
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    let name = |id: spate::spool::SegmentId| format!("free-{}-{:010}.free", id.shard, id.number);
+    assert!(free.contains(&name(healthy)), "{free:?}");
+    assert!(!free.contains(&name(failed)), "{free:?}");
+}
