@@ -875,10 +875,7 @@ fn finished_segments_are_recycled_and_their_leftovers_never_recover() {
     for recycle in [true, false] {
         let dir = tempfile::tempdir().unwrap();
         let copy = tempfile::tempdir().unwrap();
-        let mut opts = options(dir.path(), 256 * 1024);
-        opts.prepare_segments = true;
-        // Only recycling gives written blocks here.
-        opts.zero_fill = ZeroFill::Never;
+        let mut opts = reuse_options(dir.path());
         opts.recycle_segments = recycle;
         let what = format!("recycle_segments = {recycle}");
         let rec = recover(&opts, 1).unwrap();
@@ -973,6 +970,15 @@ fn finished_segments_are_recycled_and_their_leftovers_never_recover() {
     }
 }
 
+/// Options for the reuse tests: small segments made ahead, only allocated
+/// (so that written blocks come from reuse alone).
+fn reuse_options(dir: &Path) -> SpoolOptions {
+    let mut o = options(dir, 256 * 1024);
+    o.prepare_segments = true;
+    o.zero_fill = ZeroFill::Never;
+    o
+}
+
 /// `opts` for another directory.
 fn options_like(opts: &SpoolOptions, dir: &Path) -> SpoolOptions {
     let mut o = opts.clone();
@@ -986,9 +992,7 @@ fn options_like(opts: &SpoolOptions, dir: &Path) -> SpoolOptions {
 #[test]
 fn free_files_survive_a_restart_and_are_numbered_around() {
     let dir = tempfile::tempdir().unwrap();
-    let mut opts = options(dir.path(), 256 * 1024);
-    opts.prepare_segments = true;
-    opts.zero_fill = ZeroFill::Never;
+    let opts = reuse_options(dir.path());
     // A whole segment's file kept from an earlier run, under a high number,
     // and one of the wrong size (deleted).
     let rec = recover(&opts, 1).unwrap();
@@ -1028,9 +1032,7 @@ fn free_files_survive_a_restart_and_are_numbered_around() {
 #[test]
 fn a_segment_with_failed_io_is_not_kept_for_reuse() {
     let dir = tempfile::tempdir().unwrap();
-    let mut opts = options(dir.path(), 256 * 1024);
-    opts.prepare_segments = true;
-    opts.zero_fill = ZeroFill::Never;
+    let opts = reuse_options(dir.path());
     let rec = recover(&opts, 1).unwrap();
     let shared = rec.shared.clone();
     let (failed, healthy) = rt().block_on(async {
