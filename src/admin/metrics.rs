@@ -38,7 +38,7 @@ pub struct MetricsSnapshot {
     pub queues: Vec<QueueView>,
     pub spool_bytes_used: u64,
     pub spool_bytes_free: Option<u64>,
-    /// Segments made ahead of need, by fill ("zeros" or "allocated").
+    /// Segments made ahead of need, by fill ("zeros", "allocated" or "recycled").
     pub spool_segments_prepared: Vec<(&'static str, u64)>,
     pub dns: DnsMetricsSnapshot,
     pub accounting_written: u64,

@@ -152,6 +152,12 @@ impl ZeroFill {
 }
 
 impl SpoolOptions {
+    /// Whether finished segments' files are kept and reused: recycling is on
+    /// and so is preparation, which is what reuses them.
+    pub fn reuses_segments(&self) -> bool {
+        self.recycle_segments && self.prepare_segments
+    }
+
     pub fn new(path: impl Into<PathBuf>) -> Self {
         SpoolOptions {
             path: path.into(),

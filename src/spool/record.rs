@@ -18,9 +18,9 @@
 //! The CRC covers header bytes 0..12 and 16..24 and the payload, so a flipped
 //! bit anywhere in a record (kind, generation, length, sequence or payload)
 //! is detected. It starts from the segment's salt (0 in version 1 files, so
-//! there it is the plain CRC32C). The preallocated, never-written part of a new segment file
-//! reads as zeros; an all-zero record header therefore marks the end of the
-//! written data.
+//! there it is the plain CRC32C). The preallocated, never-written part of a
+//! new segment file reads as zeros; an all-zero record header therefore
+//! marks the end of the written data.
 //!
 //! # Recycled files: use keys
 //!
@@ -173,7 +173,9 @@ impl SegmentHeader {
         let salt = le_u32(&h[24..28]);
         match version {
             FORMAT_VERSION_FIRST_USE if generation != 0 || salt != 0 => {
-                return Err(RecordError::Malformed("generation in a version 1 header"));
+                return Err(RecordError::Malformed(
+                    "generation or salt in a version 1 header",
+                ));
             }
             FORMAT_VERSION if generation == 0 => {
                 return Err(RecordError::Malformed("generation 0 in a version 2 header"));

@@ -283,9 +283,7 @@ pub fn recover(options: &SpoolOptions, shards: u16) -> Result<Recovery, SpoolErr
             let fits = entry
                 .metadata()
                 .is_ok_and(|m| m.len() == options.segment_bytes);
-            let room = segment::FREE_SEGMENTS_PER_SHARD * usize::from(shards);
-            let reused = options.recycle_segments && options.prepare_segments;
-            if fits && reused && free.len() < room {
+            if fits && options.reuses_segments() && free.len() < segment::free_pool_bound(shards) {
                 free.push(entry.path());
             } else {
                 let _ = std::fs::remove_file(entry.path());

@@ -147,8 +147,9 @@ pub fn scan_records_of<'a>(
 
 /// Calls `visit(offset, record)` for every record of `kind` in bytes this
 /// process wrote or recovery already scanned (a segment up to its used
-/// length; its records are of use `key`), checking the CRC of those records only and skipping the others
-/// by their framed length, without reading their payload. At 100 KB
+/// length; its records are of use `key`), checking the CRC of those records
+/// only and skipping the others by their framed length, without reading
+/// their payload. At 100 KB
 /// messages, reclamation's search for state records spent most of its time
 /// re-checking message CRCs. Returns false at anything a full
 /// [`scan_records`] would have to resolve (bad framing, a bad CRC, bytes

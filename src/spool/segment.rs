@@ -27,7 +27,12 @@ pub fn file_name(id: SegmentId) -> String {
 
 /// The inverse of [`file_name`]; `None` for any other file.
 pub fn parse_file_name(name: &str) -> Option<SegmentId> {
-    let rest = name.strip_prefix("shard-")?.strip_suffix(".seg")?;
+    parse_id_between(name, "shard-", ".seg")
+}
+
+/// The segment id in `<prefix><shard>-<number><suffix>`.
+fn parse_id_between(name: &str, prefix: &str, suffix: &str) -> Option<SegmentId> {
+    let rest = name.strip_prefix(prefix)?.strip_suffix(suffix)?;
     let (shard, number) = rest.split_once('-')?;
     Some(SegmentId {
         shard: shard.parse().ok()?,
@@ -343,12 +348,11 @@ impl SpoolShared {
     /// Whether a finished segment's file may be kept for reuse: recycling and
     /// preparation (which reuses them) are on and the pool has room.
     pub(crate) fn free_has_room(&self) -> bool {
-        self.options.recycle_segments
-            && self.options.prepare_segments
+        self.options.reuses_segments()
             && self
                 .free
                 .lock()
-                .is_ok_and(|f| f.len() < FREE_SEGMENTS_PER_SHARD * usize::from(self.shards))
+                .is_ok_and(|f| f.len() < free_pool_bound(self.shards))
     }
 
     /// Adds a finished segment's file, renamed to its [`free_file_name`] and
@@ -358,7 +362,7 @@ impl SpoolShared {
         let Ok(mut free) = self.free.lock() else {
             return false;
         };
-        if free.len() >= FREE_SEGMENTS_PER_SHARD * usize::from(self.shards) {
+        if free.len() >= free_pool_bound(self.shards) {
             return false;
         }
         free.push(path);
@@ -427,7 +431,7 @@ fn create_reserved(
 /// Writes segment `id`'s header at the start of `file`, as a whole first
 /// page (the rest zeros, which a new file holds anyway) so that no block is
 /// read back, and syncs the file. In a recycled file this also clears the
-/// first page of leftovers (see `scan::segment_generation`).
+/// first page of leftovers (see `scan::segment_key`).
 fn write_header(
     file: &File,
     id: SegmentId,
@@ -567,16 +571,16 @@ pub(crate) fn free_file_name(id: SegmentId) -> String {
 
 /// The inverse of [`free_file_name`]; `None` for any other file.
 pub(crate) fn parse_free_file_name(name: &str) -> Option<SegmentId> {
-    let rest = name.strip_prefix("free-")?.strip_suffix(".free")?;
-    let (shard, number) = rest.split_once('-')?;
-    Some(SegmentId {
-        shard: shard.parse().ok()?,
-        number: number.parse().ok()?,
-    })
+    parse_id_between(name, "free-", ".free")
 }
 
 /// Finished segment files kept for reuse, per shard of the spool.
 pub const FREE_SEGMENTS_PER_SHARD: usize = 2;
+
+/// How many finished segment files a spool of `shards` shards keeps.
+pub(crate) fn free_pool_bound(shards: u16) -> usize {
+    FREE_SEGMENTS_PER_SHARD * usize::from(shards)
+}
 
 /// Writes `segment_bytes` of zeros over `file` (at `path`) and syncs its data.
 ///
