@@ -34,6 +34,9 @@ fn spate_leg_delivers_everything() {
     assert_eq!(r.error, None);
     assert_eq!(r.delivered, 300);
     assert!(r.cpu_s.is_some() && r.peak_rss_kib.is_some());
+    // Anonymous memory is part of the resident set.
+    let anon = r.peak_anon_kib.expect("sampled anonymous memory");
+    assert!(anon > 0 && anon <= r.peak_rss_kib.unwrap(), "{anon} KiB");
     // Every message waited for one commit. (fdatasyncs also serve the
     // delivery states, so their number is not bounded by the messages.)
     let spool = r.spool.expect("spool figures from spate's metrics");

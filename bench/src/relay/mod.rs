@@ -6,8 +6,9 @@
 //! relaying to the same kind of sink). Each leg gets a fresh sink, the same
 //! load, and yields one [`LegResult`]: end-to-end messages/s (first injection
 //! until the sink has every accepted message), ack and end-to-end latency, CPU
-//! seconds and peak RSS of the MTA. Every child process is held by a guard that
-//! kills it on drop, so errors and early returns clean up.
+//! seconds, peak RSS and (sampled) peak anonymous memory of the MTA. Every
+//! child process is held by a guard that kills it on drop, so errors and early
+//! returns clean up.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -47,7 +48,12 @@ pub struct LegResult {
     pub e2e_latency: Percentiles,
     pub cpu_s: Option<f64>,
     pub cpu_ms_per_msg: Option<f64>,
+    /// VmHWM of the MTA's main process: file pages included, so for spate
+    /// the spool pages mapped for delivery (for Postfix, its master only).
     pub peak_rss_kib: Option<u64>,
+    /// Highest summed RssAnon of the MTA's process tree while the leg ran
+    /// (sampled; see [`AnonPeak`]): the memory it allocated.
+    pub peak_anon_kib: Option<u64>,
     pub injector_failures: std::collections::BTreeMap<String, u64>,
     pub error: Option<String>,
     /// Which round of `--repeat` (1-based).
@@ -209,13 +215,11 @@ pub fn tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
-/// CPU seconds (user+system, children reaped included) of a process tree.
-pub fn tree_cpu_s(root: u32) -> Option<f64> {
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    let ticks = if ticks > 0 { ticks as f64 } else { 100.0 };
+/// Every process under `root` (itself included), from one walk of `/proc`:
+/// pid and the fields of `/proc/<pid>/stat` after the command name.
+fn proc_tree(root: u32) -> Option<Vec<(u32, Vec<String>)>> {
     let mut parents = std::collections::HashMap::new();
-    let mut cpu = std::collections::HashMap::new();
+    let mut stats = std::collections::HashMap::new();
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
         let Some(pid) = entry
             .file_name()
@@ -227,32 +231,91 @@ pub fn tree_cpu_s(root: u32) -> Option<f64> {
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
             continue;
         };
-        // Fields after the ")" closing the command name: state ppid ... utime(14) stime(15) cutime(16) cstime(17).
+        // Fields after the ")" closing the command name: state ppid ...
         let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
             continue;
         };
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        let f: Vec<String> = rest.split_whitespace().map(str::to_owned).collect();
         let ppid = f.get(1).and_then(|v| v.parse::<u32>().ok()).unwrap_or(0);
         parents.insert(pid, ppid);
-        cpu.insert(pid, num(11) + num(12) + num(13) + num(14));
+        stats.insert(pid, f);
     }
-    cpu.get(&root)?;
-    let mut total = 0.0;
-    for (pid, c) in &cpu {
-        let mut p = *pid;
+    stats.get(&root)?;
+    let under = |pid: u32| {
+        let mut p = pid;
         for _ in 0..64 {
             if p == root {
-                total += c;
-                break;
+                return true;
             }
             match parents.get(&p) {
                 Some(pp) if *pp != 0 => p = *pp,
-                _ => break,
+                _ => return false,
             }
         }
-    }
+        false
+    };
+    Some(stats.into_iter().filter(|(pid, _)| under(*pid)).collect())
+}
+
+/// CPU seconds (user+system, children reaped included) of a process tree.
+pub fn tree_cpu_s(root: u32) -> Option<f64> {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let ticks = if ticks > 0 { ticks as f64 } else { 100.0 };
+    // utime(11) stime(12) cutime(13) cstime(14), counted from the state field.
+    let total: f64 = proc_tree(root)?
+        .iter()
+        .map(|(_, f)| {
+            let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            num(11) + num(12) + num(13) + num(14)
+        })
+        .sum();
     Some(total / ticks)
+}
+
+/// Summed `RssAnon` (heap, stacks: what the process allocated) of a process
+/// tree, in KiB. Unlike VmHWM it leaves out file pages, which for spate are
+/// mostly spool segments mapped for delivery: the kernel drops those under
+/// memory pressure, so they do not size a machine.
+pub fn tree_anon_kib(root: u32) -> Option<u64> {
+    let tree = proc_tree(root)?;
+    Some(
+        tree.iter()
+            .filter_map(|(pid, _)| crate::probe::status_kib(*pid, "RssAnon"))
+            .sum(),
+    )
+}
+
+/// How often [`AnonPeak`] samples.
+const ANON_SAMPLE_MS: u64 = 200;
+
+/// The highest [`tree_anon_kib`] seen while a leg runs, sampled every
+/// [`ANON_SAMPLE_MS`] on a thread of its own (the kernel keeps no peak of
+/// anonymous memory), so a spike shorter than that can be missed.
+pub struct AnonPeak {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<Option<u64>>,
+}
+
+impl AnonPeak {
+    pub fn start(root: u32) -> AnonPeak {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let mut peak = tree_anon_kib(root);
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(Duration::from_millis(ANON_SAMPLE_MS))
+            {
+                peak = peak.max(tree_anon_kib(root));
+            }
+            peak.max(tree_anon_kib(root))
+        });
+        AnonPeak { stop, thread }
+    }
+
+    pub fn finish(self) -> Option<u64> {
+        let _ = self.stop.send(());
+        self.thread.join().ok().flatten()
+    }
 }
 
 /// Peak resident set (VmHWM) in KiB.
@@ -280,9 +343,11 @@ fn inject_and_drain(
     mta_pid: Option<u32>,
 ) -> anyhow::Result<LegResult> {
     let started = Instant::now();
+    let anon = mta_pid.map(AnonPeak::start);
     let inject: InjectReport = run_inject(inject_config(to, load))?;
     let drain = Duration::from_millis(DRAIN_TIMEOUT_MS_BASE + load.messages);
     let complete = sink.wait_for_messages(inject.accepted, drain);
+    let peak_anon_kib = anon.and_then(AnonPeak::finish);
     let sink_report = sink.report();
     let elapsed = match sink_report.last_message_unix_us {
         Some(last) if complete => last.saturating_sub(inject.first_send_unix_us) as f64 / 1e6,
@@ -309,6 +374,7 @@ fn inject_and_drain(
             .filter(|_| delivered > 0)
             .map(|c| c * 1000.0 / delivered as f64),
         peak_rss_kib: mta_pid.and_then(peak_rss_kib),
+        peak_anon_kib,
         injector_failures: inject.failures,
         error: None,
         round: 1,
@@ -576,7 +642,9 @@ fn inject_only(
     load: &Load,
     mta_pid: Option<u32>,
 ) -> anyhow::Result<LegResult> {
+    let anon = mta_pid.map(AnonPeak::start);
     let inject: InjectReport = run_inject(inject_config(to, load))?;
+    let peak_anon_kib = anon.and_then(AnonPeak::finish);
     let cpu_s = mta_pid.and_then(tree_cpu_s);
     Ok(LegResult {
         name: name.into(),
@@ -590,6 +658,7 @@ fn inject_only(
             .filter(|_| inject.accepted > 0)
             .map(|c| c * 1000.0 / inject.accepted as f64),
         peak_rss_kib: mta_pid.and_then(peak_rss_kib),
+        peak_anon_kib,
         injector_failures: inject.failures,
         ..LegResult::default()
     })
@@ -670,7 +739,7 @@ pub struct RelayArgs {
 /// Prints the result table.
 pub fn print_table(rows: &[LegResult]) {
     println!(
-        "{:<24} {:>8} {:>9} {:>11} {:>11} {:>10} {:>10} {:>10} {:>9} {:>10}",
+        "{:<24} {:>8} {:>9} {:>11} {:>11} {:>10} {:>10} {:>10} {:>9} {:>10} {:>10}",
         "leg",
         "msgs",
         "delivered",
@@ -680,10 +749,12 @@ pub fn print_table(rows: &[LegResult]) {
         "ack p99ms",
         "e2e p99ms",
         "cpu ms/m",
+        "peak anon",
         "peak RSS"
     );
     for r in rows {
         let opt = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.3}"));
+        let mib = |k: Option<u64>| k.map_or("-".to_owned(), |k| format!("{} MiB", k / 1024));
         let ms = |p: &Percentiles, us: u64| {
             if p.count == 0 {
                 "-".to_owned()
@@ -692,7 +763,7 @@ pub fn print_table(rows: &[LegResult]) {
             }
         };
         println!(
-            "{:<24} {:>8} {:>9} {:>11.0} {:>11.0} {:>10} {:>10} {:>10} {:>9} {:>10}",
+            "{:<24} {:>8} {:>9} {:>11.0} {:>11.0} {:>10} {:>10} {:>10} {:>9} {:>10} {:>10}",
             r.name,
             r.messages,
             r.delivered,
@@ -702,8 +773,8 @@ pub fn print_table(rows: &[LegResult]) {
             ms(&r.ack_latency, r.ack_latency.p99_us),
             ms(&r.e2e_latency, r.e2e_latency.p99_us),
             opt(r.cpu_ms_per_msg),
-            r.peak_rss_kib
-                .map_or("-".to_owned(), |k| format!("{} MiB", k / 1024)),
+            mib(r.peak_anon_kib),
+            mib(r.peak_rss_kib),
         );
         if let Some(e) = &r.error {
             println!("    error: {e}");
@@ -1180,5 +1251,28 @@ mod tests {
         assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), Some(2.5));
         assert_eq!(median(vec![f64::NAN, 5.0]), Some(5.0));
         assert_eq!(median(Vec::new()), None);
+    }
+
+    /// The sampler sees memory this process allocates and touches while it
+    /// runs (file pages would not count), and nothing for a missing process.
+    #[test]
+    fn anon_peak_sees_touched_heap() {
+        const MIB: usize = 1 << 20;
+        let me = std::process::id();
+        let before = tree_anon_kib(me).expect("this process is in /proc");
+        let sampler = AnonPeak::start(me);
+        let mut heap = vec![0u8; 96 * MIB];
+        for page in heap.chunks_mut(4096) {
+            page[0] = 1;
+        }
+        std::thread::sleep(Duration::from_millis(3 * ANON_SAMPLE_MS));
+        let peak = sampler.finish().expect("sampled");
+        std::hint::black_box(&heap);
+        drop(heap);
+        assert!(
+            peak >= before + 64 * 1024,
+            "peak {peak} KiB, before {before} KiB"
+        );
+        assert_eq!(tree_anon_kib(u32::MAX), None);
     }
 }
