@@ -833,7 +833,7 @@ fn a_prepared_segment_is_an_empty_one_until_used() {
     assert_eq!(
         segment_files(dir.path()).len(),
         1,
-        "close removes the unused prepared segment"
+        "close takes the unused prepared segment away"
     );
 
     let copied = options(copy.path(), 256 * 1024);
@@ -862,6 +862,72 @@ fn a_prepared_segment_is_an_empty_one_until_used() {
 
 fn free_files(dir: &Path) -> Vec<std::path::PathBuf> {
     files_ending(dir, "free")
+}
+
+/// A prepared segment with written blocks that was never used goes back to
+/// the pool at close (renamed to its free name), and the next start makes
+/// its first prepared segment from it; with recycling off, or for a segment
+/// only allocated, close deletes it.
+#[test]
+fn an_unused_prepared_segment_goes_back_to_the_pool_at_close() {
+    for (recycle, zero_fill, kept) in [
+        (true, ZeroFill::Always, true),
+        (false, ZeroFill::Always, false),
+        (true, ZeroFill::Never, false),
+    ] {
+        let what = format!("recycle {recycle}, zero_fill {zero_fill:?}");
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = options(dir.path(), 256 * 1024);
+        opts.prepare_segments = true;
+        opts.zero_fill = zero_fill;
+        opts.recycle_segments = recycle;
+        let rec = recover(&opts, 1).unwrap();
+        rt().block_on(async {
+            let spool = Spool::open(rec.shared.clone(), 0).unwrap();
+            append(&spool, 1, 2000, 1).await;
+            // Close waits for a preparation still running.
+            spool.close().await;
+        });
+        drop(rec);
+        let segs = segment_files(dir.path());
+        assert_eq!(segs.len(), 1, "{what}: {segs:?}");
+        let free = free_files(dir.path());
+        let leftovers = files_ending(dir.path(), "tmp");
+        assert!(leftovers.is_empty(), "{what}: {leftovers:?}");
+        if !kept {
+            assert!(free.is_empty(), "{what}: {free:?}");
+            continue;
+        }
+        // Under the prepared segment's own number.
+        assert_eq!(free.len(), 1, "{what}");
+        let name = free[0].file_name().unwrap().to_string_lossy().into_owned();
+        let seg = segs[0].file_name().unwrap().to_string_lossy().into_owned();
+        let number = |n: &str, prefix: &str, suffix: &str| {
+            n.strip_prefix(prefix)?
+                .strip_suffix(suffix)?
+                .parse::<u64>()
+                .ok()
+        };
+        let (free_n, seg_n) = (
+            number(&name, "free-0-", ".free"),
+            number(&seg, "shard-0-", ".seg"),
+        );
+        assert!(
+            free_n.is_some() && seg_n.is_some() && free_n != seg_n,
+            "{what}: {name} {seg}"
+        );
+        // The next start keeps it and the first preparation reuses it.
+        let rec = recover(&opts, 1).unwrap();
+        assert!(rec.report.corrupt.is_empty(), "{what}: {:?}", rec.report);
+        assert_eq!(rec.messages.len(), 1, "{what}");
+        let recycled = rt().block_on(async {
+            let spool = Spool::open(rec.shared.clone(), 0).unwrap();
+            append(&spool, 2, 2000, 1).await;
+            spool.close().await;
+            rec.shared.segments_recycled.load(Ordering::Relaxed)
+        });
+        assert_eq!(recycled, 1, "{what}");
+    }
 }
 
 /// Reclaimed segments' files are kept (at most 2 per shard) and the next
@@ -1082,4 +1148,71 @@ fn a_segment_with_failed_io_is_not_kept_for_reuse() {
     let name = |id: spate::spool::SegmentId| format!("free-{}-{:010}.free", id.shard, id.number);
     assert!(free.contains(&name(healthy)), "{free:?}");
     assert!(!free.contains(&name(failed)), "{free:?}");
+}
+
+/// A finished segment whose blocks were mostly never written (only
+/// allocated, and sealed early: here when the shard moves from the segment it
+/// made on the spot to a zero-filled prepared one) is not kept for reuse, as
+/// fdatasyncs into it would still convert extents; a full one is.
+#[test]
+fn a_mostly_unwritten_segment_is_not_kept_for_reuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = reuse_options(dir.path());
+    opts.zero_fill = ZeroFill::Always;
+    let rec = recover(&opts, 1).unwrap();
+    let shared = rec.shared.clone();
+    let (sparse, full) = rt().block_on(async {
+        let s = Spool::open(shared.clone(), 0).unwrap();
+        let first = append(&s, 0, 2000, 1).await;
+        let sparse = first.segment();
+        let mut done = vec![first];
+        // Once the prepared segment is ready, the next append moves to it
+        // (a few more may land here first: still far under 7/8).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let mut i = 1;
+        let full = loop {
+            let m = append(&s, i, 2000, 1).await;
+            i += 1;
+            let seg = m.segment();
+            done.push(m);
+            if seg != sparse {
+                break seg;
+            }
+            assert!(std::time::Instant::now() < deadline, "no prepared segment");
+            compio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        let left = shared.segment(sparse).unwrap();
+        assert!(left.is_sealed() && left.used_bytes() < 128 * 1024);
+        drop(left);
+        // Filled until the next append goes elsewhere.
+        loop {
+            let m = append(&s, i, 2000, 1).await;
+            i += 1;
+            let moved = m.segment() != full;
+            done.push(m);
+            if moved {
+                break;
+            }
+        }
+        for m in &done {
+            s.record_states(m, &[(0, RecipientState::Delivered)], "250")
+                .await
+                .unwrap();
+        }
+        drop(done);
+        let r = s.reclaim().await.unwrap();
+        assert!(
+            r.deleted.contains(&sparse) && r.deleted.contains(&full),
+            "{r:?}"
+        );
+        s.close().await;
+        (sparse, full)
+    });
+    let free: Vec<String> = free_files(dir.path())
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    let name = |id: spate::spool::SegmentId| format!("free-{}-{:010}.free", id.shard, id.number);
+    assert!(free.contains(&name(full)), "{free:?}");
+    assert!(!free.contains(&name(sparse)), "{free:?}");
 }

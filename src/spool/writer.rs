@@ -1013,6 +1013,27 @@ fn pwrite_all(file: &compio::fs::File, bytes: &[u8], pos: u64) -> std::io::Resul
     borrowed.write_all_at(bytes, pos)
 }
 
+/// Gives a prepared segment that was never used (`path`, its blocks
+/// written) to the pool of free files, renamed to its free name like a
+/// finished segment at reclaim; false, with nothing left under the free
+/// name, when the pool is full or the rename fails. Its header is a valid
+/// one (a first use's or its recycled use's), which is what reuse reads the
+/// next generation from.
+fn return_to_pool(shared: &SpoolShared, id: SegmentId, path: &std::path::Path) -> bool {
+    if !shared.free_has_room() {
+        return false;
+    }
+    let free = shared.options.path.join(segment::free_file_name(id));
+    if free.exists() || std::fs::rename(path, &free).is_err() {
+        return false;
+    }
+    if segment::sync_dir(&shared.options.path).is_ok() && shared.add_free(free.clone()) {
+        return true;
+    }
+    let _ = std::fs::remove_file(&free);
+    false
+}
+
 /// Moves a finished preparation into `st.prepared` (a failed one is logged
 /// and dropped: rotation then falls back to `fallocate`).
 fn poll_prepared(st: &mut State) {
@@ -1082,7 +1103,9 @@ async fn flush_loop(inner: Rc<Inner>) {
         // for room may go on.
         inner.wake_room();
     }
-    // A prepared segment never used is an empty one: removed rather than
+    // A prepared segment never used is an empty one. One with written blocks
+    // (recycled or zero-filled) goes back to the pool of free files, as a
+    // finished segment would; an only-allocated one is removed rather than
     // left for the next start to reclaim. One still being prepared is waited
     // for first, so no helper outlives the spool (a reopen in the same
     // process must not meet its files).
@@ -1102,8 +1125,17 @@ async fn flush_loop(inner: Rc<Inner>) {
         None => None,
     };
     for made in [ready, pending].into_iter().flatten() {
-        drop(made.file);
-        let _ = std::fs::remove_file(&made.path);
+        let ReadySegment {
+            id,
+            file,
+            path,
+            written,
+            ..
+        } = made;
+        drop(file);
+        if !(written && return_to_pool(&inner.shared, id, &path)) {
+            let _ = std::fs::remove_file(&path);
+        }
     }
     inner.st.borrow_mut().flusher_done = true;
     for w in inner.closed.borrow_mut().drain(..) {
