@@ -14,6 +14,10 @@ fn sample_message(content: &[u8]) -> Vec<u8> {
 }
 
 fn sample_message_of(content: record::Content<'_>) -> Vec<u8> {
+    sample_message_for(UseKey::FIRST, content)
+}
+
+fn sample_message_for(key: UseKey, content: record::Content<'_>) -> Vec<u8> {
     let rcpts = [
         NewRecipient {
             forward_path: "a@example.com",
@@ -38,11 +42,15 @@ fn sample_message_of(content: record::Content<'_>) -> Vec<u8> {
         content,
     };
     let mut out = Vec::new();
-    record::encode_message(&mut out, 77, MessageId(77), &msg, None).unwrap();
+    record::encode_message_for(&mut out, key, 77, MessageId(77), &msg, None).unwrap();
     out
 }
 
 fn sample_state() -> Vec<u8> {
+    sample_state_for(UseKey::FIRST)
+}
+
+fn sample_state_for(key: UseKey) -> Vec<u8> {
     let mut out = Vec::new();
     let rec = StateRecord {
         message: MessageId(77),
@@ -57,7 +65,7 @@ fn sample_state() -> Vec<u8> {
         },
         reply: "451 4.7.1 try later",
     };
-    record::encode_state(&mut out, 78, &rec).unwrap();
+    record::encode_state_for(&mut out, key, 78, &rec).unwrap();
     out
 }
 
@@ -603,6 +611,34 @@ fn stamping_a_use_keeps_records_valid_under_its_salt_only() {
     let mut cut = original.clone();
     cut.truncate(original.len() - 8);
     assert!(!record::stamp(&mut cut, key));
+}
+
+/// Records encoded for a use are byte for byte the first-use records
+/// stamped for it (the writer encodes for its current segment and stamps
+/// only what lands elsewhere), and the plain encoders are the first use's.
+#[test]
+fn encoding_for_a_use_equals_stamping_for_it() {
+    let content = b"Subject: s\r\n\r\nbody\r\n";
+    for key in [
+        UseKey::FIRST,
+        UseKey {
+            generation: 1,
+            salt: 0xdead_beef,
+        },
+        UseKey {
+            generation: u16::MAX,
+            salt: 1,
+        },
+    ] {
+        let mut stamped = sample_message(content);
+        stamped.extend_from_slice(&sample_state());
+        assert!(record::stamp(&mut stamped, key));
+        let mut encoded = sample_message_for(key, record::Content::One(content));
+        encoded.extend_from_slice(&sample_state_for(key));
+        assert_eq!(encoded, stamped, "{key:?}");
+        let raw = record::decode_raw_salted(&encoded, key.salt).unwrap();
+        assert_eq!(raw.generation, key.generation);
+    }
 }
 
 const IMAGE_BYTES: usize = 64 * 1024;

@@ -1216,3 +1216,65 @@ fn a_mostly_unwritten_segment_is_not_kept_for_reuse() {
     assert!(free.contains(&name(full)), "{free:?}");
     assert!(!free.contains(&name(sparse)), "{free:?}");
 }
+
+/// A state record carried forward out of a finished segment lands in a
+/// segment of another use (recycled files have their own salts, carried
+/// records come as their old segment had them) and is stamped for it: after
+/// several rounds of carrying between recycled files, the state is still
+/// there at recovery, as is everything written after it.
+#[test]
+fn carried_records_take_the_use_of_the_segment_they_land_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = reuse_options(dir.path());
+    let rec = recover(&opts, 2).unwrap();
+    let shared = rec.shared.clone();
+    let (partial, keep, carried_late) = rt().block_on(async {
+        let s0 = Spool::open(shared.clone(), 0).unwrap();
+        let s1 = Spool::open(shared.clone(), 1).unwrap();
+        // Recipient 0 of shard 0's message is delivered by shard 1: that
+        // state record must outlive every segment of shard 1 it sits in.
+        let partial = append(&s0, 0, 2000, 2).await;
+        s1.record_states(&partial, &[(0, RecipientState::Delivered)], "250")
+            .await
+            .unwrap();
+        let mut carried_late = 0;
+        let mut n = 1;
+        for _ in 0..5 {
+            let mut done = Vec::new();
+            for i in n..n + 300 {
+                done.push(append(&s1, i, 2000, 1).await);
+                if i % 50 == 0 {
+                    // Time for the helper to prepare the next segment.
+                    compio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            }
+            n += 300;
+            for m in &done {
+                s1.record_states(m, &[(0, RecipientState::Delivered)], "250")
+                    .await
+                    .unwrap();
+            }
+            drop(done);
+            let recycled = shared.segments_recycled.load(Ordering::Relaxed);
+            let r = s1.reclaim().await.unwrap();
+            if recycled > 0 {
+                carried_late += r.carried_records;
+            }
+        }
+        let keep = append(&s1, n, 2000, 1).await.id();
+        s0.close().await;
+        s1.close().await;
+        (partial.id(), keep, carried_late)
+    });
+    drop((rec, shared));
+    assert!(carried_late >= 1, "nothing carried after reuse began");
+    let rec = recover(&opts, 2).unwrap();
+    assert!(rec.report.corrupt.is_empty(), "{:?}", rec.report);
+    let by_id = by_id(&rec.messages);
+    assert_eq!(
+        by_id[&partial].recipients.as_ref(),
+        &[(1, RecipientState::Queued)],
+        "recipient 0 stays delivered"
+    );
+    assert!(by_id.contains_key(&keep));
+}

@@ -458,12 +458,25 @@ pub struct EncodedMessage {
     pub content_len: usize,
 }
 
-/// Appends a message record to `out`. `states` (one per recipient, with the
-/// sequence number each state was decided at) is given when a message is
-/// rewritten (compaction or reroute); a new message has every recipient `Queued`
-/// at the record's own `seq`.
+/// Appends a message record to `out`, for a first use of its segment.
+/// `states` (one per recipient, with the sequence number each state was
+/// decided at) is given when a message is rewritten (compaction or reroute);
+/// a new message has every recipient `Queued` at the record's own `seq`.
 pub fn encode_message(
     out: &mut Vec<u8>,
+    seq: u64,
+    id: MessageId,
+    msg: &NewMessage<'_>,
+    states: Option<&[(RecipientState, u64)]>,
+) -> Result<EncodedMessage, EncodeError> {
+    encode_message_for(out, UseKey::FIRST, seq, id, msg, states)
+}
+
+/// [`encode_message`] for use `key` of a segment: the record carries its
+/// generation and its CRC starts from its salt, as [`stamp`] would make it.
+pub fn encode_message_for(
+    out: &mut Vec<u8>,
+    key: UseKey,
     seq: u64,
     id: MessageId,
     msg: &NewMessage<'_>,
@@ -521,7 +534,7 @@ pub fn encode_message(
     let content_offset_in_record = out.len() - start;
     out.reserve(content_len + RECORD_ALIGN_BYTES);
     msg.content.write_to(out);
-    finish(out, start, KIND_MESSAGE, seq)?;
+    finish(out, start, KIND_MESSAGE, seq, key)?;
     Ok(EncodedMessage {
         stored_len: out.len() - start,
         content_offset_in_record,
@@ -548,9 +561,20 @@ pub struct StateRecord<'a> {
     pub reply: &'a str,
 }
 
-/// Appends a state record to `out`; returns the stored length.
+/// Appends a state record to `out`, for a first use of its segment; returns
+/// the stored length.
 pub fn encode_state(
     out: &mut Vec<u8>,
+    seq: u64,
+    rec: &StateRecord<'_>,
+) -> Result<usize, EncodeError> {
+    encode_state_for(out, UseKey::FIRST, seq, rec)
+}
+
+/// [`encode_state`] for use `key` of a segment (see [`encode_message_for`]).
+pub fn encode_state_for(
+    out: &mut Vec<u8>,
+    key: UseKey,
     seq: u64,
     rec: &StateRecord<'_>,
 ) -> Result<usize, EncodeError> {
@@ -563,7 +587,7 @@ pub fn encode_state(
     out.extend_from_slice(&rec.recipient.to_le_bytes());
     rec.state.encode(out);
     put_str(out, rec.reply);
-    finish(out, start, KIND_STATE, seq)?;
+    finish(out, start, KIND_STATE, seq, key)?;
     Ok(out.len() - start)
 }
 
@@ -707,11 +731,13 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-/// Makes every record in `records` (whole records: as encoded here, for a
-/// first use, or carried forward from any segment) a record of use `key`: its generation set, its CRC recomputed from the
-/// salt. Records are encoded for a first use and stamped when their batch
-/// is given its segment; for a first use with first-use records nothing
-/// changes. Returns false if `records` does not frame as whole records.
+/// Makes every record in `records` (whole records, encoded for any use or
+/// carried forward from any segment) a record of use `key`: its generation
+/// set, its CRC recomputed from the salt. The writer encodes records for its
+/// current segment's use and stamps those whose batch lands in another one
+/// (after a rotation, or carried forward); for a first use with first-use
+/// records nothing changes. Returns false if `records` does not frame as
+/// whole records.
 pub fn stamp(records: &mut [u8], key: UseKey) -> bool {
     let mut pos = 0;
     while pos < records.len() {
@@ -745,8 +771,15 @@ fn record_crc(header: &[u8], payload: &[u8], salt: u32) -> u32 {
     crc32c::crc32c_append(crc, payload)
 }
 
-/// Fills in the header of the record that starts at `start` and pads it.
-fn finish(out: &mut Vec<u8>, start: usize, kind: u8, seq: u64) -> Result<(), EncodeError> {
+/// Fills in the header of the record that starts at `start`, for use `key`,
+/// and pads it.
+fn finish(
+    out: &mut Vec<u8>,
+    start: usize,
+    kind: u8,
+    seq: u64,
+    key: UseKey,
+) -> Result<(), EncodeError> {
     let payload_len = u32::try_from(out.len() - start - RECORD_HEADER_BYTES).map_err(|_| {
         out.truncate(start);
         EncodeError::TooLarge
@@ -754,9 +787,10 @@ fn finish(out: &mut Vec<u8>, start: usize, kind: u8, seq: u64) -> Result<(), Enc
     let mut h = [0u8; RECORD_HEADER_BYTES];
     h[0..4].copy_from_slice(&RECORD_MAGIC.to_le_bytes());
     h[4] = kind;
+    h[6..8].copy_from_slice(&key.generation.to_le_bytes());
     h[8..12].copy_from_slice(&payload_len.to_le_bytes());
     h[16..24].copy_from_slice(&seq.to_le_bytes());
-    let crc = record_crc(&h, &out[start + RECORD_HEADER_BYTES..], 0);
+    let crc = record_crc(&h, &out[start + RECORD_HEADER_BYTES..], key.salt);
     h[12..16].copy_from_slice(&crc.to_le_bytes());
     out[start..start + RECORD_HEADER_BYTES].copy_from_slice(&h);
     let padded = start + stored_len(payload_len as usize);

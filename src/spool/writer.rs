@@ -190,6 +190,10 @@ struct Entry {
     len: usize,
     slot: Rc<Slot>,
     effect: Effect,
+    /// The use its records were encoded for (the current segment's when
+    /// pushed); `None` for records carried forward as their segment had them.
+    /// Stamped when their batch lands in a segment of another use.
+    key: Option<UseKey>,
 }
 
 enum Effect {
@@ -298,8 +302,8 @@ impl Spool {
         let id = MessageId(seq);
         let live = msg.recipients.len() as u32;
         let queued = std::time::Instant::now();
-        let slot = self.push(|out| {
-            let enc = record::encode_message(out, seq, id, msg, None)?;
+        let slot = self.push(|out, key| {
+            let enc = record::encode_message_for(out, key, seq, id, msg, None)?;
             Ok(Effect::Message {
                 id,
                 record_len: enc.stored_len as u32,
@@ -331,7 +335,7 @@ impl Spool {
         self.wait_room().await?;
         let first = self.inner.shared.next_seqs(states.len() as u64);
         let finals = states.iter().filter(|(_, s)| s.is_final()).count() as u32;
-        let slot = self.push(|out| {
+        let slot = self.push(|out, key| {
             for (i, &(recipient, state)) in states.iter().enumerate() {
                 let rec = StateRecord {
                     message: msg.id(),
@@ -340,7 +344,7 @@ impl Spool {
                     state,
                     reply,
                 };
-                record::encode_state(out, first + i as u64, &rec)?;
+                record::encode_state_for(out, key, first + i as u64, &rec)?;
             }
             Ok(Effect::States {
                 message: Some(msg.clone()),
@@ -404,10 +408,10 @@ impl Spool {
         let with_seq: Vec<(RecipientState, u64)> = states.iter().map(|&s| (s, seq)).collect();
         let live = states.iter().filter(|s| !s.is_final()).count() as u32;
         let id = msg.id();
-        let slot = self.push(|out| {
+        let slot = self.push(|out, key| {
             // The copy first, then the tombstone for the old copy: a torn write
             // can lose the tombstone but never keep it without the copy.
-            let enc = record::encode_message(out, seq, id, &copy, Some(&with_seq))?;
+            let enc = record::encode_message_for(out, key, seq, id, &copy, Some(&with_seq))?;
             let tomb = StateRecord {
                 message: id,
                 home: msg.segment(),
@@ -415,7 +419,7 @@ impl Spool {
                 state: RecipientState::Queued,
                 reply: "",
             };
-            record::encode_state(out, tomb_seq, &tomb)?;
+            record::encode_state_for(out, key, tomb_seq, &tomb)?;
             Ok(Effect::Message {
                 id,
                 record_len: enc.stored_len as u32,
@@ -437,7 +441,7 @@ impl Spool {
             return Ok(());
         }
         self.wait_room().await?;
-        let slot = self.push(|out| {
+        let slot = self.push_as(false, |out, _| {
             out.extend_from_slice(bytes);
             Ok(Effect::States {
                 message: None,
@@ -464,12 +468,22 @@ impl Spool {
 
     fn push(
         &self,
-        encode: impl FnOnce(&mut Vec<u8>) -> Result<Effect, SpoolError>,
+        encode: impl FnOnce(&mut Vec<u8>, UseKey) -> Result<Effect, SpoolError>,
+    ) -> Result<Rc<Slot>, SpoolError> {
+        self.push_as(true, encode)
+    }
+
+    /// [`Self::push`]; with `keyed` false the records are not encoded for
+    /// the key given (carried forward verbatim).
+    fn push_as(
+        &self,
+        keyed: bool,
+        encode: impl FnOnce(&mut Vec<u8>, UseKey) -> Result<Effect, SpoolError>,
     ) -> Result<Rc<Slot>, SpoolError> {
         if self.inner.st.borrow().closing {
             return Err(SpoolError::Closed);
         }
-        self.inner.push(encode)
+        self.inner.push_as(keyed, encode)
     }
 
     async fn wait_room(&self) -> Result<(), SpoolError> {
@@ -512,9 +526,14 @@ async fn wait_commit(slot: Rc<Slot>) -> Result<Committed, SpoolError> {
 }
 
 impl Inner {
-    fn push(
+    /// Queues the records `encode` appends for the next batch. It encodes
+    /// them for the current segment's use, which is usually the one their
+    /// batch lands in (else [`Self::take_batch`] stamps them); `keyed` false:
+    /// they are whatever `encode` copies in, stamped wherever they land.
+    fn push_as(
         &self,
-        encode: impl FnOnce(&mut Vec<u8>) -> Result<Effect, SpoolError>,
+        keyed: bool,
+        encode: impl FnOnce(&mut Vec<u8>, UseKey) -> Result<Effect, SpoolError>,
     ) -> Result<Rc<Slot>, SpoolError> {
         // The room of a recycled segment, whose header's copy takes the end
         // (a new one has a few bytes more).
@@ -524,7 +543,8 @@ impl Inner {
         {
             let mut st = self.st.borrow_mut();
             let start = st.pending.len();
-            let effect = match encode(&mut st.pending) {
+            let key = st.current.as_ref().map_or(UseKey::FIRST, |c| c.key);
+            let effect = match encode(&mut st.pending, key) {
                 Ok(e) => e,
                 Err(e) => {
                     st.pending.truncate(start);
@@ -540,6 +560,7 @@ impl Inner {
                 len,
                 slot: slot.clone(),
                 effect,
+                key: keyed.then_some(key),
             });
         }
         self.wake_flusher();
@@ -554,7 +575,7 @@ impl Inner {
     fn discard_abandoned(&self, m: &MessageRef) {
         let n = m.live_recipients();
         let first = self.shared.next_seqs(u64::from(n));
-        let _ = self.push(|out| {
+        let _ = self.push_as(true, |out, key| {
             for r in 0..n {
                 let rec = StateRecord {
                     message: m.id(),
@@ -563,7 +584,7 @@ impl Inner {
                     state: RecipientState::AdminDeleted,
                     reply: "transaction abandoned before commit",
                 };
-                record::encode_state(out, first + u64::from(r), &rec)?;
+                record::encode_state_for(out, key, first + u64::from(r), &rec)?;
             }
             Ok(Effect::States {
                 message: Some(m.clone()),
@@ -815,10 +836,21 @@ impl Inner {
         st.pending
             .extend_from_slice(buf.get(bytes..).unwrap_or(&[]));
         buf.truncate(bytes);
-        // Records are encoded for a first use (carried-forward ones come as
-        // their segment had them): they take their segment's use here.
-        // Records of another use would read as the end of the data at recovery.
-        if !record::stamp(&mut buf, cur.key) {
+        // Records encoded for another use (pushed before a rotation, or
+        // carried forward as their segment had them) take this segment's
+        // here: records of another use read as the end of the data at
+        // recovery.
+        let mut off = 0;
+        let mut framed = true;
+        for e in &entries {
+            if e.key != Some(cur.key) {
+                framed &= buf
+                    .get_mut(off..off + e.len)
+                    .is_some_and(|records| record::stamp(records, cur.key));
+            }
+            off += e.len;
+        }
+        if !framed {
             tracing::error!(segment = %cur.seg.id, "spool batch does not frame as records");
             for e in entries {
                 e.slot.resolve(Err(SpoolError::Unusable(
