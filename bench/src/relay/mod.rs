@@ -902,12 +902,15 @@ pub fn print_summary(rows: &[LegResult], rounds: u32) {
         let med = |f: &dyn Fn(&LegResult) -> Option<f64>| {
             median(ok.iter().filter_map(|r| f(r)).collect())
         };
+        // The highest of the rounds, not the median: memory is sized for the worst.
+        let anon = ok.iter().filter_map(|r| r.peak_anon_kib).max();
         println!(
-            "{:<24} e2e {:>8} msg/s   inject {:>8} msg/s   cpu {} ms/msg   ({} of {rounds} rounds ok)",
+            "{:<24} e2e {:>8} msg/s   inject {:>8} msg/s   cpu {} ms/msg   peak anon {}   ({} of {rounds} rounds ok)",
             name,
             med(&|r| Some(r.end_to_end_msgs_per_s)).map_or("-".into(), |v| format!("{v:.0}")),
             med(&|r| Some(r.injection_msgs_per_s)).map_or("-".into(), |v| format!("{v:.0}")),
             med(&|r| r.cpu_ms_per_msg).map_or("-".into(), |v| format!("{v:.3}")),
+            anon.map_or("-".into(), |k| format!("{} MiB", k / 1024)),
             ok.len(),
         );
         let spool = |f: &dyn Fn(&SpoolFigures) -> f64| {
@@ -1083,12 +1086,12 @@ fn run_suite(args: &RelayArgs) -> Vec<LegResult> {
     rows
 }
 
-/// Markdown: per load, the medians of spate, raw and Postfix and the
-/// medians of the per-round ratios.
+/// Markdown: per load, the medians of spate, raw and Postfix, the medians
+/// of the per-round ratios, and spate's highest peak of anonymous memory.
 pub fn suite_table(rows: &[LegResult]) -> String {
     let mut out = String::from(
-        "| load | spate msg/s | raw pipeline msg/s | spate / raw (range) | Postfix msg/s | spate / Postfix (range) |\n\
-         | --- | ---: | ---: | ---: | ---: | ---: |\n",
+        "| load | spate msg/s | raw pipeline msg/s | spate / raw (range) | Postfix msg/s | spate / Postfix (range) | spate peak anon |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for label in distinct(rows, |r| r.load.as_str()) {
         let these: Vec<LegResult> = rows.iter().filter(|r| r.load == label).cloned().collect();
@@ -1113,8 +1116,14 @@ pub fn suite_table(rows: &[LegResult]) -> String {
                 })
         };
         let rate = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.0}"));
+        let anon = these
+            .iter()
+            .filter(|r| r.name == "spate" && r.error.is_none())
+            .filter_map(|r| r.peak_anon_kib)
+            .max()
+            .map_or("–".to_string(), |k| format!("{} MiB", k / 1024));
         out.push_str(&format!(
-            "| {label} | {} | {} | {} | {} | {} |\n",
+            "| {label} | {} | {} | {} | {} | {} | {anon} |\n",
             rate(of("spate")),
             rate(of("raw")),
             ratio("raw"),
@@ -1169,6 +1178,7 @@ mod tests {
             for (name, rate) in [("raw (inject -> sink)", raw), ("spate", spate)] {
                 let mut r = row(name, rate, rate);
                 r.round = round;
+                r.peak_anon_kib = (name == "spate").then_some(40 * 1024 + round as u64 * 1024);
                 r.load = "2 KB, 20 connections".into();
                 rows.push(r);
             }
@@ -1176,10 +1186,11 @@ mod tests {
         let table = suite_table(&rows);
         let line = table.lines().nth(2).expect("one row");
         // spate 10,000 and raw 25,000 are the medians; the per-round ratios
-        // are 0.45, 0.40 and 0.40; no Postfix leg.
+        // are 0.45, 0.40 and 0.40; no Postfix leg; the highest anonymous
+        // peak is round 3's.
         assert_eq!(
             line,
-            "| 2 KB, 20 connections | 10000 | 25000 | 0.40× (0.40–0.45) | – | – |"
+            "| 2 KB, 20 connections | 10000 | 25000 | 0.40× (0.40–0.45) | – | – | 43 MiB |"
         );
     }
 
