@@ -1,14 +1,15 @@
 //! One injector connection: connect (optionally bound to a source IP),
-//! greeting and EHLO, one message per call (MAIL/RCPT/DATA pipelined when
-//! offered, then the body), reply parsing, RSET and QUIT.
+//! greeting and EHLO, optional STARTTLS (then EHLO again) and AUTH PLAIN, one
+//! message per call (MAIL, the RCPTs and DATA pipelined when offered, then
+//! the body), reply parsing, RSET and QUIT.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use compio::BufResult;
-use compio::io::{AsyncRead, AsyncWriteExt};
+use base64::Engine;
+use spate::runtime::stream::Conn;
 
-use super::{REPLY_BYTES_MAX, REPLY_TIMEOUT_MS, Shared, build_message};
+use super::{InjectConfig, REPLY_BYTES_MAX, REPLY_TIMEOUT_MS, Shared, build_message};
 use crate::report;
 
 pub(super) enum Step {
@@ -17,7 +18,7 @@ pub(super) enum Step {
 }
 
 pub(super) struct Connection {
-    stream: compio::net::TcpStream,
+    stream: Conn,
     buf: Vec<u8>,
     rbuf: Vec<u8>,
     pipelining: bool,
@@ -53,7 +54,7 @@ impl Connection {
             .report
             .connections_opened += 1;
         let mut conn = Connection {
-            stream,
+            stream: Conn::Plain(stream),
             buf: Vec::new(),
             rbuf: Vec::with_capacity(16 * 1024),
             pipelining: false,
@@ -64,21 +65,57 @@ impl Connection {
         if !greeting.starts_with('2') {
             return Err(greeting);
         }
-        conn.write(format!("EHLO {}\r\n", cfg.ehlo).into_bytes())
-            .await?;
-        let ehlo = conn.reply().await?;
-        if !ehlo.starts_with('2') {
-            return Err(ehlo);
+        let mut ehlo = conn.ehlo(cfg).await?;
+        if let Some(tls) = &cfg.starttls {
+            if !offers(&ehlo, "STARTTLS") {
+                return Err("the server does not offer STARTTLS".into());
+            }
+            conn.write(b"STARTTLS\r\n".to_vec()).await?;
+            let reply = conn.reply().await?;
+            if !reply.starts_with("220") {
+                return Err(reply);
+            }
+            if !conn.buf.is_empty() {
+                // Plaintext the server sent after its 220 would otherwise be
+                // taken as an answer inside TLS.
+                return Err("data after the STARTTLS reply".into());
+            }
+            conn.stream
+                .connect_tls(&tls.connector, &tls.server_name)
+                .await
+                .map_err(|e| format!("TLS handshake: {e}"))?;
+            ehlo = conn.ehlo(cfg).await?;
         }
-        conn.pipelining = ehlo.lines().any(|l| {
-            l.get(4..)
-                .is_some_and(|k| k.eq_ignore_ascii_case("PIPELINING"))
-        });
+        if let Some((user, password)) = &cfg.auth {
+            if !auth_mechanisms(&ehlo).any(|m| m.eq_ignore_ascii_case("PLAIN")) {
+                return Err("the server offers no AUTH PLAIN".into());
+            }
+            let token =
+                base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
+            conn.write(format!("AUTH PLAIN {token}\r\n").into_bytes())
+                .await?;
+            let reply = conn.reply().await?;
+            if !reply.starts_with("235") {
+                return Err(reply);
+            }
+        }
+        conn.pipelining = offers(&ehlo, "PIPELINING");
         Ok(conn)
     }
 
+    /// EHLO and its reply (the capabilities), which must be 2xx.
+    async fn ehlo(&mut self, cfg: &InjectConfig) -> Result<String, String> {
+        self.write(format!("EHLO {}\r\n", cfg.ehlo).into_bytes())
+            .await?;
+        let ehlo = self.reply().await?;
+        if !ehlo.starts_with('2') {
+            return Err(ehlo);
+        }
+        Ok(ehlo)
+    }
+
     async fn write(&mut self, data: Vec<u8>) -> Result<Vec<u8>, String> {
-        let BufResult(res, data) = self.stream.write_all(data).await;
+        let (res, data) = self.stream.write_all(data).await;
         res.map_err(|e| format!("write: {}", e.kind()))?;
         Ok(data)
     }
@@ -97,11 +134,11 @@ impl Connection {
             let mut rbuf = std::mem::take(&mut self.rbuf);
             rbuf.clear();
             let left = deadline.saturating_duration_since(Instant::now());
-            let BufResult(res, back) =
-                match compio::time::timeout(left, self.stream.read(rbuf)).await {
-                    Ok(r) => r,
-                    Err(_) => return Err("timeout waiting for reply".into()),
-                };
+            let (res, back) = match compio::time::timeout(left, self.stream.read_append(rbuf)).await
+            {
+                Ok(r) => r,
+                Err(_) => return Err("timeout waiting for reply".into()),
+            };
             self.rbuf = back;
             match res {
                 Ok(0) => return Err("connection closed by server".into()),
@@ -115,27 +152,29 @@ impl Connection {
 
     pub(super) async fn send_message(&mut self, shared: &Shared, seq: u64) -> Step {
         let cfg = &shared.config;
-        let pick = |list: &[String]| {
-            list.get((seq % list.len() as u64) as usize)
-                .cloned()
-                .unwrap_or_default()
-        };
-        let rcpt = format!("{}{}@{}", pick(&cfg.locals), seq, pick(&cfg.domains));
+        let rcpts: Vec<String> = (0..cfg.rcpts).map(|i| recipient(cfg, seq, i)).collect();
         let size = cfg
             .sizes
             .get((seq % cfg.sizes.len() as u64) as usize)
             .copied()
             .unwrap_or(2048);
-        let envelope = format!("MAIL FROM:<{}>\r\nRCPT TO:<{}>\r\nDATA\r\n", cfg.from, rcpt);
-        let replies = if self.pipelining {
+        let mut envelope = format!("MAIL FROM:<{}>\r\n", cfg.from);
+        for r in &rcpts {
+            envelope.push_str(&format!("RCPT TO:<{r}>\r\n"));
+        }
+        envelope.push_str("DATA\r\n");
+        // MAIL, each RCPT, DATA: one reply each (fewer when not pipelining
+        // and the transaction stopped early).
+        let expected = rcpts.len() + 2;
+        let mut replies = Vec::with_capacity(expected);
+        if self.pipelining {
             if let Err(reason) = self.write(envelope.into_bytes()).await {
                 return Step::Broken {
                     reason,
                     before_mail: true,
                 };
             }
-            let mut replies = Vec::with_capacity(3);
-            for i in 0..3 {
+            for i in 0..expected {
                 match self.reply().await {
                     Ok(r) if r.starts_with("421") => {
                         return Step::Broken {
@@ -152,9 +191,7 @@ impl Connection {
                     }
                 }
             }
-            replies
         } else {
-            let mut replies = Vec::with_capacity(3);
             for (i, line) in envelope.split_inclusive("\r\n").enumerate() {
                 if let Err(reason) = self.write(line.as_bytes().to_vec()).await {
                     return Step::Broken {
@@ -163,13 +200,7 @@ impl Connection {
                     };
                 }
                 match self.reply().await {
-                    Ok(r) => {
-                        let failed = !r.starts_with('2');
-                        replies.push(r);
-                        if failed && i < 2 {
-                            break;
-                        }
-                    }
+                    Ok(r) => replies.push(r),
                     Err(reason) => {
                         return Step::Broken {
                             reason,
@@ -177,18 +208,38 @@ impl Connection {
                         };
                     }
                 }
+                let refused = |r: &String| !r.starts_with('2');
+                // Stop after a refused MAIL, or after the last RCPT when
+                // every one was refused.
+                if (i == 0 && replies.first().is_some_and(refused))
+                    || (i == rcpts.len() && replies.get(1..).is_some_and(|r| r.iter().all(refused)))
+                {
+                    break;
+                }
             }
-            replies
-        };
-        let failure = replies
+        }
+        let rcpt_replies = replies.get(1..=rcpts.len()).unwrap_or_default();
+        let refused: Vec<String> = rcpt_replies
             .iter()
-            .take(2)
-            .find(|r| !r.starts_with('2'))
-            .cloned();
-        let data_ok = replies.get(2).is_some_and(|r| r.starts_with("354"));
+            .filter(|r| !r.starts_with('2'))
+            .cloned()
+            .collect();
+        // The message fails with MAIL's refusal, or with the first RCPT
+        // refusal when no recipient was accepted.
+        let failure = replies
+            .first()
+            .filter(|r| !r.starts_with('2'))
+            .cloned()
+            .or_else(|| {
+                (rcpt_replies.len() < rcpts.len() || refused.len() == rcpts.len())
+                    .then(|| refused.first().cloned())
+                    .flatten()
+            });
+        let data_reply = replies.get(expected - 1);
+        let data_ok = data_reply.is_some_and(|r| r.starts_with("354"));
         if !data_ok {
             let reason = failure
-                .or_else(|| replies.get(2).cloned())
+                .or_else(|| data_reply.cloned())
                 .unwrap_or_else(|| "no DATA reply".into());
             if reason.starts_with("421") {
                 return Step::Broken {
@@ -203,7 +254,8 @@ impl Connection {
         let mut body = std::mem::take(&mut self.body);
         body.clear();
         if failure.is_none() {
-            build_message(&mut body, cfg, &rcpt, seq, size);
+            let first = rcpts.first().map_or("", String::as_str);
+            build_message(&mut body, cfg, first, seq, size);
         }
         body.extend_from_slice(b".\r\n");
         let body_len = body.len() as u64;
@@ -232,12 +284,15 @@ impl Connection {
             return Step::Done(Err(reason));
         }
         if reply.starts_with('2') {
-            let mut t = shared
-                .totals
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            report::record(&mut t.ack, ack_us);
-            t.report.bytes_sent += body_len;
+            {
+                let mut t = shared
+                    .totals
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                report::record(&mut t.ack, ack_us);
+                t.report.bytes_sent += body_len;
+            }
+            shared.refused(refused);
             Step::Done(Ok(()))
         } else {
             Step::Done(Err(reply))
@@ -253,7 +308,42 @@ impl Connection {
         if !self.broken && self.write(b"QUIT\r\n".to_vec()).await.is_ok() {
             let _ = compio::time::timeout(Duration::from_secs(1), self.reply()).await;
         }
-        let _ = self.stream.close().await;
+        self.stream.shutdown().await;
+    }
+}
+
+/// Whether an EHLO reply lists `keyword` (a line of its own).
+fn offers(ehlo: &str, keyword: &str) -> bool {
+    ehlo.lines().any(|l| {
+        l.get(4..)
+            .is_some_and(|k| k.trim().eq_ignore_ascii_case(keyword))
+    })
+}
+
+/// The mechanisms an EHLO reply lists on its AUTH line.
+fn auth_mechanisms(ehlo: &str) -> impl Iterator<Item = &str> {
+    ehlo.lines()
+        .filter_map(|l| l.get(4..))
+        .filter_map(|l| {
+            let (verb, rest) = l.split_once(' ')?;
+            verb.eq_ignore_ascii_case("AUTH").then_some(rest)
+        })
+        .flat_map(str::split_whitespace)
+}
+
+/// Recipient `i` of message `seq`: local parts and domains take turns over
+/// every recipient sent, and a message of several recipients numbers them.
+fn recipient(cfg: &InjectConfig, seq: u64, i: u32) -> String {
+    let n = seq * u64::from(cfg.rcpts) + u64::from(i);
+    let pick = |list: &[String]| {
+        list.get((n % list.len().max(1) as u64) as usize)
+            .cloned()
+            .unwrap_or_default()
+    };
+    if cfg.rcpts == 1 {
+        format!("{}{seq}@{}", pick(&cfg.locals), pick(&cfg.domains))
+    } else {
+        format!("{}{seq}-{i}@{}", pick(&cfg.locals), pick(&cfg.domains))
     }
 }
 

@@ -56,6 +56,43 @@ pub struct InjectConfig {
     /// Worker threads, each with its own runtime and a share of the connections.
     pub threads: usize,
     pub progress: bool,
+    /// Recipients per message (1 to [`RCPTS_MAX`]).
+    pub rcpts: u32,
+    /// STARTTLS after EHLO (required: a server that does not offer it fails
+    /// the connection), then EHLO again.
+    pub starttls: Option<StartTls>,
+    /// AUTH PLAIN with this user and password after EHLO (after STARTTLS
+    /// when that is asked for too).
+    pub auth: Option<(String, String)>,
+}
+
+/// Most recipients per message `--rcpts` takes.
+pub const RCPTS_MAX: u32 = 1000;
+
+/// How the injector runs STARTTLS.
+#[derive(Debug, Clone)]
+pub struct StartTls {
+    pub connector: compio::tls::TlsConnector,
+    /// The name the server's certificate is checked against (when verified).
+    pub server_name: String,
+}
+
+impl StartTls {
+    /// Verifies the server's certificate against `ca_file` (PEM) when
+    /// given; otherwise encrypts without verifying, as a load generator
+    /// against test certificates on loopback does.
+    pub fn new(ca_file: Option<&std::path::Path>, server_name: &str) -> anyhow::Result<StartTls> {
+        let connector = match ca_file {
+            Some(ca) => spate::delivery::tls::verifying_connector(Some(ca))
+                .map_err(|e| anyhow::anyhow!("--tls-ca: {e}"))?,
+            None => spate::delivery::tls::connector()
+                .map_err(|e| anyhow::anyhow!("TLS client configuration: {e}"))?,
+        };
+        Ok(StartTls {
+            connector,
+            server_name: server_name.to_owned(),
+        })
+    }
 }
 
 impl InjectConfig {
@@ -77,6 +114,9 @@ impl InjectConfig {
             source: None,
             threads: 1,
             progress: false,
+            rcpts: 1,
+            starttls: None,
+            auth: None,
         }
     }
 }
@@ -91,6 +131,10 @@ pub struct InjectReport {
     pub unsent: u64,
     /// Failed messages grouped by the reply (or error) that failed them.
     pub failures: BTreeMap<String, u64>,
+    /// Recipients refused (RCPT replies other than 2xx) in messages that
+    /// were still sent to their other recipients, grouped by reply; the
+    /// refused recipients of failed messages are not counted here.
+    pub refused_recipients: BTreeMap<String, u64>,
     pub connections_opened: u64,
     pub bytes_sent: u64,
     pub elapsed_s: f64,
@@ -168,6 +212,28 @@ impl Shared {
         }
     }
 
+    /// Counts recipients refused in a message sent to its other recipients.
+    fn refused(&self, replies: Vec<String>) {
+        if replies.is_empty() {
+            return;
+        }
+        let mut t = self
+            .totals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for reason in replies {
+            let kinds = t.report.refused_recipients.len();
+            let key = if kinds >= FAILURE_KINDS_MAX
+                && !t.report.refused_recipients.contains_key(&reason)
+            {
+                "(other)".to_owned()
+            } else {
+                reason
+            };
+            *t.report.refused_recipients.entry(key).or_default() += 1;
+        }
+    }
+
     async fn pace(&self, seq: u64) {
         if let Some(rate) = self.config.rate {
             let due = self.started + Duration::from_secs_f64(seq as f64 / rate);
@@ -187,6 +253,10 @@ pub fn run_inject(config: InjectConfig) -> anyhow::Result<InjectReport> {
         !config.sizes.is_empty() && !config.domains.is_empty() && !config.locals.is_empty()
     );
     anyhow::ensure!(config.rate.is_none_or(|r| r > 0.0), "--rate must be > 0");
+    anyhow::ensure!(
+        (1..=RCPTS_MAX).contains(&config.rcpts),
+        "--rcpts must be 1 to {RCPTS_MAX}"
+    );
     let progress = (config.progress && std::io::stderr().is_terminal()).then(|| {
         let bar = indicatif::ProgressBar::new(config.messages);
         bar.set_style(
@@ -465,6 +535,25 @@ pub struct InjectArgs {
     /// Worker threads (each with its own io_uring runtime).
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+    /// Recipients per message: each gets its own local part
+    /// (PREFIX<message>-<n>) and the domains take turns.
+    #[arg(long, default_value_t = 1)]
+    pub rcpts: u32,
+    /// Run STARTTLS on every connection (fails if the server does not offer it).
+    #[arg(long)]
+    pub starttls: bool,
+    /// Verify the server's certificate against this CA file (PEM); without
+    /// it the connection is encrypted but the certificate is not checked.
+    #[arg(long, requires = "starttls")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// The name to check the server's certificate against (default: the
+    /// --to address).
+    #[arg(long, requires = "tls_ca")]
+    pub tls_name: Option<String>,
+    /// AUTH PLAIN as USER:PASSWORD (spate offers AUTH only over TLS: add
+    /// --starttls).
+    #[arg(long)]
+    pub auth: Option<String>,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
@@ -483,6 +572,20 @@ impl InjectArgs {
             Some(d) => parse_size_dist(d)?,
             None => vec![self.size],
         };
+        let starttls = if self.starttls {
+            let name = self.tls_name.unwrap_or_else(|| self.to.ip().to_string());
+            Some(StartTls::new(self.tls_ca.as_deref(), &name)?)
+        } else {
+            None
+        };
+        let auth = match &self.auth {
+            Some(a) => {
+                let (user, password) = a.split_once(':').context("--auth takes USER:PASSWORD")?;
+                anyhow::ensure!(!user.is_empty(), "--auth: the user is empty");
+                Some((user.to_owned(), password.to_owned()))
+            }
+            None => None,
+        };
         Ok(InjectConfig {
             to: self.to,
             messages: self.messages,
@@ -499,6 +602,9 @@ impl InjectArgs {
             source: self.source,
             threads: self.threads,
             progress: !self.json,
+            rcpts: self.rcpts,
+            starttls,
+            auth,
         })
     }
 }
@@ -515,6 +621,12 @@ pub fn print_summary(r: &InjectReport) {
     println!("ack latency: {}", r.ack_latency);
     for (reason, n) in &r.failures {
         println!("  {n:>8}  {reason}");
+    }
+    if !r.refused_recipients.is_empty() {
+        println!("recipients refused in messages sent to the others:");
+        for (reason, n) in &r.refused_recipients {
+            println!("  {n:>8}  {reason}");
+        }
     }
 }
 
