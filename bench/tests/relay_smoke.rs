@@ -13,6 +13,7 @@ fn small_load() -> Load {
         size: 2048,
         inject_threads: 1,
         rate: None,
+        tls: false,
     }
 }
 
@@ -45,6 +46,36 @@ fn spate_leg_delivers_everything() {
     assert!(spool.commit_mean_ms > 0.0 && spool.fsync_mean_ms > 0.0);
     // The sink was found by name through the leg's test DNS server.
     assert!(r.dns_queries.is_some_and(|q| q > 0), "{:?}", r.dns_queries);
+}
+
+/// `--tls`: the injector runs STARTTLS into spate (it fails a connection
+/// where none is offered) and spate into the sink; the raw leg into the sink.
+#[test]
+fn tls_legs_run_starttls_on_every_hop() {
+    let load = Load {
+        tls: true,
+        ..small_load()
+    };
+    let raw = run_raw(&load).unwrap();
+    assert_eq!(raw.error, None);
+    assert_eq!((raw.injected_ok, raw.delivered), (300, 300));
+    // One TLS session per injector connection (300 messages, 20 each).
+    assert_eq!(raw.sink_tls_sessions, Some(15));
+    let bin = spate_bin();
+    let r = run_spate(&load, &SpateLeg::new(&bin)).unwrap();
+    assert_eq!(r.error, None);
+    assert_eq!(
+        (r.injected_ok, r.delivered),
+        (300, 300),
+        "{:?}",
+        r.injector_failures
+    );
+    assert!(
+        r.sink_tls_sessions.is_some_and(|n| n > 0),
+        "{:?}",
+        r.sink_tls_sessions
+    );
+    assert_eq!(run_raw(&small_load()).unwrap().sink_tls_sessions, None);
 }
 
 /// A template routing off loopback is refused before spate starts (nothing

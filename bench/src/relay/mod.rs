@@ -67,6 +67,9 @@ pub struct LegResult {
     /// Queries the leg's test DNS server answered (spate resolves the
     /// sink's name there; None for legs without one).
     pub dns_queries: Option<u64>,
+    /// With `--tls`: the sink's sessions that ran STARTTLS (the MTA's
+    /// deliveries, or the injector's connections for raw).
+    pub sink_tls_sessions: Option<u64>,
 }
 
 /// See [`LegResult::spool`].
@@ -137,6 +140,9 @@ pub struct Load {
     /// Messages per second over all connections; None = as fast as possible
     /// (latency at a given load, e.g. half the peak rate).
     pub rate: Option<f64>,
+    /// TLS on every hop: the injector runs STARTTLS into the MTA (or the
+    /// sink, for raw), and the MTA into the sink. See [`leg_certificate`].
+    pub tls: bool,
 }
 
 /// A child process killed (SIGTERM, then SIGKILL) when dropped.
@@ -331,6 +337,11 @@ fn inject_config(to: SocketAddr, load: &Load) -> InjectConfig {
     cfg.sizes = vec![load.size];
     cfg.threads = load.inject_threads;
     cfg.rate = load.rate;
+    if load.tls {
+        // Encrypt-only, as an MTA's opportunistic TLS: the run's certificate
+        // is self-signed.
+        cfg.starttls = crate::inject::StartTls::new(None, "localhost").ok();
+    }
     cfg
 }
 
@@ -349,6 +360,7 @@ fn inject_and_drain(
     let complete = sink.wait_for_messages(inject.accepted, drain);
     let peak_anon_kib = anon.and_then(AnonPeak::finish);
     let sink_report = sink.report();
+    let sink_tls_sessions = load.tls.then_some(sink_report.tls_sessions);
     let elapsed = match sink_report.last_message_unix_us {
         Some(last) if complete => last.saturating_sub(inject.first_send_unix_us) as f64 / 1e6,
         _ => started.elapsed().as_secs_f64(),
@@ -380,6 +392,7 @@ fn inject_and_drain(
         round: 1,
         spool: None,
         dns_queries: None,
+        sink_tls_sessions,
         load: String::new(),
     };
     if !complete {
@@ -391,13 +404,39 @@ fn inject_and_drain(
     Ok(result)
 }
 
-fn start_sink() -> anyhow::Result<SinkHandle> {
-    crate::sink::spawn(SinkConfig::accept_all("127.0.0.1:0".parse()?))
+/// A sink accepting everything, offering STARTTLS with `tls` (certificate
+/// and key files).
+fn start_sink(tls: Option<&(PathBuf, PathBuf)>) -> anyhow::Result<SinkHandle> {
+    let mut config = SinkConfig::accept_all("127.0.0.1:0".parse()?);
+    if let Some((cert, key)) = tls {
+        config.tls = Some(crate::sink::tls_config(cert, key)?);
+    }
+    crate::sink::spawn(config)
+}
+
+/// With `load.tls`, a self-signed certificate for `localhost` made for the
+/// leg, written as `tls-cert.pem` and `tls-key.pem` (readable by all, so that
+/// Postfix's daemons may read it too) under `dir`.
+pub fn leg_certificate(load: &Load, dir: &Path) -> anyhow::Result<Option<(PathBuf, PathBuf)>> {
+    if !load.tls {
+        return Ok(None);
+    }
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".into()])
+        .context("making the run's TLS certificate")?;
+    let cert = dir.join("tls-cert.pem");
+    let key = dir.join("tls-key.pem");
+    std::fs::write(&cert, made.cert.pem())?;
+    std::fs::write(&key, made.signing_key.serialize_pem())?;
+    Ok(Some((cert, key)))
 }
 
 /// The raw pipeline: injector straight into the sink.
 pub fn run_raw(load: &Load) -> anyhow::Result<LegResult> {
-    let sink = start_sink()?;
+    let dir = tempfile::Builder::new()
+        .prefix("spate-bench-raw")
+        .tempdir()?;
+    let tls = leg_certificate(load, dir.path())?;
+    let sink = start_sink(tls.as_ref())?;
     let to = *sink.addrs.first().context("sink has no address")?;
     inject_and_drain("raw (inject -> sink)", to, &sink, load, None)
 }
@@ -453,6 +492,29 @@ smtp_hosts = ["{SINK_NAME}:{sink_port}"]
         token = dir.join("admin.token").display(),
         sink_port = sink.port(),
     )
+}
+
+/// The generated configuration with TLS on both hops: the listener offers
+/// STARTTLS with `cert` and `key`, and deliveries use it when the sink offers
+/// it (`starttls = "opportunistic"`, not checking the certificate).
+fn with_tls(config: &str, cert: &Path, key: &Path) -> anyhow::Result<String> {
+    let listener = "max_connections_per_ip = 2000\n";
+    let outbound = "starttls = \"off\"\n";
+    anyhow::ensure!(
+        config.contains(listener) && config.contains(outbound),
+        "the generated configuration changed: TLS cannot be added"
+    );
+    Ok(config
+        .replacen(
+            listener,
+            &format!(
+                "{listener}tls_cert = {:?}\ntls_key = {:?}\n",
+                cert.display().to_string(),
+                key.display().to_string()
+            ),
+            1,
+        )
+        .replacen(outbound, "starttls = \"opportunistic\"\n", 1))
 }
 
 /// The host name the generated configuration routes `example.test` to; the
@@ -566,7 +628,8 @@ pub fn run_spate(load: &Load, leg: &SpateLeg<'_>) -> anyhow::Result<LegResult> {
         .prefix("spate-bench-relay")
         .tempdir_in(&parent)
         .with_context(|| format!("making a run directory in {}", parent.display()))?;
-    let sink = start_sink()?;
+    let tls = leg_certificate(load, dir.path())?;
+    let sink = start_sink(tls.as_ref())?;
     let sink_addr = *sink.addrs.first().context("sink has no address")?;
     let address_type = if sink_addr.is_ipv4() { "A" } else { "AAAA" };
     let zone = crate::dns::Zone::parse(&format!(
@@ -586,7 +649,13 @@ pub fn run_spate(load: &Load, leg: &SpateLeg<'_>) -> anyhow::Result<LegResult> {
             .replace("{dns}", &dns.addr.to_string())
             .replace("{sink}", &sink_addr.to_string())
             .replace("{dir}", &dir.path().display().to_string()),
-        None => spate_config(dir.path(), listen, admin, dns.addr, sink_addr),
+        None => {
+            let text = spate_config(dir.path(), listen, admin, dns.addr, sink_addr);
+            match &tls {
+                Some((cert, key)) => with_tls(&text, cert, key)?,
+                None => text,
+            }
+        }
     };
     let config_path = dir.path().join("spate.toml");
     std::fs::write(&config_path, text)?;
@@ -734,6 +803,12 @@ pub struct RelayArgs {
     /// `--compare raw,postfix --repeat 3` it reproduces README.md's table.
     #[arg(long)]
     pub suite: bool,
+    /// TLS on every hop: STARTTLS from the injector into spate, Postfix or
+    /// (raw) the sink, and from spate and Postfix into the sink, with a
+    /// certificate made for the run (not checked by the clients, as for
+    /// opportunistic TLS). Not with the smtp-source and smtp-sink legs.
+    #[arg(long)]
+    pub tls: bool,
 }
 
 /// Prints the result table.
@@ -968,6 +1043,10 @@ pub fn run(args: RelayArgs) -> anyhow::Result<()> {
             ),
             "unknown --compare leg {leg:?} (raw, postfix, smtp-source, smtp-sink)"
         );
+        anyhow::ensure!(
+            !(args.tls && leg.starts_with("smtp-")),
+            "--tls does not apply to the {leg} leg (Postfix's tools speak plaintext here)"
+        );
     }
     let rows = if args.suite {
         run_suite(&args)
@@ -979,6 +1058,7 @@ pub fn run(args: RelayArgs) -> anyhow::Result<()> {
             size: args.size,
             inject_threads: args.inject_threads,
             rate: args.rate,
+            tls: args.tls,
         };
         run_rounds(&args, &load, &args.compare, "")
     };
@@ -1076,6 +1156,7 @@ fn run_suite(args: &RelayArgs) -> Vec<LegResult> {
             size,
             inject_threads: args.inject_threads,
             rate: args.rate,
+            tls: args.tls,
         };
         rows.extend(run_rounds(args, &load, &args.compare, label));
         if crate::stop_requested() {

@@ -11,7 +11,7 @@ use anyhow::Context;
 
 use super::{
     ChildGuard, LegResult, Load, MTA_START_TIMEOUT_MS, free_port, inject_and_drain, inject_only,
-    start_sink, tail, wait_listening,
+    leg_certificate, start_sink, tail, wait_listening,
 };
 
 /// A private Postfix instance under a temp dir.
@@ -107,8 +107,13 @@ scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
 ";
 
-/// Configures and starts a private Postfix relaying to `sink`.
-pub fn start_postfix(sink: SocketAddr) -> anyhow::Result<Postfix> {
+/// Configures and starts a private Postfix relaying to `sink`; with `tls`
+/// (certificate and key files) its smtpd offers STARTTLS and its smtp client
+/// uses it when the sink offers it.
+pub fn start_postfix(
+    sink: SocketAddr,
+    tls: Option<&(std::path::PathBuf, std::path::PathBuf)>,
+) -> anyhow::Result<Postfix> {
     ensure_postfix_installed()?;
     let dir = tempfile::Builder::new()
         .prefix("spate-bench-postfix")
@@ -147,9 +152,7 @@ alias_database =
 local_recipient_maps =
 maillog_file = {dir}/maillog
 maillog_file_prefixes = {dir}
-smtp_tls_security_level = none
-smtpd_tls_security_level = none
-default_destination_concurrency_limit = 20
+{tls}default_destination_concurrency_limit = 20
 default_process_limit = 250
 smtpd_client_connection_count_limit = 0
 smtpd_client_message_rate_limit = 0
@@ -162,6 +165,14 @@ smtp_dns_support_level = disabled
         sink_ip = sink.ip(),
         sink_port = sink.port(),
         dir = dir.path().display(),
+        tls = match tls {
+            Some((cert, key)) => format!(
+                "smtp_tls_security_level = may\nsmtpd_tls_security_level = may\nsmtpd_tls_cert_file = {}\nsmtpd_tls_key_file = {}\n",
+                cert.display(),
+                key.display()
+            ),
+            None => "smtp_tls_security_level = none\nsmtpd_tls_security_level = none\n".into(),
+        },
     );
     std::fs::write(config_dir.join("main.cf"), main_cf)?;
     let master_cf = format!("{listen} inet n - n - - smtpd\n{POSTFIX_MASTER_CF}");
@@ -192,9 +203,18 @@ smtp_dns_support_level = disabled
 
 /// The Postfix leg.
 pub fn run_postfix(load: &Load) -> anyhow::Result<LegResult> {
-    let sink = start_sink()?;
+    let dir = tempfile::Builder::new()
+        .prefix("spate-bench-postfix-tls")
+        .tempdir()?;
+    let tls = leg_certificate(load, dir.path())?;
+    if tls.is_some() {
+        // Postfix's daemons read the files as its own user.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+    }
+    let sink = start_sink(tls.as_ref())?;
     let sink_addr = *sink.addrs.first().context("sink has no address")?;
-    let pf = start_postfix(sink_addr)?;
+    let pf = start_postfix(sink_addr, tls.as_ref())?;
     let pid = pf.master_pid();
     let result = inject_and_drain("postfix", pf.listen, &sink, load, pid);
     drop(pf);

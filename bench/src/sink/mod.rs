@@ -104,6 +104,8 @@ pub struct SinkReport {
     pub closed_after_limit: u64,
     /// Sessions that ended with a protocol or I/O error.
     pub session_errors: u64,
+    /// Sessions that went on over TLS after STARTTLS.
+    pub tls_sessions: u64,
     pub first_message_unix_us: Option<u64>,
     pub last_message_unix_us: Option<u64>,
     /// End-to-end latency (injector send time to end of DATA received).

@@ -56,6 +56,7 @@ pub(super) async fn serve_connection(
         lock(&ctx.shared).report.session_errors += 1;
         return;
     };
+    lock(&ctx.shared).report.tls_sessions += 1;
     session.reset_after_tls();
     if session.run(&mut tls, false).await.is_err() {
         lock(&ctx.shared).report.session_errors += 1;
