@@ -72,6 +72,7 @@ fn starttls_handshake_then_mail_over_tls() {
     let report = sink.stop().unwrap();
     assert_eq!(report.total.messages, 1);
     assert_eq!(report.per_ehlo["client.test"].messages, 1);
+    assert_eq!(report.tls_sessions, 1);
 }
 
 #[test]
