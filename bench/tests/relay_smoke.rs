@@ -14,6 +14,7 @@ fn small_load() -> Load {
         inject_threads: 1,
         rate: None,
         tls: false,
+        rcpts: 1,
     }
 }
 
@@ -76,6 +77,20 @@ fn tls_legs_run_starttls_on_every_hop() {
         r.sink_tls_sessions
     );
     assert_eq!(run_raw(&small_load()).unwrap().sink_tls_sessions, None);
+}
+
+/// Several recipients per message reach the sink, each once.
+#[test]
+fn spate_leg_delivers_every_recipient_of_multi_recipient_messages() {
+    let load = Load {
+        rcpts: 3,
+        ..small_load()
+    };
+    let bin = spate_bin();
+    let r = run_spate(&load, &SpateLeg::new(&bin)).unwrap();
+    assert_eq!(r.error, None);
+    assert_eq!((r.injected_ok, r.delivered), (300, 300));
+    assert_eq!(r.delivered_recipients, 900);
 }
 
 /// A template routing off loopback is refused before spate starts (nothing

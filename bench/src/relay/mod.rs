@@ -40,6 +40,8 @@ pub struct LegResult {
     pub messages: u64,
     pub injected_ok: u64,
     pub delivered: u64,
+    /// Recipients the sink accepted over the delivered messages.
+    pub delivered_recipients: u64,
     pub elapsed_s: f64,
     /// Delivered messages per second, first injection to last delivery.
     pub end_to_end_msgs_per_s: f64,
@@ -143,6 +145,8 @@ pub struct Load {
     /// TLS on every hop: the injector runs STARTTLS into the MTA (or the
     /// sink, for raw), and the MTA into the sink. See [`leg_certificate`].
     pub tls: bool,
+    /// Recipients per message (all in the sink's domain).
+    pub rcpts: u32,
 }
 
 /// A child process killed (SIGTERM, then SIGKILL) when dropped.
@@ -337,6 +341,7 @@ fn inject_config(to: SocketAddr, load: &Load) -> InjectConfig {
     cfg.sizes = vec![load.size];
     cfg.threads = load.inject_threads;
     cfg.rate = load.rate;
+    cfg.rcpts = load.rcpts;
     if load.tls {
         // Encrypt-only, as an MTA's opportunistic TLS: the run's certificate
         // is self-signed.
@@ -367,11 +372,13 @@ fn inject_and_drain(
     };
     let cpu_s = mta_pid.and_then(tree_cpu_s);
     let delivered = sink_report.total.messages;
+    let delivered_recipients = sink_report.total.recipients;
     let mut result = LegResult {
         name: name.into(),
         messages: load.messages,
         injected_ok: inject.accepted,
         delivered,
+        delivered_recipients,
         elapsed_s: elapsed,
         end_to_end_msgs_per_s: if elapsed > 0.0 {
             delivered as f64 / elapsed
@@ -809,6 +816,10 @@ pub struct RelayArgs {
     /// opportunistic TLS). Not with the smtp-source and smtp-sink legs.
     #[arg(long)]
     pub tls: bool,
+    /// Recipients per message, all in the sink's domain (each MTA delivers
+    /// them in one transaction where it can).
+    #[arg(long, default_value_t = 1)]
+    pub rcpts: u32,
 }
 
 /// Prints the result table.
@@ -1059,6 +1070,7 @@ pub fn run(args: RelayArgs) -> anyhow::Result<()> {
             inject_threads: args.inject_threads,
             rate: args.rate,
             tls: args.tls,
+            rcpts: args.rcpts,
         };
         run_rounds(&args, &load, &args.compare, "")
     };
@@ -1157,6 +1169,7 @@ fn run_suite(args: &RelayArgs) -> Vec<LegResult> {
             inject_threads: args.inject_threads,
             rate: args.rate,
             tls: args.tls,
+            rcpts: args.rcpts,
         };
         rows.extend(run_rounds(args, &load, &args.compare, label));
         if crate::stop_requested() {
