@@ -9,8 +9,8 @@ use std::sync::atomic::Ordering;
 
 use spate::spool::record::RECORD_HEADER_BYTES;
 use spate::spool::{
-    MessageId, MessageRef, NewMessage, NewRecipient, RecipientState, RecoveredMessage, Ret, Spool,
-    SpoolError, SpoolOptions, SyncMode, ZeroFill, recover,
+    MessageId, MessageRef, NewMessage, NewRecipient, RecipientState, RecoveredMessage, Ret,
+    SegmentId, Spool, SpoolError, SpoolOptions, SyncMode, ZeroFill, recover,
 };
 
 fn rt() -> compio::runtime::Runtime {
@@ -1093,6 +1093,49 @@ fn free_files_survive_a_restart_and_are_numbered_around() {
     );
 }
 
+/// Appends messages from number `i` on (recording each in `done`) until one
+/// lands outside `seg`; returns the next number.
+async fn fill_segment(
+    s: &Spool,
+    seg: SegmentId,
+    mut i: usize,
+    done: &mut Vec<MessageRef>,
+) -> usize {
+    loop {
+        let m = append(s, i, 2000, 1).await;
+        i += 1;
+        let moved = m.segment() != seg;
+        done.push(m);
+        if moved {
+            return i;
+        }
+    }
+}
+
+/// Delivers every message of `done`, lets go of them and reclaims: each of
+/// `finished` must be deleted.
+async fn deliver_and_reclaim(s: &Spool, done: Vec<MessageRef>, finished: &[SegmentId]) {
+    for m in &done {
+        s.record_states(m, &[(0, RecipientState::Delivered)], "250")
+            .await
+            .unwrap();
+    }
+    drop(done);
+    let r = s.reclaim().await.unwrap();
+    assert!(finished.iter().all(|f| r.deleted.contains(f)), "{r:?}");
+}
+
+/// The pool kept `kept`'s file and not `dropped`'s.
+fn assert_pooled(dir: &Path, kept: SegmentId, dropped: SegmentId) {
+    let free: Vec<String> = free_files(dir)
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    let name = |id: SegmentId| format!("free-{}-{:010}.free", id.shard, id.number);
+    assert!(free.contains(&name(kept)), "{free:?}");
+    assert!(!free.contains(&name(dropped)), "{free:?}");
+}
+
 /// A segment that saw a failed fdatasync is never reused (its blocks may be
 /// bad), while a healthy full one beside it is.
 #[test]
@@ -1120,34 +1163,12 @@ fn a_segment_with_failed_io_is_not_kept_for_reuse() {
         let b = next.segment();
         assert_ne!(a, b);
         done.push(next);
-        let mut j = i + 2;
-        loop {
-            let m = append(&s, j, 2000, 1).await;
-            j += 1;
-            let moved = m.segment() != b;
-            done.push(m);
-            if moved {
-                break;
-            }
-        }
-        for m in &done {
-            s.record_states(m, &[(0, RecipientState::Delivered)], "250")
-                .await
-                .unwrap();
-        }
-        drop(done);
-        let r = s.reclaim().await.unwrap();
-        assert!(r.deleted.contains(&a) && r.deleted.contains(&b), "{r:?}");
+        fill_segment(&s, b, i + 2, &mut done).await;
+        deliver_and_reclaim(&s, done, &[a, b]).await;
         s.close().await;
         (a, b)
     });
-    let free: Vec<String> = free_files(dir.path())
-        .iter()
-        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-        .collect();
-    let name = |id: spate::spool::SegmentId| format!("free-{}-{:010}.free", id.shard, id.number);
-    assert!(free.contains(&name(healthy)), "{free:?}");
-    assert!(!free.contains(&name(failed)), "{free:?}");
+    assert_pooled(dir.path(), healthy, failed);
 }
 
 /// A finished segment whose blocks were mostly never written (only
@@ -1184,37 +1205,12 @@ fn a_mostly_unwritten_segment_is_not_kept_for_reuse() {
         let left = shared.segment(sparse).unwrap();
         assert!(left.is_sealed() && left.used_bytes() < 128 * 1024);
         drop(left);
-        // Filled until the next append goes elsewhere.
-        loop {
-            let m = append(&s, i, 2000, 1).await;
-            i += 1;
-            let moved = m.segment() != full;
-            done.push(m);
-            if moved {
-                break;
-            }
-        }
-        for m in &done {
-            s.record_states(m, &[(0, RecipientState::Delivered)], "250")
-                .await
-                .unwrap();
-        }
-        drop(done);
-        let r = s.reclaim().await.unwrap();
-        assert!(
-            r.deleted.contains(&sparse) && r.deleted.contains(&full),
-            "{r:?}"
-        );
+        fill_segment(&s, full, i, &mut done).await;
+        deliver_and_reclaim(&s, done, &[sparse, full]).await;
         s.close().await;
         (sparse, full)
     });
-    let free: Vec<String> = free_files(dir.path())
-        .iter()
-        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-        .collect();
-    let name = |id: spate::spool::SegmentId| format!("free-{}-{:010}.free", id.shard, id.number);
-    assert!(free.contains(&name(full)), "{free:?}");
-    assert!(!free.contains(&name(sparse)), "{free:?}");
+    assert_pooled(dir.path(), full, sparse);
 }
 
 /// A state record carried forward out of a finished segment lands in a

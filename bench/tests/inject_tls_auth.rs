@@ -2,12 +2,11 @@
 //! and several recipients per message, against the sink and against spate.
 
 mod common;
-use common::spate_bin;
+use common::{Proc, free_port, run_spate};
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use spate_bench::inject::{InjectConfig, InjectReport, StartTls, run_inject};
 use spate_bench::sink::{SinkConfig, SinkHandle, spawn, tls_config};
@@ -117,22 +116,6 @@ fn several_recipients_per_message_and_partial_refusals() {
     assert!(run_inject(cfg).is_err());
 }
 
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The password of the `[[user]]` in ../shared/spec/spate.example.toml's
 /// hash, which this configuration reuses.
 const PASSWORD: &str = "change-me";
@@ -171,23 +154,7 @@ smtp_hosts = ["{sink}"]
         cert = cert.display(),
         key = key.display(),
     );
-    let path = dir.join("spate.toml");
-    std::fs::write(&path, config).unwrap();
-    let log = std::fs::File::create(dir.join("spate.log")).unwrap();
-    let child = Command::new(spate_bin())
-        .args(["run", "--config"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let proc = Proc(child);
-    let end = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(smtp).is_err() {
-        assert!(Instant::now() < end, "spate did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (proc, smtp)
+    (run_spate(dir, &config, smtp), smtp)
 }
 
 #[test]

@@ -7,31 +7,14 @@
 //! throttling stops and the backoff interval ends, delivery recovers.
 
 mod common;
-use common::spate_bin;
+use common::{Proc, free_port, run_spate};
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use spate_bench::script::Script;
 use spate_bench::sink::{SinkConfig, spawn};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn start_spate(dir: &std::path::Path, sink: SocketAddr) -> (Proc, SocketAddr) {
     let smtp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -74,23 +57,7 @@ rules = [ {{ reply = '\[TSS0[45]\]', mode = "backoff" }} ]
         spool = dir.join("spool").display(),
         admin = free_port(),
     );
-    let path = dir.join("spate.toml");
-    std::fs::write(&path, config).unwrap();
-    let log = std::fs::File::create(dir.join("spate.log")).unwrap();
-    let child = Command::new(spate_bin())
-        .args(["run", "--config"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let proc = Proc(child);
-    let end = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(smtp).is_err() {
-        assert!(Instant::now() < end, "spate did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (proc, smtp)
+    (run_spate(dir, &config, smtp), smtp)
 }
 
 /// Sends `n` messages through `vmta` on one pipelined-free connection.
