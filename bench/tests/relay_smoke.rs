@@ -173,4 +173,6 @@ fn postfix_leg_delivers_everything() {
     assert_eq!(r.error, None);
     assert_eq!(r.delivered, 300);
     assert!(r.cpu_s.is_some_and(|c| c > 0.0));
+    // Memory is the process tree's anonymous peak, not the master's VmHWM.
+    assert!(r.peak_rss_kib.is_none() && r.peak_anon_kib.is_some_and(|k| k > 0));
 }

@@ -51,7 +51,8 @@ pub struct LegResult {
     pub cpu_s: Option<f64>,
     pub cpu_ms_per_msg: Option<f64>,
     /// VmHWM of the MTA's main process: file pages included, so for spate
-    /// the spool pages mapped for delivery (for Postfix, its master only).
+    /// the spool pages mapped for delivery (None for Postfix, whose
+    /// processes peak at different times).
     pub peak_rss_kib: Option<u64>,
     /// Highest summed RssAnon of the MTA's process tree while the leg ran
     /// (sampled; see [`AnonPeak`]): the memory it allocated.
