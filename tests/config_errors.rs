@@ -293,6 +293,20 @@ fn cross_checks() {
         ),
         (
             format!(
+                "{v}[admin]\nlisten = \"127.0.0.1:2525\"\n[[listener]]\naddress = \"127.0.0.1:2525\"\n"
+            ),
+            "admin.listen",
+            Duplicate,
+        ),
+        (
+            format!(
+                "{v}[admin]\nlisten = \"127.0.0.1:2525\"\n[[listener]]\naddress = \"0.0.0.0:2525\"\n"
+            ),
+            "admin.listen",
+            Duplicate,
+        ),
+        (
+            format!(
                 "{v}[[source]]\nnetworks = [\"10.0.0.0/8\"]\n[[source]]\nnetworks = [\"10.0.0.0/8\"]\n"
             ),
             "source[1].networks[0]",

@@ -158,12 +158,28 @@ fn check_users(ctx: &mut Ctx, p: &Parsed) {
 }
 
 fn check_admin(ctx: &mut Ctx, p: &Parsed) {
+    let (path, span) = p
+        .refs
+        .admin_listen_span
+        .clone()
+        .unwrap_or_else(|| ("admin.listen".to_string(), 0..0));
+    // Listeners bind with SO_REUSEPORT: an admin API on a listener's port
+    // could share it silently, HTTP and SMTP clients landing on either.
+    let listeners = p.listeners.iter().zip(&p.refs.listener_spans);
+    for (l, (first, _)) in listeners {
+        if overlaps(&p.admin.listen, &l.address) {
+            ctx.error(
+                &span,
+                &path,
+                ConfigErrorKind::Duplicate,
+                format!(
+                    "{} is also the SMTP listener address {} ({first})",
+                    p.admin.listen, l.address
+                ),
+            );
+        }
+    }
     if p.admin.token_file.is_none() && !p.admin.listen.ip().is_loopback() {
-        let (path, span) = p
-            .refs
-            .admin_listen_span
-            .clone()
-            .unwrap_or_else(|| ("admin.listen".to_string(), 0..0));
         ctx.error(
             &span,
             &path,

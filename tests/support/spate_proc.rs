@@ -15,13 +15,26 @@ pub struct Spate {
     pub log: PathBuf,
 }
 
-/// A free loopback port (bound and released; good enough for tests).
+/// A free loopback port (bound and released), never one this process was
+/// given before: the kernel may hand the same port to two binds in a row
+/// (about 1 in 10,000 here), and two spate listeners bound with
+/// SO_REUSEPORT would then share it silently.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut given = GIVEN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if given.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// Polls `ok` every 50 ms until it holds; fails with `what` and `log()`

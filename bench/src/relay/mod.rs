@@ -187,11 +187,25 @@ impl Drop for ChildGuard {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (bound then released).
+/// A free TCP port on 127.0.0.1 (bound then released), never one this
+/// process was given before: the kernel may hand the same port to two binds
+/// in a row (about 1 in 10,000 here), and a spate listener and admin API
+/// given the same port would not both fail to bind (listeners use
+/// SO_REUSEPORT).
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let mut given = GIVEN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if given.insert(port) {
+            return Ok(port);
+        }
+    }
 }
 
 pub fn wait_listening(addr: SocketAddr, child: &mut ChildGuard, log: &Path) -> anyhow::Result<()> {

@@ -19,13 +19,10 @@ pub fn spate_bin() -> std::path::PathBuf {
     target.join("debug/spate")
 }
 
-/// A loopback port free at the time of asking.
+/// A loopback port free at the time of asking, never the same twice
+/// (see [`spate_bench::relay::free_port`]).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    spate_bench::relay::free_port().unwrap()
 }
 
 /// A child process killed when dropped.
