@@ -642,3 +642,45 @@ pub fn run(args: InjectArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: InjectArgs,
+    }
+
+    fn config(argv: &[&str]) -> anyhow::Result<InjectConfig> {
+        let argv = ["inject", "--to", "127.0.0.1:2525"].iter().chain(argv);
+        Cli::try_parse_from(argv)?.args.into_config()
+    }
+
+    #[test]
+    fn tls_auth_and_recipient_options() {
+        let c = config(&["--starttls", "--auth", "u:p:w", "--rcpts", "3"]).unwrap();
+        // The password is everything after the first colon.
+        assert_eq!(c.auth, Some(("u".into(), "p:w".into())));
+        assert_eq!(
+            c.starttls.map(|t| t.server_name).as_deref(),
+            Some("127.0.0.1")
+        );
+        assert_eq!(c.rcpts, 3);
+        assert!(config(&[]).unwrap().starttls.is_none());
+        // A CA file only with STARTTLS, a name to check only with a CA file.
+        assert!(config(&["--tls-ca", "ca.pem"]).is_err());
+        assert!(config(&["--starttls", "--tls-name", "mx.test"]).is_err());
+        let missing = config(&["--starttls", "--tls-ca", "/nonexistent/ca.pem"]).unwrap_err();
+        assert!(
+            format!("{missing:#}").contains("/nonexistent/ca.pem"),
+            "{missing:#}"
+        );
+        for bad in ["nopassword", ":pw"] {
+            let e = config(&["--auth", bad]).unwrap_err();
+            assert!(format!("{e:#}").contains("--auth"), "{e:#}");
+        }
+    }
+}
