@@ -67,13 +67,13 @@ impl Spool {
             // other shards' carry-forward. Both block for a device round
             // trip: on a helper thread, not the shard's I/O loop.
             let shared = self.inner.shared.clone();
-            let free = (seg.reusable(shared.options.segment_bytes) && shared.free_has_room())
-                .then(|| shared.options.path.join(segment::free_file_name(seg.id)));
-            let (path, to) = (seg.path.clone(), free.clone());
+            let keep = seg.reusable(shared.options.segment_bytes) && shared.free_has_room();
+            let (id, path) = (seg.id, seg.path.clone());
             let free = compio::runtime::spawn_blocking(move || {
-                // (Never over another free file: recovery numbers segments
-                // above them, so that is only a safety net.)
-                let renamed = to.filter(|to| !to.exists() && std::fs::rename(&path, to).is_ok());
+                let dir = &shared.options.path;
+                let renamed = keep
+                    .then(|| segment::rename_to_free(dir, id, &path))
+                    .flatten();
                 if renamed.is_none() {
                     match std::fs::remove_file(&path) {
                         Ok(()) => {}
@@ -81,7 +81,7 @@ impl Spool {
                         Err(e) => return Err(SpoolError::io("delete segment", &e)),
                     }
                 }
-                sync_dir(&shared.options.path).map(|()| renamed)
+                sync_dir(dir).map(|()| renamed)
             })
             .await
             .unwrap_or_else(|_| Err(SpoolError::Unusable("segment deletion panicked".into())))?;

@@ -569,6 +569,15 @@ pub(crate) fn free_file_name(id: SegmentId) -> String {
     format!("free-{}-{:010}.free", id.shard, id.number)
 }
 
+/// Renames segment `id`'s file at `path` to its [`free_file_name`] in `dir`,
+/// never over an existing file (recovery numbers segments above free files,
+/// so that is only a safety net). The new path, or `None` when it was not
+/// renamed. The caller syncs the directory.
+pub(crate) fn rename_to_free(dir: &Path, id: SegmentId, path: &Path) -> Option<PathBuf> {
+    let free = dir.join(free_file_name(id));
+    (!free.exists() && std::fs::rename(path, &free).is_ok()).then_some(free)
+}
+
 /// The inverse of [`free_file_name`]; `None` for any other file.
 pub(crate) fn parse_free_file_name(name: &str) -> Option<SegmentId> {
     parse_id_between(name, "free-", ".free")

@@ -1055,10 +1055,9 @@ fn return_to_pool(shared: &SpoolShared, id: SegmentId, path: &std::path::Path) -
     if !shared.free_has_room() {
         return false;
     }
-    let free = shared.options.path.join(segment::free_file_name(id));
-    if free.exists() || std::fs::rename(path, &free).is_err() {
+    let Some(free) = segment::rename_to_free(&shared.options.path, id, path) else {
         return false;
-    }
+    };
     if segment::sync_dir(&shared.options.path).is_ok() && shared.add_free(free.clone()) {
         return true;
     }
