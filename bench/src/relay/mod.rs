@@ -438,38 +438,52 @@ fn inject_and_drain(
     Ok(result)
 }
 
-/// A sink accepting everything, offering STARTTLS with `tls` (certificate
-/// and key files).
-fn start_sink(tls: Option<&(PathBuf, PathBuf)>) -> anyhow::Result<SinkHandle> {
+/// A sink accepting everything, offering STARTTLS with `tls`.
+fn start_sink(tls: Option<&LegCertificate>) -> anyhow::Result<SinkHandle> {
     let mut config = SinkConfig::accept_all("127.0.0.1:0".parse()?);
-    if let Some((cert, key)) = tls {
-        config.tls = Some(crate::sink::tls_config(cert, key)?);
+    if let Some(t) = tls {
+        config.tls = Some(crate::sink::tls_config(&t.cert, &t.key)?);
     }
     crate::sink::spawn(config)
 }
 
-/// With `load.tls`, a self-signed certificate for `localhost` made for the
-/// leg, written as `tls-cert.pem` and `tls-key.pem` (readable by all, so that
-/// Postfix's daemons may read it too) under `dir`.
-pub fn leg_certificate(load: &Load, dir: &Path) -> anyhow::Result<Option<(PathBuf, PathBuf)>> {
+/// A self-signed certificate for `localhost` made for one `--tls` leg, in a
+/// directory of its own (removed with it) that every user may read: Postfix's
+/// daemons read the files as Postfix's user.
+pub struct LegCertificate {
+    _dir: tempfile::TempDir,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The leg's certificate with `load.tls`; None (and nothing made) without.
+pub fn leg_certificate(load: &Load) -> anyhow::Result<Option<LegCertificate>> {
     if !load.tls {
         return Ok(None);
     }
+    let dir = tempfile::Builder::new()
+        .prefix("spate-bench-tls")
+        .tempdir()?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+    }
     let made = rcgen::generate_simple_self_signed(vec!["localhost".into()])
         .context("making the run's TLS certificate")?;
-    let cert = dir.join("tls-cert.pem");
-    let key = dir.join("tls-key.pem");
+    let cert = dir.path().join("tls-cert.pem");
+    let key = dir.path().join("tls-key.pem");
     std::fs::write(&cert, made.cert.pem())?;
     std::fs::write(&key, made.signing_key.serialize_pem())?;
-    Ok(Some((cert, key)))
+    Ok(Some(LegCertificate {
+        _dir: dir,
+        cert,
+        key,
+    }))
 }
 
 /// The raw pipeline: injector straight into the sink.
 pub fn run_raw(load: &Load) -> anyhow::Result<LegResult> {
-    let dir = tempfile::Builder::new()
-        .prefix("spate-bench-raw")
-        .tempdir()?;
-    let tls = leg_certificate(load, dir.path())?;
+    let tls = leg_certificate(load)?;
     let sink = start_sink(tls.as_ref())?;
     let to = *sink.addrs.first().context("sink has no address")?;
     inject_and_drain("raw (inject -> sink)", to, &sink, load, None)
@@ -662,7 +676,7 @@ pub fn run_spate(load: &Load, leg: &SpateLeg<'_>) -> anyhow::Result<LegResult> {
         .prefix("spate-bench-relay")
         .tempdir_in(&parent)
         .with_context(|| format!("making a run directory in {}", parent.display()))?;
-    let tls = leg_certificate(load, dir.path())?;
+    let tls = leg_certificate(load)?;
     let sink = start_sink(tls.as_ref())?;
     let sink_addr = *sink.addrs.first().context("sink has no address")?;
     let address_type = if sink_addr.is_ipv4() { "A" } else { "AAAA" };
@@ -686,7 +700,7 @@ pub fn run_spate(load: &Load, leg: &SpateLeg<'_>) -> anyhow::Result<LegResult> {
         None => {
             let text = spate_config(dir.path(), listen, admin, dns.addr, sink_addr);
             match &tls {
-                Some((cert, key)) => with_tls(&text, cert, key)?,
+                Some(t) => with_tls(&text, &t.cert, &t.key)?,
                 None => text,
             }
         }

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use super::{
-    ChildGuard, LegResult, Load, MTA_START_TIMEOUT_MS, free_port, inject_and_drain, inject_only,
-    leg_certificate, start_sink, tail, wait_listening,
+    ChildGuard, LegCertificate, LegResult, Load, MTA_START_TIMEOUT_MS, free_port, inject_and_drain,
+    inject_only, leg_certificate, start_sink, tail, wait_listening,
 };
 
 /// A private Postfix instance under a temp dir.
@@ -111,10 +111,7 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 /// Configures and starts a private Postfix relaying to `sink`; with `tls`
 /// (certificate and key files) its smtpd offers STARTTLS and its smtp client
 /// uses it when the sink offers it.
-pub fn start_postfix(
-    sink: SocketAddr,
-    tls: Option<&(std::path::PathBuf, std::path::PathBuf)>,
-) -> anyhow::Result<Postfix> {
+pub fn start_postfix(sink: SocketAddr, tls: Option<&LegCertificate>) -> anyhow::Result<Postfix> {
     ensure_postfix_installed()?;
     let dir = tempfile::Builder::new()
         .prefix("spate-bench-postfix")
@@ -167,7 +164,7 @@ smtp_dns_support_level = disabled
         sink_port = sink.port(),
         dir = dir.path().display(),
         tls = match tls {
-            Some((cert, key)) => format!(
+            Some(LegCertificate { cert, key, .. }) => format!(
                 "smtp_tls_security_level = may\nsmtpd_tls_security_level = may\nsmtpd_tls_cert_file = {}\nsmtpd_tls_key_file = {}\n",
                 cert.display(),
                 key.display()
@@ -204,15 +201,7 @@ smtp_dns_support_level = disabled
 
 /// The Postfix leg.
 pub fn run_postfix(load: &Load) -> anyhow::Result<LegResult> {
-    let dir = tempfile::Builder::new()
-        .prefix("spate-bench-postfix-tls")
-        .tempdir()?;
-    let tls = leg_certificate(load, dir.path())?;
-    if tls.is_some() {
-        // Postfix's daemons read the files as its own user.
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
-    }
+    let tls = leg_certificate(load)?;
     let sink = start_sink(tls.as_ref())?;
     let sink_addr = *sink.addrs.first().context("sink has no address")?;
     let pf = start_postfix(sink_addr, tls.as_ref())?;
