@@ -27,6 +27,17 @@ fn raw_leg_delivers_everything() {
     assert!(r.end_to_end_msgs_per_s > 0.0);
     assert_eq!(r.ack_latency.count, 300);
     assert_eq!(r.e2e_latency.count, 300);
+    assert_machine_figures(&r);
+}
+
+/// The whole machine's CPU over the leg: some busy CPUs, no more than
+/// there are, and CPU time per message of the machine and of the harness.
+fn assert_machine_figures(r: &spate_bench::relay::LegResult) {
+    let cpus = std::thread::available_parallelism().unwrap().get() as f64;
+    let cores = r.machine_busy_cores.expect("busy cores from /proc/stat");
+    assert!(cores > 0.0 && cores <= cpus + 0.01, "{cores} of {cpus}");
+    assert!(r.machine_cpu_ms_per_msg.is_some_and(|v| v > 0.0), "{r:?}");
+    assert!(r.harness_cpu_ms_per_msg.is_some_and(|v| v > 0.0), "{r:?}");
 }
 
 #[test]
@@ -36,6 +47,7 @@ fn spate_leg_delivers_everything() {
     assert_eq!(r.error, None);
     assert_eq!(r.delivered, 300);
     assert!(r.cpu_s.is_some() && r.peak_rss_kib.is_some());
+    assert_machine_figures(&r);
     // Anonymous memory is part of the resident set.
     let anon = r.peak_anon_kib.expect("sampled anonymous memory");
     assert!(anon > 0 && anon <= r.peak_rss_kib.unwrap(), "{anon} KiB");

@@ -22,7 +22,10 @@ use crate::inject::{InjectConfig, InjectReport, run_inject};
 use crate::report::Percentiles;
 use crate::sink::{SinkConfig, SinkHandle};
 
+mod cpu;
 mod postfix;
+
+pub use cpu::{CpuReading, CpuSpent};
 
 pub use postfix::{
     Postfix, ensure_postfix_installed, run_postfix, run_smtp_sink, run_smtp_source, start_postfix,
@@ -73,6 +76,23 @@ pub struct LegResult {
     /// With `--tls`: the sink's sessions that ran STARTTLS (the MTA's
     /// deliveries, or the injector's connections for raw).
     pub sink_tls_sessions: Option<u64>,
+    /// The whole machine while the leg ran (injection to the last delivery):
+    /// the average number of busy CPUs, and the CPU time of every process
+    /// and of the kernel per delivered message (see `cpu.rs`).
+    pub machine_busy_cores: Option<f64>,
+    pub machine_cpu_ms_per_msg: Option<f64>,
+    /// The harness's own part of that: injector, sink and DNS server.
+    pub harness_cpu_ms_per_msg: Option<f64>,
+}
+
+impl LegResult {
+    /// Fills the machine figures from what the leg spent over `messages`.
+    fn set_machine_cpu(&mut self, spent: CpuSpent, messages: u64) {
+        let per_msg = |s: f64| (messages > 0).then(|| s * 1000.0 / messages as f64);
+        self.machine_busy_cores = spent.busy_cores;
+        self.machine_cpu_ms_per_msg = spent.machine_s.and_then(per_msg);
+        self.harness_cpu_ms_per_msg = per_msg(spent.harness_s);
+    }
 }
 
 /// See [`LegResult::spool`].
@@ -386,10 +406,12 @@ fn inject_and_drain(
     mta_pid: Option<u32>,
 ) -> anyhow::Result<LegResult> {
     let started = Instant::now();
+    let cpu = CpuReading::now();
     let anon = mta_pid.map(AnonPeak::start);
     let inject: InjectReport = run_inject(inject_config(to, load))?;
     let drain = Duration::from_millis(DRAIN_TIMEOUT_MS_BASE + load.messages);
     let complete = sink.wait_for_messages(inject.accepted, drain);
+    let spent = cpu.spent();
     let peak_anon_kib = anon.and_then(AnonPeak::finish);
     let sink_report = sink.report();
     let sink_tls_sessions = load.tls.then_some(sink_report.tls_sessions);
@@ -428,7 +450,9 @@ fn inject_and_drain(
         dns_queries: None,
         sink_tls_sessions,
         load: String::new(),
+        ..LegResult::default()
     };
+    result.set_machine_cpu(spent, delivered);
     if !complete {
         result.error = Some(format!(
             "sink holds {delivered} of {} accepted messages after {drain:?}",
@@ -759,11 +783,13 @@ fn inject_only(
     load: &Load,
     mta_pid: Option<u32>,
 ) -> anyhow::Result<LegResult> {
+    let cpu = CpuReading::now();
     let anon = mta_pid.map(AnonPeak::start);
     let inject: InjectReport = run_inject(inject_config(to, load))?;
+    let spent = cpu.spent();
     let peak_anon_kib = anon.and_then(AnonPeak::finish);
     let cpu_s = mta_pid.and_then(tree_cpu_s);
-    Ok(LegResult {
+    let mut result = LegResult {
         name: name.into(),
         messages: load.messages,
         injected_ok: inject.accepted,
@@ -778,7 +804,9 @@ fn inject_only(
         peak_anon_kib,
         injector_failures: inject.failures,
         ..LegResult::default()
-    })
+    };
+    result.set_machine_cpu(spent, inject.accepted);
+    Ok(result)
 }
 
 /// One POST to spate's admin API with a bearer token; fails unless 2xx.
@@ -925,15 +953,43 @@ pub fn print_table(rows: &[LegResult]) {
                 sp.segments_allocated,
             );
         }
+        if let Some(line) = machine_line(
+            r.machine_busy_cores,
+            r.machine_cpu_ms_per_msg,
+            r.harness_cpu_ms_per_msg,
+        ) {
+            println!("    {line}");
+        }
     }
     for (label, ratio) in ratios(rows) {
         println!("{label} = {ratio:.2}x");
     }
 }
 
+/// "machine: ..." of a row or of medians, when there are figures.
+fn machine_line(
+    cores: Option<f64>,
+    all_ms: Option<f64>,
+    harness_ms: Option<f64>,
+) -> Option<String> {
+    let all_ms = all_ms?;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = cores.map_or("?".into(), |c| format!("{c:.2}"));
+    let harness = harness_ms.map_or(String::new(), |h| {
+        format!(", {h:.3} of it the harness's (injector, sink)")
+    });
+    Some(format!(
+        "machine: {cores} of {cpus} CPUs busy, {all_ms:.3} ms of CPU per message in all{harness}"
+    ))
+}
+
+/// The label of the CPU ceiling among [`ratios`].
+pub const CPU_CEILING: &str = "CPU ceiling of spate / raw (machine CPU per message, raw / spate)";
+
 /// The ratios of spate to each reference leg among `rows` (one round):
 /// injection rates against every reference, end-to-end rates against
-/// Postfix and the raw pipeline.
+/// Postfix and the raw pipeline, and the [`CPU_CEILING`]: what spate / raw
+/// would be if both legs kept every CPU busy (see `cpu.rs`).
 pub fn ratios(rows: &[LegResult]) -> Vec<(String, f64)> {
     let find = |name: &str| {
         rows.iter()
@@ -967,6 +1023,14 @@ pub fn ratios(rows: &[LegResult]) -> Vec<(String, f64)> {
                 out.push((format!("spate / {leg}"), s / o));
             }
         }
+    }
+    let machine = |name: &str| {
+        find(name)
+            .and_then(|r| r.machine_cpu_ms_per_msg)
+            .filter(|v| *v > 0.0)
+    };
+    if let (Some(s), Some(r)) = (machine("spate"), machine("raw")) {
+        out.push((CPU_CEILING.to_string(), r / s));
     }
     out
 }
@@ -1050,6 +1114,13 @@ pub fn print_summary(rows: &[LegResult], rounds: u32) {
                 "{:<24} spool: fdatasync mean {fsync:.2} ms, commit mean {commit:.2} ms",
                 ""
             );
+        }
+        if let Some(line) = machine_line(
+            med(&|r| r.machine_busy_cores),
+            med(&|r| r.machine_cpu_ms_per_msg),
+            med(&|r| r.harness_cpu_ms_per_msg),
+        ) {
+            println!("{:<24} {line}", "");
         }
     }
     for (label, values) in ratios_by_round(rows) {
@@ -1222,11 +1293,12 @@ fn run_suite(args: &RelayArgs) -> Vec<LegResult> {
 }
 
 /// Markdown: per load, the medians of spate, raw and Postfix, the medians
-/// of the per-round ratios, and spate's highest peak of anonymous memory.
+/// of the per-round ratios, the [`CPU_CEILING`] and spate's highest peak of
+/// anonymous memory.
 pub fn suite_table(rows: &[LegResult]) -> String {
     let mut out = String::from(
-        "| load | spate msg/s | raw pipeline msg/s | spate / raw (range) | Postfix msg/s | spate / Postfix (range) | spate peak anon |\n\
-         | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        "| load | spate msg/s | raw pipeline msg/s | spate / raw (range) | CPU ceiling of spate / raw | Postfix msg/s | spate / Postfix (range) | spate peak anon |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for label in distinct(rows, |r| r.load.as_str()) {
         let these: Vec<LegResult> = rows.iter().filter(|r| r.load == label).cloned().collect();
@@ -1240,8 +1312,7 @@ pub fn suite_table(rows: &[LegResult]) -> String {
             )
         };
         let by_round = ratios_by_round(&these);
-        let ratio = |leg: &str| {
-            let wanted = format!("spate / {leg}");
+        let ratio = |wanted: &str| {
             by_round
                 .iter()
                 .find(|(l, _)| *l == wanted)
@@ -1258,12 +1329,13 @@ pub fn suite_table(rows: &[LegResult]) -> String {
             .max()
             .map_or("–".to_string(), |k| format!("{} MiB", k / 1024));
         out.push_str(&format!(
-            "| {label} | {} | {} | {} | {} | {} | {anon} |\n",
+            "| {label} | {} | {} | {} | {} | {} | {} | {anon} |\n",
             rate(of("spate")),
             rate(of("raw")),
-            ratio("raw"),
+            ratio("spate / raw"),
+            ratio(CPU_CEILING),
             rate(of("postfix")),
-            ratio("postfix"),
+            ratio("spate / postfix"),
         ));
     }
     out
@@ -1296,6 +1368,15 @@ mod tests {
         assert_eq!(get("injection: spate / raw"), Some(0.6));
         assert_eq!(get("injection: spate / postfix"), Some(20.0));
         assert_eq!(get("injection: spate / smtp-sink"), None);
+        // No machine figures, no CPU ceiling; with them, raw's CPU per
+        // message over spate's.
+        assert_eq!(get(CPU_CEILING), None);
+        let mut measured = rows.clone();
+        measured[0].machine_cpu_ms_per_msg = Some(0.04);
+        measured[1].machine_cpu_ms_per_msg = Some(0.1);
+        let r = ratios(&measured);
+        let ceiling = r.iter().find(|(x, _)| x == CPU_CEILING).map(|(_, v)| *v);
+        assert!((ceiling.unwrap() - 0.4).abs() < 1e-9, "{ceiling:?}");
         // A failed spate leg gives no ratio at all.
         let mut failed = rows.clone();
         failed[1].error = Some("boom".into());
@@ -1314,6 +1395,12 @@ mod tests {
                 let mut r = row(name, rate, rate);
                 r.round = round;
                 r.peak_anon_kib = (name == "spate").then_some(40 * 1024 + round as u64 * 1024);
+                // The machine's CPU per message: raw 0.04 ms in every
+                // round, spate 0.10, 0.08 and 0.125 ms.
+                r.machine_cpu_ms_per_msg = Some(match name {
+                    "spate" => [0.1, 0.08, 0.125][round as usize - 1],
+                    _ => 0.04,
+                });
                 r.load = "2 KB, 20 connections".into();
                 rows.push(r);
             }
@@ -1321,11 +1408,11 @@ mod tests {
         let table = suite_table(&rows);
         let line = table.lines().nth(2).expect("one row");
         // spate 10,000 and raw 25,000 are the medians; the per-round ratios
-        // are 0.45, 0.40 and 0.40; no Postfix leg; the highest anonymous
-        // peak is round 3's.
+        // are 0.45, 0.40 and 0.40; the CPU ceilings 0.40, 0.50 and 0.32;
+        // no Postfix leg; the highest anonymous peak is round 3's.
         assert_eq!(
             line,
-            "| 2 KB, 20 connections | 10000 | 25000 | 0.40× (0.40–0.45) | – | – | 43 MiB |"
+            "| 2 KB, 20 connections | 10000 | 25000 | 0.40× (0.40–0.45) | 0.40× (0.32–0.50) | – | – | 43 MiB |"
         );
     }
 
