@@ -1274,3 +1274,107 @@ fn carried_records_take_the_use_of_the_segment_they_land_in() {
     );
     assert!(by_id.contains_key(&keep));
 }
+
+/// fdatasyncs the spool has made so far.
+fn syncs(shared: &spate::spool::SpoolShared) -> u64 {
+    shared.sync_latency.snapshot().count
+}
+
+/// A delivered recipient's state does not start an fdatasync of its own
+/// while the delay runs: it commits with the next message, in one.
+#[test]
+fn a_delivered_state_rides_with_the_next_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(dir.path(), 1024 * 1024);
+    opts.lazy_records_delay = std::time::Duration::from_secs(60);
+    let rec = recover(&opts, 1).unwrap();
+    let shared = rec.shared.clone();
+    let second = rt().block_on(async {
+        let s = Spool::open(rec.shared.clone(), 0).unwrap();
+        let first = append(&s, 1, 500, 1).await;
+        let before = syncs(&shared);
+        let done = std::rc::Rc::new(std::cell::Cell::new(false));
+        let state = {
+            let (s, first, done) = (s.clone(), first.clone(), done.clone());
+            compio::runtime::spawn(async move {
+                s.record_states_lazily(&first, &[(0, RecipientState::Delivered)], "250 ok")
+                    .await
+                    .unwrap();
+                done.set(true);
+            })
+        };
+        // Time for a flush to start and finish, if anything started one.
+        compio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!done.get(), "the delivered state committed on its own");
+        assert_eq!(syncs(&shared), before, "an fdatasync for the state alone");
+        let second = append(&s, 2, 500, 1).await;
+        state.await.unwrap();
+        assert!(done.get());
+        assert_eq!(
+            syncs(&shared),
+            before + 1,
+            "the state and the message in one"
+        );
+        s.close().await;
+        second.id()
+    });
+    drop((rec, shared));
+    // The first message is finished; the second is still to deliver.
+    let ids: Vec<MessageId> = recover(&opts, 1)
+        .unwrap()
+        .messages
+        .iter()
+        .map(|m| m.message.id())
+        .collect();
+    assert_eq!(ids, vec![second]);
+}
+
+/// Alone, a delivered state commits once the delay has passed, not before;
+/// closing the spool commits one still waiting at once.
+#[test]
+fn a_delivered_state_alone_commits_after_the_delay_or_at_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(dir.path(), 1024 * 1024);
+    let delay = std::time::Duration::from_millis(200);
+    opts.lazy_records_delay = delay;
+    let rec = recover(&opts, 1).unwrap();
+    let shared = rec.shared.clone();
+    rt().block_on(async {
+        let s = Spool::open(rec.shared.clone(), 0).unwrap();
+        let first = append(&s, 1, 500, 1).await;
+        let before = syncs(&shared);
+        let started = std::time::Instant::now();
+        s.record_states_lazily(&first, &[(0, RecipientState::Delivered)], "250 ok")
+            .await
+            .unwrap();
+        assert!(started.elapsed() >= delay, "{:?}", started.elapsed());
+        assert_eq!(syncs(&shared), before + 1);
+        s.close().await;
+    });
+    drop((rec, shared));
+    assert!(recover(&opts, 1).unwrap().messages.is_empty());
+
+    // A delay no test waits for: the close flushes the state.
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(dir.path(), 1024 * 1024);
+    opts.lazy_records_delay = std::time::Duration::from_secs(600);
+    let rec = recover(&opts, 1).unwrap();
+    rt().block_on(async {
+        let s = Spool::open(rec.shared.clone(), 0).unwrap();
+        let first = append(&s, 1, 500, 1).await;
+        let state = {
+            let (s, first) = (s.clone(), first.clone());
+            compio::runtime::spawn(async move {
+                s.record_states_lazily(&first, &[(0, RecipientState::Delivered)], "250 ok")
+                    .await
+            })
+        };
+        compio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let closing = std::time::Instant::now();
+        s.close().await;
+        state.await.unwrap().unwrap();
+        assert!(closing.elapsed() < std::time::Duration::from_secs(60));
+    });
+    drop(rec);
+    assert!(recover(&opts, 1).unwrap().messages.is_empty());
+}

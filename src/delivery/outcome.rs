@@ -417,7 +417,15 @@ async fn apply(
             .filter(|s| s.2 == text)
             .map(|s| (s.0, s.1))
             .collect();
-        if let Err(e) = engine.deps.spool.record_states(message, &group, text).await {
+        // Delivered states may wait a little for their fdatasync (see
+        // `LAZY_RECORDS_DELAY`); the others decide a retry or a bounce.
+        let spool = &engine.deps.spool;
+        let recorded = if group.iter().all(|(_, s)| *s == RecipientState::Delivered) {
+            spool.record_states_lazily(message, &group, text).await
+        } else {
+            spool.record_states(message, &group, text).await
+        };
+        if let Err(e) = recorded {
             tracing::error!(id = %message.id(), error = %e, "cannot record recipient states; will retry");
             durable = false;
         }

@@ -23,7 +23,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -151,6 +151,37 @@ pub(crate) struct State {
     prepared: Option<ReadySegment>,
     closing: bool,
     flusher_done: bool,
+    /// Entries in `entries` pushed [`Push::NOW`] or [`Push::VERBATIM`]: any
+    /// of them makes the flusher start a batch.
+    urgent: usize,
+    /// When the oldest [`Push::SOON`] entry still pending was pushed (about:
+    /// kept while any is pending).
+    lazy_since: Option<Instant>,
+}
+
+/// How [`Spool::push_as`] queues records.
+#[derive(Clone, Copy)]
+struct Push {
+    /// Encoded for the key given, else carried verbatim (see `push_as`).
+    keyed: bool,
+    /// The flusher may hold them up to `lazy_records_delay` (see
+    /// [`super::LAZY_RECORDS_DELAY_DEFAULT`]).
+    lazy: bool,
+}
+
+impl Push {
+    const NOW: Push = Push {
+        keyed: true,
+        lazy: false,
+    };
+    const VERBATIM: Push = Push {
+        keyed: false,
+        lazy: false,
+    };
+    const SOON: Push = Push {
+        keyed: true,
+        lazy: true,
+    };
 }
 
 /// A segment made ahead of need on a helper thread (from a finished
@@ -194,6 +225,8 @@ struct Entry {
     /// pushed); `None` for records carried forward as their segment had them.
     /// Stamped when their batch lands in a segment of another use.
     key: Option<UseKey>,
+    /// Pushed [`Push::SOON`].
+    lazy: bool,
 }
 
 enum Effect {
@@ -263,6 +296,8 @@ impl Spool {
                 prepared: None,
                 closing: false,
                 flusher_done: false,
+                urgent: 0,
+                lazy_since: None,
             }),
             flusher: Cell::new(None),
             room: RefCell::new(Vec::new()),
@@ -329,13 +364,37 @@ impl Spool {
         states: &[(u32, RecipientState)],
         reply: &str,
     ) -> Result<(), SpoolError> {
+        self.record_states_as(Push::NOW, msg, states, reply).await
+    }
+
+    /// [`Self::record_states`] for states that may wait a little for their
+    /// fdatasync (delivered recipients'): they go with the next batch that
+    /// something else starts, or in one of their own after the spool's
+    /// `lazy_records_delay` ([`super::LAZY_RECORDS_DELAY_DEFAULT`]). The
+    /// message stays live until they commit.
+    pub async fn record_states_lazily(
+        &self,
+        msg: &MessageRef,
+        states: &[(u32, RecipientState)],
+        reply: &str,
+    ) -> Result<(), SpoolError> {
+        self.record_states_as(Push::SOON, msg, states, reply).await
+    }
+
+    async fn record_states_as(
+        &self,
+        how: Push,
+        msg: &MessageRef,
+        states: &[(u32, RecipientState)],
+        reply: &str,
+    ) -> Result<(), SpoolError> {
         if states.is_empty() {
             return Ok(());
         }
         self.wait_room().await?;
         let first = self.inner.shared.next_seqs(states.len() as u64);
         let finals = states.iter().filter(|(_, s)| s.is_final()).count() as u32;
-        let slot = self.push(|out, key| {
+        let slot = self.push_as(how, |out, key| {
             for (i, &(recipient, state)) in states.iter().enumerate() {
                 let rec = StateRecord {
                     message: msg.id(),
@@ -441,7 +500,7 @@ impl Spool {
             return Ok(());
         }
         self.wait_room().await?;
-        let slot = self.push_as(false, |out, _| {
+        let slot = self.push_as(Push::VERBATIM, |out, _| {
             out.extend_from_slice(bytes);
             Ok(Effect::States {
                 message: None,
@@ -470,20 +529,19 @@ impl Spool {
         &self,
         encode: impl FnOnce(&mut Vec<u8>, UseKey) -> Result<Effect, SpoolError>,
     ) -> Result<Rc<Slot>, SpoolError> {
-        self.push_as(true, encode)
+        self.push_as(Push::NOW, encode)
     }
 
-    /// [`Self::push`]; with `keyed` false the records are not encoded for
-    /// the key given (carried forward verbatim).
+    /// [`Self::push`], queued as `how` says.
     fn push_as(
         &self,
-        keyed: bool,
+        how: Push,
         encode: impl FnOnce(&mut Vec<u8>, UseKey) -> Result<Effect, SpoolError>,
     ) -> Result<Rc<Slot>, SpoolError> {
         if self.inner.st.borrow().closing {
             return Err(SpoolError::Closed);
         }
-        self.inner.push_as(keyed, encode)
+        self.inner.push_as(how, encode)
     }
 
     async fn wait_room(&self) -> Result<(), SpoolError> {
@@ -528,11 +586,12 @@ async fn wait_commit(slot: Rc<Slot>) -> Result<Committed, SpoolError> {
 impl Inner {
     /// Queues the records `encode` appends for the next batch. It encodes
     /// them for the current segment's use, which is usually the one their
-    /// batch lands in (else [`Self::take_batch`] stamps them); `keyed` false:
-    /// they are whatever `encode` copies in, stamped wherever they land.
+    /// batch lands in (else [`Self::take_batch`] stamps them); not
+    /// `how.keyed`: they are whatever `encode` copies in, stamped wherever
+    /// they land.
     fn push_as(
         &self,
-        keyed: bool,
+        how: Push,
         encode: impl FnOnce(&mut Vec<u8>, UseKey) -> Result<Effect, SpoolError>,
     ) -> Result<Rc<Slot>, SpoolError> {
         // The room of a recycled segment, whose header's copy takes the end
@@ -560,8 +619,14 @@ impl Inner {
                 len,
                 slot: slot.clone(),
                 effect,
-                key: keyed.then_some(key),
+                key: how.keyed.then_some(key),
+                lazy: how.lazy,
             });
+            if how.lazy {
+                st.lazy_since.get_or_insert_with(Instant::now);
+            } else {
+                st.urgent += 1;
+            }
         }
         self.wake_flusher();
         Ok(slot)
@@ -575,7 +640,7 @@ impl Inner {
     fn discard_abandoned(&self, m: &MessageRef) {
         let n = m.live_recipients();
         let first = self.shared.next_seqs(u64::from(n));
-        let _ = self.push_as(true, |out, key| {
+        let _ = self.push_as(Push::NOW, |out, key| {
             for r in 0..n {
                 let rec = StateRecord {
                     message: m.id(),
@@ -784,6 +849,7 @@ impl Inner {
                 st.entries.push_back(e);
             }
         }
+        recount(st);
     }
 
     /// Takes the next batch from the pending buffer (rotating first if it
@@ -819,8 +885,10 @@ impl Inner {
             return None;
         }
         let st = &mut *st;
-        let cur = st.current.as_mut()?;
-        let room = cur.capacity - cur.write_pos;
+        let room = st
+            .current
+            .as_ref()
+            .map(|cur| cur.capacity - cur.write_pos)?;
         let one = self.shared.options.sync == SyncMode::EachRecord;
         let mut n = 0;
         let mut bytes = 0usize;
@@ -832,6 +900,8 @@ impl Inner {
             n += 1;
         }
         let entries: Vec<Entry> = st.entries.drain(..n).collect();
+        recount(st);
+        let cur = st.current.as_mut()?;
         let mut buf = std::mem::replace(&mut st.pending, std::mem::take(&mut st.spare));
         st.pending
             .extend_from_slice(buf.get(bytes..).unwrap_or(&[]));
@@ -1067,6 +1137,15 @@ fn return_to_pool(shared: &SpoolShared, id: SegmentId, path: &std::path::Path) -
 
 /// Moves a finished preparation into `st.prepared` (a failed one is logged
 /// and dropped: rotation then falls back to `fallocate`).
+/// After entries left the queue: counts the urgent ones left, and forgets
+/// [`State::lazy_since`] when no lazy one is.
+fn recount(st: &mut State) {
+    st.urgent = st.entries.iter().filter(|e| !e.lazy).count();
+    if st.urgent == st.entries.len() {
+        st.lazy_since = None;
+    }
+}
+
 fn poll_prepared(st: &mut State) {
     let Some(rx) = st.preparing.as_ref() else {
         return;
@@ -1084,12 +1163,37 @@ fn poll_prepared(st: &mut State) {
     }
 }
 
+type LazyTimer = std::pin::Pin<Box<dyn Future<Output = ()>>>;
+
 async fn flush_loop(inner: Rc<Inner>) {
+    // Wakes the flusher when lazy records alone have waited long enough.
+    // A timer for the deadline it was armed for; None once it fired (a
+    // finished future is not polled again).
+    let mut lazy_timer: Option<(Instant, Option<LazyTimer>)> = None;
     loop {
         let work = poll_fn(|cx| {
             let st = inner.st.borrow();
             let idle = inner.in_flight.get() == 0;
+            let due = match st.lazy_since {
+                _ if st.urgent > 0 || st.closing => true,
+                Some(since) => {
+                    let at = since + inner.shared.options.lazy_records_delay;
+                    if lazy_timer.as_ref().is_none_or(|(t, _)| *t != at) {
+                        lazy_timer = Some((at, Some(Box::pin(compio::time::sleep_until(at)))));
+                    }
+                    let pending = match &mut lazy_timer {
+                        Some((_, Some(sleep))) => sleep.as_mut().poll(cx).is_pending(),
+                        _ => false,
+                    };
+                    if !pending && let Some((_, timer)) = &mut lazy_timer {
+                        *timer = None;
+                    }
+                    !pending || Instant::now() >= at
+                }
+                None => false,
+            };
             if !st.entries.is_empty()
+                && due
                 && !inner.writing.get()
                 && inner.in_flight.get() < FLUSHES_IN_FLIGHT_MAX
             {
@@ -1105,6 +1209,7 @@ async fn flush_loop(inner: Rc<Inner>) {
         if !work {
             break;
         }
+        lazy_timer = None;
         let batch = match inner.take_batch() {
             Some(Some(batch)) => batch,
             Some(None) => {
