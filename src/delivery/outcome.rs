@@ -407,20 +407,26 @@ async fn apply(
         }
     }
 
-    // Durable first: one commit per distinct reply text.
-    let mut texts: Vec<&str> = states.iter().map(|s| s.2.as_str()).collect();
-    texts.dedup();
+    // Durable first: one commit per distinct reply text (recipients with the
+    // same reply need not be next to each other), each recipient in exactly
+    // one. Delivered states may wait a little for their fdatasync
+    // (`spool::LAZY_RECORDS_DELAY_DEFAULT`), so they go last: the states that
+    // decide a retry or a bounce are not held up behind them.
+    let mut groups: Vec<(&str, Vec<(u32, RecipientState)>)> = Vec::new();
+    for (index, rs, text, _) in &states {
+        match groups.iter_mut().find(|(t, _)| *t == text.as_str()) {
+            Some((_, group)) => group.push((*index, *rs)),
+            None => groups.push((text.as_str(), vec![(*index, *rs)])),
+        }
+    }
+    let delivered_only = |group: &[(u32, RecipientState)]| {
+        group.iter().all(|(_, s)| *s == RecipientState::Delivered)
+    };
+    groups.sort_by_key(|(_, group)| delivered_only(group));
     let mut durable = true;
-    for text in texts {
-        let group: Vec<(u32, RecipientState)> = states
-            .iter()
-            .filter(|s| s.2 == text)
-            .map(|s| (s.0, s.1))
-            .collect();
-        // Delivered states may wait a little for their fdatasync (see
-        // `LAZY_RECORDS_DELAY`); the others decide a retry or a bounce.
+    for (text, group) in groups {
         let spool = &engine.deps.spool;
-        let recorded = if group.iter().all(|(_, s)| *s == RecipientState::Delivered) {
+        let recorded = if delivered_only(&group) {
             spool.record_states_lazily(message, &group, text).await
         } else {
             spool.record_states(message, &group, text).await
@@ -690,5 +696,76 @@ async fn send_dsn(engine: &Rc<Engine>, message: &MessageRef, rcpts: &[DsnRecipie
             engine.enqueue(dsn_msg, None);
         }
         Err(e) => tracing::error!(id = %message.id(), error = %e, "cannot spool DSN"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delivery::test_engine::with_engine;
+    use crate::spool::{NewRecipient, Ret};
+
+    /// Spools a message received now (an old one would expire, and its
+    /// deferred recipients bounce) from a@b.test to `rcpts`, via ip1.
+    async fn append_now(spool: &crate::spool::Spool, rcpts: &[&str]) -> MessageRef {
+        let recipients: Vec<NewRecipient<'_>> = rcpts
+            .iter()
+            .map(|r| NewRecipient {
+                forward_path: r,
+                orcpt: "",
+                notify: 0,
+            })
+            .collect();
+        let msg = NewMessage {
+            received_unix_ms: unix_now_s() * 1000,
+            reverse_path: "a@b.test",
+            recipients: &recipients,
+            ret: Ret::Unspecified,
+            envid: "",
+            vmta_or_pool: "ip1",
+            vmta: "ip1",
+            job_id: "",
+            content: crate::spool::record::Content::One(b"Subject: x\r\n\r\nbody\r\n"),
+        };
+        spool.append_message(&msg).await.expect("append")
+    }
+
+    /// Two recipients delivered with one reply around a deferred one: the
+    /// delivered pair is recorded once, so the message keeps exactly its
+    /// deferred recipient live. (Recorded twice, the pair finished four
+    /// recipients of three, and the message stopped keeping its segment
+    /// while the deferred one still needed it.)
+    #[test]
+    fn recipients_with_one_reply_apart_are_recorded_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        with_engine(dir.path(), |engine, spool| async move {
+            let m = append_now(&spool, &["x@a.test", "y@a.test", "z@a.test"]).await;
+            engine.enqueue(m.clone(), None);
+            // Taken for delivery, as a connection would.
+            engine
+                .state
+                .borrow_mut()
+                .queues
+                .get_mut("a.test/ip1")
+                .expect("queue")
+                .ready
+                .clear();
+            let rcpts: Vec<Recipient> = (0..3)
+                .map(|index| Recipient {
+                    message: m.id(),
+                    index,
+                })
+                .collect();
+            let ok = "250 2.0.0 accepted".to_string();
+            let verdicts = vec![
+                Verdict::Delivered(ok.clone()),
+                Verdict::Deferred("450 4.2.0 try later".into()),
+                Verdict::Delivered(ok),
+            ];
+            apply(&engine, "a.test/ip1", &m, &rcpts, verdicts, "sink", None).await;
+            assert_eq!(m.live_recipients(), 1);
+            let entry = &engine.state.borrow().messages[&m.id()];
+            assert_eq!(entry.pending, 1);
+        });
     }
 }
