@@ -839,17 +839,19 @@ impl Inner {
         let old = std::mem::take(&mut st.pending);
         let entries = std::mem::take(&mut st.entries);
         let mut off = 0;
+        let mut urgent_failed = 0;
         for e in entries {
             let bytes = old.get(off..off + e.len).unwrap_or(&[]);
             off += e.len;
             if e.len as u64 > room {
+                urgent_failed += usize::from(!e.lazy);
                 e.slot.resolve(Err(err.clone()));
             } else {
                 st.pending.extend_from_slice(bytes);
                 st.entries.push_back(e);
             }
         }
-        recount(st);
+        entries_taken(st, urgent_failed);
     }
 
     /// Takes the next batch from the pending buffer (rotating first if it
@@ -900,7 +902,7 @@ impl Inner {
             n += 1;
         }
         let entries: Vec<Entry> = st.entries.drain(..n).collect();
-        recount(st);
+        entries_taken(st, entries.iter().filter(|e| !e.lazy).count());
         let cur = st.current.as_mut()?;
         let mut buf = std::mem::replace(&mut st.pending, std::mem::take(&mut st.spare));
         st.pending
@@ -1135,17 +1137,17 @@ fn return_to_pool(shared: &SpoolShared, id: SegmentId, path: &std::path::Path) -
     false
 }
 
-/// Moves a finished preparation into `st.prepared` (a failed one is logged
-/// and dropped: rotation then falls back to `fallocate`).
-/// After entries left the queue: counts the urgent ones left, and forgets
-/// [`State::lazy_since`] when no lazy one is.
-fn recount(st: &mut State) {
-    st.urgent = st.entries.iter().filter(|e| !e.lazy).count();
+/// After entries left the queue, `urgent` of them urgent: counts the urgent
+/// ones left, and forgets [`State::lazy_since`] when no lazy one is.
+fn entries_taken(st: &mut State, urgent: usize) {
+    st.urgent -= urgent;
     if st.urgent == st.entries.len() {
         st.lazy_since = None;
     }
 }
 
+/// Moves a finished preparation into `st.prepared` (a failed one is logged
+/// and dropped: rotation then falls back to `fallocate`).
 fn poll_prepared(st: &mut State) {
     let Some(rx) = st.preparing.as_ref() else {
         return;
@@ -1177,7 +1179,8 @@ async fn flush_loop(inner: Rc<Inner>) {
             let due = match st.lazy_since {
                 _ if st.urgent > 0 || st.closing => true,
                 Some(since) => {
-                    let at = since + inner.shared.options.lazy_records_delay;
+                    let delay = inner.shared.options.lazy_records_delay;
+                    let at = since.checked_add(delay).unwrap_or(since);
                     if lazy_timer.as_ref().is_none_or(|(t, _)| *t != at) {
                         lazy_timer = Some((at, Some(Box::pin(compio::time::sleep_until(at)))));
                     }
