@@ -702,33 +702,7 @@ async fn send_dsn(engine: &Rc<Engine>, message: &MessageRef, rcpts: &[DsnRecipie
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::delivery::test_engine::with_engine;
-    use crate::spool::{NewRecipient, Ret};
-
-    /// Spools a message received now (an old one would expire, and its
-    /// deferred recipients bounce) from a@b.test to `rcpts`, via ip1.
-    async fn append_now(spool: &crate::spool::Spool, rcpts: &[&str]) -> MessageRef {
-        let recipients: Vec<NewRecipient<'_>> = rcpts
-            .iter()
-            .map(|r| NewRecipient {
-                forward_path: r,
-                orcpt: "",
-                notify: 0,
-            })
-            .collect();
-        let msg = NewMessage {
-            received_unix_ms: unix_now_s() * 1000,
-            reverse_path: "a@b.test",
-            recipients: &recipients,
-            ret: Ret::Unspecified,
-            envid: "",
-            vmta_or_pool: "ip1",
-            vmta: "ip1",
-            job_id: "",
-            content: crate::spool::record::Content::One(b"Subject: x\r\n\r\nbody\r\n"),
-        };
-        spool.append_message(&msg).await.expect("append")
-    }
+    use crate::delivery::test_engine::{append_received, with_engine};
 
     /// Two recipients delivered with one reply around a deferred one: the
     /// delivered pair is recorded once, so the message keeps exactly its
@@ -739,7 +713,9 @@ mod tests {
     fn recipients_with_one_reply_apart_are_recorded_once() {
         let dir = tempfile::tempdir().expect("tempdir");
         with_engine(dir.path(), |engine, spool| async move {
-            let m = append_now(&spool, &["x@a.test", "y@a.test", "z@a.test"]).await;
+            // Received now: an old message's deferred recipient would expire.
+            let rcpts = ["x@a.test", "y@a.test", "z@a.test"];
+            let m = append_received(&spool, unix_now_s() * 1000, "ip1", "ip1", &rcpts).await;
             engine.enqueue(m.clone(), None);
             // Taken for delivery, as a connection would.
             engine

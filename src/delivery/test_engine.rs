@@ -36,6 +36,18 @@ pub(crate) async fn append_message(
     vmta: &str,
     rcpts: &[&str],
 ) -> MessageRef {
+    append_received(spool, 1_700_000_000_000, vmta_or_pool, vmta, rcpts).await
+}
+
+/// [`append_message`], received at `received_unix_ms` (the fixed time
+/// above is long past: its deferred recipients expire and bounce).
+pub(crate) async fn append_received(
+    spool: &Spool,
+    received_unix_ms: u64,
+    vmta_or_pool: &str,
+    vmta: &str,
+    rcpts: &[&str],
+) -> MessageRef {
     let recipients: Vec<NewRecipient<'_>> = rcpts
         .iter()
         .map(|r| NewRecipient {
@@ -45,7 +57,7 @@ pub(crate) async fn append_message(
         })
         .collect();
     let msg = NewMessage {
-        received_unix_ms: 1_700_000_000_000,
+        received_unix_ms,
         reverse_path: "a@b.test",
         recipients: &recipients,
         ret: Ret::Unspecified,
