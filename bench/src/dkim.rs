@@ -15,6 +15,8 @@ use spate::dkim::{
     SigningTable,
 };
 
+use crate::relay::cpu_seconds;
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct DkimArgs {
     /// Seconds to run each case.
@@ -67,21 +69,6 @@ fn signer(key: Arc<DkimKey>) -> anyhow::Result<DkimSigner> {
         expire_secs: None,
     })
     .context("bench signer")
-}
-
-/// CPU time consumed so far by `clock` (a thread or the whole process).
-fn cpu_seconds(clock: libc::clockid_t) -> f64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `now` is a valid, writable timespec for the duration of the
-    // call, and the clock ids used here exist on every Linux kernel.
-    let status = unsafe { libc::clock_gettime(clock, &mut now) };
-    if status != 0 {
-        return f64::NAN;
-    }
-    now.tv_sec as f64 + now.tv_nsec as f64 * 1e-9
 }
 
 /// Operations per wall-clock second and per CPU second of the clock given.

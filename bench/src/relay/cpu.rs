@@ -48,7 +48,7 @@ impl CpuReading {
             machine: std::fs::read_to_string("/proc/stat")
                 .ok()
                 .and_then(|t| parse_proc_stat(&t)),
-            harness_s: process_cpu_s(),
+            harness_s: cpu_seconds(libc::CLOCK_PROCESS_CPUTIME_ID),
         }
     }
 
@@ -60,9 +60,7 @@ impl CpuReading {
             _ => None,
         };
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-        // SAFETY: sysconf has no preconditions.
-        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-        let ticks = if ticks > 0 { ticks as f64 } else { 100.0 };
+        let ticks = clock_ticks_per_s();
         CpuSpent {
             busy_cores: machine.map(|(busy, total)| cpus * busy as f64 / total as f64),
             machine_s: machine.map(|(busy, _)| busy as f64 / ticks),
@@ -91,19 +89,27 @@ pub fn parse_proc_stat(text: &str) -> Option<Jiffies> {
     })
 }
 
-/// CPU seconds used so far by this process, every thread.
-fn process_cpu_s() -> f64 {
+/// CPU time consumed so far by `clock` (a thread or the whole process);
+/// NaN if the clock cannot be read.
+pub fn cpu_seconds(clock: libc::clockid_t) -> f64 {
     let mut now = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: `now` is a valid, writable timespec for the duration of the
-    // call, and CLOCK_PROCESS_CPUTIME_ID exists on every Linux kernel.
-    let status = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut now) };
+    // call, and the clock ids used here exist on every Linux kernel.
+    let status = unsafe { libc::clock_gettime(clock, &mut now) };
     if status != 0 {
-        return 0.0;
+        return f64::NAN;
     }
-    now.tv_sec as f64 + now.tv_nsec as f64 / 1e9
+    now.tv_sec as f64 + now.tv_nsec as f64 * 1e-9
+}
+
+/// The kernel's clock ticks per second, the unit of `/proc`'s CPU times.
+pub fn clock_ticks_per_s() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 { ticks as f64 } else { 100.0 }
 }
 
 #[cfg(test)]

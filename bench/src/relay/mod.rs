@@ -25,7 +25,7 @@ use crate::sink::{SinkConfig, SinkHandle};
 mod cpu;
 mod postfix;
 
-pub use cpu::{CpuReading, CpuSpent};
+pub use cpu::{CpuReading, CpuSpent, clock_ticks_per_s, cpu_seconds};
 
 pub use postfix::{
     Postfix, ensure_postfix_installed, run_postfix, run_smtp_sink, run_smtp_source, start_postfix,
@@ -316,9 +316,7 @@ fn proc_tree(root: u32) -> Option<Vec<(u32, Vec<String>)>> {
 
 /// CPU seconds (user+system, children reaped included) of a process tree.
 pub fn tree_cpu_s(root: u32) -> Option<f64> {
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    let ticks = if ticks > 0 { ticks as f64 } else { 100.0 };
+    let ticks = clock_ticks_per_s();
     // utime(11) stime(12) cutime(13) cstime(14), counted from the state field.
     let total: f64 = proc_tree(root)?
         .iter()
