@@ -1168,10 +1168,10 @@ fn poll_prepared(st: &mut State) {
 type LazyTimer = std::pin::Pin<Box<dyn Future<Output = ()>>>;
 
 async fn flush_loop(inner: Rc<Inner>) {
-    // Wakes the flusher when lazy records alone have waited long enough.
-    // A timer for the deadline it was armed for; None once it fired (a
+    // Wakes the flusher when lazy records alone have waited long enough:
+    // a timer with the deadline it was armed for, dropped once it fired (a
     // finished future is not polled again).
-    let mut lazy_timer: Option<(Instant, Option<LazyTimer>)> = None;
+    let mut lazy_timer: Option<(Instant, LazyTimer)> = None;
     loop {
         let work = poll_fn(|cx| {
             let st = inner.st.borrow();
@@ -1181,17 +1181,18 @@ async fn flush_loop(inner: Rc<Inner>) {
                 Some(since) => {
                     let delay = inner.shared.options.lazy_records_delay;
                     let at = since.checked_add(delay).unwrap_or(since);
-                    if lazy_timer.as_ref().is_none_or(|(t, _)| *t != at) {
-                        lazy_timer = Some((at, Some(Box::pin(compio::time::sleep_until(at)))));
+                    Instant::now() >= at || {
+                        if lazy_timer.as_ref().is_none_or(|(t, _)| *t != at) {
+                            lazy_timer = Some((at, Box::pin(compio::time::sleep_until(at))));
+                        }
+                        let fired = lazy_timer
+                            .as_mut()
+                            .is_some_and(|(_, sleep)| sleep.as_mut().poll(cx).is_ready());
+                        if fired {
+                            lazy_timer = None;
+                        }
+                        fired
                     }
-                    let pending = match &mut lazy_timer {
-                        Some((_, Some(sleep))) => sleep.as_mut().poll(cx).is_pending(),
-                        _ => false,
-                    };
-                    if !pending && let Some((_, timer)) = &mut lazy_timer {
-                        *timer = None;
-                    }
-                    !pending || Instant::now() >= at
                 }
                 None => false,
             };
