@@ -34,7 +34,7 @@
 //!   [`Spool::record_states`] for outcomes, [`Spool::needs_rewrite`] /
 //!   [`Spool::rewrite_message`] to move long-lived messages out of sparse
 //!   segments (compaction) or to reroute them to another vMTA.
-//! - housekeeping (about once a second): [`Spool::reclaim`].
+//! - housekeeping (every 100 ms in spate): [`Spool::reclaim`].
 
 pub mod inspect;
 pub mod reclaim;

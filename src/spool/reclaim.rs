@@ -38,7 +38,9 @@ pub struct ReclaimReport {
 impl Spool {
     /// Deletes every sealed segment of this shard with no live message,
     /// carrying forward state records that still matter. Call periodically
-    /// (about once a second) from the shard's housekeeping.
+    /// from the shard's housekeeping (spate: every 100 ms, so that finished
+    /// segments reach the pool of free files one by one, as preparations
+    /// take them).
     pub async fn reclaim(&self) -> Result<ReclaimReport, SpoolError> {
         let candidates: Vec<Arc<SegmentShared>> = {
             let st = self.inner.st.borrow();
