@@ -16,36 +16,9 @@ pub struct Spate {
 }
 
 /// A free loopback port for a server to bind, never one this process was
-/// given before. It is taken below the kernel's ephemeral range
-/// (`/proc/sys/net/ipv4/ip_local_port_range`), from which binds to port 0
-/// and outgoing connections get theirs: a port handed out here stays free
-/// until the server binds it. (A bind to port 0 took the port chosen for
-/// spate's admin API once in CI, and the test's HTTP requests were answered
-/// by an SMTP sink; consecutive binds to port 0 also return the same port
-/// about 2 times in 20,000 here.)
+/// given before (see [`spate::util::port::free_loopback_port`]).
 pub fn free_port() -> u16 {
-    use std::hash::{BuildHasher, Hasher};
-    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
-        std::sync::Mutex::new(std::collections::BTreeSet::new());
-    let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(32768);
-    let from = low.saturating_sub(16384).max(1024);
-    assert!(low > from, "ephemeral ports start at {low}: no room below");
-    loop {
-        let random = std::collections::hash_map::RandomState::new()
-            .build_hasher()
-            .finish();
-        let port = from + (random % u64::from(low - from)) as u16;
-        let fresh = GIVEN
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(port);
-        if fresh && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
+    spate::util::port::free_loopback_port().expect("a free loopback port")
 }
 
 /// Polls `ok` every 50 ms until it holds; fails with `what` and `log()`
