@@ -1378,3 +1378,43 @@ fn a_delivered_state_alone_commits_after_the_delay_or_at_close() {
     drop(rec);
     assert!(recover(&opts, 1).unwrap().messages.is_empty());
 }
+
+#[test]
+fn dropping_the_last_handle_commits_a_waiting_delivered_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(dir.path(), 1024 * 1024);
+    // A delay no test waits for: only the drop can flush the state.
+    opts.lazy_records_delay = std::time::Duration::from_secs(600);
+    let rec = recover(&opts, 1).unwrap();
+    let shared = rec.shared.clone();
+    rt().block_on(async {
+        let s = Spool::open(rec.shared.clone(), 0).unwrap();
+        let first = append(&s, 1, 500, 1).await;
+        {
+            let mut state = std::pin::pin!(s.record_states_lazily(
+                &first,
+                &[(0, RecipientState::Delivered)],
+                "250 ok"
+            ));
+            // One poll queues the state; then its waiter goes away.
+            let polled = std::future::poll_fn(|cx| {
+                std::task::Poll::Ready(state.as_mut().poll(cx).is_pending())
+            })
+            .await;
+            assert!(polled, "the state waits for a batch");
+        }
+        let before = syncs(&shared);
+        drop(s);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while syncs(&shared) == before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the last handle went and the state was not written"
+            );
+            compio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        drop(first);
+    });
+    drop((rec, shared));
+    assert!(recover(&opts, 1).unwrap().messages.is_empty());
+}
