@@ -3,7 +3,7 @@
 //!
 //! Owns the listener threads, the per-connection session loop (a compact ESMTP
 //! server: EHLO/HELO, MAIL, RCPT, DATA, BDAT, RSET, NOOP, QUIT, STARTTLS,
-//! pipelined), the counters per client IP and EHLO name, end-to-end latency
+//! AUTH PLAIN and LOGIN when credentials are set, pipelined), the counters per client IP and EHLO name, end-to-end latency
 //! from the injector's `X-Spate-Bench-Sent` header, and the optional Maildir.
 //! Reply decisions live in [`crate::script`]; the sink only applies them.
 //! The per-connection ESMTP session lives in `session.rs`.
@@ -56,6 +56,18 @@ pub struct SinkConfig {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Stop by itself after this long.
     pub duration: Option<Duration>,
+    /// Require AUTH (PLAIN or LOGIN) with these credentials before MAIL.
+    pub auth: Option<SinkAuth>,
+}
+
+/// The one user a sink with AUTH accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkAuth {
+    pub user: String,
+    pub password: String,
+    /// Offer AUTH in plaintext sessions too (by default only after STARTTLS,
+    /// as spate does).
+    pub without_tls: bool,
 }
 
 impl SinkConfig {
@@ -67,6 +79,7 @@ impl SinkConfig {
             maildir: None,
             tls: None,
             duration: None,
+            auth: None,
         }
     }
 }
@@ -106,6 +119,10 @@ pub struct SinkReport {
     pub session_errors: u64,
     /// Sessions that went on over TLS after STARTTLS.
     pub tls_sessions: u64,
+    /// AUTH exchanges that ended with 235, and with a refusal (wrong
+    /// credentials, undecodable or cancelled).
+    pub auth_successes: u64,
+    pub auth_failures: u64,
     pub first_message_unix_us: Option<u64>,
     pub last_message_unix_us: Option<u64>,
     /// End-to-end latency (injector send time to end of DATA received).
@@ -274,6 +291,7 @@ fn run_runtime(
         script: config.script,
         maildir: config.maildir,
         tls: config.tls.map(compio::tls::TlsAcceptor::from),
+        auth: config.auth,
         shared,
         accepted,
         maildir_seq: AtomicU64::new(0),
@@ -359,6 +377,13 @@ pub struct SinkArgs {
     pub tls_cert: Option<PathBuf>,
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Require AUTH PLAIN or LOGIN with these credentials (USER:PASSWORD)
+    /// before MAIL; offered only after STARTTLS unless --auth-without-tls.
+    #[arg(long)]
+    pub auth: Option<String>,
+    /// Offer AUTH in plaintext sessions too.
+    #[arg(long, requires = "auth")]
+    pub auth_without_tls: bool,
     /// Allow non-loopback listen addresses.
     #[arg(long)]
     pub allow_remote: bool,
@@ -378,6 +403,22 @@ pub fn run(args: SinkArgs) -> anyhow::Result<()> {
         (Some(c), Some(k)) => Some(tls_config(c, k)?),
         _ => None,
     };
+    let auth = match &args.auth {
+        Some(a) => {
+            let (user, password) = a.split_once(':').context("--auth takes USER:PASSWORD")?;
+            anyhow::ensure!(!user.is_empty(), "--auth: the user is empty");
+            anyhow::ensure!(
+                tls.is_some() || args.auth_without_tls,
+                "--auth needs STARTTLS (--tls-cert and --tls-key) or --auth-without-tls"
+            );
+            Some(SinkAuth {
+                user: user.to_owned(),
+                password: password.to_owned(),
+                without_tls: args.auth_without_tls,
+            })
+        }
+        None => None,
+    };
     crate::install_signal_watch()?;
     let handle = spawn(SinkConfig {
         listen: args.listen,
@@ -385,6 +426,7 @@ pub fn run(args: SinkArgs) -> anyhow::Result<()> {
         maildir: args.maildir,
         tls,
         duration: args.duration,
+        auth,
     })?;
     let addrs: Vec<String> = handle.addrs.iter().map(ToString::to_string).collect();
     eprintln!("spate-bench sink: listening on {}", addrs.join(", "));

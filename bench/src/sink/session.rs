@@ -1,5 +1,6 @@
 //! One sink connection: the compact ESMTP server session (EHLO/HELO, MAIL,
-//! RCPT, DATA, BDAT, RSET, NOOP, VRFY, QUIT, STARTTLS; pipelined input is
+//! RCPT, DATA, BDAT, RSET, NOOP, VRFY, QUIT, STARTTLS, AUTH PLAIN and LOGIN
+//! when the sink has credentials; pipelined input is
 //! processed command by command and replies are flushed in one write), and
 //! the accounting of each accepted message into the shared counters.
 
@@ -9,12 +10,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use base64::Engine;
 use compio::BufResult;
 use compio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::{
     COMMAND_LINE_BYTES_MAX, Counts, MESSAGE_BYTES_MAX, RCPT_PER_MESSAGE_MAX, READ_BYTES,
-    SENT_HEADER, SharedRef, lock,
+    SENT_HEADER, SharedRef, SinkAuth, lock,
 };
 use crate::report;
 use crate::script::{self, Script};
@@ -24,6 +26,7 @@ pub(super) struct SinkContext {
     pub(super) script: Script,
     pub(super) maildir: Option<PathBuf>,
     pub(super) tls: Option<compio::tls::TlsAcceptor>,
+    pub(super) auth: Option<SinkAuth>,
     pub(super) shared: SharedRef,
     pub(super) accepted: Arc<AtomicU64>,
     pub(super) maildir_seq: AtomicU64,
@@ -65,15 +68,35 @@ pub(super) async fn serve_connection(
 
 enum Mode {
     Command,
+    /// The next line answers an AUTH challenge.
+    Auth(AuthStep),
     Data,
-    Bdat { remaining: usize, last: bool },
+    Bdat {
+        remaining: usize,
+        last: bool,
+    },
 }
+
+/// What an AUTH exchange waits for.
+enum AuthStep {
+    /// PLAIN's response (`authzid NUL user NUL password`).
+    Plain,
+    /// LOGIN's user name.
+    LoginUser,
+    /// LOGIN's password, for this user.
+    LoginPassword(String),
+}
+
+/// LOGIN's challenges, base64 of "Username:" and "Password:".
+const LOGIN_USER_CHALLENGE: &str = "334 VXNlcm5hbWU6";
+const LOGIN_PASSWORD_CHALLENGE: &str = "334 UGFzc3dvcmQ6";
 
 struct Session<'c> {
     ctx: &'c SinkContext,
     ip: IpAddr,
     tls: bool,
     ehlo: Option<String>,
+    authenticated: bool,
     in_transaction: bool,
     rcpts: usize,
     messages_on_connection: u64,
@@ -88,6 +111,7 @@ impl<'c> Session<'c> {
             ip,
             tls: false,
             ehlo: None,
+            authenticated: false,
             in_transaction: false,
             rcpts: 0,
             messages_on_connection: 0,
@@ -99,6 +123,7 @@ impl<'c> Session<'c> {
     fn reset_after_tls(&mut self) {
         self.tls = true;
         self.ehlo = None;
+        self.authenticated = false;
         self.reset_transaction();
     }
 
@@ -168,7 +193,7 @@ impl<'c> Session<'c> {
                 Ok(n) => buf.extend_from_slice(rbuf.get(..n).unwrap_or_default()),
                 Err(e) => return Err(e),
             }
-            if matches!(self.mode, Mode::Command)
+            if matches!(self.mode, Mode::Command | Mode::Auth(_))
                 && buf.len() > COMMAND_LINE_BYTES_MAX
                 && !buf.contains(&b'\n')
             {
@@ -191,6 +216,19 @@ impl<'c> Session<'c> {
                 let line = line.strip_suffix(b"\r").unwrap_or(line);
                 *pos += eol + 1;
                 Ok(self.command(line, out))
+            }
+            Mode::Auth(_) => {
+                let Some(eol) = memchr::memchr(b'\n', input) else {
+                    return Ok(Action::Continue);
+                };
+                let line = input.get(..eol).unwrap_or_default();
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                *pos += eol + 1;
+                let Mode::Auth(step) = std::mem::replace(&mut self.mode, Mode::Command) else {
+                    return Ok(Action::Continue);
+                };
+                self.auth_response(step, line, out);
+                Ok(Action::Continue)
             }
             Mode::Data => {
                 // The terminator is CRLF.CRLF; the message may also be empty.
@@ -267,6 +305,9 @@ impl<'c> Session<'c> {
                     if self.ctx.tls.is_some() && !self.tls {
                         out.extend_from_slice(b"250-STARTTLS\r\n");
                     }
+                    if self.auth_offered() {
+                        out.extend_from_slice(b"250-AUTH PLAIN LOGIN\r\n");
+                    }
                     push_reply(out, &format!("250 SIZE {MESSAGE_BYTES_MAX}"));
                 }
             }
@@ -274,9 +315,12 @@ impl<'c> Session<'c> {
                 push_reply(out, "220 2.0.0 Ready to start TLS");
                 return Action::StartTls;
             }
+            "AUTH" => self.auth_command(&text, out),
             "MAIL" if upper.starts_with("MAIL FROM:") => {
                 if self.ehlo.is_none() {
                     push_reply(out, "503 5.5.1 EHLO first");
+                } else if self.ctx.auth.is_some() && !self.authenticated {
+                    push_reply(out, "530 5.7.0 Authentication required");
                 } else if self.in_transaction {
                     push_reply(out, "503 5.5.1 Nested MAIL command");
                 } else {
@@ -370,6 +414,107 @@ impl<'c> Session<'c> {
             _ => push_reply(out, "500 5.5.2 Command not recognised"),
         }
         Action::Continue
+    }
+
+    /// True when this session may authenticate: the sink has credentials,
+    /// and the session is under TLS or plaintext AUTH is allowed.
+    fn auth_offered(&self) -> bool {
+        self.ctx
+            .auth
+            .as_ref()
+            .is_some_and(|a| self.tls || a.without_tls)
+    }
+
+    /// `AUTH mechanism [initial-response]`.
+    fn auth_command(&mut self, text: &str, out: &mut Vec<u8>) {
+        let mut words = text.split_ascii_whitespace().skip(1);
+        let mechanism = words.next().unwrap_or_default().to_ascii_uppercase();
+        let initial = words.next();
+        if !self.auth_offered() {
+            push_reply(out, "503 5.5.1 AUTH not available");
+        } else if self.ehlo.is_none() {
+            push_reply(out, "503 5.5.1 EHLO first");
+        } else if self.authenticated {
+            push_reply(out, "503 5.5.1 Already authenticated");
+        } else if self.in_transaction {
+            push_reply(out, "503 5.5.1 AUTH not allowed in a mail transaction");
+        } else {
+            match (mechanism.as_str(), initial) {
+                ("PLAIN", Some(response)) => {
+                    self.auth_response(AuthStep::Plain, response.as_bytes(), out);
+                }
+                ("PLAIN", None) => {
+                    self.mode = Mode::Auth(AuthStep::Plain);
+                    push_reply(out, "334 ");
+                }
+                ("LOGIN", Some(user)) => {
+                    self.auth_response(AuthStep::LoginUser, user.as_bytes(), out);
+                }
+                ("LOGIN", None) => {
+                    self.mode = Mode::Auth(AuthStep::LoginUser);
+                    push_reply(out, LOGIN_USER_CHALLENGE);
+                }
+                _ => push_reply(out, "504 5.5.4 Unrecognised authentication mechanism"),
+            }
+        }
+    }
+
+    /// One base64 line of an AUTH exchange (`*` cancels it).
+    fn auth_response(&mut self, step: AuthStep, line: &[u8], out: &mut Vec<u8>) {
+        if line == b"*" {
+            lock(&self.ctx.shared).report.auth_failures += 1;
+            push_reply(out, "501 5.7.0 Authentication cancelled");
+            return;
+        }
+        // PLAIN's "=" is an empty response.
+        let decoded = if line == b"=" {
+            Ok(Vec::new())
+        } else {
+            base64::engine::general_purpose::STANDARD.decode(line)
+        };
+        let Ok(decoded) = decoded else {
+            lock(&self.ctx.shared).report.auth_failures += 1;
+            push_reply(out, "501 5.5.2 Cannot decode the response");
+            return;
+        };
+        let text = String::from_utf8_lossy(&decoded).into_owned();
+        let (user, password) = match step {
+            AuthStep::LoginUser => {
+                self.mode = Mode::Auth(AuthStep::LoginPassword(text));
+                push_reply(out, LOGIN_PASSWORD_CHALLENGE);
+                return;
+            }
+            AuthStep::LoginPassword(user) => (user, text),
+            AuthStep::Plain => {
+                let mut parts = text.splitn(3, '\0');
+                let authzid = parts.next().unwrap_or_default();
+                let (Some(user), Some(password)) = (parts.next(), parts.next()) else {
+                    lock(&self.ctx.shared).report.auth_failures += 1;
+                    push_reply(out, "501 5.5.2 Malformed PLAIN response");
+                    return;
+                };
+                if !authzid.is_empty() && authzid != user {
+                    lock(&self.ctx.shared).report.auth_failures += 1;
+                    push_reply(out, "535 5.7.8 Authentication credentials invalid");
+                    return;
+                }
+                (user.to_owned(), password.to_owned())
+            }
+        };
+        let valid = self
+            .ctx
+            .auth
+            .as_ref()
+            .is_some_and(|a| a.user == user && a.password == password);
+        let mut shared = lock(&self.ctx.shared);
+        if valid {
+            shared.report.auth_successes += 1;
+            self.authenticated = true;
+            push_reply(out, "235 2.7.0 Authentication successful");
+        } else {
+            shared.report.auth_failures += 1;
+            push_reply(out, "535 5.7.8 Authentication credentials invalid");
+        }
     }
 
     fn finish_message(&mut self, out: &mut Vec<u8>) -> Action {
