@@ -44,9 +44,14 @@ fn accept_counts_every_message_per_ip_and_ehlo() {
         report.e2e_latency.count, 30,
         "every message carried the timestamp header"
     );
-    assert_eq!(
-        report.connections, 8,
-        "30 messages at 4 per connection need 8 connections"
+    // Every connection the injector opened, and no more. At least 8 carry
+    // 30 messages at 4 each; the 4 slots claim messages one at a time, so
+    // each may end on a short connection when the last ones are taken.
+    assert_eq!(report.connections, r.connections_opened);
+    assert!(
+        (8..=11).contains(&report.connections),
+        "30 messages at up to 4 per connection over 4 slots: {} connections",
+        report.connections
     );
 }
 
