@@ -136,11 +136,14 @@ mod tests {
     #[test]
     fn a_busy_thread_shows_in_both_clocks() {
         let start = CpuReading::now();
+        // 300 ms of the thread's own CPU time, however long a loaded
+        // machine takes to give it that.
         let spin = std::thread::spawn(|| {
-            let until = std::time::Instant::now() + std::time::Duration::from_millis(300);
             let mut x = 0u64;
-            while std::time::Instant::now() < until {
-                x = std::hint::black_box(x.wrapping_add(1));
+            while cpu_seconds(libc::CLOCK_THREAD_CPUTIME_ID) < 0.3 {
+                for _ in 0..10_000 {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
             }
             x
         });
