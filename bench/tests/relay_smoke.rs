@@ -72,8 +72,15 @@ fn tls_legs_run_starttls_on_every_hop() {
     let raw = run_raw(&load).unwrap();
     assert_eq!(raw.error, None);
     assert_eq!((raw.injected_ok, raw.delivered), (300, 300));
-    // One TLS session per injector connection (300 messages, 20 each).
-    assert_eq!(raw.sink_tls_sessions, Some(15));
+    // One TLS session per injector connection: 300 messages at up to 20
+    // each take at least 15; each of the 5 slots claims messages one at a
+    // time, so each may end on a short connection when the last are taken.
+    assert!(
+        raw.sink_tls_sessions
+            .is_some_and(|n| (15..=19).contains(&n)),
+        "{:?}",
+        raw.sink_tls_sessions
+    );
     let bin = spate_bin();
     let r = run_spate(&load, &SpateLeg::new(&bin)).unwrap();
     assert_eq!(r.error, None);

@@ -176,7 +176,11 @@ fn the_injector_authenticates_over_tls_to_the_sink() {
     );
     let report = sink.stop().unwrap();
     assert_eq!(report.total.messages, 6);
-    assert_eq!(report.auth_successes, 2, "one per connection");
+    assert_eq!(
+        report.auth_successes, ok.connections_opened,
+        "one per connection of the run with the right password"
+    );
+    assert!(ok.connections_opened >= 2);
 }
 
 #[test]
