@@ -37,6 +37,8 @@ const INBOX_BATCH_MESSAGES: usize = 256;
 /// them: at once a second a 100 KB load finished several per pass, the pool
 /// overflowed and most new segments were allocated (see src/spool/README.md).
 const RECLAIM_INTERVAL_MS: u64 = 100;
+/// After failed passes the interval doubles up to this, until one succeeds.
+const RECLAIM_FAILED_INTERVAL_MAX_MS: u64 = 5000;
 
 /// What shards receive from each other and from the control plane.
 pub enum ShardMsg {
@@ -572,11 +574,18 @@ async fn shard_main(id: usize, shared: Arc<Shared>, rx: Option<MeshReceiver<Shar
     // Housekeeping: spool reclamation.
     let reclaim_spool = spool.clone();
     let reclaimer = compio::runtime::spawn(async move {
+        let mut interval_ms = RECLAIM_INTERVAL_MS;
         loop {
-            compio::time::sleep(Duration::from_millis(RECLAIM_INTERVAL_MS)).await;
-            if let Err(e) = reclaim_spool.reclaim().await {
-                tracing::warn!(error = %e, "spool reclamation failed");
-            }
+            compio::time::sleep(Duration::from_millis(interval_ms)).await;
+            interval_ms = match reclaim_spool.reclaim().await {
+                Ok(_) => RECLAIM_INTERVAL_MS,
+                Err(e) => {
+                    // A segment that cannot be deleted is read and carried
+                    // forward again by every pass: not ten times a second.
+                    tracing::warn!(error = %e, "spool reclamation failed");
+                    (interval_ms * 2).min(RECLAIM_FAILED_INTERVAL_MAX_MS)
+                }
+            };
         }
     });
 
