@@ -46,10 +46,11 @@ fn accept_counts_every_message_per_ip_and_ehlo() {
     );
     // Every connection the injector opened, and no more. At least 8 carry
     // 30 messages at 4 each; the 4 slots claim messages one at a time, so
-    // each may end on a short connection when the last ones are taken.
+    // each may end on a short connection (of at least one message) when the
+    // last ones are taken: at most (30 + 4 × 3) / 4 = 10.
     assert_eq!(report.connections, r.connections_opened);
     assert!(
-        (8..=11).contains(&report.connections),
+        (8..=10).contains(&report.connections),
         "30 messages at up to 4 per connection over 4 slots: {} connections",
         report.connections
     );

@@ -96,6 +96,8 @@ struct Session<'c> {
     ip: IpAddr,
     tls: bool,
     ehlo: Option<String>,
+    /// The greeting was EHLO (AUTH needs it), not HELO.
+    esmtp: bool,
     authenticated: bool,
     in_transaction: bool,
     rcpts: usize,
@@ -111,6 +113,7 @@ impl<'c> Session<'c> {
             ip,
             tls: false,
             ehlo: None,
+            esmtp: false,
             authenticated: false,
             in_transaction: false,
             rcpts: 0,
@@ -123,6 +126,7 @@ impl<'c> Session<'c> {
     fn reset_after_tls(&mut self) {
         self.tls = true;
         self.ehlo = None;
+        self.esmtp = false;
         self.authenticated = false;
         self.reset_transaction();
     }
@@ -297,6 +301,7 @@ impl<'c> Session<'c> {
                     return Action::Continue;
                 }
                 self.ehlo = Some(name.chars().take(255).collect());
+                self.esmtp = verb == "EHLO";
                 self.reset_transaction();
                 if verb == "HELO" {
                     push_reply(out, "250 spate-bench-sink");
@@ -305,7 +310,7 @@ impl<'c> Session<'c> {
                     if self.ctx.tls.is_some() && !self.tls {
                         out.extend_from_slice(b"250-STARTTLS\r\n");
                     }
-                    if self.auth_offered() {
+                    if self.auth_offered() && !self.authenticated {
                         out.extend_from_slice(b"250-AUTH PLAIN LOGIN\r\n");
                     }
                     push_reply(out, &format!("250 SIZE {MESSAGE_BYTES_MAX}"));
@@ -430,9 +435,11 @@ impl<'c> Session<'c> {
         let mut words = text.split_ascii_whitespace().skip(1);
         let mechanism = words.next().unwrap_or_default().to_ascii_uppercase();
         let initial = words.next();
-        if !self.auth_offered() {
+        if self.ctx.auth.is_none() {
             push_reply(out, "503 5.5.1 AUTH not available");
-        } else if self.ehlo.is_none() {
+        } else if !self.auth_offered() {
+            push_reply(out, "538 5.7.11 Encryption required for authentication");
+        } else if !self.esmtp {
             push_reply(out, "503 5.5.1 EHLO first");
         } else if self.authenticated {
             push_reply(out, "503 5.5.1 Already authenticated");
