@@ -40,6 +40,20 @@ const RECLAIM_INTERVAL_MS: u64 = 100;
 /// After failed passes the interval doubles up to this, until one succeeds.
 const RECLAIM_FAILED_INTERVAL_MAX_MS: u64 = 5000;
 
+/// The wait before the next reclamation pass: the usual interval after a
+/// pass that succeeded; after a failed one, twice the last wait up to
+/// [`RECLAIM_FAILED_INTERVAL_MAX_MS`] (a segment that cannot be deleted is
+/// read and carried forward again by every pass: not ten times a second).
+fn next_reclaim_interval_ms(last_ms: u64, succeeded: bool) -> u64 {
+    if succeeded {
+        RECLAIM_INTERVAL_MS
+    } else {
+        last_ms
+            .saturating_mul(2)
+            .min(RECLAIM_FAILED_INTERVAL_MAX_MS)
+    }
+}
+
 /// What shards receive from each other and from the control plane.
 pub enum ShardMsg {
     /// A committed message for a vMTA this shard owns.
@@ -577,15 +591,11 @@ async fn shard_main(id: usize, shared: Arc<Shared>, rx: Option<MeshReceiver<Shar
         let mut interval_ms = RECLAIM_INTERVAL_MS;
         loop {
             compio::time::sleep(Duration::from_millis(interval_ms)).await;
-            interval_ms = match reclaim_spool.reclaim().await {
-                Ok(_) => RECLAIM_INTERVAL_MS,
-                Err(e) => {
-                    // A segment that cannot be deleted is read and carried
-                    // forward again by every pass: not ten times a second.
-                    tracing::warn!(error = %e, "spool reclamation failed");
-                    (interval_ms * 2).min(RECLAIM_FAILED_INTERVAL_MAX_MS)
-                }
-            };
+            let result = reclaim_spool.reclaim().await;
+            if let Err(e) = &result {
+                tracing::warn!(error = %e, "spool reclamation failed");
+            }
+            interval_ms = next_reclaim_interval_ms(interval_ms, result.is_ok());
         }
     });
 
@@ -663,5 +673,26 @@ async fn handle_admin(engine: &Rc<Engine>, req: AdminRequest) {
             })
             .detach();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reclamation_backs_off_after_failures_and_returns_after_a_success() {
+        let mut waits = vec![];
+        let mut wait = RECLAIM_INTERVAL_MS;
+        for _ in 0..8 {
+            wait = next_reclaim_interval_ms(wait, false);
+            waits.push(wait);
+        }
+        assert_eq!(waits, [200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
+        assert_eq!(next_reclaim_interval_ms(wait, true), RECLAIM_INTERVAL_MS);
+        assert_eq!(
+            next_reclaim_interval_ms(RECLAIM_INTERVAL_MS, true),
+            RECLAIM_INTERVAL_MS
+        );
     }
 }
