@@ -56,6 +56,46 @@ impl IoBuf for MappedSlice {
     }
 }
 
+/// Buffers of one vectored write (the kernel takes at most 1,024).
+const WRITE_CHUNKS_MAX: usize = 256;
+
+/// One buffer of a vectored write: bytes the session owns (commands), a
+/// range of a message in the spool's map, or fixed bytes (a line ending, a
+/// stuffed dot, the end of DATA).
+enum Chunk {
+    Owned(Vec<u8>),
+    Mapped(MappedSlice),
+    Static(&'static [u8]),
+}
+
+impl IoBuf for Chunk {
+    fn as_init(&self) -> &[u8] {
+        match self {
+            Chunk::Owned(v) => v,
+            Chunk::Mapped(m) => m.as_init(),
+            Chunk::Static(s) => s,
+        }
+    }
+}
+
+/// Writes `chunks` within `limit` and empties it; false when the write
+/// failed or timed out.
+async fn write_chunks(conn: &mut Conn, chunks: &mut Vec<Chunk>, limit: Duration) -> bool {
+    let total: usize = chunks.iter().map(|c| c.as_init().len()).sum();
+    if total == 0 {
+        chunks.clear();
+        return true;
+    }
+    match compio::time::timeout(limit, conn.write_vectored_all(std::mem::take(chunks))).await {
+        Ok((res, mut back)) => {
+            back.clear();
+            *chunks = back;
+            res.is_ok()
+        }
+        Err(_) => false,
+    }
+}
+
 /// Runs a connection for `queue` and releases its slot afterwards.
 pub async fn run_connection(engine: Rc<Engine>, queue: String) {
     connection(&engine, &queue).await;
@@ -427,23 +467,31 @@ async fn session(
                             wbuf.extend_from_slice(slice);
                         }
                     } else {
+                        // The commands, then the body from the spool's map
+                        // in vectored writes: one system call (and one
+                        // wake-up of the receiver) for the usual body.
                         let limit = policy.data_timeout;
-                        let mut ok = flush(&mut conn, &mut wbuf, limit).await;
+                        let mut chunks = Vec::with_capacity(4);
+                        chunks.push(Chunk::Owned(std::mem::take(&mut wbuf)));
+                        let mut ok = true;
                         for piece in BodyEncoder::new(body, mode) {
-                            if !ok {
-                                break;
-                            }
-                            ok = match piece {
-                                Piece::Body(r) => {
-                                    let slice = MappedSlice {
-                                        message: tx.message.clone(),
-                                        start: r.start,
-                                        end: r.end,
-                                    };
-                                    write_within(&mut conn, slice, limit).await.0
+                            chunks.push(match piece {
+                                Piece::Body(r) => Chunk::Mapped(MappedSlice {
+                                    message: tx.message.clone(),
+                                    start: r.start,
+                                    end: r.end,
+                                }),
+                                Piece::Static(s) => Chunk::Static(s),
+                            });
+                            if chunks.len() == WRITE_CHUNKS_MAX {
+                                ok = write_chunks(&mut conn, &mut chunks, limit).await;
+                                if !ok {
+                                    break;
                                 }
-                                Piece::Static(s) => write_within(&mut conn, s, limit).await.0,
-                            };
+                            }
+                        }
+                        if ok {
+                            ok = write_chunks(&mut conn, &mut chunks, limit).await;
                         }
                         if !ok {
                             read_remaining(&mut conn, &mut client, &mut inbuf).await;

@@ -9,7 +9,7 @@
 use std::io;
 use std::sync::Arc;
 
-use compio::buf::{BufResult, IoBuf};
+use compio::buf::{BufResult, IoBuf, IoVectoredBuf};
 use compio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use compio::net::TcpStream;
 use compio::tls::{TlsAcceptor, TlsConnector, TlsStream};
@@ -40,6 +40,25 @@ impl Conn {
             Conn::Closed => return (Err(closed()), buf),
         };
         (res, buf)
+    }
+
+    /// Writes all of `bufs`, in order, with as few system calls as the
+    /// kernel allows (and flushes TLS records).
+    pub async fn write_vectored_all<B: IoVectoredBuf>(&mut self, bufs: B) -> (io::Result<()>, B) {
+        match self {
+            Conn::Plain(s) => {
+                let BufResult(res, bufs) = s.write_vectored_all(bufs).await;
+                (res, bufs)
+            }
+            Conn::Tls(s) => {
+                let BufResult(res, bufs) = s.write_vectored_all(bufs).await;
+                match res {
+                    Ok(()) => (s.flush().await, bufs),
+                    Err(e) => (Err(e), bufs),
+                }
+            }
+            Conn::Closed => (Err(closed()), bufs),
+        }
     }
 
     /// Writes all of `buf` (and flushes TLS records).
