@@ -397,11 +397,11 @@ fn large_bodies_arrive_intact_over_bdat_and_data() {
         "\n[domain.\"data.test\"]\nsmtp_hosts = [\"{}\"]\nuse_chunking = false\n",
         sink.addr
     );
-    let spate = Spate::start(
-        dir.path(),
-        &config(dir.path(), smtp, sink.addr, &extra),
-        smtp,
-    );
+    // Segments large enough for the 2 MB message.
+    let text = config(dir.path(), smtp, sink.addr, &extra)
+        .replace("segment_size = \"1MiB\"", "segment_size = \"8MiB\"");
+    assert!(text.contains("segment_size = \"8MiB\""));
+    let spate = Spate::start(dir.path(), &text, smtp);
 
     let mut body = String::from("From: a@sink.test\r\nSubject: large\r\n\r\n");
     for i in 0..3000 {
@@ -412,27 +412,42 @@ fn large_bodies_arrive_intact_over_bdat_and_data() {
         }
     }
     assert!(body.len() > 200 * 1024);
-    // The client stuffs the dots; spate stores the body without them.
-    let stuffed = body.replace("\r\n.", "\r\n..");
+    // Over 2 MB with a dot line every 200 lines: over DATA, writes end at
+    // about 1 MiB before they reach 256 buffers.
+    let mut huge = String::from("From: a@sink.test\r\nSubject: huge\r\n\r\n");
+    for i in 0..28_000 {
+        let dot = if i % 200 == 0 { "." } else { "" };
+        huge.push_str(&format!("{dot}line {i} {}\r\n", "w".repeat(66)));
+    }
+    assert!(huge.len() > 2 * 1024 * 1024);
     let mut c = Client::connect(smtp);
     assert!(c.cmd("EHLO client.test").starts_with("250"));
-    for to in ["b@sink.test", "b@data.test"] {
-        let r = c.message("a@sink.test", &[to], &stuffed);
-        assert!(r.starts_with("250"), "{to}: {r}");
+    for sent in [&body, &huge] {
+        // The client stuffs the dots; spate stores the body without them.
+        let stuffed = sent.replace("\r\n.", "\r\n..");
+        for to in ["b@sink.test", "b@data.test"] {
+            let r = c.message("a@sink.test", &[to], &stuffed);
+            assert!(r.starts_with("250"), "{to}: {r}");
+        }
     }
     assert!(c.cmd("QUIT").starts_with("221"));
 
-    let got = sink.wait_for(2, Duration::from_secs(20));
-    assert_eq!(got.len(), 2, "log:\n{}", spate.log_text());
+    let got = sink.wait_for(4, Duration::from_secs(30));
+    assert_eq!(got.len(), 4, "log:\n{}", spate.log_text());
     for m in &got {
         let text = String::from_utf8_lossy(&m.data);
         assert!(text.starts_with("Received: "), "{:?}", m.rcpts);
+        let sent = if text.contains("Subject: huge") {
+            &huge
+        } else {
+            &body
+        };
         assert!(
-            text.ends_with(&body) && text.len() - body.len() < 1024,
+            text.ends_with(sent.as_str()) && text.len() - sent.len() < 1024,
             "{:?}: {} bytes against {} sent",
             m.rcpts,
             text.len(),
-            body.len()
+            sent.len()
         );
     }
 }

@@ -58,6 +58,10 @@ impl IoBuf for MappedSlice {
 
 /// Buffers of one vectored write (the kernel takes at most 1,024).
 const WRITE_CHUNKS_MAX: usize = 256;
+/// Bytes after which a vectored write is sent even with room for more
+/// buffers: each write has the data timeout to itself, so a slow receiver
+/// gets it per megabyte, not per message.
+const WRITE_BATCH_BYTES_MAX: usize = 1024 * 1024;
 
 /// One buffer of a vectored write: bytes the session owns (commands), a
 /// range of a message in the spool's map, or fixed bytes (a line ending, a
@@ -79,8 +83,14 @@ impl IoBuf for Chunk {
 }
 
 /// Writes `chunks` within `limit` and empties it; false when the write
-/// failed or timed out.
-async fn write_chunks(conn: &mut Conn, chunks: &mut Vec<Chunk>, limit: Duration) -> bool {
+/// failed or timed out. An owned buffer among them goes back to `spare`
+/// when that has none (the session's command buffer keeps its allocation).
+async fn write_chunks(
+    conn: &mut Conn,
+    chunks: &mut Vec<Chunk>,
+    spare: &mut Vec<u8>,
+    limit: Duration,
+) -> bool {
     let total: usize = chunks.iter().map(|c| c.as_init().len()).sum();
     if total == 0 {
         chunks.clear();
@@ -88,6 +98,12 @@ async fn write_chunks(conn: &mut Conn, chunks: &mut Vec<Chunk>, limit: Duration)
     }
     match compio::time::timeout(limit, conn.write_vectored_all(std::mem::take(chunks))).await {
         Ok((res, mut back)) => {
+            if let Some(Chunk::Owned(v)) = back.first_mut()
+                && spare.capacity() == 0
+            {
+                *spare = std::mem::take(v);
+                spare.clear();
+            }
             back.clear();
             *chunks = back;
             res.is_ok()
@@ -469,12 +485,18 @@ async fn session(
                     } else {
                         // The commands, then the body from the spool's map
                         // in vectored writes: one system call (and one
-                        // wake-up of the receiver) for the usual body.
+                        // wake-up of the receiver) for the usual body, at
+                        // most 256 buffers or about 1 MiB each.
                         let limit = policy.data_timeout;
                         let mut chunks = Vec::with_capacity(4);
                         chunks.push(Chunk::Owned(std::mem::take(&mut wbuf)));
                         let mut ok = true;
+                        let mut batch_bytes = 0;
                         for piece in BodyEncoder::new(body, mode) {
+                            batch_bytes += match &piece {
+                                Piece::Body(r) => r.len(),
+                                Piece::Static(s) => s.len(),
+                            };
                             chunks.push(match piece {
                                 Piece::Body(r) => Chunk::Mapped(MappedSlice {
                                     message: tx.message.clone(),
@@ -483,15 +505,18 @@ async fn session(
                                 }),
                                 Piece::Static(s) => Chunk::Static(s),
                             });
-                            if chunks.len() == WRITE_CHUNKS_MAX {
-                                ok = write_chunks(&mut conn, &mut chunks, limit).await;
+                            if chunks.len() == WRITE_CHUNKS_MAX
+                                || batch_bytes >= WRITE_BATCH_BYTES_MAX
+                            {
+                                ok = write_chunks(&mut conn, &mut chunks, &mut wbuf, limit).await;
+                                batch_bytes = 0;
                                 if !ok {
                                     break;
                                 }
                             }
                         }
                         if ok {
-                            ok = write_chunks(&mut conn, &mut chunks, limit).await;
+                            ok = write_chunks(&mut conn, &mut chunks, &mut wbuf, limit).await;
                         }
                         if !ok {
                             read_remaining(&mut conn, &mut client, &mut inbuf).await;
