@@ -3,8 +3,9 @@
 //!
 //! Owns the listener threads, the per-connection session loop (a compact ESMTP
 //! server: EHLO/HELO, MAIL, RCPT, DATA, BDAT, RSET, NOOP, QUIT, STARTTLS,
-//! AUTH PLAIN and LOGIN when credentials are set, pipelined), the counters per client IP and EHLO name, end-to-end latency
-//! from the injector's `X-Spate-Bench-Sent` header, and the optional Maildir.
+//! AUTH PLAIN and LOGIN when credentials are set, pipelined), the counters
+//! per client IP and EHLO name, end-to-end latency from the injector's
+//! `X-Spate-Bench-Sent` header, and the optional Maildir.
 //! Reply decisions live in [`crate::script`]; the sink only applies them.
 //! The per-connection ESMTP session lives in `session.rs`.
 

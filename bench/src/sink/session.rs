@@ -466,12 +466,36 @@ impl<'c> Session<'c> {
         }
     }
 
-    /// One base64 line of an AUTH exchange (`*` cancels it).
+    /// One base64 line of an AUTH exchange (`*` cancels it): the next
+    /// challenge, or the end of the exchange, counted and answered.
     fn auth_response(&mut self, step: AuthStep, line: &[u8], out: &mut Vec<u8>) {
+        match self.auth_verdict(step, line) {
+            Ok(Some((next, challenge))) => {
+                self.mode = Mode::Auth(next);
+                push_reply(out, challenge);
+            }
+            Ok(None) => {
+                lock(&self.ctx.shared).report.auth_successes += 1;
+                self.authenticated = true;
+                push_reply(out, "235 2.7.0 Authentication successful");
+            }
+            Err(refusal) => {
+                lock(&self.ctx.shared).report.auth_failures += 1;
+                push_reply(out, refusal);
+            }
+        }
+    }
+
+    /// What one AUTH response leads to: `Ok(Some)` the next step and its
+    /// challenge, `Ok(None)` valid credentials, `Err` the refusal.
+    fn auth_verdict(
+        &self,
+        step: AuthStep,
+        line: &[u8],
+    ) -> Result<Option<(AuthStep, &'static str)>, &'static str> {
+        const INVALID: &str = "535 5.7.8 Authentication credentials invalid";
         if line == b"*" {
-            lock(&self.ctx.shared).report.auth_failures += 1;
-            push_reply(out, "501 5.7.0 Authentication cancelled");
-            return;
+            return Err("501 5.7.0 Authentication cancelled");
         }
         // PLAIN's "=" is an empty response.
         let decoded = if line == b"=" {
@@ -479,31 +503,24 @@ impl<'c> Session<'c> {
         } else {
             base64::engine::general_purpose::STANDARD.decode(line)
         };
-        let Ok(decoded) = decoded else {
-            lock(&self.ctx.shared).report.auth_failures += 1;
-            push_reply(out, "501 5.5.2 Cannot decode the response");
-            return;
-        };
+        let decoded = decoded.map_err(|_| "501 5.5.2 Cannot decode the response")?;
         let text = String::from_utf8_lossy(&decoded).into_owned();
         let (user, password) = match step {
             AuthStep::LoginUser => {
-                self.mode = Mode::Auth(AuthStep::LoginPassword(text));
-                push_reply(out, LOGIN_PASSWORD_CHALLENGE);
-                return;
+                return Ok(Some((
+                    AuthStep::LoginPassword(text),
+                    LOGIN_PASSWORD_CHALLENGE,
+                )));
             }
             AuthStep::LoginPassword(user) => (user, text),
             AuthStep::Plain => {
                 let mut parts = text.splitn(3, '\0');
                 let authzid = parts.next().unwrap_or_default();
                 let (Some(user), Some(password)) = (parts.next(), parts.next()) else {
-                    lock(&self.ctx.shared).report.auth_failures += 1;
-                    push_reply(out, "501 5.5.2 Malformed PLAIN response");
-                    return;
+                    return Err("501 5.5.2 Malformed PLAIN response");
                 };
                 if !authzid.is_empty() && authzid != user {
-                    lock(&self.ctx.shared).report.auth_failures += 1;
-                    push_reply(out, "535 5.7.8 Authentication credentials invalid");
-                    return;
+                    return Err(INVALID);
                 }
                 (user.to_owned(), password.to_owned())
             }
@@ -513,15 +530,7 @@ impl<'c> Session<'c> {
             .auth
             .as_ref()
             .is_some_and(|a| a.user == user && a.password == password);
-        let mut shared = lock(&self.ctx.shared);
-        if valid {
-            shared.report.auth_successes += 1;
-            self.authenticated = true;
-            push_reply(out, "235 2.7.0 Authentication successful");
-        } else {
-            shared.report.auth_failures += 1;
-            push_reply(out, "535 5.7.8 Authentication credentials invalid");
-        }
+        if valid { Ok(None) } else { Err(INVALID) }
     }
 
     fn finish_message(&mut self, out: &mut Vec<u8>) -> Action {
