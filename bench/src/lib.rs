@@ -90,6 +90,16 @@ pub fn unix_micros() -> u64 {
         .unwrap_or(0)
 }
 
+/// Parses `--auth USER:PASSWORD` (the password may hold colons; the user
+/// may not be empty).
+pub fn parse_credentials(text: &str) -> anyhow::Result<(String, String)> {
+    let (user, password) = text
+        .split_once(':')
+        .ok_or_else(|| anyhow::anyhow!("--auth takes USER:PASSWORD"))?;
+    anyhow::ensure!(!user.is_empty(), "--auth: the user is empty");
+    Ok((user.to_owned(), password.to_owned()))
+}
+
 /// Parses "30s", "500ms", "2m", "1h" or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let text = text.trim();

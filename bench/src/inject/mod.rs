@@ -578,14 +578,11 @@ impl InjectArgs {
         } else {
             None
         };
-        let auth = match &self.auth {
-            Some(a) => {
-                let (user, password) = a.split_once(':').context("--auth takes USER:PASSWORD")?;
-                anyhow::ensure!(!user.is_empty(), "--auth: the user is empty");
-                Some((user.to_owned(), password.to_owned()))
-            }
-            None => None,
-        };
+        let auth = self
+            .auth
+            .as_deref()
+            .map(crate::parse_credentials)
+            .transpose()?;
         Ok(InjectConfig {
             to: self.to,
             messages: self.messages,

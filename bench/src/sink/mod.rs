@@ -406,15 +406,14 @@ pub fn run(args: SinkArgs) -> anyhow::Result<()> {
     };
     let auth = match &args.auth {
         Some(a) => {
-            let (user, password) = a.split_once(':').context("--auth takes USER:PASSWORD")?;
-            anyhow::ensure!(!user.is_empty(), "--auth: the user is empty");
+            let (user, password) = crate::parse_credentials(a)?;
             anyhow::ensure!(
                 tls.is_some() || args.auth_without_tls,
                 "--auth needs STARTTLS (--tls-cert and --tls-key) or --auth-without-tls"
             );
             Some(SinkAuth {
-                user: user.to_owned(),
-                password: password.to_owned(),
+                user,
+                password,
                 without_tls: args.auth_without_tls,
             })
         }
