@@ -493,18 +493,16 @@ async fn session(
                         let mut ok = true;
                         let mut batch_bytes = 0;
                         for piece in BodyEncoder::new(body, mode) {
-                            batch_bytes += match &piece {
-                                Piece::Body(r) => r.len(),
-                                Piece::Static(s) => s.len(),
-                            };
-                            chunks.push(match piece {
+                            let chunk = match piece {
                                 Piece::Body(r) => Chunk::Mapped(MappedSlice {
                                     message: tx.message.clone(),
                                     start: r.start,
                                     end: r.end,
                                 }),
                                 Piece::Static(s) => Chunk::Static(s),
-                            });
+                            };
+                            batch_bytes += chunk.as_init().len();
+                            chunks.push(chunk);
                             if chunks.len() == WRITE_CHUNKS_MAX
                                 || batch_bytes >= WRITE_BATCH_BYTES_MAX
                             {
