@@ -2,7 +2,7 @@
 //! and several recipients per message, against the sink and against spate.
 
 mod common;
-use common::{Proc, free_port, run_spate};
+use common::{Proc, certificate, free_port, run_spate};
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -10,17 +10,6 @@ use std::time::Duration;
 
 use spate_bench::inject::{InjectConfig, InjectReport, StartTls, run_inject};
 use spate_bench::sink::{SinkConfig, SinkHandle, spawn, tls_config};
-
-/// A self-signed certificate for `localhost`, written as cert.pem and key.pem
-/// under `dir` (with `prefix`).
-fn certificate(dir: &Path, prefix: &str) -> (std::path::PathBuf, std::path::PathBuf) {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let cert = dir.join(format!("{prefix}cert.pem"));
-    let key = dir.join(format!("{prefix}key.pem"));
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
-    (cert, key)
-}
 
 fn tls_sink(cert: &Path, key: &Path) -> SinkHandle {
     let mut config = SinkConfig::accept_all("127.0.0.1:0".parse().unwrap());

@@ -3,7 +3,10 @@
 //! response) and LOGIN, cancelled and undecodable responses, and the
 //! injector authenticating to it.
 
-use std::io::{BufRead, BufReader, Write};
+mod common;
+use common::{certificate, exchange, read_reply};
+
+use std::io::BufReader;
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -43,23 +46,11 @@ impl Client {
     }
 
     fn reply(&mut self) -> String {
-        let mut all = String::new();
-        loop {
-            let mut line = String::new();
-            assert!(self.0.read_line(&mut line).unwrap() > 0, "closed");
-            all.push_str(&line);
-            if line.as_bytes().get(3) != Some(&b'-') {
-                return all;
-            }
-        }
+        read_reply(&mut self.0)
     }
 
     fn say(&mut self, line: &str) -> String {
-        self.0
-            .get_mut()
-            .write_all(format!("{line}\r\n").as_bytes())
-            .unwrap();
-        self.reply()
+        exchange(&mut self.0, &format!("{line}\r\n"))
     }
 }
 
@@ -146,10 +137,7 @@ fn plain_and_login_exchanges() {
 #[test]
 fn the_injector_authenticates_over_tls_to_the_sink() {
     let dir = tempfile::tempdir().unwrap();
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let (cert, key) = certificate(dir.path(), "");
     let sink = sink(false, Some((&cert, &key)));
     let run = |tls: bool, password: Option<&str>| {
         let mut cfg = InjectConfig::new(sink.addrs[0], 6, 2);

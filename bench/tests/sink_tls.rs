@@ -1,32 +1,14 @@
 //! STARTTLS on the sink: offered only with a certificate, a real rustls
 //! handshake, then a message over TLS; STARTTLS is not offered twice.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+use common::{exchange, read_reply};
+
+use std::io::BufReader;
 use std::sync::Arc;
 
 use compio::rustls;
 use spate_bench::sink::{SinkConfig, spawn, tls_config};
-
-fn read_reply(reader: &mut impl BufRead) -> String {
-    let mut all = String::new();
-    loop {
-        let mut line = String::new();
-        assert!(
-            reader.read_line(&mut line).unwrap() > 0,
-            "connection closed"
-        );
-        all.push_str(&line);
-        if line.as_bytes().get(3) != Some(&b'-') {
-            return all;
-        }
-    }
-}
-
-fn exchange<S: Read + Write>(s: &mut BufReader<S>, cmd: &str) -> String {
-    s.get_mut().write_all(cmd.as_bytes()).unwrap();
-    s.get_mut().flush().unwrap();
-    read_reply(s)
-}
 
 #[test]
 fn starttls_handshake_then_mail_over_tls() {

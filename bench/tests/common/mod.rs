@@ -56,3 +56,43 @@ pub fn run_spate(dir: &std::path::Path, config: &str, smtp: std::net::SocketAddr
     }
     proc
 }
+
+/// A self-signed certificate for `localhost`, written as cert.pem and key.pem
+/// under `dir` (with `prefix`).
+pub fn certificate(
+    dir: &std::path::Path,
+    prefix: &str,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let cert = dir.join(format!("{prefix}cert.pem"));
+    let key = dir.join(format!("{prefix}key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    (cert, key)
+}
+
+/// One SMTP reply, all its lines.
+pub fn read_reply(reader: &mut impl std::io::BufRead) -> String {
+    let mut all = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "connection closed"
+        );
+        all.push_str(&line);
+        if line.as_bytes().get(3) != Some(&b'-') {
+            return all;
+        }
+    }
+}
+
+/// Sends `cmd` (with its line end) and reads the reply.
+pub fn exchange<S: std::io::Read + std::io::Write>(
+    s: &mut std::io::BufReader<S>,
+    cmd: &str,
+) -> String {
+    s.get_mut().write_all(cmd.as_bytes()).unwrap();
+    s.get_mut().flush().unwrap();
+    read_reply(s)
+}
