@@ -18,6 +18,7 @@
 pub mod conns;
 pub mod dkim;
 pub mod dns;
+pub mod forward;
 pub mod inject;
 pub mod memory;
 pub mod probe;

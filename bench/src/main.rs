@@ -21,6 +21,8 @@ enum Command {
     Inject(spate_bench::inject::InjectArgs),
     /// Authoritative test DNS server (UDP and TCP) from a zone file.
     Dns(spate_bench::dns::DnsArgs),
+    /// Plain TCP forwarder (a relay's least work): `relay --compare forward`.
+    Forward(spate_bench::forward::ForwardArgs),
     /// Scenario runner: dns + sink + spate (and Postfix / raw) + injector.
     Relay(spate_bench::relay::RelayArgs),
     /// Concurrent outbound connections one spate holds open, with probes.
@@ -43,6 +45,7 @@ fn main() -> anyhow::Result<()> {
         Command::Sink(args) => spate_bench::sink::run(args),
         Command::Inject(args) => spate_bench::inject::run(args),
         Command::Dns(args) => spate_bench::dns::run(args),
+        Command::Forward(args) => spate_bench::forward::run(args),
         Command::Relay(args) => spate_bench::relay::run(args),
         Command::Conns(args) => spate_bench::conns::run(args),
         Command::Memory(args) => spate_bench::memory::run(args),

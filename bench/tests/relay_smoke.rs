@@ -3,7 +3,7 @@
 mod common;
 use common::spate_bin;
 
-use spate_bench::relay::{Load, SpateLeg, run_raw, run_spate};
+use spate_bench::relay::{FORWARD_LEG, Load, SpateLeg, run_forward, run_raw, run_spate};
 
 fn small_load() -> Load {
     Load {
@@ -28,6 +28,38 @@ fn raw_leg_delivers_everything() {
     assert_eq!(r.ack_latency.count, 300);
     assert_eq!(r.e2e_latency.count, 300);
     assert_machine_figures(&r);
+}
+
+/// The forwarder leg: every message crosses `spate-bench forward`, a process
+/// of its own whose CPU and memory the row reports.
+#[test]
+fn forward_leg_delivers_everything_through_the_forwarder() {
+    let bench = std::path::Path::new(env!("CARGO_BIN_EXE_spate-bench"));
+    let r = run_forward(&small_load(), bench).unwrap();
+    assert_eq!(r.name, FORWARD_LEG);
+    assert_eq!(r.error, None);
+    assert_eq!((r.injected_ok, r.delivered), (300, 300));
+    assert_eq!(r.e2e_latency.count, 300);
+    assert!(r.cpu_s.is_some_and(|s| s > 0.0), "{:?}", r.cpu_s);
+    assert!(
+        r.peak_rss_kib.is_some_and(|k| k > 0),
+        "{:?}",
+        r.peak_rss_kib
+    );
+    assert_machine_figures(&r);
+    // Through TLS too: STARTTLS passes through, end to end with the sink.
+    let tls = Load {
+        tls: true,
+        ..small_load()
+    };
+    let r = run_forward(&tls, bench).unwrap();
+    assert_eq!(r.error, None);
+    assert_eq!((r.injected_ok, r.delivered), (300, 300));
+    assert!(
+        r.sink_tls_sessions.is_some_and(|n| n >= 15),
+        "{:?}",
+        r.sink_tls_sessions
+    );
 }
 
 /// The whole machine's CPU over the leg: some busy CPUs, no more than

@@ -484,6 +484,41 @@ pub fn run_raw(load: &Load) -> anyhow::Result<LegResult> {
     inject_and_drain("raw (inject -> sink)", to, &sink, load, None)
 }
 
+/// The forwarder leg: injector into `bench forward` (its own process, two
+/// threads; `bench` is the spate-bench binary), which copies every byte on
+/// to the sink and back. A ceiling for any relay here: see [`crate::forward`].
+pub fn run_forward(load: &Load, bench: &Path) -> anyhow::Result<LegResult> {
+    let tls = leg_certificate(load)?;
+    let sink = start_sink(tls.as_ref())?;
+    let to = *sink.addrs.first().context("sink has no address")?;
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let child = Command::new(bench)
+        .args([
+            "forward",
+            "--listen",
+            &listen.to_string(),
+            "--to",
+            &to.to_string(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting spate-bench forward")?;
+    let mut guard = ChildGuard {
+        child,
+        name: "spate-bench forward".into(),
+    };
+    wait_listening(listen, &mut guard, Path::new("/dev/null"))?;
+    let pid = guard.child.id();
+    let result = inject_and_drain(FORWARD_LEG, listen, &sink, load, Some(pid));
+    guard.terminate(Duration::from_secs(2));
+    result
+}
+
+/// The forwarder leg's name in tables and JSON.
+pub const FORWARD_LEG: &str = "forward (TCP forwarder)";
+
 /// Writes spate's configuration for one run.
 pub fn spate_config(
     dir: &Path,
@@ -791,9 +826,11 @@ fn admin_post(admin: SocketAddr, token: &str, path: &str) -> anyhow::Result<()> 
 /// Arguments of `spate-bench relay`.
 #[derive(clap::Args, Debug)]
 pub struct RelayArgs {
-    /// Extra legs beside spate: raw, postfix, smtp-source, smtp-sink
-    /// (comma-separated). `smtp-sink` is this injector into Postfix's
-    /// smtp-sink, which stores nothing: an injection-only reference.
+    /// Extra legs beside spate: raw, forward, postfix, smtp-source, smtp-sink
+    /// (comma-separated). `forward` puts `spate-bench forward` (a plain TCP
+    /// forwarder, the least any relay does) between the injector and the
+    /// sink. `smtp-sink` is this injector into Postfix's smtp-sink, which
+    /// stores nothing: an injection-only reference.
     #[arg(long, value_delimiter = ',')]
     pub compare: Vec<String>,
     /// Pause every spate queue before injecting and measure injection only
@@ -954,6 +991,10 @@ fn machine_line(
     ))
 }
 
+/// The label of the forwarder's rate against the raw pipeline among
+/// [`ratios`]: the most any relay that reads and writes every byte reaches.
+pub const FORWARD_CEILING: &str = "forwarder / raw (a relay that only copies bytes)";
+
 /// The label of the CPU ceiling among [`ratios`].
 pub const CPU_CEILING: &str = "CPU ceiling of spate / raw (machine CPU per message, raw / spate)";
 
@@ -989,11 +1030,14 @@ pub fn ratios(rows: &[LegResult]) -> Vec<(String, f64)> {
             .filter(|r| *r > 0.0)
     };
     if let Some(s) = rate("spate") {
-        for leg in ["postfix", "raw"] {
+        for leg in ["postfix", "raw", "forward"] {
             if let Some(o) = rate(leg) {
                 out.push((format!("spate / {leg}"), s / o));
             }
         }
+    }
+    if let (Some(f), Some(r)) = (rate("forward"), rate("raw")) {
+        out.push((FORWARD_CEILING.to_string(), f / r));
     }
     let machine = |name: &str| {
         find(name)
@@ -1133,9 +1177,9 @@ pub fn run(args: RelayArgs) -> anyhow::Result<()> {
         anyhow::ensure!(
             matches!(
                 leg.as_str(),
-                "raw" | "postfix" | "smtp-source" | "smtp-sink"
+                "raw" | "forward" | "postfix" | "smtp-source" | "smtp-sink"
             ),
-            "unknown --compare leg {leg:?} (raw, postfix, smtp-source, smtp-sink)"
+            "unknown --compare leg {leg:?} (raw, forward, postfix, smtp-source, smtp-sink)"
         );
         anyhow::ensure!(
             !(args.tls && leg.starts_with("smtp-")),
@@ -1185,6 +1229,12 @@ fn run_rounds(args: &RelayArgs, load: &Load, compare: &[String], label: &str) ->
         }
         if wants("raw") {
             these.push(run_raw(load).unwrap_or_else(|e| failed("raw", e)));
+        }
+        if wants("forward") {
+            let leg = std::env::current_exe()
+                .context("locating spate-bench")
+                .and_then(|bench| run_forward(load, &bench));
+            these.push(leg.unwrap_or_else(|e| failed("forward", e)));
         }
         if wants("smtp-source") {
             these.push(run_smtp_source(load).unwrap_or_else(|e| failed("smtp-source", e)));
@@ -1264,12 +1314,12 @@ fn run_suite(args: &RelayArgs) -> Vec<LegResult> {
 }
 
 /// Markdown: per load, the medians of spate, raw and Postfix, the medians
-/// of the per-round ratios, the [`CPU_CEILING`] and spate's highest peak of
+/// of the per-round ratios, the [`CPU_CEILING`], the [`FORWARD_CEILING`] and spate's highest peak of
 /// anonymous memory.
 pub fn suite_table(rows: &[LegResult]) -> String {
     let mut out = String::from(
-        "| load | spate msg/s | raw pipeline msg/s | spate / raw (range) | CPU ceiling of spate / raw | Postfix msg/s | spate / Postfix (range) | spate peak anon |\n\
-         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        "| load | spate msg/s | raw pipeline msg/s | spate / raw (range) | CPU ceiling of spate / raw | forwarder / raw (range) | Postfix msg/s | spate / Postfix (range) | spate peak anon |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for label in distinct(rows, |r| r.load.as_str()) {
         let these: Vec<LegResult> = rows.iter().filter(|r| r.load == label).cloned().collect();
@@ -1300,11 +1350,12 @@ pub fn suite_table(rows: &[LegResult]) -> String {
             .max()
             .map_or("–".to_string(), |k| format!("{} MiB", k / 1024));
         out.push_str(&format!(
-            "| {label} | {} | {} | {} | {} | {} | {} | {anon} |\n",
+            "| {label} | {} | {} | {} | {} | {} | {} | {} | {anon} |\n",
             rate(of("spate")),
             rate(of("raw")),
             ratio("spate / raw"),
             ratio(CPU_CEILING),
+            ratio(FORWARD_CEILING),
             rate(of("postfix")),
             ratio("spate / postfix"),
         ));
@@ -1339,6 +1390,14 @@ mod tests {
         assert_eq!(get("injection: spate / raw"), Some(0.6));
         assert_eq!(get("injection: spate / postfix"), Some(20.0));
         assert_eq!(get("injection: spate / smtp-sink"), None);
+        assert_eq!(get(FORWARD_CEILING), None);
+        // With a forwarder leg: its rate over raw's, and spate's over its.
+        let mut with_forward = rows.to_vec();
+        with_forward.push(row(FORWARD_LEG, 12_500.0, 12_500.0));
+        let r = ratios(&with_forward);
+        let get = |l: &str| r.iter().find(|(x, _)| x == l).map(|(_, v)| *v);
+        assert_eq!(get(FORWARD_CEILING), Some(0.625));
+        assert_eq!(get("spate / forward"), Some(0.8));
         // No machine figures, no CPU ceiling; with them, raw's CPU per
         // message over spate's.
         assert_eq!(get(CPU_CEILING), None);
@@ -1357,12 +1416,16 @@ mod tests {
     #[test]
     fn suite_table_gives_medians_and_ratio_ranges_per_load() {
         let mut rows = Vec::new();
-        for (round, raw, spate) in [
-            (1, 20_000.0, 9_000.0),
-            (2, 30_000.0, 12_000.0),
-            (3, 25_000.0, 10_000.0),
+        for (round, raw, spate, forward) in [
+            (1, 20_000.0, 9_000.0, 12_000.0),
+            (2, 30_000.0, 12_000.0, 15_000.0),
+            (3, 25_000.0, 10_000.0, 11_000.0),
         ] {
-            for (name, rate) in [("raw (inject -> sink)", raw), ("spate", spate)] {
+            for (name, rate) in [
+                ("raw (inject -> sink)", raw),
+                ("spate", spate),
+                (FORWARD_LEG, forward),
+            ] {
                 let mut r = row(name, rate, rate);
                 r.round = round;
                 r.peak_anon_kib = (name == "spate").then_some(40 * 1024 + round as u64 * 1024);
@@ -1380,10 +1443,11 @@ mod tests {
         let line = table.lines().nth(2).expect("one row");
         // spate 10,000 and raw 25,000 are the medians; the per-round ratios
         // are 0.45, 0.40 and 0.40; the CPU ceilings 0.40, 0.50 and 0.32;
-        // no Postfix leg; the highest anonymous peak is round 3's.
+        // the forwarder's 0.60, 0.50 and 0.44; no Postfix leg; the highest
+        // anonymous peak is round 3's.
         assert_eq!(
             line,
-            "| 2 KB, 20 connections | 10000 | 25000 | 0.40× (0.40–0.45) | 0.40× (0.32–0.50) | – | – | 43 MiB |"
+            "| 2 KB, 20 connections | 10000 | 25000 | 0.40× (0.40–0.45) | 0.40× (0.32–0.50) | 0.50× (0.44–0.60) | – | – | 43 MiB |"
         );
     }
 
