@@ -211,3 +211,59 @@ fn the_command_line_refuses_plaintext_auth_unless_asked() {
     // --auth-without-tls means nothing alone.
     assert!(args(&["--auth-without-tls"]).is_err());
 }
+
+/// AUTH lines may be up to 12,288 bytes (RFC 4954) where other commands
+/// stop at 4,096: a line still incomplete past its limit is refused. Each
+/// line is sent in two writes so the sink holds it incomplete first.
+#[test]
+fn auth_lines_may_be_longer_than_commands() {
+    let password = "p".repeat(6000);
+    let mut config = SinkConfig::accept_all("127.0.0.1:0".parse().unwrap());
+    config.auth = Some(SinkAuth {
+        user: USER.into(),
+        password: password.clone(),
+        without_tls: true,
+    });
+    let sink = spawn(config).unwrap();
+    // All of the line but its end, then (a line within its limit) the end
+    // after a pause; a line past its limit is answered before its end.
+    let in_two_writes = |c: &mut Client, line: &str| {
+        use std::io::Write;
+        let (head, tail) = line.split_at(line.len() - 10);
+        c.0.get_mut().write_all(head.as_bytes()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let _ = c.0.get_mut().write_all(format!("{tail}\r\n").as_bytes());
+        c.reply()
+    };
+    let without_its_end = |c: &mut Client, line: &str| {
+        use std::io::Write;
+        c.0.get_mut().write_all(line.as_bytes()).unwrap();
+        c.reply()
+    };
+
+    // About 8,000 bytes of PLAIN initial response, and as a LOGIN response.
+    let plain = b64(&format!("\0{USER}\0{password}"));
+    assert!(plain.len() > 8000);
+    let mut c = Client::connect(sink.addrs[0]);
+    c.say("EHLO client.test");
+    let reply = in_two_writes(&mut c, &format!("AUTH PLAIN {plain}"));
+    assert!(reply.starts_with("235"), "{reply}");
+    let mut c = Client::connect(sink.addrs[0]);
+    c.say("EHLO client.test");
+    c.say("AUTH LOGIN");
+    c.say(&b64(USER));
+    let reply = in_two_writes(&mut c, &b64(&password));
+    assert!(reply.starts_with("235"), "{reply}");
+
+    // Past 12,288 bytes an AUTH line is refused; past 4,096 another one.
+    let mut c = Client::connect(sink.addrs[0]);
+    c.say("EHLO client.test");
+    let reply = without_its_end(&mut c, &format!("AUTH PLAIN {}", "A".repeat(13_000)));
+    assert!(reply.starts_with("500 5.5.2"), "{reply}");
+    let mut c = Client::connect(sink.addrs[0]);
+    c.say("EHLO client.test");
+    let long_mail = format!("MAIL FROM:<{}@client.test", "a".repeat(5000));
+    let reply = without_its_end(&mut c, &long_mail);
+    assert!(reply.starts_with("500 5.5.2"), "{reply}");
+    assert_eq!(sink.stop().unwrap().auth_successes, 2);
+}

@@ -34,6 +34,8 @@ use session::{SinkContext, serve_connection};
 pub const SENT_HEADER: &str = "X-Spate-Bench-Sent";
 /// Longest command line accepted (RFC 5321 says 512; extensions make it longer).
 pub const COMMAND_LINE_BYTES_MAX: usize = 4096;
+/// Longest AUTH command or response line accepted (RFC 4954, section 4).
+pub const AUTH_LINE_BYTES_MAX: usize = 12288;
 /// Largest message accepted, advertised with SIZE.
 pub const MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Size of one socket read.

@@ -15,8 +15,8 @@ use compio::BufResult;
 use compio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::{
-    COMMAND_LINE_BYTES_MAX, Counts, MESSAGE_BYTES_MAX, RCPT_PER_MESSAGE_MAX, READ_BYTES,
-    SENT_HEADER, SharedRef, SinkAuth, lock,
+    AUTH_LINE_BYTES_MAX, COMMAND_LINE_BYTES_MAX, Counts, MESSAGE_BYTES_MAX, RCPT_PER_MESSAGE_MAX,
+    READ_BYTES, SENT_HEADER, SharedRef, SinkAuth, lock,
 };
 use crate::report;
 use crate::script::{self, Script};
@@ -197,14 +197,28 @@ impl<'c> Session<'c> {
                 Ok(n) => buf.extend_from_slice(rbuf.get(..n).unwrap_or_default()),
                 Err(e) => return Err(e),
             }
-            if matches!(self.mode, Mode::Command | Mode::Auth(_))
-                && buf.len() > COMMAND_LINE_BYTES_MAX
-                && !buf.contains(&b'\n')
-            {
+            if self.line_limit(&buf).is_some_and(|max| buf.len() > max) && !buf.contains(&b'\n') {
                 push_reply(&mut out, "500 5.5.2 Line too long");
                 flush(io, &mut out, 0).await?;
                 return Ok(Ending::Closed);
             }
+        }
+    }
+
+    /// The longest line the session takes while `buf` holds the start of
+    /// one (None in message data): AUTH lines may be longer than commands.
+    fn line_limit(&self, buf: &[u8]) -> Option<usize> {
+        match self.mode {
+            Mode::Auth(_) => Some(AUTH_LINE_BYTES_MAX),
+            Mode::Command
+                if buf
+                    .get(..5)
+                    .is_some_and(|p| p.eq_ignore_ascii_case(b"AUTH ")) =>
+            {
+                Some(AUTH_LINE_BYTES_MAX)
+            }
+            Mode::Command => Some(COMMAND_LINE_BYTES_MAX),
+            _ => None,
         }
     }
 
