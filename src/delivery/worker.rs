@@ -477,9 +477,14 @@ async fn session(
                         continue;
                     };
                     let body = tx.message.content();
+                    let scan = client.body_scan();
+                    let encoder = |body| match scan {
+                        Some(scan) => BodyEncoder::scanned(body, mode, scan),
+                        None => BodyEncoder::new(body, mode),
+                    };
                     client.write_output_to(&mut wbuf);
                     if body.len() <= BODY_COALESCE_BYTES_MAX {
-                        for slice in BodyEncoder::new(body, mode).slices() {
+                        for slice in encoder(body).slices() {
                             wbuf.extend_from_slice(slice);
                         }
                     } else {
@@ -492,7 +497,7 @@ async fn session(
                         chunks.push(Chunk::Owned(std::mem::take(&mut wbuf)));
                         let mut ok = true;
                         let mut batch_bytes = 0;
-                        for piece in BodyEncoder::new(body, mode) {
+                        for piece in encoder(body) {
                             let chunk = match piece {
                                 Piece::Body(r) => Chunk::Mapped(MappedSlice {
                                     message: tx.message.clone(),

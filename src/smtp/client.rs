@@ -108,7 +108,7 @@ pub use types::{
 
 use super::address::ForwardPath;
 use super::command::{BodyType, Command, MailFrom, MailParams, RcptParams, RcptTo};
-use super::data::{BodyEncoder, BodyMode, is_8bit};
+use super::data::{BodyEncoder, BodyMode, BodyScan};
 use super::reply::{Reply, ReplyParser};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -145,6 +145,8 @@ struct Transaction {
     pipelined: bool,
     mode: BodyMode,
     message_bytes: u64,
+    /// The body's one scan, for the encoder ([`ClientSession::body_scan`]).
+    scan: BodyScan,
     rcpt_commands: Vec<Command>,
     accepted: usize,
 }
@@ -314,8 +316,10 @@ impl ClientSession {
         } else {
             BodyMode::Data
         };
-        // RFC 1870 size: CRLF-normalised, without dot-stuffing.
-        let message_bytes = BodyEncoder::encoded_len(body, BodyMode::Bdat);
+        // RFC 1870 size: CRLF-normalised, without dot-stuffing. One pass
+        // over the body serves the size, BODY=8BITMIME and the encoder.
+        let scan = BodyScan::of(body);
+        let message_bytes = BodyEncoder::encoded_len_scanned(body, BodyMode::Bdat, scan);
         if let Some(max_bytes) = self.caps.size_max_bytes.filter(|&max| message_bytes > max) {
             return Err(TransactionError::TooBig {
                 size_bytes: message_bytes,
@@ -327,7 +331,8 @@ impl ClientSession {
             reverse_path: envelope.reverse_path.clone(),
             params: MailParams {
                 size_bytes: self.caps.size_offered.then_some(message_bytes),
-                body: (self.caps.eight_bit_mime && is_8bit(body)).then_some(BodyType::EightBitMime),
+                body: (self.caps.eight_bit_mime && scan.eight_bit)
+                    .then_some(BodyType::EightBitMime),
                 smtputf8,
                 ret: envelope.ret.filter(|_| dsn),
                 envid: envelope.envid.clone().filter(|_| dsn),
@@ -379,10 +384,18 @@ impl ClientSession {
             pipelined,
             mode,
             message_bytes,
+            scan,
             rcpt_commands,
             accepted: 0,
         });
         Ok(())
+    }
+
+    /// The [`BodyScan`] of the newest transaction's body (the one a
+    /// [`ClientEvent::SendBody`] asks for), to encode it with
+    /// [`BodyEncoder::scanned`] instead of scanning it again.
+    pub fn body_scan(&self) -> Option<BodyScan> {
+        self.transactions.back().map(|t| t.scan)
     }
 
     fn send(&mut self, command: &Command, expect: Expect) {

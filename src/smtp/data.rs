@@ -319,6 +319,41 @@ impl Piece {
     }
 }
 
+/// What one pass over a stored body finds: whether its line ends are all
+/// CRLF already, and whether it needs 8BITMIME. A client scans a body once
+/// per transaction and gives the result to [`BodyEncoder::scanned`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyScan {
+    /// Every CR is followed by LF and every LF preceded by CR.
+    pub crlf_only: bool,
+    /// Bytes above 127.
+    pub eight_bit: bool,
+}
+
+impl BodyScan {
+    /// Both facts in one pass over `body`, without early exit, so the
+    /// compiler vectorises it.
+    pub fn of(body: &[u8]) -> BodyScan {
+        let (Some(&first), Some(&last)) = (body.first(), body.last()) else {
+            return BodyScan {
+                crlf_only: true,
+                eight_bit: false,
+            };
+        };
+        let next = body.get(1..).unwrap_or_default();
+        let (bad, high) = body
+            .iter()
+            .zip(next)
+            .fold((0u8, 0u8), |(bad, high), (&a, &b)| {
+                (bad | u8::from((a == b'\r') != (b == b'\n')), high | a)
+            });
+        BodyScan {
+            crlf_only: bad == 0 && first != b'\n' && last != b'\r',
+            eight_bit: (high | last) >= 0x80,
+        }
+    }
+}
+
 /// Client-side body encoder: an iterator of [`Piece`]s. Bare CR and bare LF
 /// in the stored body become CRLF; a line-start dot gets another dot (DATA).
 #[derive(Debug, Clone)]
@@ -328,6 +363,8 @@ pub struct BodyEncoder<'a> {
     mode: BodyMode,
     line_start: bool,
     finished: bool,
+    /// [`BodyScan::crlf_only`] when the caller scanned already.
+    crlf_only: Option<bool>,
 }
 
 impl<'a> BodyEncoder<'a> {
@@ -339,6 +376,16 @@ impl<'a> BodyEncoder<'a> {
             mode,
             line_start: true,
             finished: false,
+            crlf_only: None,
+        }
+    }
+
+    /// Encodes `body` for `mode`, trusting `scan` (of this body) instead
+    /// of scanning it again.
+    pub fn scanned(body: &'a [u8], mode: BodyMode, scan: BodyScan) -> Self {
+        Self {
+            crlf_only: Some(scan.crlf_only),
+            ..Self::new(body, mode)
         }
     }
 
@@ -350,12 +397,21 @@ impl<'a> BodyEncoder<'a> {
 
     /// Total encoded length (what BDAT must announce). Scans, never copies.
     pub fn encoded_len(body: &[u8], mode: BodyMode) -> u64 {
-        BodyEncoder::new(body, mode)
-            .map(|piece| match piece {
-                Piece::Body(range) => range.len() as u64,
-                Piece::Static(bytes) => bytes.len() as u64,
-            })
-            .sum()
+        BodyEncoder::new(body, mode).total()
+    }
+
+    /// [`Self::encoded_len`] with the body's [`BodyScan`] known.
+    pub fn encoded_len_scanned(body: &[u8], mode: BodyMode, scan: BodyScan) -> u64 {
+        BodyEncoder::scanned(body, mode, scan).total()
+    }
+
+    /// The length of what is left to encode (consumes the encoder).
+    fn total(self) -> u64 {
+        self.map(|piece| match piece {
+            Piece::Body(range) => range.len() as u64,
+            Piece::Static(bytes) => bytes.len() as u64,
+        })
+        .sum()
     }
 
     /// Copies the encoding into one buffer (tests and small messages).
@@ -369,19 +425,9 @@ impl<'a> BodyEncoder<'a> {
 }
 
 /// True when every CR in `body` is followed by LF and every LF preceded by
-/// CR. One pass without early exit, so the compiler vectorises it.
+/// CR.
 fn crlf_only(body: &[u8]) -> bool {
-    let (Some(&first), Some(&last)) = (body.first(), body.last()) else {
-        return true;
-    };
-    if first == b'\n' || last == b'\r' {
-        return false;
-    }
-    let next = body.get(1..).unwrap_or_default();
-    let bad = body.iter().zip(next).fold(0u8, |bad, (&a, &b)| {
-        bad | u8::from((a == b'\r') != (b == b'\n'))
-    });
-    bad == 0
+    BodyScan::of(body).crlf_only
 }
 
 /// True when the body has bytes above 127 (needs BODY=8BITMIME).
@@ -406,7 +452,10 @@ impl Iterator for BodyEncoder<'_> {
                 (BodyMode::Bdat, false) => Some(Piece::Static(b"\r\n")),
             };
         };
-        if self.pos == 0 && self.mode == BodyMode::Bdat && crlf_only(body) {
+        if self.pos == 0
+            && self.mode == BodyMode::Bdat
+            && self.crlf_only.unwrap_or_else(|| crlf_only(body))
+        {
             // The usual case (the inbound side stores CRLF lines): the whole
             // body in one piece, without a search per line.
             self.pos = body.len();

@@ -37,7 +37,7 @@ pub use command::{
     AuthMechanism, BodyType, Command, CommandError, MailFrom, MailParams, Notify, Orcpt,
     RcptParams, RcptTo, Ret,
 };
-pub use data::{BodyEncoder, BodyMode, DataDecoder, DataFault, Piece};
+pub use data::{BodyEncoder, BodyMode, BodyScan, DataDecoder, DataFault, Piece};
 pub use reply::{EnhancedStatus, Reply, ReplyError, ReplyParser};
 pub use server::{
     AuthRequest, Received, ServerConfig, ServerEvent, ServerSession, ShutdownReason, UsageError,

@@ -966,7 +966,7 @@ impl Inner {
         bytes.resize(len + (padded - end) as usize, 0);
         let res = pwrite_all(&file, &bytes, pos);
         bytes.truncate(len);
-        let mut buf = bytes;
+        let buf = bytes;
         if res.is_err() {
             // Before the next batch can be written after this bad region.
             let mut st = self.st.borrow_mut();
@@ -978,10 +978,13 @@ impl Inner {
                 self.seal_current(&mut st);
             }
         }
+        let written = buf.len() as u64;
+        // Written: the buffer can take the next batch's records (with two
+        // flushes in flight, one held until its sync ended would leave the
+        // next pending buffer to grow from nothing, copying at each step).
+        self.recycle_buffer(buf);
         self.writing.set(false);
         self.wake_flusher();
-        let written = buf.len() as u64;
-        buf.clear();
         let res = match res {
             Err(e) => Err(SpoolError::io("write", &e)),
             Ok(()) => match self.shared.options.sync {
@@ -1025,11 +1028,21 @@ impl Inner {
                 self.start_preparing(&mut self.st.borrow_mut());
             }
         }
-        self.finish_flush(&seg, pos, written, buf, entries, res);
+        self.finish_flush(&seg, pos, written, entries, res);
         self.in_flight.set(self.in_flight.get().saturating_sub(1));
         mine.set(ok);
         self.wake_flusher();
         self.wake_room();
+    }
+
+    /// Keeps a written batch's buffer (emptied) for the next batch, unless
+    /// the spare one is larger or it grew past the pending bound.
+    fn recycle_buffer(&self, mut buf: Vec<u8>) {
+        buf.clear();
+        let mut st = self.st.borrow_mut();
+        if buf.capacity() <= PENDING_BYTES_MAX && st.spare.capacity() < buf.capacity() {
+            st.spare = buf;
+        }
     }
 
     /// Resolves a batch's waiters with the flush's result.
@@ -1038,14 +1051,10 @@ impl Inner {
         seg: &Arc<SegmentShared>,
         pos: u64,
         written: u64,
-        buf: Vec<u8>,
         batch: Vec<Entry>,
         res: Result<(), SpoolError>,
     ) {
         let mut st = self.st.borrow_mut();
-        if buf.capacity() <= PENDING_BYTES_MAX && st.spare.capacity() < buf.capacity() {
-            st.spare = buf;
-        }
         if let Err(e) = res {
             // Never retried and assumed good: seal, fail the batch, move on.
             if st

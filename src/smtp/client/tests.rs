@@ -394,6 +394,39 @@ fn a_421_fails_every_transaction_in_flight() {
     assert!(!client.can_send_transaction());
 }
 
+/// Each SendBody comes with the newest transaction's body scan, one pass
+/// that also decided its size and BODY parameter.
+#[test]
+fn the_body_scan_is_the_newest_transactions() {
+    let mut client = ClientSession::new(pipelining_config(4));
+    assert_eq!(client.body_scan(), None);
+    let greeting =
+        b"220 mx\r\n250-mx\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SIZE 1000\r\n250 CHUNKING\r\n";
+    assert_eq!(client.receive(greeting), greeting.len());
+    assert_eq!(client.next_event(), Some(ClientEvent::Ready));
+    let bodies: [&[u8]; 2] = [b"bare\nline\r\n", b"caf\xc3\xa9\r\n"];
+    for body in bodies {
+        client
+            .send_transaction(&envelope(&["r@mx.example"]), body)
+            .unwrap();
+        assert_eq!(
+            client.next_event(),
+            Some(ClientEvent::SendBody(BodyMode::Bdat))
+        );
+        assert_eq!(client.body_scan(), Some(BodyScan::of(body)));
+    }
+    // The sizes count the repaired line end; 8BITMIME for the second only.
+    let mut wire = Vec::new();
+    client.write_output_to(&mut wire);
+    let wire = String::from_utf8_lossy(&wire);
+    assert!(
+        wire.contains("MAIL FROM:<sender@spate.example> SIZE=12\r\n"),
+        "{wire}"
+    );
+    assert!(wire.contains("BDAT 12 LAST\r\n"), "{wire}");
+    assert!(wire.contains("SIZE=7 BODY=8BITMIME\r\n"), "{wire}");
+}
+
 #[test]
 fn rset_after_a_failed_transaction_only() {
     let jobs = vec![

@@ -323,6 +323,58 @@ fn bdat_sends_a_crlf_body_as_one_piece() {
     }
 }
 
+#[test]
+fn a_scan_finds_bare_line_ends_and_8bit_bytes_anywhere() {
+    let clean = BodyScan {
+        crlf_only: true,
+        eight_bit: false,
+    };
+    assert_eq!(BodyScan::of(b""), clean);
+    assert_eq!(BodyScan::of(b"a\r\nb\r\n"), clean);
+    assert_eq!(BodyScan::of(b"no line end"), clean);
+    for bare in [
+        &b"\n"[..],
+        b"\r",
+        b"a\nb",
+        b"a\rb\r\n",
+        b"\na",
+        b"a\r",
+        b"\r\r\n",
+    ] {
+        assert!(!BodyScan::of(bare).crlf_only, "{bare:?}");
+        assert!(!BodyScan::of(bare).eight_bit, "{bare:?}");
+    }
+    // A high byte first, in the middle, last, or alone.
+    for high in [&b"\xe9a\r\n"[..], b"a\xffb", b"ab\x80", b"\xc3"] {
+        let scan = BodyScan::of(high);
+        assert!(scan.eight_bit && scan.crlf_only, "{high:?}");
+    }
+}
+
+proptest! {
+    /// A scanned encoder gives exactly what one that scans for itself
+    /// gives, and the one-pass scan agrees with the byte-wise definitions.
+    #[test]
+    fn scanned_encoding_is_the_same_encoding(body in prop::collection::vec(prop::sample::select(b"ab.\r\n\xe9".to_vec()), 0..40)) {
+        let scan = BodyScan::of(&body);
+        prop_assert_eq!(scan.eight_bit, is_8bit(&body));
+        let bare = body.iter().enumerate().any(|(i, &b)| {
+            (b == b'\r' && body.get(i + 1) != Some(&b'\n'))
+                || (b == b'\n' && (i == 0 || body[i - 1] != b'\r'))
+        });
+        prop_assert_eq!(scan.crlf_only, !bare);
+        for mode in [BodyMode::Bdat, BodyMode::Data] {
+            let own: Vec<Piece> = BodyEncoder::new(&body, mode).collect();
+            let given: Vec<Piece> = BodyEncoder::scanned(&body, mode, scan).collect();
+            prop_assert_eq!(&own, &given);
+            prop_assert_eq!(
+                BodyEncoder::encoded_len_scanned(&body, mode, scan),
+                BodyEncoder::encoded_len(&body, mode)
+            );
+        }
+    }
+}
+
 fn normalise(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     let mut i = 0;
