@@ -62,6 +62,26 @@ fn forward_leg_delivers_everything_through_the_forwarder() {
     );
 }
 
+/// `spate-bench forward` refuses an address off loopback, on either side,
+/// unless allowed.
+#[test]
+fn the_forwarder_refuses_remote_addresses() {
+    use spate_bench::forward::{ForwardArgs, run};
+    let args = |listen: &str, to: &str| ForwardArgs {
+        listen: listen.parse().unwrap(),
+        to: to.parse().unwrap(),
+        threads: 1,
+        allow_remote: false,
+    };
+    for (listen, to) in [
+        ("127.0.0.1:0", "192.0.2.1:25"),
+        ("192.0.2.1:2600", "127.0.0.1:25"),
+    ] {
+        let err = run(args(listen, to)).expect_err("an address off loopback");
+        assert!(err.to_string().contains("loopback"), "{err:#}");
+    }
+}
+
 /// The whole machine's CPU over the leg: some busy CPUs, no more than
 /// there are, and CPU time per message of the machine and of the harness.
 fn assert_machine_figures(r: &spate_bench::relay::LegResult) {

@@ -178,6 +178,20 @@ pub struct ChildGuard {
 }
 
 impl ChildGuard {
+    /// Spawns `command` with no standard input or output, as `name`.
+    pub fn spawn_quiet(command: &mut Command, name: &str) -> anyhow::Result<ChildGuard> {
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(ChildGuard {
+            child,
+            name: name.into(),
+        })
+    }
+
     /// Sends SIGTERM and waits up to `grace` before SIGKILL.
     pub fn terminate(&mut self, grace: Duration) {
         if matches!(self.child.try_wait(), Ok(Some(_))) {
@@ -492,23 +506,11 @@ pub fn run_forward(load: &Load, bench: &Path) -> anyhow::Result<LegResult> {
     let sink = start_sink(tls.as_ref())?;
     let to = *sink.addrs.first().context("sink has no address")?;
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    let child = Command::new(bench)
-        .args([
-            "forward",
-            "--listen",
-            &listen.to_string(),
-            "--to",
-            &to.to_string(),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting spate-bench forward")?;
-    let mut guard = ChildGuard {
-        child,
-        name: "spate-bench forward".into(),
-    };
+    let args = ["--listen", &listen.to_string(), "--to", &to.to_string()];
+    let mut guard = ChildGuard::spawn_quiet(
+        Command::new(bench).arg("forward").args(args),
+        "spate-bench forward",
+    )?;
     wait_listening(listen, &mut guard, Path::new("/dev/null"))?;
     let pid = guard.child.id();
     let result = inject_and_drain(FORWARD_LEG, listen, &sink, load, Some(pid));

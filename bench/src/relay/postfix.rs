@@ -222,17 +222,10 @@ fn start_smtp_sink() -> anyhow::Result<(SocketAddr, ChildGuard)> {
     let port = free_port()?;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
     // -u drops privileges when run as root; 1024 is the listen backlog.
-    let sink = Command::new("smtp-sink")
-        .args(["-u", "postfix", &addr.to_string(), "1024"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting smtp-sink")?;
-    let mut guard = ChildGuard {
-        child: sink,
-        name: "smtp-sink".into(),
-    };
+    let mut guard = ChildGuard::spawn_quiet(
+        Command::new("smtp-sink").args(["-u", "postfix", &addr.to_string(), "1024"]),
+        "smtp-sink",
+    )?;
     wait_listening(addr, &mut guard, Path::new("/dev/null"))?;
     Ok((addr, guard))
 }

@@ -300,6 +300,19 @@ fn encoder_borrows_instead_of_copying() {
     );
 }
 
+/// Bodies with a bare CR or a bare LF: first, inside, last, or alone.
+const BARE_LINE_ENDS: [&[u8]; 9] = [
+    b"a\nb\r\n",
+    b"a\rb\r\n",
+    b"\na\r\n",
+    b"a\r\nb\r",
+    b"\r\r\n",
+    b"\n",
+    b"\r",
+    b"a\nb",
+    b"a\r",
+];
+
 #[test]
 fn bdat_sends_a_crlf_body_as_one_piece() {
     let body = b"Subject: x\r\n\r\n.dot\r\nlast\r\n";
@@ -311,13 +324,7 @@ fn bdat_sends_a_crlf_body_as_one_piece() {
         pieces,
         vec![Piece::Body(0..body.len()), Piece::Static(b"\r\n")]
     );
-    for bare in [
-        &b"a\nb\r\n"[..],
-        b"a\rb\r\n",
-        b"\na\r\n",
-        b"a\r\nb\r",
-        b"\r\r\n",
-    ] {
+    for bare in BARE_LINE_ENDS {
         assert!(!crlf_only(bare), "{bare:?}");
         assert_eq!(BodyEncoder::to_vec(bare, BodyMode::Bdat), normalise(bare));
     }
@@ -332,15 +339,7 @@ fn a_scan_finds_bare_line_ends_and_8bit_bytes_anywhere() {
     assert_eq!(BodyScan::of(b""), clean);
     assert_eq!(BodyScan::of(b"a\r\nb\r\n"), clean);
     assert_eq!(BodyScan::of(b"no line end"), clean);
-    for bare in [
-        &b"\n"[..],
-        b"\r",
-        b"a\nb",
-        b"a\rb\r\n",
-        b"\na",
-        b"a\r",
-        b"\r\r\n",
-    ] {
+    for bare in BARE_LINE_ENDS {
         assert!(!BodyScan::of(bare).crlf_only, "{bare:?}");
         assert!(!BodyScan::of(bare).eight_bit, "{bare:?}");
     }
