@@ -451,3 +451,64 @@ fn large_bodies_arrive_intact_over_bdat_and_data() {
         );
     }
 }
+
+/// Bodies received over BDAT are stored as sent, bare line ends included;
+/// delivered over BDAT they arrive with CRLF line ends and the size BDAT
+/// announced (the one scan per body that sizes it also shapes the encoding:
+/// a scan of another transaction's body would break the framing). Small and
+/// large (vectored) bodies, queued together so that deliveries pipeline.
+#[test]
+fn bare_line_ends_received_over_bdat_arrive_as_crlf() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start();
+    let smtp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let spate = Spate::start(dir.path(), &config(dir.path(), smtp, sink.addr, ""), smtp);
+
+    let mut large = String::from("Subject: large\n\n");
+    while large.len() < 150 * 1024 {
+        large.push_str("a line that ends bare\nand one that ends in CRLF\r\n");
+    }
+    let bodies = [
+        "Subject: small\n\nbare\nline\r\nno end".to_string(),
+        large,
+        "Subject: crlf\r\n\r\nclean \u{e9}\r\n".to_string(),
+    ];
+    let mut c = Client::connect(smtp);
+    c.send("EHLO client.test\r\n");
+    let ehlo = c.reply_lines();
+    assert!(ehlo.iter().any(|l| l.contains("CHUNKING")), "{ehlo:?}");
+    for body in &bodies {
+        c.send(&format!(
+            "MAIL FROM:<a@sink.test>\r\nRCPT TO:<b@sink.test>\r\nBDAT {} LAST\r\n{body}",
+            body.len()
+        ));
+        for _ in 0..3 {
+            let r = c.reply();
+            assert!(r.starts_with("250"), "{r}");
+        }
+    }
+    assert!(c.cmd("QUIT").starts_with("221"));
+
+    let got = sink.wait_for(3, Duration::from_secs(30));
+    assert_eq!(got.len(), 3, "log:\n{}", spate.log_text());
+    for body in &bodies {
+        let want = body.replace("\r\n", "\n").replace('\n', "\r\n");
+        let want = if want.ends_with("\r\n") {
+            want
+        } else {
+            want + "\r\n"
+        };
+        let subject = body.lines().next().unwrap();
+        let m = got
+            .iter()
+            .find(|m| String::from_utf8_lossy(&m.data).contains(subject))
+            .unwrap_or_else(|| panic!("{subject} not delivered"));
+        let text = String::from_utf8_lossy(&m.data);
+        assert!(
+            text.ends_with(want.as_str()) && text.len() - want.len() < 1024,
+            "{subject}: {} bytes against {} expected",
+            text.len(),
+            want.len()
+        );
+    }
+}

@@ -44,9 +44,10 @@ fn deliver(bodies: &[Vec<u8>], chunking: bool, pipelining: bool, packet: usize) 
                     }
                     None => client.quit(),
                 },
-                ClientEvent::SendBody(mode) => {
+                ClientEvent::SendBody(mode, scan) => {
                     client.write_output_to(&mut to_server);
-                    to_server.extend(BodyEncoder::new(current, mode).slices().flatten());
+                    let body = BodyEncoder::scanned(current, mode, scan);
+                    to_server.extend(body.slices().flatten());
                 }
                 ClientEvent::TransactionDone(result) => {
                     assert!(result.any_delivered(), "{result:?}");

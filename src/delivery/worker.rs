@@ -467,7 +467,7 @@ async fn session(
                         }
                     }
                 }
-                ClientEvent::SendBody(mode) => {
+                ClientEvent::SendBody(mode, scan) => {
                     // The body of the newest transaction: a pipelined BDAT
                     // one asks right as it starts (these events are handled
                     // before another starts), a DATA or lock-step one is
@@ -477,14 +477,9 @@ async fn session(
                         continue;
                     };
                     let body = tx.message.content();
-                    let scan = client.body_scan();
-                    let encoder = |body| match scan {
-                        Some(scan) => BodyEncoder::scanned(body, mode, scan),
-                        None => BodyEncoder::new(body, mode),
-                    };
                     client.write_output_to(&mut wbuf);
                     if body.len() <= BODY_COALESCE_BYTES_MAX {
-                        for slice in encoder(body).slices() {
+                        for slice in BodyEncoder::scanned(body, mode, scan).slices() {
                             wbuf.extend_from_slice(slice);
                         }
                     } else {
@@ -497,7 +492,7 @@ async fn session(
                         chunks.push(Chunk::Owned(std::mem::take(&mut wbuf)));
                         let mut ok = true;
                         let mut batch_bytes = 0;
-                        for piece in encoder(body) {
+                        for piece in BodyEncoder::scanned(body, mode, scan) {
                             let chunk = match piece {
                                 Piece::Body(r) => Chunk::Mapped(MappedSlice {
                                     message: tx.message.clone(),

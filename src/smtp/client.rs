@@ -58,9 +58,9 @@
 //!                 client.send_transaction(&envelope, body).unwrap();
 //!             }
 //!             ClientEvent::Ready => client.quit(),
-//!             ClientEvent::SendBody(mode) => {
+//!             ClientEvent::SendBody(mode, scan) => {
 //!                 to_server.extend(client.take_output());
-//!                 for slice in BodyEncoder::new(body, mode).slices() {
+//!                 for slice in BodyEncoder::scanned(body, mode, scan).slices() {
 //!                     to_server.extend_from_slice(slice); // a vectored write in real life
 //!                 }
 //!             }
@@ -145,7 +145,7 @@ struct Transaction {
     pipelined: bool,
     mode: BodyMode,
     message_bytes: u64,
-    /// The body's one scan, for the encoder ([`ClientSession::body_scan`]).
+    /// The body's one scan, for the encoder ([`ClientEvent::SendBody`]).
     scan: BodyScan,
     rcpt_commands: Vec<Command>,
     accepted: usize,
@@ -372,7 +372,8 @@ impl ClientSession {
                         last: true,
                     };
                     self.send(&bdat, Expect::BodyEnd);
-                    self.events.push_back(ClientEvent::SendBody(BodyMode::Bdat));
+                    self.events
+                        .push_back(ClientEvent::SendBody(BodyMode::Bdat, scan));
                 }
             }
         }
@@ -389,13 +390,6 @@ impl ClientSession {
             accepted: 0,
         });
         Ok(())
-    }
-
-    /// The [`BodyScan`] of the newest transaction's body (the one a
-    /// [`ClientEvent::SendBody`] asks for), to encode it with
-    /// [`BodyEncoder::scanned`] instead of scanning it again.
-    pub fn body_scan(&self) -> Option<BodyScan> {
-        self.transactions.back().map(|t| t.scan)
     }
 
     fn send(&mut self, command: &Command, expect: Expect) {
@@ -553,7 +547,8 @@ impl ClientSession {
                             last: true,
                         };
                         self.send(&bdat, Expect::BodyEnd);
-                        self.events.push_back(ClientEvent::SendBody(BodyMode::Bdat));
+                        self.events
+                            .push_back(ClientEvent::SendBody(BodyMode::Bdat, t.scan));
                     } else {
                         self.send(&Command::Data, Expect::Data);
                     }
@@ -567,7 +562,8 @@ impl ClientSession {
                     .is_some_and(Reply::is_positive_completion);
                 if mail_ok && t.accepted > 0 {
                     self.expect.push_back(Expect::BodyEnd);
-                    self.events.push_back(ClientEvent::SendBody(BodyMode::Data));
+                    self.events
+                        .push_back(ClientEvent::SendBody(BodyMode::Data, t.scan));
                 } else {
                     // RFC 2920 §3.1: the server took DATA without recipients; end it empty.
                     self.out.extend_from_slice(b".\r\n");

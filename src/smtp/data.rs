@@ -381,8 +381,10 @@ impl<'a> BodyEncoder<'a> {
     }
 
     /// Encodes `body` for `mode`, trusting `scan` (of this body) instead
-    /// of scanning it again.
+    /// of scanning it again. A scan of another body would frame BDAT
+    /// wrongly: debug builds check it.
     pub fn scanned(body: &'a [u8], mode: BodyMode, scan: BodyScan) -> Self {
+        debug_assert_eq!(scan, BodyScan::of(body), "a scan of another body");
         Self {
             crlf_only: Some(scan.crlf_only),
             ..Self::new(body, mode)
@@ -430,8 +432,10 @@ fn crlf_only(body: &[u8]) -> bool {
     BodyScan::of(body).crlf_only
 }
 
-/// True when the body has bytes above 127 (needs BODY=8BITMIME).
-pub fn is_8bit(body: &[u8]) -> bool {
+/// True when the body has bytes above 127 (needs BODY=8BITMIME); what
+/// [`BodyScan::eight_bit`] is checked against.
+#[cfg(test)]
+fn is_8bit(body: &[u8]) -> bool {
     !body.is_ascii()
 }
 

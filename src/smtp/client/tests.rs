@@ -131,9 +131,10 @@ impl Pair {
                     }
                     None => self.client.quit(),
                 },
-                ClientEvent::SendBody(mode) => {
+                ClientEvent::SendBody(mode, scan) => {
+                    assert_eq!(scan, BodyScan::of(&self.current_body));
                     self.client.write_output_to(to_server);
-                    for piece in BodyEncoder::new(&self.current_body, mode) {
+                    for piece in BodyEncoder::scanned(&self.current_body, mode, scan) {
                         to_server.extend_from_slice(piece.bytes(&self.current_body));
                     }
                 }
@@ -369,7 +370,7 @@ fn a_421_fails_every_transaction_in_flight() {
             .unwrap();
         assert_eq!(
             client.next_event(),
-            Some(ClientEvent::SendBody(BodyMode::Bdat))
+            Some(ClientEvent::SendBody(BodyMode::Bdat, BodyScan::of(b"x")))
         );
     }
     assert_eq!(client.transactions_in_flight(), 3);
@@ -394,26 +395,28 @@ fn a_421_fails_every_transaction_in_flight() {
     assert!(!client.can_send_transaction());
 }
 
-/// Each SendBody comes with the newest transaction's body scan, one pass
-/// that also decided its size and BODY parameter.
+/// Each SendBody carries its transaction's body scan, the one pass that
+/// also decided the size and the BODY parameter: pipelined BDAT (several in
+/// flight), BDAT after the last RCPT reply, and DATA after 354.
 #[test]
-fn the_body_scan_is_the_newest_transactions() {
+fn send_body_carries_its_transactions_scan() {
+    let bodies: [&[u8]; 2] = [b"bare\nline\r\n", b"caf\xc3\xa9\r\n"];
+    let scans = bodies.map(BodyScan::of);
+    assert_ne!(scans[0], scans[1]);
+
     let mut client = ClientSession::new(pipelining_config(4));
-    assert_eq!(client.body_scan(), None);
     let greeting =
         b"220 mx\r\n250-mx\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SIZE 1000\r\n250 CHUNKING\r\n";
     assert_eq!(client.receive(greeting), greeting.len());
     assert_eq!(client.next_event(), Some(ClientEvent::Ready));
-    let bodies: [&[u8]; 2] = [b"bare\nline\r\n", b"caf\xc3\xa9\r\n"];
-    for body in bodies {
+    for (body, scan) in bodies.iter().zip(scans) {
         client
             .send_transaction(&envelope(&["r@mx.example"]), body)
             .unwrap();
         assert_eq!(
             client.next_event(),
-            Some(ClientEvent::SendBody(BodyMode::Bdat))
+            Some(ClientEvent::SendBody(BodyMode::Bdat, scan))
         );
-        assert_eq!(client.body_scan(), Some(BodyScan::of(body)));
     }
     // The sizes count the repaired line end; 8BITMIME for the second only.
     let mut wire = Vec::new();
@@ -425,6 +428,35 @@ fn the_body_scan_is_the_newest_transactions() {
     );
     assert!(wire.contains("BDAT 12 LAST\r\n"), "{wire}");
     assert!(wire.contains("SIZE=7 BODY=8BITMIME\r\n"), "{wire}");
+    assert!(wire.contains("BDAT 7 LAST\r\n"), "{wire}");
+
+    // Without pipelining: BDAT once the RCPT reply came, DATA after 354.
+    for (chunking, mode, replies) in [
+        (true, BodyMode::Bdat, &b"250 mail\r\n250 rcpt\r\n"[..]),
+        (false, BodyMode::Data, b"250 mail\r\n250 rcpt\r\n354 go\r\n"),
+    ] {
+        let mut config = ClientConfig::new("mta.example");
+        config.use_pipelining = false;
+        config.use_chunking = chunking;
+        let mut client = ClientSession::new(config);
+        let caps = if chunking {
+            "250-8BITMIME\r\n250 CHUNKING"
+        } else {
+            "250 8BITMIME"
+        };
+        let greeting = format!("220 mx\r\n250-mx\r\n{caps}\r\n");
+        assert_eq!(client.receive(greeting.as_bytes()), greeting.len());
+        assert_eq!(client.next_event(), Some(ClientEvent::Ready));
+        client
+            .send_transaction(&envelope(&["r@mx.example"]), bodies[1])
+            .unwrap();
+        assert_eq!(client.next_event(), None);
+        assert_eq!(client.receive(replies), replies.len());
+        assert_eq!(
+            client.next_event(),
+            Some(ClientEvent::SendBody(mode, scans[1]))
+        );
+    }
 }
 
 #[test]

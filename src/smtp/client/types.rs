@@ -2,7 +2,7 @@
 //! it reports and the ways a connection or a transaction request can fail.
 //! The state machine itself is in `client.rs`.
 
-use super::super::data::BodyMode;
+use super::super::data::{BodyMode, BodyScan};
 use super::super::reply::{Reply, ReplyError};
 use super::TransactionResult;
 
@@ -124,8 +124,10 @@ pub enum ClientEvent {
     /// STARTTLS was accepted. Discard input beyond what `receive` consumed,
     /// run the TLS handshake, then call `tls_established`.
     StartTls,
-    /// Write `take_output()` and then the body encoded in this mode.
-    SendBody(BodyMode),
+    /// Write `take_output()` and then the body encoded in this mode, with
+    /// [`BodyEncoder::scanned`](crate::smtp::BodyEncoder::scanned) and this
+    /// scan of it (the one `send_transaction` made).
+    SendBody(BodyMode, BodyScan),
     /// A transaction finished (a `Ready` follows unless the connection failed).
     TransactionDone(TransactionResult),
     /// The connection is unusable: write output, close.

@@ -185,7 +185,7 @@ fn replies_split_at_every_byte_give_the_same_events() {
         reference
             .0
             .iter()
-            .any(|e| matches!(e, ClientEvent::SendBody(BodyMode::Data)))
+            .any(|e| matches!(e, ClientEvent::SendBody(BodyMode::Data, _)))
     );
     for split in 0..=greeting.len() {
         let parts = [&greeting[..split], &greeting[split..], transaction];
