@@ -63,23 +63,69 @@ fn forward_leg_delivers_everything_through_the_forwarder() {
 }
 
 /// `spate-bench forward` refuses an address off loopback, on either side,
-/// unless allowed.
+/// unless allowed, and a thread count out of its bounds.
 #[test]
-fn the_forwarder_refuses_remote_addresses() {
-    use spate_bench::forward::{ForwardArgs, run};
-    let args = |listen: &str, to: &str| ForwardArgs {
+fn the_forwarder_refuses_remote_addresses_and_bad_thread_counts() {
+    use spate_bench::forward::{FORWARD_THREADS_MAX, ForwardArgs};
+    let args = |listen: &str, to: &str, threads: usize, allow_remote: bool| ForwardArgs {
         listen: listen.parse().unwrap(),
         to: to.parse().unwrap(),
-        threads: 1,
-        allow_remote: false,
+        threads,
+        allow_remote,
     };
     for (listen, to) in [
         ("127.0.0.1:0", "192.0.2.1:25"),
         ("192.0.2.1:2600", "127.0.0.1:25"),
     ] {
-        let err = run(args(listen, to)).expect_err("an address off loopback");
+        let err = args(listen, to, 1, false)
+            .validate()
+            .expect_err("off loopback");
         assert!(err.to_string().contains("loopback"), "{err:#}");
+        args(listen, to, 1, true).validate().unwrap();
     }
+    for threads in [0, FORWARD_THREADS_MAX + 1] {
+        let err = args("127.0.0.1:0", "127.0.0.1:25", threads, false).validate();
+        assert!(err.is_err(), "{threads} threads");
+    }
+    args("127.0.0.1:0", "127.0.0.1:25", FORWARD_THREADS_MAX, false)
+        .validate()
+        .unwrap();
+}
+
+/// The forwarder copies both ways and passes a half-close on: the client
+/// sends 200 KB and shuts its sending side; the server reads to the end,
+/// answers with what it counted, and closes; the client reads the answer
+/// and the end.
+#[test]
+fn the_forwarder_copies_both_ways_and_passes_half_closes_on() {
+    use std::io::{Read, Write};
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let to = server.local_addr().unwrap();
+    let counted = std::thread::spawn(move || {
+        let (mut s, _) = server.accept().unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        s.write_all(format!("got {} bytes", got.len()).as_bytes())
+            .unwrap();
+        got
+    });
+    let listen: std::net::SocketAddr = format!(
+        "127.0.0.1:{}",
+        spate::util::port::free_loopback_port().unwrap()
+    )
+    .parse()
+    .unwrap();
+    spate_bench::forward::start(listen, to, 2).unwrap();
+    let sent: Vec<u8> = (0..200 * 1024).map(|i| (i % 251) as u8).collect();
+    let mut c = std::net::TcpStream::connect(listen).unwrap();
+    c.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    c.write_all(&sent).unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).unwrap();
+    assert_eq!(answer, format!("got {} bytes", sent.len()));
+    assert_eq!(counted.join().unwrap(), sent);
 }
 
 /// The whole machine's CPU over the leg: some busy CPUs, no more than

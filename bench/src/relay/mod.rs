@@ -180,10 +180,30 @@ pub struct ChildGuard {
 impl ChildGuard {
     /// Spawns `command` with no standard input or output, as `name`.
     pub fn spawn_quiet(command: &mut Command, name: &str) -> anyhow::Result<ChildGuard> {
+        Self::spawn_with(command, name, Stdio::null(), Stdio::null())
+    }
+
+    /// Spawns `command` with its output and errors in the file `log`.
+    pub fn spawn_logged(
+        command: &mut Command,
+        name: &str,
+        log: &Path,
+    ) -> anyhow::Result<ChildGuard> {
+        let file =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        Self::spawn_with(command, name, file.try_clone()?.into(), file.into())
+    }
+
+    fn spawn_with(
+        command: &mut Command,
+        name: &str,
+        out: Stdio,
+        err: Stdio,
+    ) -> anyhow::Result<ChildGuard> {
         let child = command
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(out)
+            .stderr(err)
             .spawn()
             .with_context(|| format!("starting {name}"))?;
         Ok(ChildGuard {
@@ -500,18 +520,24 @@ pub fn run_raw(load: &Load) -> anyhow::Result<LegResult> {
 
 /// The forwarder leg: injector into `bench forward` (its own process, two
 /// threads; `bench` is the spate-bench binary), which copies every byte on
-/// to the sink and back. A ceiling for any relay here: see [`crate::forward`].
+/// to the sink and back: a reference for a relay's cost per byte (see
+/// [`crate::forward`]).
 pub fn run_forward(load: &Load, bench: &Path) -> anyhow::Result<LegResult> {
     let tls = leg_certificate(load)?;
     let sink = start_sink(tls.as_ref())?;
     let to = *sink.addrs.first().context("sink has no address")?;
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let args = ["--listen", &listen.to_string(), "--to", &to.to_string()];
-    let mut guard = ChildGuard::spawn_quiet(
+    let dir = tempfile::Builder::new()
+        .prefix("spate-bench-forward")
+        .tempdir()?;
+    let log = dir.path().join("forward.log");
+    let mut guard = ChildGuard::spawn_logged(
         Command::new(bench).arg("forward").args(args),
         "spate-bench forward",
+        &log,
     )?;
-    wait_listening(listen, &mut guard, Path::new("/dev/null"))?;
+    wait_listening(listen, &mut guard, &log)?;
     let pid = guard.child.id();
     let result = inject_and_drain(FORWARD_LEG, listen, &sink, load, Some(pid));
     guard.terminate(Duration::from_secs(2));
@@ -994,8 +1020,9 @@ fn machine_line(
 }
 
 /// The label of the forwarder's rate against the raw pipeline among
-/// [`ratios`]: the most any relay that reads and writes every byte reaches.
-pub const FORWARD_CEILING: &str = "forwarder / raw (a relay that only copies bytes)";
+/// [`ratios`]: a reference for what a relay's two socket ends cost per byte
+/// (not an upper bound: see [`crate::forward`]).
+pub const FORWARDER_OVER_RAW: &str = "forwarder / raw (a relay that only copies bytes)";
 
 /// The label of the CPU ceiling among [`ratios`].
 pub const CPU_CEILING: &str = "CPU ceiling of spate / raw (machine CPU per message, raw / spate)";
@@ -1039,7 +1066,7 @@ pub fn ratios(rows: &[LegResult]) -> Vec<(String, f64)> {
         }
     }
     if let (Some(f), Some(r)) = (rate("forward"), rate("raw")) {
-        out.push((FORWARD_CEILING.to_string(), f / r));
+        out.push((FORWARDER_OVER_RAW.to_string(), f / r));
     }
     let machine = |name: &str| {
         find(name)
@@ -1316,8 +1343,8 @@ fn run_suite(args: &RelayArgs) -> Vec<LegResult> {
 }
 
 /// Markdown: per load, the medians of spate, raw and Postfix, the medians
-/// of the per-round ratios, the [`CPU_CEILING`], the [`FORWARD_CEILING`] and spate's highest peak of
-/// anonymous memory.
+/// of the per-round ratios, the [`CPU_CEILING`], [`FORWARDER_OVER_RAW`] and
+/// spate's highest peak of anonymous memory.
 pub fn suite_table(rows: &[LegResult]) -> String {
     let mut out = String::from(
         "| load | spate msg/s | raw pipeline msg/s | spate / raw (range) | CPU ceiling of spate / raw | forwarder / raw (range) | Postfix msg/s | spate / Postfix (range) | spate peak anon |\n\
@@ -1357,7 +1384,7 @@ pub fn suite_table(rows: &[LegResult]) -> String {
             rate(of("raw")),
             ratio("spate / raw"),
             ratio(CPU_CEILING),
-            ratio(FORWARD_CEILING),
+            ratio(FORWARDER_OVER_RAW),
             rate(of("postfix")),
             ratio("spate / postfix"),
         ));
@@ -1392,13 +1419,13 @@ mod tests {
         assert_eq!(get("injection: spate / raw"), Some(0.6));
         assert_eq!(get("injection: spate / postfix"), Some(20.0));
         assert_eq!(get("injection: spate / smtp-sink"), None);
-        assert_eq!(get(FORWARD_CEILING), None);
+        assert_eq!(get(FORWARDER_OVER_RAW), None);
         // With a forwarder leg: its rate over raw's, and spate's over its.
         let mut with_forward = rows.to_vec();
         with_forward.push(row(FORWARD_LEG, 12_500.0, 12_500.0));
         let r = ratios(&with_forward);
         let get = |l: &str| r.iter().find(|(x, _)| x == l).map(|(_, v)| *v);
-        assert_eq!(get(FORWARD_CEILING), Some(0.625));
+        assert_eq!(get(FORWARDER_OVER_RAW), Some(0.625));
         assert_eq!(get("spate / forward"), Some(0.8));
         // No machine figures, no CPU ceiling; with them, raw's CPU per
         // message over spate's.

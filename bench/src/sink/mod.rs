@@ -36,6 +36,7 @@ pub const SENT_HEADER: &str = "X-Spate-Bench-Sent";
 pub const COMMAND_LINE_BYTES_MAX: usize = 4096;
 /// Longest AUTH command or response line accepted (RFC 4954, section 4).
 pub const AUTH_LINE_BYTES_MAX: usize = 12288;
+const _: () = assert!(AUTH_LINE_BYTES_MAX >= COMMAND_LINE_BYTES_MAX);
 /// Largest message accepted, advertised with SIZE.
 pub const MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Size of one socket read.
