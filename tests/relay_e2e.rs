@@ -4,6 +4,7 @@
 mod support;
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use support::sink::Sink;
@@ -52,12 +53,19 @@ fn body(subject: &str) -> String {
     format!("From: a@sink.test\r\nTo: b@sink.test\r\nSubject: {subject}\r\n\r\nHello.\r\n")
 }
 
+/// A sink, and a spate with the test configuration (spool in `dir`)
+/// relaying to it; spate's SMTP address.
+fn start_relay(dir: &Path) -> (Sink, SocketAddr, Spate) {
+    let sink = Sink::start();
+    let smtp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let spate = Spate::start(dir, &config(dir, smtp, sink.addr, ""), smtp);
+    (sink, smtp, spate)
+}
+
 #[test]
 fn pooled_vmtas_send_from_their_ips_and_ehlo_names() {
     let dir = tempfile::tempdir().unwrap();
-    let sink = Sink::start();
-    let smtp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let spate = Spate::start(dir.path(), &config(dir.path(), smtp, sink.addr, ""), smtp);
+    let (sink, smtp, spate) = start_relay(dir.path());
 
     let mut c = Client::connect(smtp);
     assert!(c.cmd("EHLO client.test").starts_with("250"));
@@ -139,9 +147,7 @@ fn pooled_vmtas_send_from_their_ips_and_ehlo_names() {
 #[test]
 fn bounce_makes_a_dsn_and_tempfail_is_retried() {
     let dir = tempfile::tempdir().unwrap();
-    let sink = Sink::start();
-    let smtp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let spate = Spate::start(dir.path(), &config(dir.path(), smtp, sink.addr, ""), smtp);
+    let (sink, smtp, spate) = start_relay(dir.path());
 
     let mut c = Client::connect(smtp);
     c.cmd("EHLO client.test");
@@ -460,9 +466,7 @@ fn large_bodies_arrive_intact_over_bdat_and_data() {
 #[test]
 fn bare_line_ends_received_over_bdat_arrive_as_crlf() {
     let dir = tempfile::tempdir().unwrap();
-    let sink = Sink::start();
-    let smtp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let spate = Spate::start(dir.path(), &config(dir.path(), smtp, sink.addr, ""), smtp);
+    let (sink, smtp, spate) = start_relay(dir.path());
 
     let mut large = String::from("Subject: large\n\n");
     while large.len() < 150 * 1024 {
