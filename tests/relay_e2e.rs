@@ -201,9 +201,7 @@ fn bounce_makes_a_dsn_and_tempfail_is_retried() {
 #[test]
 fn open_relay_is_refused_for_unknown_sources() {
     let dir = tempfile::tempdir().unwrap();
-    let sink = Sink::start();
-    let smtp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let _spate = Spate::start(dir.path(), &config(dir.path(), smtp, sink.addr, ""), smtp);
+    let (_sink, smtp, _spate) = start_relay(dir.path());
     let mut c = Client::connect_from(Some("127.0.0.9"), smtp);
     c.cmd("EHLO stranger.test");
     assert!(c.cmd("MAIL FROM:<x@stranger.test>").starts_with("250"));
@@ -263,9 +261,7 @@ fn acknowledged_mail_survives_kill_9() {
 #[test]
 fn sigterm_exits_zero_promptly() {
     let dir = tempfile::tempdir().unwrap();
-    let sink = Sink::start();
-    let smtp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let mut spate = Spate::start(dir.path(), &config(dir.path(), smtp, sink.addr, ""), smtp);
+    let (_sink, smtp, mut spate) = start_relay(dir.path());
     let mut c = Client::connect(smtp);
     c.cmd("EHLO client.test");
     let start = std::time::Instant::now();

@@ -194,6 +194,7 @@ impl ChildGuard {
         Self::spawn_with(command, name, file.try_clone()?.into(), file.into())
     }
 
+    /// Errors name the program as given (a path, or a name searched in `PATH`).
     fn spawn_with(
         command: &mut Command,
         name: &str,
@@ -205,7 +206,7 @@ impl ChildGuard {
             .stdout(out)
             .stderr(err)
             .spawn()
-            .with_context(|| format!("starting {name}"))?;
+            .with_context(|| format!("starting {}", command.get_program().to_string_lossy()))?;
         Ok(ChildGuard {
             child,
             name: name.into(),
@@ -773,19 +774,13 @@ pub fn run_spate(load: &Load, leg: &SpateLeg<'_>) -> anyhow::Result<LegResult> {
         }
     }
     let log = dir.path().join("spate.log");
-    let log_file = std::fs::File::create(&log)?;
-    let child = Command::new(spate_bin)
-        .args(["run", "--config"])
-        .arg(&config_path)
-        .stdin(Stdio::null())
-        .stdout(log_file.try_clone()?)
-        .stderr(log_file)
-        .spawn()
-        .with_context(|| format!("starting {}", spate_bin.display()))?;
-    let mut guard = ChildGuard {
-        child,
-        name: "spate".into(),
-    };
+    let mut guard = ChildGuard::spawn_logged(
+        Command::new(spate_bin)
+            .args(["run", "--config"])
+            .arg(&config_path),
+        "spate",
+        &log,
+    )?;
     wait_listening(listen, &mut guard, &log).context("spate leg: spate did not start")?;
     let pid = Some(guard.child.id());
     let result = if pause_delivery {
