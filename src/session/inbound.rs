@@ -37,11 +37,30 @@ pub const SESSION_READ_BUFFER_BYTES: usize = 64 * 1024;
 /// capacity (no regrowth per message); a larger one is freed.
 const MESSAGE_BUFFER_KEEP_BYTES: usize = 64 * 1024;
 
+/// The most a session reserves for a message before it arrives, from the
+/// size of its previous one (a larger message grows the buffer as it comes).
+const MESSAGE_RESERVE_MAX_BYTES: usize = 1024 * 1024;
+
 /// Empties a session's message buffer, freeing it when it grew large.
 fn recycle(buf: &mut Vec<u8>) {
     buf.clear();
     if buf.capacity() > MESSAGE_BUFFER_KEEP_BYTES {
         *buf = Vec::new();
+    }
+}
+
+/// Readies the message buffer for a new message: emptied (freed if large,
+/// see [`recycle`]) and given room for a message like the session's last
+/// one (`last_len` bytes, with an eighth more), so that a sender of similar
+/// large messages does not regrow it by doubling, a copy at each step,
+/// for every message. Bounded by [`MESSAGE_RESERVE_MAX_BYTES`].
+fn ready_for_message(buf: &mut Vec<u8>, last_len: usize) {
+    recycle(buf);
+    let want = last_len
+        .saturating_add(last_len / 8)
+        .min(MESSAGE_RESERVE_MAX_BYTES);
+    if want > buf.capacity() {
+        buf.reserve_exact(want);
     }
 }
 
@@ -113,6 +132,8 @@ pub async fn run_session(
     let mut tally = Tally::default();
     let mut inbuf: Vec<u8> = Vec::with_capacity(SESSION_READ_BUFFER_BYTES);
     let mut message: Vec<u8> = Vec::new();
+    // The size of the session's last message, for the next one's buffer.
+    let mut last_message_len = 0;
     let mut read_timeout = ReadTimeout::new();
     let mut out = session.take_output();
     ctx.stats.connections_in_open();
@@ -167,7 +188,7 @@ pub async fn run_session(
                         None => session.accept(),
                     };
                 }
-                ServerEvent::DataStart => recycle(&mut message),
+                ServerEvent::DataStart => ready_for_message(&mut message, last_message_len),
                 ServerEvent::Data(chunk) => message.extend_from_slice(chunk),
                 ServerEvent::MessageAborted(_) => {
                     recycle(&mut message);
@@ -177,6 +198,7 @@ pub async fn run_session(
                 ServerEvent::MessageComplete => {
                     // The session reads nothing more until this is answered,
                     // so flush earlier replies while the spool commits.
+                    last_message_len = message.len();
                     let reply =
                         finish_message(&ctx, &config, &session, &conn, peer, &mut message).await;
                     // Kept for the session's next message unless large.
@@ -494,5 +516,38 @@ fn spool_reply(code: u16, text: &str) -> Reply {
     match crate::smtp::reply::EnhancedStatus::parse(enhanced) {
         Some(e) => Reply::new(code, Some(e), rest),
         None => Reply::new(code, None, text),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_buffer_gets_room_for_a_message_like_the_last() {
+        let mut buf = Vec::new();
+        ready_for_message(&mut buf, 0);
+        assert_eq!(buf.capacity(), 0);
+        // A 100 KB message: room for it and an eighth more, no regrowth.
+        ready_for_message(&mut buf, 100 * 1024);
+        assert!(buf.capacity() >= 100 * 1024 + 100 * 1024 / 8);
+        let before = buf.as_ptr();
+        buf.extend(std::iter::repeat_n(b'x', 110 * 1024));
+        assert_eq!(buf.as_ptr(), before, "grew although the room was reserved");
+        // Large: freed, then reserved again for the next one.
+        let len = buf.len();
+        ready_for_message(&mut buf, len);
+        assert!(buf.is_empty());
+        assert!(buf.capacity() >= 110 * 1024);
+        // Bounded, whatever the last message was.
+        ready_for_message(&mut buf, 50 * 1024 * 1024);
+        assert!(buf.capacity() >= MESSAGE_RESERVE_MAX_BYTES);
+        assert!(buf.capacity() < 2 * MESSAGE_RESERVE_MAX_BYTES);
+        // A small buffer is kept as it is.
+        let mut small = Vec::with_capacity(4096);
+        small.extend_from_slice(b"hello");
+        ready_for_message(&mut small, 10);
+        assert!(small.is_empty());
+        assert_eq!(small.capacity(), 4096);
     }
 }
