@@ -15,6 +15,7 @@ fn small_load() -> Load {
         rate: None,
         tls: false,
         rcpts: 1,
+        domains: 1,
     }
 }
 
@@ -159,6 +160,32 @@ fn spate_leg_delivers_everything() {
     assert!(r.dns_queries.is_some_and(|q| q > 0), "{:?}", r.dns_queries);
 }
 
+/// `--domains 3`: each destination's mail reaches its own MX host (a sink
+/// address of its own, found through the test DNS), a third each.
+#[test]
+fn spate_leg_delivers_each_destination_to_its_own_mx_host() {
+    let load = Load {
+        domains: 3,
+        ..small_load()
+    };
+    let bin = spate_bin();
+    let r = run_spate(&load, &SpateLeg::new(&bin)).unwrap();
+    assert_eq!(r.error, None);
+    assert_eq!((r.injected_ok, r.delivered), (300, 300));
+    assert_eq!(r.per_sink_messages.len(), 3, "{:?}", r.per_sink_messages);
+    for (i, (addr, n)) in r.per_sink_messages.iter().enumerate() {
+        assert_eq!(*n, 100, "{addr}: {:?}", r.per_sink_messages);
+        assert!(addr.starts_with(&format!("127.0.0.{}:", 101 + i)), "{addr}");
+    }
+    // One lookup at least per destination's MX host.
+    assert!(r.dns_queries.is_some_and(|q| q >= 3), "{:?}", r.dns_queries);
+    // The raw leg sends all of it to the first address.
+    let raw = run_raw(&load).unwrap();
+    assert_eq!(raw.delivered, 300);
+    let firsts: Vec<u64> = raw.per_sink_messages.iter().map(|(_, n)| *n).collect();
+    assert_eq!(firsts, [300, 0, 0]);
+}
+
 /// `--tls`: the injector runs STARTTLS into spate (it fails a connection
 /// where none is offered) and spate into the sink; the raw leg into the sink.
 #[test]
@@ -221,7 +248,7 @@ fn a_template_reaching_beyond_loopback_is_refused() {
         "127.0.0.1:1".parse().unwrap(),
         "127.0.0.1:2".parse().unwrap(),
         "127.0.0.1:3".parse().unwrap(),
-        "127.0.0.1:4".parse().unwrap(),
+        &["127.0.0.1:4".parse().unwrap()],
     );
     // The generated configuration as a template, with placeholders.
     let template = generated
@@ -292,4 +319,14 @@ fn postfix_leg_delivers_everything() {
     assert!(r.cpu_s.is_some_and(|c| c > 0.0));
     // Memory is the process tree's anonymous peak, not the master's VmHWM.
     assert!(r.peak_rss_kib.is_none() && r.peak_anon_kib.is_some_and(|k| k > 0));
+    // Several destinations: Postfix's transport map sends each to its own
+    // sink address.
+    let load = Load {
+        domains: 3,
+        ..small_load()
+    };
+    let r = spate_bench::relay::run_postfix(&load).unwrap();
+    assert_eq!(r.error, None);
+    let counts: Vec<u64> = r.per_sink_messages.iter().map(|(_, n)| *n).collect();
+    assert_eq!(counts, [100, 100, 100], "{:?}", r.per_sink_messages);
 }

@@ -56,6 +56,27 @@ fn accept_counts_every_message_per_ip_and_ehlo() {
     );
 }
 
+/// A sink on several addresses counts what came in on each one apart.
+#[test]
+fn counts_per_listening_address() {
+    let mut config = SinkConfig::accept_all("127.0.0.1:0".parse().unwrap());
+    config.listen = vec![
+        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.2:0".parse().unwrap(),
+    ];
+    let s = spawn(config).unwrap();
+    let (a, b) = (s.addrs[0], s.addrs[1]);
+    assert_ne!(a.ip(), b.ip());
+    assert_eq!(inject(a, 7, 2, |_| {}).accepted, 7);
+    assert_eq!(inject(b, 3, 1, |_| {}).accepted, 3);
+    assert!(s.wait_for_messages(10, std::time::Duration::from_secs(5)));
+    let report = finish(s);
+    assert_eq!(report.per_listener.len(), 2, "{:?}", report.per_listener);
+    assert_eq!(report.per_listener[&a.to_string()].messages, 7);
+    assert_eq!(report.per_listener[&b.to_string()].messages, 3);
+    assert_eq!(report.per_listener[&b.to_string()].bytes, 3 * 1024);
+}
+
 #[test]
 fn delay_holds_every_reply() {
     let s = sink("delay_ms = 40\ndata_delay_ms = 30\n");

@@ -76,6 +76,10 @@ pub struct LegResult {
     /// With `--tls`: the sink's sessions that ran STARTTLS (the MTA's
     /// deliveries, or the injector's connections for raw).
     pub sink_tls_sessions: Option<u64>,
+    /// With several destinations (`--domains`): the messages each sink
+    /// address received (address, messages), in the destinations' order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub per_sink_messages: Vec<(String, u64)>,
     /// The whole machine while the leg ran (injection to the last delivery):
     /// the average number of busy CPUs, and the CPU time of every process
     /// and of the kernel per delivered message (see `cpu.rs`).
@@ -168,6 +172,48 @@ pub struct Load {
     pub tls: bool,
     /// Recipients per message (all in the sink's domain).
     pub rcpts: u32,
+    /// Destination domains, each with its own MX host (an address of the
+    /// sink's); recipients take turns over them. See [`destination_domains`].
+    pub domains: u32,
+}
+
+/// Most destination domains a load takes (each one a sink address).
+pub const DOMAINS_MAX: u32 = 100;
+
+/// The recipient domains of a load of `n` destinations: `example.test` for
+/// one (the published table's load), `d1.example.test` to `dN.example.test`
+/// for several.
+pub fn destination_domains(n: u32) -> Vec<String> {
+    if n <= 1 {
+        return vec!["example.test".into()];
+    }
+    (1..=n).map(|i| format!("d{i}.example.test")).collect()
+}
+
+/// The MX host name of destination `i` (0-based) of `n`; the test zone
+/// gives it the address of the sink's listener for that destination.
+pub fn sink_host_name(i: usize, n: usize) -> String {
+    if n <= 1 {
+        SINK_NAME.into()
+    } else {
+        format!("sink{}.example.test", i + 1)
+    }
+}
+
+/// The test zone for `sinks` (one per destination, in the order of
+/// [`destination_domains`]): each domain's MX and its host's address.
+pub fn destination_zone(sinks: &[SocketAddr]) -> String {
+    let domains = destination_domains(sinks.len() as u32);
+    let mut zone = String::new();
+    for (i, (domain, sink)) in domains.iter().zip(sinks).enumerate() {
+        let host = sink_host_name(i, sinks.len());
+        let address_type = if sink.is_ipv4() { "A" } else { "AAAA" };
+        zone.push_str(&format!(
+            "{domain} MX 10 {host}\n{host} {address_type} {}\n",
+            sink.ip()
+        ));
+    }
+    zone
 }
 
 /// A child process killed (SIGTERM, then SIGKILL) when dropped.
@@ -395,6 +441,7 @@ fn inject_config(to: SocketAddr, load: &Load) -> InjectConfig {
     cfg.threads = load.inject_threads;
     cfg.rate = load.rate;
     cfg.rcpts = load.rcpts;
+    cfg.domains = destination_domains(load.domains);
     if load.tls {
         // Encrypt-only, as an MTA's opportunistic TLS: the run's certificate
         // is self-signed.
@@ -421,6 +468,19 @@ fn inject_and_drain(
     let peak_anon_kib = anon.and_then(AnonPeak::finish);
     let sink_report = sink.report();
     let sink_tls_sessions = load.tls.then_some(sink_report.tls_sessions);
+    // With several destinations: what each sink address received, in the
+    // order of the destinations (absent ones received nothing).
+    let per_sink_messages = (sink.addrs.len() > 1)
+        .then(|| {
+            sink.addrs
+                .iter()
+                .map(|a| {
+                    let got = sink_report.per_listener.get(&a.to_string());
+                    (a.to_string(), got.map_or(0, |c| c.messages))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     let elapsed = match sink_report.last_message_unix_us {
         Some(last) if complete => last.saturating_sub(inject.first_send_unix_us) as f64 / 1e6,
         _ => started.elapsed().as_secs_f64(),
@@ -455,6 +515,7 @@ fn inject_and_drain(
         spool: None,
         dns_queries: None,
         sink_tls_sessions,
+        per_sink_messages,
         load: String::new(),
         ..LegResult::default()
     };
@@ -468,9 +529,16 @@ fn inject_and_drain(
     Ok(result)
 }
 
-/// A sink accepting everything, offering STARTTLS with `tls`.
-fn start_sink(tls: Option<&LegCertificate>) -> anyhow::Result<SinkHandle> {
+/// A sink accepting everything, offering STARTTLS with `tls`, with one
+/// address per destination of `load` (127.0.0.1 for one; 127.0.0.101 and
+/// on for several), each on a port of its own.
+pub fn start_sink(tls: Option<&LegCertificate>, load: &Load) -> anyhow::Result<SinkHandle> {
     let mut config = SinkConfig::accept_all("127.0.0.1:0".parse()?);
+    if load.domains > 1 {
+        config.listen = (1..=load.domains.min(DOMAINS_MAX))
+            .map(|i| SocketAddr::from(([127, 0, 0, 100 + i as u8], 0)))
+            .collect();
+    }
     if let Some(t) = tls {
         config.tls = Some(crate::sink::tls_config(&t.cert, &t.key)?);
     }
@@ -514,7 +582,7 @@ pub fn leg_certificate(load: &Load) -> anyhow::Result<Option<LegCertificate>> {
 /// The raw pipeline: injector straight into the sink.
 pub fn run_raw(load: &Load) -> anyhow::Result<LegResult> {
     let tls = leg_certificate(load)?;
-    let sink = start_sink(tls.as_ref())?;
+    let sink = start_sink(tls.as_ref(), load)?;
     let to = *sink.addrs.first().context("sink has no address")?;
     inject_and_drain("raw (inject -> sink)", to, &sink, load, None)
 }
@@ -525,7 +593,7 @@ pub fn run_raw(load: &Load) -> anyhow::Result<LegResult> {
 /// [`crate::forward`]).
 pub fn run_forward(load: &Load, bench: &Path) -> anyhow::Result<LegResult> {
     let tls = leg_certificate(load)?;
-    let sink = start_sink(tls.as_ref())?;
+    let sink = start_sink(tls.as_ref(), load)?;
     let to = *sink.addrs.first().context("sink has no address")?;
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let args = ["--listen", &listen.to_string(), "--to", &to.to_string()];
@@ -554,9 +622,9 @@ pub fn spate_config(
     listen: SocketAddr,
     admin: SocketAddr,
     dns: SocketAddr,
-    sink: SocketAddr,
+    sinks: &[SocketAddr],
 ) -> String {
-    format!(
+    let mut text = format!(
         r#"# generated by spate-bench relay
 hostname = "spate.bench.test"
 
@@ -591,14 +659,20 @@ max_smtp_out = 20
 starttls = "off"
 
 # By name: spate resolves it with the test DNS server above (whose zone holds
-# {SINK_NAME} with the sink's address), as it would resolve a real MX host.
-[domain."example.test"]
-smtp_hosts = ["{SINK_NAME}:{sink_port}"]
+# the name with the sink's address), as it would resolve a real MX host.
 "#,
         spool = dir.join("spool").display(),
         token = dir.join("admin.token").display(),
-        sink_port = sink.port(),
-    )
+    );
+    let domains = destination_domains(sinks.len() as u32);
+    for (i, (domain, sink)) in domains.iter().zip(sinks).enumerate() {
+        text.push_str(&format!(
+            "[domain.\"{domain}\"]\nsmtp_hosts = [\"{}:{}\"]\n",
+            sink_host_name(i, sinks.len()),
+            sink.port()
+        ));
+    }
+    text
 }
 
 /// The generated configuration with TLS on both hops: the listener offers
@@ -736,28 +810,26 @@ pub fn run_spate(load: &Load, leg: &SpateLeg<'_>) -> anyhow::Result<LegResult> {
         .tempdir_in(&parent)
         .with_context(|| format!("making a run directory in {}", parent.display()))?;
     let tls = leg_certificate(load)?;
-    let sink = start_sink(tls.as_ref())?;
+    let sink = start_sink(tls.as_ref(), load)?;
     let sink_addr = *sink.addrs.first().context("sink has no address")?;
-    let address_type = if sink_addr.is_ipv4() { "A" } else { "AAAA" };
-    let zone = crate::dns::Zone::parse(&format!(
-        "example.test MX 10 {SINK_NAME}\n{SINK_NAME} {address_type} {}\n",
-        sink_addr.ip()
-    ))?;
+    let zone = crate::dns::Zone::parse(&destination_zone(&sink.addrs))?;
     let dns = crate::dns::spawn("127.0.0.1:0".parse()?, zone)?;
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     std::fs::write(dir.path().join("admin.token"), "spate-bench-token\n")?;
     let text = match config {
         // A template: placeholders are filled with this run's addresses.
-        Some(p) => std::fs::read_to_string(p)
-            .with_context(|| format!("reading {}", p.display()))?
-            .replace("{listen}", &listen.to_string())
-            .replace("{admin}", &admin.to_string())
-            .replace("{dns}", &dns.addr.to_string())
-            .replace("{sink}", &sink_addr.to_string())
-            .replace("{dir}", &dir.path().display().to_string()),
+        Some(p) => fill_sinks(
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+            &sink.addrs,
+        )
+        .replace("{listen}", &listen.to_string())
+        .replace("{admin}", &admin.to_string())
+        .replace("{dns}", &dns.addr.to_string())
+        .replace("{sink}", &sink_addr.to_string())
+        .replace("{dir}", &dir.path().display().to_string()),
         None => {
-            let text = spate_config(dir.path(), listen, admin, dns.addr, sink_addr);
+            let text = spate_config(dir.path(), listen, admin, dns.addr, &sink.addrs);
             match &tls {
                 Some(t) => with_tls(&text, &t.cert, &t.key)?,
                 None => text,
@@ -802,6 +874,15 @@ pub fn run_spate(load: &Load, leg: &SpateLeg<'_>) -> anyhow::Result<LegResult> {
     });
     guard.terminate(Duration::from_secs(30));
     result
+}
+
+/// Fills a template's `{sinkN}` placeholders (1-based: the sink address of
+/// destination N, see [`destination_domains`]); `{sink}` is the first.
+fn fill_sinks(mut template: String, sinks: &[SocketAddr]) -> String {
+    for (i, s) in sinks.iter().enumerate().rev() {
+        template = template.replace(&format!("{{sink{}}}", i + 1), &s.to_string());
+    }
+    template
 }
 
 /// Injects without waiting for delivery: the injection-only legs (spate with
@@ -920,6 +1001,14 @@ pub struct RelayArgs {
     /// them in one transaction where it can).
     #[arg(long, default_value_t = 1)]
     pub rcpts: u32,
+    /// Destination domains (d1.example.test ... dN.example.test), each with
+    /// its own MX host: an address of the sink's of its own (127.0.0.101 and
+    /// on). Recipients take turns over them; spate and Postfix keep a queue
+    /// and connections per destination. The raw and forward legs send
+    /// everything to the first address. 1: example.test only, as in the
+    /// published table.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=DOMAINS_MAX as i64))]
+    pub domains: u32,
 }
 
 /// Prints the result table.
@@ -991,6 +1080,9 @@ pub fn print_table(rows: &[LegResult]) {
         ) {
             println!("    {line}");
         }
+        if let Some(line) = destinations_line(&r.per_sink_messages) {
+            println!("    {line}");
+        }
     }
     for (label, ratio) in ratios(rows) {
         println!("{label} = {ratio:.2}x");
@@ -998,6 +1090,18 @@ pub fn print_table(rows: &[LegResult]) {
 }
 
 /// "machine: ..." of a row or of medians, when there are figures.
+/// With several destinations: how the delivered messages spread over the
+/// sink's addresses (one per destination's MX host).
+fn destinations_line(per_sink: &[(String, u64)]) -> Option<String> {
+    let counts = per_sink.iter().map(|(_, n)| *n);
+    let (fewest, most) = (counts.clone().min()?, counts.max()?);
+    let reached = per_sink.iter().filter(|(_, n)| *n > 0).count();
+    Some(format!(
+        "destinations: {reached} of {} sink addresses received messages, {fewest} to {most} each",
+        per_sink.len()
+    ))
+}
+
 fn machine_line(
     cores: Option<f64>,
     all_ms: Option<f64>,
@@ -1209,7 +1313,16 @@ pub fn run(args: RelayArgs) -> anyhow::Result<()> {
             !(args.tls && leg.starts_with("smtp-")),
             "--tls does not apply to the {leg} leg (Postfix's tools speak plaintext here)"
         );
+        anyhow::ensure!(
+            !(args.domains > 1 && leg.starts_with("smtp-")),
+            "--domains does not apply to the {leg} leg (Postfix's tools send to one domain here)"
+        );
     }
+    anyhow::ensure!(
+        args.domains == 1 || args.rcpts == 1,
+        "--domains above 1 takes --rcpts 1: a message's recipients would be split over \
+         destinations, and the legs count what the sink received in messages"
+    );
     let rows = if args.suite {
         run_suite(&args)
     } else {
@@ -1222,6 +1335,7 @@ pub fn run(args: RelayArgs) -> anyhow::Result<()> {
             rate: args.rate,
             tls: args.tls,
             rcpts: args.rcpts,
+            domains: args.domains,
         };
         run_rounds(&args, &load, &args.compare, "")
     };
@@ -1327,6 +1441,7 @@ fn run_suite(args: &RelayArgs) -> Vec<LegResult> {
             rate: args.rate,
             tls: args.tls,
             rcpts: args.rcpts,
+            domains: args.domains,
         };
         rows.extend(run_rounds(args, &load, &args.compare, label));
         if crate::stop_requested() {
@@ -1485,7 +1600,7 @@ mod tests {
             addr("127.0.0.1:2525"),
             addr("127.0.0.1:8025"),
             addr("127.0.0.1:5353"),
-            addr("127.0.0.1:2526"),
+            &[addr("127.0.0.1:2526")],
         );
         let load = |text: &str| spate::config::load_str("t.toml", text, None).unwrap();
         let dns = addr("127.0.0.1:5353");
@@ -1535,6 +1650,53 @@ mod tests {
                 .to_string();
             assert!(err.contains(named), "{named}: {err}");
         }
+    }
+
+    #[test]
+    fn several_destinations_each_get_an_mx_host_and_a_route() {
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert_eq!(destination_domains(1), ["example.test"]);
+        assert_eq!(
+            destination_domains(3),
+            ["d1.example.test", "d2.example.test", "d3.example.test"]
+        );
+        let sinks = [addr("127.0.0.101:4001"), addr("127.0.0.102:4002")];
+        let zone = destination_zone(&sinks);
+        assert_eq!(
+            zone,
+            "d1.example.test MX 10 sink1.example.test\nsink1.example.test A 127.0.0.101\n\
+             d2.example.test MX 10 sink2.example.test\nsink2.example.test A 127.0.0.102\n"
+        );
+        crate::dns::Zone::parse(&zone).unwrap();
+        assert_eq!(
+            destination_zone(&[addr("127.0.0.1:2526")]),
+            format!("example.test MX 10 {SINK_NAME}\n{SINK_NAME} A 127.0.0.1\n")
+        );
+        // spate routes each domain to its host, with its port.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("admin.token"), "t\n").unwrap();
+        let text = spate_config(
+            dir.path(),
+            addr("127.0.0.1:2525"),
+            addr("127.0.0.1:8025"),
+            addr("127.0.0.1:5353"),
+            &sinks,
+        );
+        let config = spate::config::load_str("t.toml", &text, None).unwrap();
+        for (domain, host) in [
+            ("d1.example.test", "sink1.example.test:4001"),
+            ("d2.example.test", "sink2.example.test:4002"),
+        ] {
+            let hosts = config.domains[domain].smtp_hosts.as_ref().unwrap();
+            assert_eq!(hosts.len(), 1);
+            assert_eq!(format!("{}:{}", hosts[0].host, hosts[0].port), host);
+        }
+        ensure_loopback_config(&config, addr("127.0.0.1:5353")).unwrap();
+        // Templates name each sink.
+        assert_eq!(
+            fill_sinks("{sink} {sink1} {sink2}".into(), &sinks),
+            "{sink} 127.0.0.101:4001 127.0.0.102:4002"
+        );
     }
 
     #[test]

@@ -108,10 +108,16 @@ scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
 ";
 
-/// Configures and starts a private Postfix relaying to `sink`; with `tls`
-/// (certificate and key files) its smtpd offers STARTTLS and its smtp client
-/// uses it when the sink offers it.
-pub fn start_postfix(sink: SocketAddr, tls: Option<&LegCertificate>) -> anyhow::Result<Postfix> {
+/// Configures and starts a private Postfix relaying to `sinks` (the first
+/// for every domain; with several, destination N of
+/// [`super::destination_domains`] to the Nth, through a transport map); with
+/// `tls` (certificate and key files) its smtpd offers STARTTLS and its smtp
+/// client uses it when the sink offers it.
+pub fn start_postfix(
+    sinks: &[SocketAddr],
+    tls: Option<&LegCertificate>,
+) -> anyhow::Result<Postfix> {
+    let sink = *sinks.first().context("no sink address")?;
     ensure_postfix_installed()?;
     let dir = tempfile::Builder::new()
         .prefix("spate-bench-postfix")
@@ -150,7 +156,7 @@ alias_database =
 local_recipient_maps =
 maillog_file = {dir}/maillog
 maillog_file_prefixes = {dir}
-{tls}default_destination_concurrency_limit = 20
+{transport}{tls}default_destination_concurrency_limit = 20
 default_process_limit = 250
 smtpd_client_connection_count_limit = 0
 smtpd_client_message_rate_limit = 0
@@ -163,6 +169,7 @@ smtp_dns_support_level = disabled
         sink_ip = sink.ip(),
         sink_port = sink.port(),
         dir = dir.path().display(),
+        transport = transport_map(sinks),
         tls = match tls {
             Some(LegCertificate { cert, key, .. }) => format!(
                 "smtp_tls_security_level = may\nsmtpd_tls_security_level = may\nsmtpd_tls_cert_file = {}\nsmtpd_tls_key_file = {}\n",
@@ -199,12 +206,26 @@ smtp_dns_support_level = disabled
     Ok(pf)
 }
 
+/// `transport_maps` sending each destination of several to its own sink
+/// address (an inline table: nothing to `postmap`); empty for one, which
+/// `relayhost` covers.
+fn transport_map(sinks: &[SocketAddr]) -> String {
+    if sinks.len() < 2 {
+        return String::new();
+    }
+    let entries: Vec<String> = super::destination_domains(sinks.len() as u32)
+        .iter()
+        .zip(sinks)
+        .map(|(domain, s)| format!("{domain}=smtp:[{}]:{}", s.ip(), s.port()))
+        .collect();
+    format!("transport_maps = inline:{{ {} }}\n", entries.join(", "))
+}
+
 /// The Postfix leg.
 pub fn run_postfix(load: &Load) -> anyhow::Result<LegResult> {
     let tls = leg_certificate(load)?;
-    let sink = start_sink(tls.as_ref())?;
-    let sink_addr = *sink.addrs.first().context("sink has no address")?;
-    let pf = start_postfix(sink_addr, tls.as_ref())?;
+    let sink = start_sink(tls.as_ref(), load)?;
+    let pf = start_postfix(&sink.addrs, tls.as_ref())?;
     let pid = pf.master_pid();
     let result = inject_and_drain("postfix", pf.listen, &sink, load, pid).map(|mut r| {
         // The master's VmHWM alone says nothing of Postfix's memory (one
@@ -283,4 +304,21 @@ pub fn run_smtp_source(load: &Load) -> anyhow::Result<LegResult> {
         injection_msgs_per_s: rate,
         ..LegResult::default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_destination_of_several_gets_a_transport_to_its_sink() {
+        let a: SocketAddr = "127.0.0.101:4001".parse().unwrap();
+        let b: SocketAddr = "127.0.0.102:4002".parse().unwrap();
+        assert_eq!(transport_map(&[a]), "");
+        assert_eq!(
+            transport_map(&[a, b]),
+            "transport_maps = inline:{ d1.example.test=smtp:[127.0.0.101]:4001, \
+             d2.example.test=smtp:[127.0.0.102]:4002 }\n"
+        );
+    }
 }

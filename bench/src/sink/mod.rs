@@ -110,6 +110,9 @@ pub struct SinkReport {
     pub total: Counts,
     pub per_client_ip: BTreeMap<String, Counts>,
     pub per_ehlo: BTreeMap<String, Counts>,
+    /// By the sink's own address the message came in on (one per
+    /// destination MX host when the sink stands in for several).
+    pub per_listener: BTreeMap<String, Counts>,
     pub connections: u64,
     /// Sessions refused with a 4xx/5xx greeting.
     pub refused_greetings: u64,
@@ -140,6 +143,7 @@ struct Shared {
     report: SinkReport,
     per_ip: HashMap<IpAddr, Counts>,
     per_ehlo: HashMap<String, Counts>,
+    per_listener: HashMap<SocketAddr, Counts>,
     e2e: Histogram<u64>,
     policy: Policy,
 }
@@ -153,6 +157,11 @@ impl Shared {
             .map(|(k, v)| (k.to_string(), *v))
             .collect();
         r.per_ehlo = self.per_ehlo.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        r.per_listener = self
+            .per_listener
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect();
         r.e2e_latency = report::percentiles(&self.e2e);
         r.elapsed_s = self.started.elapsed().as_secs_f64();
         r
@@ -249,6 +258,7 @@ pub fn spawn(config: SinkConfig) -> anyhow::Result<SinkHandle> {
         report: SinkReport::default(),
         per_ip: HashMap::new(),
         per_ehlo: HashMap::new(),
+        per_listener: HashMap::new(),
         e2e: report::new_histogram(),
         policy: Policy::default(),
     }));
@@ -309,6 +319,7 @@ fn run_runtime(
     let deadline = config.duration.map(|d| Instant::now() + d);
     runtime.block_on(async move {
         for listener in listeners {
+            let local = listener.local_addr()?;
             let listener = compio::net::TcpListener::from_std(listener)?;
             let ctx = ctx.clone();
             compio::runtime::spawn(async move {
@@ -319,9 +330,9 @@ fn run_runtime(
                     };
                     let _ = stream.set_nodelay(true);
                     let ctx = ctx.clone();
-                    compio::runtime::spawn(
-                        async move { serve_connection(stream, peer, &ctx).await },
-                    )
+                    compio::runtime::spawn(async move {
+                        serve_connection(stream, peer, local, &ctx).await
+                    })
                     .detach();
                 }
             })

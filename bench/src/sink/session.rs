@@ -41,10 +41,11 @@ enum Ending {
 pub(super) async fn serve_connection(
     stream: compio::net::TcpStream,
     peer: SocketAddr,
+    local: SocketAddr,
     ctx: &SinkContext,
 ) {
     lock(&ctx.shared).report.connections += 1;
-    let mut session = Session::new(peer.ip(), ctx);
+    let mut session = Session::new(peer.ip(), local, ctx);
     let mut plain = stream;
     match session.run(&mut plain, true).await {
         Ok(Ending::StartTls) => {}
@@ -94,6 +95,8 @@ const LOGIN_PASSWORD_CHALLENGE: &str = "334 UGFzc3dvcmQ6";
 struct Session<'c> {
     ctx: &'c SinkContext,
     ip: IpAddr,
+    /// The sink's address the client connected to.
+    local: SocketAddr,
     tls: bool,
     ehlo: Option<String>,
     /// The greeting was EHLO (AUTH needs it), not HELO.
@@ -107,10 +110,11 @@ struct Session<'c> {
 }
 
 impl<'c> Session<'c> {
-    fn new(ip: IpAddr, ctx: &'c SinkContext) -> Self {
+    fn new(ip: IpAddr, local: SocketAddr, ctx: &'c SinkContext) -> Self {
         Session {
             ctx,
             ip,
+            local,
             tls: false,
             ehlo: None,
             esmtp: false,
@@ -569,6 +573,10 @@ impl<'c> Session<'c> {
             let s = &mut *shared;
             s.report.total.add(recipients, bytes);
             s.per_ip.entry(self.ip).or_default().add(recipients, bytes);
+            s.per_listener
+                .entry(self.local)
+                .or_default()
+                .add(recipients, bytes);
             let ehlo = self.ehlo.as_deref().unwrap_or("(none)");
             match s.per_ehlo.get_mut(ehlo) {
                 Some(c) => c.add(recipients, bytes),
