@@ -470,17 +470,17 @@ fn inject_and_drain(
     let sink_tls_sessions = load.tls.then_some(sink_report.tls_sessions);
     // With several destinations: what each sink address received, in the
     // order of the destinations (absent ones received nothing).
-    let per_sink_messages = (sink.addrs.len() > 1)
-        .then(|| {
-            sink.addrs
-                .iter()
-                .map(|a| {
-                    let got = sink_report.per_listener.get(&a.to_string());
-                    (a.to_string(), got.map_or(0, |c| c.messages))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let per_sink_messages = if sink.addrs.len() > 1 {
+        sink.addrs
+            .iter()
+            .map(|a| {
+                let got = sink_report.per_listener.get(&a.to_string());
+                (a.to_string(), got.map_or(0, |c| c.messages))
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let elapsed = match sink_report.last_message_unix_us {
         Some(last) if complete => last.saturating_sub(inject.first_send_unix_us) as f64 / 1e6,
         _ => started.elapsed().as_secs_f64(),
