@@ -80,6 +80,9 @@ pub struct LegResult {
     /// address received (address, messages), in the destinations' order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub per_sink_messages: Vec<(String, u64)>,
+    /// Connections the sink accepted during the leg: the MTA's delivery
+    /// connections (the injector's, for raw).
+    pub sink_connections: u64,
     /// The whole machine while the leg ran (injection to the last delivery):
     /// the average number of busy CPUs, and the CPU time of every process
     /// and of the kernel per delivered message (see `cpu.rs`).
@@ -516,6 +519,7 @@ fn inject_and_drain(
         dns_queries: None,
         sink_tls_sessions,
         per_sink_messages,
+        sink_connections: sink_report.connections,
         load: String::new(),
         ..LegResult::default()
     };
@@ -1079,6 +1083,13 @@ pub fn print_table(rows: &[LegResult]) {
             r.harness_cpu_ms_per_msg,
         ) {
             println!("    {line}");
+        }
+        if r.sink_connections > 0 {
+            println!(
+                "    sink: {} connections in, {:.1} messages per connection",
+                r.sink_connections,
+                r.delivered as f64 / r.sink_connections as f64
+            );
         }
         if let Some(line) = destinations_line(&r.per_sink_messages) {
             println!("    {line}");
