@@ -964,8 +964,10 @@ pub struct RelayArgs {
     pub rate: Option<f64>,
     /// A spate configuration template instead of the generated one; the
     /// placeholders {listen}, {admin}, {dns}, {sink} and {dir} (temp dir for
-    /// the spool and admin.token) are filled in. It must route example.test
-    /// to {sink}; `spate_bench::relay::spate_config` shows how.
+    /// the spool and admin.token) are filled in, and with --domains {sink1}
+    /// to {sinkN}, each destination's sink address. It must route
+    /// example.test to {sink} (with --domains, dN.example.test to {sinkN});
+    /// `spate_bench::relay::spate_config` shows how.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// The spate binary. The default path is built (cargo build --release
