@@ -437,7 +437,10 @@ pub fn peak_rss_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-fn inject_config(to: SocketAddr, load: &Load) -> InjectConfig {
+/// The injector's configuration for `load` into `to`; with `load.tls`, its
+/// STARTTLS checks the server's certificate against `ca` (the leg's
+/// certificate, for `localhost`) when given.
+fn inject_config(to: SocketAddr, load: &Load, ca: Option<&Path>) -> anyhow::Result<InjectConfig> {
     let mut cfg = InjectConfig::new(to, load.messages, load.connections);
     cfg.per_connection = load.per_connection;
     cfg.sizes = vec![load.size];
@@ -446,11 +449,11 @@ fn inject_config(to: SocketAddr, load: &Load) -> InjectConfig {
     cfg.rcpts = load.rcpts;
     cfg.domains = destination_domains(load.domains);
     if load.tls {
-        // Encrypt-only, as an MTA's opportunistic TLS: the run's certificate
-        // is self-signed.
-        cfg.starttls = crate::inject::StartTls::new(None, "localhost").ok();
+        // Every leg's server presents the leg's certificate (spate, Postfix,
+        // the sink, through the forwarder too): a wrong one fails the leg.
+        cfg.starttls = Some(crate::inject::StartTls::new(ca, "localhost")?);
     }
-    cfg
+    Ok(cfg)
 }
 
 /// Injects, then waits for the sink to hold every accepted message.
@@ -458,13 +461,14 @@ fn inject_and_drain(
     name: &str,
     to: SocketAddr,
     sink: &SinkHandle,
-    load: &Load,
+    (load, tls): (&Load, Option<&LegCertificate>),
     mta_pid: Option<u32>,
 ) -> anyhow::Result<LegResult> {
     let started = Instant::now();
     let cpu = CpuReading::now();
     let anon = mta_pid.map(AnonPeak::start);
-    let inject: InjectReport = run_inject(inject_config(to, load))?;
+    let ca = tls.map(|t| t.cert.as_path());
+    let inject: InjectReport = run_inject(inject_config(to, load, ca)?)?;
     let drain = Duration::from_millis(DRAIN_TIMEOUT_MS_BASE + load.messages);
     let complete = sink.wait_for_messages(inject.accepted, drain);
     let spent = cpu.spent();
@@ -588,7 +592,13 @@ pub fn run_raw(load: &Load) -> anyhow::Result<LegResult> {
     let tls = leg_certificate(load)?;
     let sink = start_sink(tls.as_ref(), load)?;
     let to = *sink.addrs.first().context("sink has no address")?;
-    inject_and_drain("raw (inject -> sink)", to, &sink, load, None)
+    inject_and_drain(
+        "raw (inject -> sink)",
+        to,
+        &sink,
+        (load, tls.as_ref()),
+        None,
+    )
 }
 
 /// The forwarder leg: injector into `bench forward` (its own process, two
@@ -612,7 +622,7 @@ pub fn run_forward(load: &Load, bench: &Path) -> anyhow::Result<LegResult> {
     )?;
     wait_listening(listen, &mut guard, &log)?;
     let pid = guard.child.id();
-    let result = inject_and_drain(FORWARD_LEG, listen, &sink, load, Some(pid));
+    let result = inject_and_drain(FORWARD_LEG, listen, &sink, (load, tls.as_ref()), Some(pid));
     guard.terminate(Duration::from_secs(2));
     result
 }
@@ -863,13 +873,13 @@ pub fn run_spate(load: &Load, leg: &SpateLeg<'_>) -> anyhow::Result<LegResult> {
         wait_listening(admin, &mut guard, &log).context("spate leg: admin API did not start")?;
         admin_post(admin, "spate-bench-token", "/api/v1/queues/*%2F*/pause")
             .context("spate leg: pausing delivery")?;
-        let mut r = inject_only("spate (delivery paused)", listen, load, pid)?;
+        let mut r = inject_only("spate (delivery paused)", listen, (load, tls.as_ref()), pid)?;
         // What reached the sink anyway (0 unless the pause failed).
         std::thread::sleep(Duration::from_millis(500));
         r.delivered = sink.report().total.messages;
         Ok(r)
     } else {
-        inject_and_drain("spate", listen, &sink, load, pid)
+        inject_and_drain("spate", listen, &sink, (load, tls.as_ref()), pid)
     };
     let result = result.map(|mut r| {
         r.spool = spool_figures(admin, "spate-bench-token");
@@ -894,12 +904,13 @@ fn fill_sinks(mut template: String, sinks: &[SocketAddr]) -> String {
 fn inject_only(
     name: &str,
     to: SocketAddr,
-    load: &Load,
+    (load, tls): (&Load, Option<&LegCertificate>),
     mta_pid: Option<u32>,
 ) -> anyhow::Result<LegResult> {
     let cpu = CpuReading::now();
     let anon = mta_pid.map(AnonPeak::start);
-    let inject: InjectReport = run_inject(inject_config(to, load))?;
+    let ca = tls.map(|t| t.cert.as_path());
+    let inject: InjectReport = run_inject(inject_config(to, load, ca)?)?;
     let spent = cpu.spent();
     let peak_anon_kib = anon.and_then(AnonPeak::finish);
     let cpu_s = mta_pid.and_then(tree_cpu_s);
@@ -999,8 +1010,9 @@ pub struct RelayArgs {
     pub suite: bool,
     /// TLS on every hop: STARTTLS from the injector into spate, Postfix or
     /// (raw) the sink, and from spate and Postfix into the sink, with a
-    /// certificate made for the run (not checked by the clients, as for
-    /// opportunistic TLS). Not with the smtp-source and smtp-sink legs.
+    /// certificate made for the run, which the injector checks (spate and
+    /// Postfix do not check the sink's, as for opportunistic TLS). Not with
+    /// the smtp-source and smtp-sink legs.
     #[arg(long)]
     pub tls: bool,
     /// Recipients per message, all in the sink's domain (each MTA delivers

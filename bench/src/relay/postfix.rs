@@ -227,7 +227,8 @@ pub fn run_postfix(load: &Load) -> anyhow::Result<LegResult> {
     let sink = start_sink(tls.as_ref(), load)?;
     let pf = start_postfix(&sink.addrs, tls.as_ref())?;
     let pid = pf.master_pid();
-    let result = inject_and_drain("postfix", pf.listen, &sink, load, pid).map(|mut r| {
+    let result = inject_and_drain("postfix", pf.listen, &sink, (load, tls.as_ref()), pid);
+    let result = result.map(|mut r| {
         // The master's VmHWM alone says nothing of Postfix's memory (one
         // process per connection); `peak_anon_kib` sums the tree.
         r.peak_rss_kib = None;
@@ -255,7 +256,12 @@ fn start_smtp_sink() -> anyhow::Result<(SocketAddr, ChildGuard)> {
 /// acknowledges every message and stores nothing.
 pub fn run_smtp_sink(load: &Load) -> anyhow::Result<LegResult> {
     let (addr, mut guard) = start_smtp_sink()?;
-    let result = inject_only("inject -> smtp-sink", addr, load, Some(guard.child.id()));
+    let result = inject_only(
+        "inject -> smtp-sink",
+        addr,
+        (load, None),
+        Some(guard.child.id()),
+    );
     guard.terminate(Duration::from_secs(2));
     result
 }
