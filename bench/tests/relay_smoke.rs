@@ -186,6 +186,24 @@ fn spate_leg_delivers_each_destination_to_its_own_mx_host() {
     assert_eq!(firsts, [300, 0, 0]);
 }
 
+/// A load the legs cannot count is refused before anything starts.
+#[test]
+fn several_destinations_with_several_recipients_are_refused() {
+    let load = Load {
+        domains: 2,
+        rcpts: 2,
+        ..small_load()
+    };
+    let err = run_raw(&load).unwrap_err().to_string();
+    assert!(err.contains("one recipient per message"), "{err}");
+    let too_many = Load {
+        domains: 101,
+        ..small_load()
+    };
+    let err = run_raw(&too_many).unwrap_err().to_string();
+    assert!(err.contains("1 to 100"), "{err}");
+}
+
 /// `--tls`: the injector runs STARTTLS into spate (it fails a connection
 /// where none is offered) and spate into the sink; the raw leg into the sink.
 #[test]

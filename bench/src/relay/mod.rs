@@ -541,9 +541,19 @@ fn inject_and_drain(
 /// address per destination of `load` (127.0.0.1 for one; 127.0.0.101 and
 /// on for several), each on a port of its own.
 pub fn start_sink(tls: Option<&LegCertificate>, load: &Load) -> anyhow::Result<SinkHandle> {
+    anyhow::ensure!(
+        (1..=DOMAINS_MAX).contains(&load.domains),
+        "destination domains must be 1 to {DOMAINS_MAX}, not {}",
+        load.domains
+    );
+    anyhow::ensure!(
+        load.domains == 1 || load.rcpts == 1,
+        "several destination domains take one recipient per message: a message's recipients \
+         would be split over destinations, and the legs count what the sink received in messages"
+    );
     let mut config = SinkConfig::accept_all("127.0.0.1:0".parse()?);
     if load.domains > 1 {
-        config.listen = (1..=load.domains.min(DOMAINS_MAX))
+        config.listen = (1..=load.domains)
             .map(|i| SocketAddr::from(([127, 0, 0, 100 + i as u8], 0)))
             .collect();
     }
@@ -1348,6 +1358,7 @@ pub fn run(args: RelayArgs) -> anyhow::Result<()> {
         "--domains above 1 takes --rcpts 1: a message's recipients would be split over \
          destinations, and the legs count what the sink received in messages"
     );
+    // (start_sink refuses such a load too, for callers of the legs.)
     let rows = if args.suite {
         run_suite(&args)
     } else {
