@@ -177,6 +177,19 @@ fn spate_leg_delivers_each_destination_to_its_own_mx_host() {
         assert_eq!(*n, 100, "{addr}: {:?}", r.per_sink_messages);
         assert!(addr.starts_with(&format!("127.0.0.{}:", 101 + i)), "{addr}");
     }
+    // Each destination's mail, and only it, at its own host.
+    let routes: Vec<(String, Vec<String>)> = r
+        .per_sink_domains
+        .iter()
+        .map(|(a, d)| (a.clone(), d.clone()))
+        .collect();
+    let want: Vec<(String, Vec<String>)> = r
+        .per_sink_messages
+        .iter()
+        .enumerate()
+        .map(|(i, (a, _))| (a.clone(), vec![format!("d{}.example.test", i + 1)]))
+        .collect();
+    assert_eq!(routes, want);
     // One lookup at least per destination's MX host.
     assert!(r.dns_queries.is_some_and(|q| q >= 3), "{:?}", r.dns_queries);
     // The raw leg sends all of it to the first address.
@@ -239,6 +252,75 @@ fn tls_legs_run_starttls_on_every_hop() {
         r.sink_tls_sessions
     );
     assert_eq!(run_raw(&small_load()).unwrap().sink_tls_sessions, None);
+}
+
+/// A `--tls` template naming the run's certificate (`{tls_cert}`,
+/// `{tls_key}`) and each destination's sink (`{sink1}`, `{sink2}`): spate
+/// presents that certificate, which the injector checks, and routes each
+/// destination to its sink.
+#[test]
+fn a_template_takes_the_run_certificate_and_each_destination_sink() {
+    let generated = spate_bench::relay::spate_config(
+        std::path::Path::new("{dir}"),
+        "127.0.0.1:1".parse().unwrap(),
+        "127.0.0.1:2".parse().unwrap(),
+        "127.0.0.1:3".parse().unwrap(),
+        &[
+            "127.0.0.1:4".parse().unwrap(),
+            "127.0.0.1:5".parse().unwrap(),
+        ],
+    );
+    let template = generated
+        .replace("127.0.0.1:1", "{listen}")
+        .replace("127.0.0.1:2", "{admin}")
+        .replace("127.0.0.1:3", "{dns}")
+        .replace("sink1.example.test:4", "{sink1}")
+        .replace("sink2.example.test:5", "{sink2}")
+        .replace(
+            "max_connections_per_ip = 2000\n",
+            "max_connections_per_ip = 2000\ntls_cert = \"{tls_cert}\"\ntls_key = \"{tls_key}\"\n",
+        );
+    assert!(template.contains("{sink2}") && template.contains("{tls_key}"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tls.toml");
+    std::fs::write(&path, &template).unwrap();
+    let bin = spate_bin();
+    let leg = SpateLeg {
+        config: Some(&path),
+        ..SpateLeg::new(&bin)
+    };
+    let load = Load {
+        tls: true,
+        domains: 2,
+        ..small_load()
+    };
+    let r = run_spate(&load, &leg).unwrap();
+    assert_eq!(r.error, None, "{:?}", r.injector_failures);
+    assert_eq!((r.injected_ok, r.delivered), (300, 300));
+    let counts: Vec<u64> = r.per_sink_messages.iter().map(|(_, n)| *n).collect();
+    assert_eq!(counts, [150, 150]);
+    // spate presenting another certificate while the template names the
+    // run's (here in a comment): the injector refuses it, the leg fails.
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (cert, key) = (dir.path().join("other.pem"), dir.path().join("other.key"));
+    std::fs::write(&cert, other.cert.pem()).unwrap();
+    std::fs::write(&key, other.signing_key.serialize_pem()).unwrap();
+    let wrong = template
+        .replace(
+            "\"{tls_cert}\"",
+            &format!("{:?} # not {{tls_cert}}", cert.display().to_string()),
+        )
+        .replace("\"{tls_key}\"", &format!("{:?}", key.display().to_string()));
+    std::fs::write(&path, &wrong).unwrap();
+    let r = run_spate(&load, &leg).unwrap();
+    assert_eq!(r.injected_ok, 0, "{:?}", r.injector_failures);
+    assert!(
+        r.error
+            .as_deref()
+            .is_some_and(|e| e.contains("300 of 300 messages were not accepted")),
+        "{:?}",
+        r.error
+    );
 }
 
 /// Several recipients per message reach the sink, each once.
@@ -347,4 +429,8 @@ fn postfix_leg_delivers_everything() {
     assert_eq!(r.error, None);
     let counts: Vec<u64> = r.per_sink_messages.iter().map(|(_, n)| *n).collect();
     assert_eq!(counts, [100, 100, 100], "{:?}", r.per_sink_messages);
+    for (i, (_, domains)) in r.per_sink_domains.iter().enumerate() {
+        assert_eq!(domains, &[format!("d{}.example.test", i + 1)]);
+    }
+    assert_eq!(r.per_sink_domains.len(), 3);
 }

@@ -67,14 +67,27 @@ fn counts_per_listening_address() {
     let s = spawn(config).unwrap();
     let (a, b) = (s.addrs[0], s.addrs[1]);
     assert_ne!(a.ip(), b.ip());
-    assert_eq!(inject(a, 7, 2, |_| {}).accepted, 7);
-    assert_eq!(inject(b, 3, 1, |_| {}).accepted, 3);
+    let to = |domain: &str| {
+        let domain = domain.to_string();
+        move |c: &mut InjectConfig| c.domains = vec![domain]
+    };
+    assert_eq!(inject(a, 7, 2, to("one.test")).accepted, 7);
+    assert_eq!(inject(b, 3, 1, to("Two.Test")).accepted, 3);
     assert!(s.wait_for_messages(10, std::time::Duration::from_secs(5)));
     let report = finish(s);
     assert_eq!(report.per_listener.len(), 2, "{:?}", report.per_listener);
     assert_eq!(report.per_listener[&a.to_string()].messages, 7);
     assert_eq!(report.per_listener[&b.to_string()].messages, 3);
-    assert_eq!(report.per_listener[&b.to_string()].bytes, 3 * 1024);
+    assert_eq!(report.per_listener[&b.to_string()].recipients, 3);
+    // The recipient domains that arrived at each address.
+    let domains = |addr: SocketAddr| -> Vec<String> {
+        report.per_listener_domains[&addr.to_string()]
+            .iter()
+            .cloned()
+            .collect()
+    };
+    assert_eq!(domains(a), ["one.test"]);
+    assert_eq!(domains(b), ["two.test"]);
 }
 
 #[test]

@@ -39,7 +39,8 @@ const MESSAGE_BUFFER_KEEP_BYTES: usize = 64 * 1024;
 
 /// The most a session reserves for a message before it arrives, from the
 /// size of its previous one (a larger message grows the buffer as it comes).
-const MESSAGE_RESERVE_MAX_BYTES: usize = 1024 * 1024;
+const MESSAGE_RESERVE_BYTES_MAX: usize = 1024 * 1024;
+const _: () = assert!(MESSAGE_RESERVE_BYTES_MAX >= MESSAGE_BUFFER_KEEP_BYTES);
 
 /// Empties a session's message buffer, freeing it when it grew large.
 fn recycle(buf: &mut Vec<u8>) {
@@ -53,14 +54,19 @@ fn recycle(buf: &mut Vec<u8>) {
 /// see [`recycle`]) and given room for a message like the session's last
 /// one (`last_len` bytes, with an eighth more), so that a sender of similar
 /// large messages does not regrow it by doubling, a copy at each step,
-/// for every message. Bounded by [`MESSAGE_RESERVE_MAX_BYTES`].
+/// for every message. Bounded by [`MESSAGE_RESERVE_BYTES_MAX`]; after a
+/// message that fit the kept buffer, no more than it (which stays kept).
 fn ready_for_message(buf: &mut Vec<u8>, last_len: usize) {
     recycle(buf);
-    let want = last_len
-        .saturating_add(last_len / 8)
-        .min(MESSAGE_RESERVE_MAX_BYTES);
+    let cap = if last_len <= MESSAGE_BUFFER_KEEP_BYTES {
+        MESSAGE_BUFFER_KEEP_BYTES
+    } else {
+        MESSAGE_RESERVE_BYTES_MAX
+    };
+    let want = last_len.saturating_add(last_len / 8).min(cap);
     if want > buf.capacity() {
-        buf.reserve_exact(want);
+        // Empty: a new allocation, not a reallocation copying the old bytes.
+        *buf = Vec::with_capacity(want);
     }
 }
 
@@ -534,15 +540,23 @@ mod tests {
         let before = buf.as_ptr();
         buf.extend(std::iter::repeat_n(b'x', 110 * 1024));
         assert_eq!(buf.as_ptr(), before, "grew although the room was reserved");
-        // Large: freed, then reserved again for the next one.
+        // Large: freed after its message, then reserved for the next one.
         let len = buf.len();
+        let mut freed = buf.clone();
+        recycle(&mut freed);
+        assert_eq!(freed.capacity(), 0);
         ready_for_message(&mut buf, len);
         assert!(buf.is_empty());
         assert!(buf.capacity() >= 110 * 1024);
         // Bounded, whatever the last message was.
         ready_for_message(&mut buf, 50 * 1024 * 1024);
-        assert!(buf.capacity() >= MESSAGE_RESERVE_MAX_BYTES);
-        assert!(buf.capacity() < 2 * MESSAGE_RESERVE_MAX_BYTES);
+        assert!(buf.capacity() >= MESSAGE_RESERVE_BYTES_MAX);
+        assert!(buf.capacity() < 2 * MESSAGE_RESERVE_BYTES_MAX);
+        // After a message that fit the kept buffer: no more than it, so that
+        // the buffer stays kept (60 KB and an eighth would be over it).
+        let mut kept = Vec::with_capacity(MESSAGE_BUFFER_KEEP_BYTES);
+        ready_for_message(&mut kept, 60 * 1024);
+        assert_eq!(kept.capacity(), MESSAGE_BUFFER_KEEP_BYTES);
         // A small buffer is kept as it is.
         let mut small = Vec::with_capacity(4096);
         small.extend_from_slice(b"hello");

@@ -84,7 +84,7 @@ impl StartTls {
     pub fn new(ca_file: Option<&std::path::Path>, server_name: &str) -> anyhow::Result<StartTls> {
         let connector = match ca_file {
             Some(ca) => spate::delivery::tls::verifying_connector(Some(ca))
-                .map_err(|e| anyhow::anyhow!("--tls-ca: {e}"))?,
+                .map_err(|e| anyhow::anyhow!("TLS CA file {}: {e}", ca.display()))?,
             None => spate::delivery::tls::connector()
                 .map_err(|e| anyhow::anyhow!("TLS client configuration: {e}"))?,
         };

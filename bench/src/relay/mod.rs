@@ -23,9 +23,14 @@ use crate::report::Percentiles;
 use crate::sink::{SinkConfig, SinkHandle};
 
 mod cpu;
+mod destinations;
 mod postfix;
 
 pub use cpu::{CpuReading, CpuSpent, clock_ticks_per_s, cpu_seconds};
+pub use destinations::{
+    DOMAINS_MAX, destination_domains, destination_zone, ensure_destinations, sink_host_name,
+};
+use destinations::{destinations_line, fill_sinks, sink_listen_addresses};
 
 pub use postfix::{
     Postfix, ensure_postfix_installed, run_postfix, run_smtp_sink, run_smtp_source, start_postfix,
@@ -80,9 +85,17 @@ pub struct LegResult {
     /// address received (address, messages), in the destinations' order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub per_sink_messages: Vec<(String, u64)>,
+    /// With several destinations: the recipient domains each sink address
+    /// received, in the same order (each should see its own only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub per_sink_domains: Vec<(String, Vec<String>)>,
     /// Connections the sink accepted during the leg: the MTA's delivery
-    /// connections (the injector's, for raw).
-    pub sink_connections: u64,
+    /// connections (the injector's, for raw); None for the legs that
+    /// deliver to no sink of ours.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sink_connections: Option<u64>,
+    /// The load's destination domains (`--domains`).
+    pub domains: u32,
     /// The whole machine while the leg ran (injection to the last delivery):
     /// the average number of busy CPUs, and the CPU time of every process
     /// and of the kernel per delivered message (see `cpu.rs`).
@@ -178,45 +191,6 @@ pub struct Load {
     /// Destination domains, each with its own MX host (an address of the
     /// sink's); recipients take turns over them. See [`destination_domains`].
     pub domains: u32,
-}
-
-/// Most destination domains a load takes (each one a sink address).
-pub const DOMAINS_MAX: u32 = 100;
-
-/// The recipient domains of a load of `n` destinations: `example.test` for
-/// one (the published table's load), `d1.example.test` to `dN.example.test`
-/// for several.
-pub fn destination_domains(n: u32) -> Vec<String> {
-    if n <= 1 {
-        return vec!["example.test".into()];
-    }
-    (1..=n).map(|i| format!("d{i}.example.test")).collect()
-}
-
-/// The MX host name of destination `i` (0-based) of `n`; the test zone
-/// gives it the address of the sink's listener for that destination.
-pub fn sink_host_name(i: usize, n: usize) -> String {
-    if n <= 1 {
-        SINK_NAME.into()
-    } else {
-        format!("sink{}.example.test", i + 1)
-    }
-}
-
-/// The test zone for `sinks` (one per destination, in the order of
-/// [`destination_domains`]): each domain's MX and its host's address.
-pub fn destination_zone(sinks: &[SocketAddr]) -> String {
-    let domains = destination_domains(sinks.len() as u32);
-    let mut zone = String::new();
-    for (i, (domain, sink)) in domains.iter().zip(sinks).enumerate() {
-        let host = sink_host_name(i, sinks.len());
-        let address_type = if sink.is_ipv4() { "A" } else { "AAAA" };
-        zone.push_str(&format!(
-            "{domain} MX 10 {host}\n{host} {address_type} {}\n",
-            sink.ip()
-        ));
-    }
-    zone
 }
 
 /// A child process killed (SIGTERM, then SIGKILL) when dropped.
@@ -461,7 +435,8 @@ fn inject_and_drain(
     name: &str,
     to: SocketAddr,
     sink: &SinkHandle,
-    (load, tls): (&Load, Option<&LegCertificate>),
+    load: &Load,
+    tls: Option<&LegCertificate>,
     mta_pid: Option<u32>,
 ) -> anyhow::Result<LegResult> {
     let started = Instant::now();
@@ -473,20 +448,31 @@ fn inject_and_drain(
     let complete = sink.wait_for_messages(inject.accepted, drain);
     let spent = cpu.spent();
     let peak_anon_kib = anon.and_then(AnonPeak::finish);
+    let refused = refused_error(&inject, load);
     let sink_report = sink.report();
     let sink_tls_sessions = load.tls.then_some(sink_report.tls_sessions);
     // With several destinations: what each sink address received, in the
     // order of the destinations (absent ones received nothing).
-    let per_sink_messages = if sink.addrs.len() > 1 {
-        sink.addrs
+    let (per_sink_messages, per_sink_domains) = if sink.addrs.len() > 1 {
+        let messages = sink
+            .addrs
             .iter()
             .map(|a| {
                 let got = sink_report.per_listener.get(&a.to_string());
                 (a.to_string(), got.map_or(0, |c| c.messages))
             })
-            .collect()
+            .collect();
+        let domains = sink
+            .addrs
+            .iter()
+            .map(|a| {
+                let got = sink_report.per_listener_domains.get(&a.to_string());
+                (a.to_string(), got.into_iter().flatten().cloned().collect())
+            })
+            .collect();
+        (messages, domains)
     } else {
-        Vec::new()
+        (Vec::new(), Vec::new())
     };
     let elapsed = match sink_report.last_message_unix_us {
         Some(last) if complete => last.saturating_sub(inject.first_send_unix_us) as f64 / 1e6,
@@ -523,7 +509,9 @@ fn inject_and_drain(
         dns_queries: None,
         sink_tls_sessions,
         per_sink_messages,
-        sink_connections: sink_report.connections,
+        per_sink_domains,
+        sink_connections: Some(sink_report.connections),
+        domains: load.domains,
         load: String::new(),
         ..LegResult::default()
     };
@@ -534,29 +522,30 @@ fn inject_and_drain(
             inject.accepted
         ));
     }
+    result.error = refused.or(result.error);
     Ok(result)
+}
+
+/// A leg's error when messages of the load were not accepted: every MTA and
+/// sink here accepts all, so a refusal or a failed connection (a
+/// certificate the injector refused, say) makes the row no measurement.
+fn refused_error(inject: &InjectReport, load: &Load) -> Option<String> {
+    (inject.accepted < load.messages).then(|| {
+        format!(
+            "{} of {} messages were not accepted (the failures are listed under the row)",
+            load.messages - inject.accepted,
+            load.messages
+        )
+    })
 }
 
 /// A sink accepting everything, offering STARTTLS with `tls`, with one
 /// address per destination of `load` (127.0.0.1 for one; 127.0.0.101 and
 /// on for several), each on a port of its own.
 pub fn start_sink(tls: Option<&LegCertificate>, load: &Load) -> anyhow::Result<SinkHandle> {
-    anyhow::ensure!(
-        (1..=DOMAINS_MAX).contains(&load.domains),
-        "destination domains must be 1 to {DOMAINS_MAX}, not {}",
-        load.domains
-    );
-    anyhow::ensure!(
-        load.domains == 1 || load.rcpts == 1,
-        "several destination domains take one recipient per message: a message's recipients \
-         would be split over destinations, and the legs count what the sink received in messages"
-    );
+    ensure_destinations(load.domains, load.rcpts)?;
     let mut config = SinkConfig::accept_all("127.0.0.1:0".parse()?);
-    if load.domains > 1 {
-        config.listen = (1..=load.domains)
-            .map(|i| SocketAddr::from(([127, 0, 0, 100 + i as u8], 0)))
-            .collect();
-    }
+    config.listen = sink_listen_addresses(load.domains);
     if let Some(t) = tls {
         config.tls = Some(crate::sink::tls_config(&t.cert, &t.key)?);
     }
@@ -602,13 +591,7 @@ pub fn run_raw(load: &Load) -> anyhow::Result<LegResult> {
     let tls = leg_certificate(load)?;
     let sink = start_sink(tls.as_ref(), load)?;
     let to = *sink.addrs.first().context("sink has no address")?;
-    inject_and_drain(
-        "raw (inject -> sink)",
-        to,
-        &sink,
-        (load, tls.as_ref()),
-        None,
-    )
+    inject_and_drain("raw (inject -> sink)", to, &sink, load, tls.as_ref(), None)
 }
 
 /// The forwarder leg: injector into `bench forward` (its own process, two
@@ -632,7 +615,7 @@ pub fn run_forward(load: &Load, bench: &Path) -> anyhow::Result<LegResult> {
     )?;
     wait_listening(listen, &mut guard, &log)?;
     let pid = guard.child.id();
-    let result = inject_and_drain(FORWARD_LEG, listen, &sink, (load, tls.as_ref()), Some(pid));
+    let result = inject_and_drain(FORWARD_LEG, listen, &sink, load, tls.as_ref(), Some(pid));
     guard.terminate(Duration::from_secs(2));
     result
 }
@@ -841,17 +824,31 @@ pub fn run_spate(load: &Load, leg: &SpateLeg<'_>) -> anyhow::Result<LegResult> {
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     std::fs::write(dir.path().join("admin.token"), "spate-bench-token\n")?;
+    // The injector checks spate's certificate when spate is known to
+    // present the leg's: always with the generated configuration, and with
+    // a template that names it ({tls_cert}); otherwise it only encrypts.
+    let mut checked = tls.as_ref();
     let text = match config {
         // A template: placeholders are filled with this run's addresses.
-        Some(p) => fill_sinks(
-            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
-            &sink.addrs,
-        )
-        .replace("{listen}", &listen.to_string())
-        .replace("{admin}", &admin.to_string())
-        .replace("{dns}", &dns.addr.to_string())
-        .replace("{sink}", &sink_addr.to_string())
-        .replace("{dir}", &dir.path().display().to_string()),
+        Some(p) => {
+            let template =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            if !template.contains("{tls_cert}") {
+                checked = None;
+            }
+            let (cert, key) = match &tls {
+                Some(t) => (t.cert.display().to_string(), t.key.display().to_string()),
+                None => Default::default(),
+            };
+            fill_sinks(template, &sink.addrs)
+                .replace("{tls_cert}", &cert)
+                .replace("{tls_key}", &key)
+                .replace("{listen}", &listen.to_string())
+                .replace("{admin}", &admin.to_string())
+                .replace("{dns}", &dns.addr.to_string())
+                .replace("{sink}", &sink_addr.to_string())
+                .replace("{dir}", &dir.path().display().to_string())
+        }
         None => {
             let text = spate_config(dir.path(), listen, admin, dns.addr, &sink.addrs);
             match &tls {
@@ -883,13 +880,13 @@ pub fn run_spate(load: &Load, leg: &SpateLeg<'_>) -> anyhow::Result<LegResult> {
         wait_listening(admin, &mut guard, &log).context("spate leg: admin API did not start")?;
         admin_post(admin, "spate-bench-token", "/api/v1/queues/*%2F*/pause")
             .context("spate leg: pausing delivery")?;
-        let mut r = inject_only("spate (delivery paused)", listen, (load, tls.as_ref()), pid)?;
+        let mut r = inject_only("spate (delivery paused)", listen, load, checked, pid)?;
         // What reached the sink anyway (0 unless the pause failed).
         std::thread::sleep(Duration::from_millis(500));
         r.delivered = sink.report().total.messages;
         Ok(r)
     } else {
-        inject_and_drain("spate", listen, &sink, (load, tls.as_ref()), pid)
+        inject_and_drain("spate", listen, &sink, load, checked, pid)
     };
     let result = result.map(|mut r| {
         r.spool = spool_figures(admin, "spate-bench-token");
@@ -900,21 +897,13 @@ pub fn run_spate(load: &Load, leg: &SpateLeg<'_>) -> anyhow::Result<LegResult> {
     result
 }
 
-/// Fills a template's `{sinkN}` placeholders (1-based: the sink address of
-/// destination N, see [`destination_domains`]); `{sink}` is the first.
-fn fill_sinks(mut template: String, sinks: &[SocketAddr]) -> String {
-    for (i, s) in sinks.iter().enumerate().rev() {
-        template = template.replace(&format!("{{sink{}}}", i + 1), &s.to_string());
-    }
-    template
-}
-
 /// Injects without waiting for delivery: the injection-only legs (spate with
 /// its queues paused, Postfix's smtp-sink which stores nothing).
 fn inject_only(
     name: &str,
     to: SocketAddr,
-    (load, tls): (&Load, Option<&LegCertificate>),
+    load: &Load,
+    tls: Option<&LegCertificate>,
     mta_pid: Option<u32>,
 ) -> anyhow::Result<LegResult> {
     let cpu = CpuReading::now();
@@ -937,10 +926,12 @@ fn inject_only(
             .map(|c| c * 1000.0 / inject.accepted as f64),
         peak_rss_kib: mta_pid.and_then(peak_rss_kib),
         peak_anon_kib,
+        error: refused_error(&inject, load),
+        domains: load.domains,
         injector_failures: inject.failures,
         ..LegResult::default()
     };
-    result.set_machine_cpu(spent, inject.accepted);
+    result.set_machine_cpu(spent, result.injected_ok);
     Ok(result)
 }
 
@@ -986,9 +977,11 @@ pub struct RelayArgs {
     /// A spate configuration template instead of the generated one; the
     /// placeholders {listen}, {admin}, {dns}, {sink} and {dir} (temp dir for
     /// the spool and admin.token) are filled in, and with --domains {sink1}
-    /// to {sinkN}, each destination's sink address. It must route
-    /// example.test to {sink} (with --domains, dN.example.test to {sinkN});
-    /// `spate_bench::relay::spate_config` shows how.
+    /// to {sinkN}, each destination's sink address; with --tls, {tls_cert}
+    /// and {tls_key} are the run's certificate and key (the injector checks
+    /// spate's certificate only when the template uses {tls_cert}). It must
+    /// route example.test to {sink} (with --domains, dN.example.test to
+    /// {sinkN}); `spate_bench::relay::spate_config` shows how.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// The spate binary. The default path is built (cargo build --release
@@ -1108,11 +1101,10 @@ pub fn print_table(rows: &[LegResult]) {
         ) {
             println!("    {line}");
         }
-        if r.sink_connections > 0 {
+        if let Some(conns) = r.sink_connections.filter(|c| *c > 0) {
             println!(
-                "    sink: {} connections in, {:.1} messages per connection",
-                r.sink_connections,
-                r.delivered as f64 / r.sink_connections as f64
+                "    sink: {conns} connections in, {:.1} messages per connection",
+                r.delivered as f64 / conns as f64
             );
         }
         if let Some(line) = destinations_line(&r.per_sink_messages) {
@@ -1125,18 +1117,6 @@ pub fn print_table(rows: &[LegResult]) {
 }
 
 /// "machine: ..." of a row or of medians, when there are figures.
-/// With several destinations: how the delivered messages spread over the
-/// sink's addresses (one per destination's MX host).
-fn destinations_line(per_sink: &[(String, u64)]) -> Option<String> {
-    let counts = per_sink.iter().map(|(_, n)| *n);
-    let (fewest, most) = (counts.clone().min()?, counts.max()?);
-    let reached = per_sink.iter().filter(|(_, n)| *n > 0).count();
-    Some(format!(
-        "destinations: {reached} of {} sink addresses received messages, {fewest} to {most} each",
-        per_sink.len()
-    ))
-}
-
 fn machine_line(
     cores: Option<f64>,
     all_ms: Option<f64>,
@@ -1353,12 +1333,7 @@ pub fn run(args: RelayArgs) -> anyhow::Result<()> {
             "--domains does not apply to the {leg} leg (Postfix's tools send to one domain here)"
         );
     }
-    anyhow::ensure!(
-        args.domains == 1 || args.rcpts == 1,
-        "--domains above 1 takes --rcpts 1: a message's recipients would be split over \
-         destinations, and the legs count what the sink received in messages"
-    );
-    // (start_sink refuses such a load too, for callers of the legs.)
+    ensure_destinations(args.domains, args.rcpts)?;
     let rows = if args.suite {
         run_suite(&args)
     } else {
@@ -1392,6 +1367,7 @@ fn run_rounds(args: &RelayArgs, load: &Load, compare: &[String], label: &str) ->
         name: name.into(),
         messages: load.messages,
         error: Some(format!("{e:#}")),
+        domains: load.domains,
         ..LegResult::default()
     };
     let wants = |leg: &str| compare.iter().any(|l| l == leg);
@@ -1467,6 +1443,12 @@ pub const SUITE: [(&str, usize, u64, u64, u64); 4] = [
 fn run_suite(args: &RelayArgs) -> Vec<LegResult> {
     let mut rows = Vec::new();
     for (label, size, connections, per_connection, messages) in SUITE {
+        // Labelled apart from the published loads when they differ.
+        let label = match args.domains {
+            1 => label.to_string(),
+            n => format!("{label}, {n} destinations"),
+        };
+        let label = label.as_str();
         println!("\n== {label} ==");
         let load = Load {
             messages,

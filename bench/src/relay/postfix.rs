@@ -227,7 +227,7 @@ pub fn run_postfix(load: &Load) -> anyhow::Result<LegResult> {
     let sink = start_sink(tls.as_ref(), load)?;
     let pf = start_postfix(&sink.addrs, tls.as_ref())?;
     let pid = pf.master_pid();
-    let result = inject_and_drain("postfix", pf.listen, &sink, (load, tls.as_ref()), pid);
+    let result = inject_and_drain("postfix", pf.listen, &sink, load, tls.as_ref(), pid);
     let result = result.map(|mut r| {
         // The master's VmHWM alone says nothing of Postfix's memory (one
         // process per connection); `peak_anon_kib` sums the tree.
@@ -255,11 +255,13 @@ fn start_smtp_sink() -> anyhow::Result<(SocketAddr, ChildGuard)> {
 /// Injection-only reference: this injector into Postfix's `smtp-sink`, which
 /// acknowledges every message and stores nothing.
 pub fn run_smtp_sink(load: &Load) -> anyhow::Result<LegResult> {
+    anyhow::ensure!(load.domains == 1, "the smtp-sink leg sends to one domain");
     let (addr, mut guard) = start_smtp_sink()?;
     let result = inject_only(
         "inject -> smtp-sink",
         addr,
-        (load, None),
+        load,
+        None,
         Some(guard.child.id()),
     );
     guard.terminate(Duration::from_secs(2));
@@ -270,6 +272,7 @@ pub fn run_smtp_sink(load: &Load) -> anyhow::Result<LegResult> {
 /// from the postfix package). Only wall-clock throughput: the tools report no
 /// latencies. `smtp-source` does not pipeline, so this is round-trip bound.
 pub fn run_smtp_source(load: &Load) -> anyhow::Result<LegResult> {
+    anyhow::ensure!(load.domains == 1, "the smtp-source leg sends to one domain");
     let (sock, mut guard) = start_smtp_sink()?;
     let addr = sock.to_string();
     let started = Instant::now();
@@ -308,6 +311,7 @@ pub fn run_smtp_source(load: &Load) -> anyhow::Result<LegResult> {
         elapsed_s: elapsed,
         end_to_end_msgs_per_s: rate,
         injection_msgs_per_s: rate,
+        domains: load.domains,
         ..LegResult::default()
     })
 }

@@ -113,6 +113,10 @@ pub struct SinkReport {
     /// By the sink's own address the message came in on (one per
     /// destination MX host when the sink stands in for several).
     pub per_listener: BTreeMap<String, Counts>,
+    /// With several listen addresses: the recipient domains of the messages
+    /// accepted on each (which destinations reached which MX host).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub per_listener_domains: BTreeMap<String, std::collections::BTreeSet<String>>,
     pub connections: u64,
     /// Sessions refused with a 4xx/5xx greeting.
     pub refused_greetings: u64,
@@ -144,6 +148,7 @@ struct Shared {
     per_ip: HashMap<IpAddr, Counts>,
     per_ehlo: HashMap<String, Counts>,
     per_listener: HashMap<SocketAddr, Counts>,
+    per_listener_domains: HashMap<SocketAddr, std::collections::BTreeSet<String>>,
     e2e: Histogram<u64>,
     policy: Policy,
 }
@@ -161,6 +166,11 @@ impl Shared {
             .per_listener
             .iter()
             .map(|(k, v)| (k.to_string(), *v))
+            .collect();
+        r.per_listener_domains = self
+            .per_listener_domains
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
             .collect();
         r.e2e_latency = report::percentiles(&self.e2e);
         r.elapsed_s = self.started.elapsed().as_secs_f64();
@@ -259,6 +269,7 @@ pub fn spawn(config: SinkConfig) -> anyhow::Result<SinkHandle> {
         per_ip: HashMap::new(),
         per_ehlo: HashMap::new(),
         per_listener: HashMap::new(),
+        per_listener_domains: HashMap::new(),
         e2e: report::new_histogram(),
         policy: Policy::default(),
     }));
@@ -301,6 +312,7 @@ fn run_runtime(
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
     let runtime = compio::runtime::Runtime::new().context("sink: starting compio runtime")?;
+    let listeners_count = listeners.len();
     let ctx = Arc::new(SinkContext {
         script: config.script,
         maildir: config.maildir,
@@ -309,6 +321,7 @@ fn run_runtime(
         shared,
         accepted,
         maildir_seq: AtomicU64::new(0),
+        track_domains: listeners_count > 1,
     });
     if let Some(dir) = &ctx.maildir {
         for sub in ["new", "tmp", "cur"] {

@@ -30,6 +30,9 @@ pub(super) struct SinkContext {
     pub(super) shared: SharedRef,
     pub(super) accepted: Arc<AtomicU64>,
     pub(super) maildir_seq: AtomicU64,
+    /// Several listen addresses: record which recipient domains arrive at
+    /// each (see `SinkReport::per_listener_domains`).
+    pub(super) track_domains: bool,
 }
 
 /// How a session over one stream ended.
@@ -104,6 +107,8 @@ struct Session<'c> {
     authenticated: bool,
     in_transaction: bool,
     rcpts: usize,
+    /// The accepted recipients' domains, when the sink tracks them.
+    rcpt_domains: Vec<String>,
     messages_on_connection: u64,
     mode: Mode,
     message: Vec<u8>,
@@ -121,6 +126,7 @@ impl<'c> Session<'c> {
             authenticated: false,
             in_transaction: false,
             rcpts: 0,
+            rcpt_domains: Vec::new(),
             messages_on_connection: 0,
             mode: Mode::Command,
             message: Vec::new(),
@@ -138,6 +144,7 @@ impl<'c> Session<'c> {
     fn reset_transaction(&mut self) {
         self.in_transaction = false;
         self.rcpts = 0;
+        self.rcpt_domains.clear();
         self.mode = Mode::Command;
         self.message.clear();
     }
@@ -393,6 +400,10 @@ impl<'c> Session<'c> {
                         }
                         None => {
                             self.rcpts += 1;
+                            if self.ctx.track_domains {
+                                let path = text.get(8..).unwrap_or_default();
+                                self.rcpt_domains.push(domain_of(path).to_ascii_lowercase());
+                            }
                             push_reply(out, "250 2.1.5 Recipient ok");
                         }
                     }
@@ -577,6 +588,10 @@ impl<'c> Session<'c> {
                 .entry(self.local)
                 .or_default()
                 .add(recipients, bytes);
+            if !self.rcpt_domains.is_empty() {
+                let seen = s.per_listener_domains.entry(self.local).or_default();
+                seen.extend(self.rcpt_domains.iter().cloned());
+            }
             let ehlo = self.ehlo.as_deref().unwrap_or("(none)");
             match s.per_ehlo.get_mut(ehlo) {
                 Some(c) => c.add(recipients, bytes),
@@ -631,6 +646,16 @@ async fn flush<S: AsyncWrite>(io: &mut S, out: &mut Vec<u8>, delay_ms: u64) -> s
 }
 
 /// The local part of `<local@domain>` (or of a bare address).
+/// The domain of `RCPT TO:<local@domain> ...` (empty without one).
+fn domain_of(arg: &str) -> &str {
+    let arg = arg.trim();
+    let inner = arg
+        .strip_prefix('<')
+        .and_then(|a| a.split('>').next())
+        .unwrap_or(arg);
+    inner.rsplit_once('@').map_or("", |(_, d)| d)
+}
+
 fn local_part(arg: &str) -> &str {
     let arg = arg.trim();
     let inner = arg

@@ -1,0 +1,101 @@
+//! Several destinations for a load (`relay --domains`): their domain names,
+//! the MX host each gets in the test zone (an address of the sink's of its
+//! own), the template placeholders for those addresses, and the row's line
+//! on how the delivered messages spread over them.
+
+use std::net::SocketAddr;
+
+use super::SINK_NAME;
+
+/// Most destination domains a load takes (each one a sink address).
+pub const DOMAINS_MAX: u32 = 100;
+/// Destination N's sink address is 127.0.0.(SINK_ADDRESS_BASE + N).
+const SINK_ADDRESS_BASE: u32 = 100;
+const _: () = assert!(SINK_ADDRESS_BASE + DOMAINS_MAX <= 254);
+
+/// Refuses a number of destinations the legs cannot run: outside 1 to
+/// [`DOMAINS_MAX`], or several with more than one recipient per message (a
+/// message's recipients would be split over destinations, and the legs
+/// count what the sink received in messages).
+pub fn ensure_destinations(domains: u32, rcpts: u32) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (1..=DOMAINS_MAX).contains(&domains),
+        "destination domains (--domains) must be 1 to {DOMAINS_MAX}, not {domains}"
+    );
+    anyhow::ensure!(
+        domains == 1 || rcpts == 1,
+        "several destination domains (--domains) take one recipient per message (--rcpts 1): \
+         a message's recipients would be split over destinations, and the legs count what \
+         the sink received in messages"
+    );
+    Ok(())
+}
+
+/// The sink's listen addresses for `domains` destinations: 127.0.0.1 for
+/// one (the published table's), 127.0.0.101 and on for several; each gets
+/// a port of its own.
+pub(super) fn sink_listen_addresses(domains: u32) -> Vec<SocketAddr> {
+    if domains <= 1 {
+        return vec![SocketAddr::from(([127, 0, 0, 1], 0))];
+    }
+    (1..=domains.min(DOMAINS_MAX))
+        .map(|i| SocketAddr::from(([127, 0, 0, (SINK_ADDRESS_BASE + i) as u8], 0)))
+        .collect()
+}
+
+/// The recipient domains of a load of `n` destinations: `example.test` for
+/// one (the published table's load), `d1.example.test` to `dN.example.test`
+/// for several.
+pub fn destination_domains(n: u32) -> Vec<String> {
+    if n <= 1 {
+        return vec!["example.test".into()];
+    }
+    (1..=n).map(|i| format!("d{i}.example.test")).collect()
+}
+
+/// The MX host name of destination `i` (0-based) of `n`; the test zone
+/// gives it the address of the sink's listener for that destination.
+pub fn sink_host_name(i: usize, n: usize) -> String {
+    if n <= 1 {
+        SINK_NAME.into()
+    } else {
+        format!("sink{}.example.test", i + 1)
+    }
+}
+
+/// The test zone for `sinks` (one per destination, in the order of
+/// [`destination_domains`]): each domain's MX and its host's address.
+pub fn destination_zone(sinks: &[SocketAddr]) -> String {
+    let domains = destination_domains(sinks.len() as u32);
+    let mut zone = String::new();
+    for (i, (domain, sink)) in domains.iter().zip(sinks).enumerate() {
+        let host = sink_host_name(i, sinks.len());
+        let address_type = if sink.is_ipv4() { "A" } else { "AAAA" };
+        zone.push_str(&format!(
+            "{domain} MX 10 {host}\n{host} {address_type} {}\n",
+            sink.ip()
+        ));
+    }
+    zone
+}
+
+/// Fills a template's `{sinkN}` placeholders (1-based: the sink address of
+/// destination N, see [`destination_domains`]); `{sink}` is the first.
+pub(super) fn fill_sinks(mut template: String, sinks: &[SocketAddr]) -> String {
+    for (i, s) in sinks.iter().enumerate().rev() {
+        template = template.replace(&format!("{{sink{}}}", i + 1), &s.to_string());
+    }
+    template
+}
+
+/// With several destinations: how the delivered messages spread over the
+/// sink's addresses (one per destination's MX host).
+pub(super) fn destinations_line(per_sink: &[(String, u64)]) -> Option<String> {
+    let counts = per_sink.iter().map(|(_, n)| *n);
+    let (fewest, most) = (counts.clone().min()?, counts.max()?);
+    let reached = per_sink.iter().filter(|(_, n)| *n > 0).count();
+    Some(format!(
+        "destinations: {reached} of {} sink addresses received messages, {fewest} to {most} each",
+        per_sink.len()
+    ))
+}
