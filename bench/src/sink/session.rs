@@ -645,23 +645,22 @@ async fn flush<S: AsyncWrite>(io: &mut S, out: &mut Vec<u8>, delay_ms: u64) -> s
     io.flush().await
 }
 
-/// The local part of `<local@domain>` (or of a bare address).
-/// The domain of `RCPT TO:<local@domain> ...` (empty without one).
-fn domain_of(arg: &str) -> &str {
+/// The address of `<local@domain> ...` (or a bare address).
+fn mailbox(arg: &str) -> &str {
     let arg = arg.trim();
-    let inner = arg
-        .strip_prefix('<')
+    arg.strip_prefix('<')
         .and_then(|a| a.split('>').next())
-        .unwrap_or(arg);
-    inner.rsplit_once('@').map_or("", |(_, d)| d)
+        .unwrap_or(arg)
 }
 
+/// The domain of `<local@domain>` (empty without one).
+fn domain_of(arg: &str) -> &str {
+    mailbox(arg).rsplit_once('@').map_or("", |(_, d)| d)
+}
+
+/// The local part of `<local@domain>` (or of a bare address).
 fn local_part(arg: &str) -> &str {
-    let arg = arg.trim();
-    let inner = arg
-        .strip_prefix('<')
-        .and_then(|a| a.split('>').next())
-        .unwrap_or(arg);
+    let inner = mailbox(arg);
     inner.rsplit_once('@').map_or(inner, |(l, _)| l)
 }
 
