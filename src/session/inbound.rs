@@ -70,6 +70,14 @@ fn ready_for_message(buf: &mut Vec<u8>, last_len: usize) {
     }
 }
 
+/// Empties the message buffer (see [`recycle`]) when no transaction is
+/// open but it holds data or more than the kept room.
+fn release_if_no_transaction(buf: &mut Vec<u8>, in_transaction: bool) {
+    if !in_transaction && (!buf.is_empty() || buf.capacity() > MESSAGE_BUFFER_KEEP_BYTES) {
+        recycle(buf);
+    }
+}
+
 /// What a shard gives every inbound session.
 pub struct InboundContext {
     pub config: Rc<RefCell<Arc<Config>>>,
@@ -266,6 +274,9 @@ pub async fn run_session(
         if offset > 0 {
             inbuf.drain(..offset.min(inbuf.len()));
         }
+        // A transaction reset between BDAT chunks (RSET) leaves no event:
+        // its data and room go here rather than at the next message.
+        release_if_no_transaction(&mut message, session.mail_from().is_some());
         session.write_output_to(&mut out);
         if !out.is_empty() {
             continue;
@@ -557,6 +568,21 @@ mod tests {
         let mut kept = Vec::with_capacity(MESSAGE_BUFFER_KEEP_BYTES);
         ready_for_message(&mut kept, 60 * 1024);
         assert_eq!(kept.capacity(), MESSAGE_BUFFER_KEEP_BYTES);
+    }
+
+    #[test]
+    fn a_reset_transaction_releases_the_buffer_and_an_open_one_keeps_it() {
+        let mut partial = Vec::with_capacity(1024 * 1024);
+        partial.extend_from_slice(b"first BDAT chunk");
+        release_if_no_transaction(&mut partial, true);
+        assert_eq!(partial, b"first BDAT chunk");
+        release_if_no_transaction(&mut partial, false);
+        assert!(partial.is_empty());
+        assert_eq!(partial.capacity(), 0);
+        // A small empty buffer stays as it is.
+        let mut small = Vec::with_capacity(4096);
+        release_if_no_transaction(&mut small, false);
+        assert_eq!(small.capacity(), 4096);
         // A small buffer is kept as it is.
         let mut small = Vec::with_capacity(4096);
         small.extend_from_slice(b"hello");
