@@ -70,10 +70,9 @@ fn ready_for_message(buf: &mut Vec<u8>, last_len: usize) {
     }
 }
 
-/// Empties the message buffer (see [`recycle`]) when no transaction is
-/// open but it holds data or more than the kept room.
+/// Empties the message buffer (see [`recycle`]) when no transaction is open.
 fn release_if_no_transaction(buf: &mut Vec<u8>, in_transaction: bool) {
-    if !in_transaction && (!buf.is_empty() || buf.capacity() > MESSAGE_BUFFER_KEEP_BYTES) {
+    if !in_transaction {
         recycle(buf);
     }
 }
@@ -568,6 +567,12 @@ mod tests {
         let mut kept = Vec::with_capacity(MESSAGE_BUFFER_KEEP_BYTES);
         ready_for_message(&mut kept, 60 * 1024);
         assert_eq!(kept.capacity(), MESSAGE_BUFFER_KEEP_BYTES);
+        // A small buffer is kept as it is.
+        let mut small = Vec::with_capacity(4096);
+        small.extend_from_slice(b"hello");
+        ready_for_message(&mut small, 10);
+        assert!(small.is_empty());
+        assert_eq!(small.capacity(), 4096);
     }
 
     #[test]
@@ -582,12 +587,6 @@ mod tests {
         // A small empty buffer stays as it is.
         let mut small = Vec::with_capacity(4096);
         release_if_no_transaction(&mut small, false);
-        assert_eq!(small.capacity(), 4096);
-        // A small buffer is kept as it is.
-        let mut small = Vec::with_capacity(4096);
-        small.extend_from_slice(b"hello");
-        ready_for_message(&mut small, 10);
-        assert!(small.is_empty());
         assert_eq!(small.capacity(), 4096);
     }
 }

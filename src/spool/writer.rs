@@ -966,7 +966,6 @@ impl Inner {
         bytes.resize(len + (padded - end) as usize, 0);
         let res = pwrite_all(&file, &bytes, pos);
         bytes.truncate(len);
-        let buf = bytes;
         if res.is_err() {
             // Before the next batch can be written after this bad region.
             let mut st = self.st.borrow_mut();
@@ -978,11 +977,11 @@ impl Inner {
                 self.seal_current(&mut st);
             }
         }
-        let written = buf.len() as u64;
+        let written = bytes.len() as u64;
         // Written: the buffer can take the next batch's records (with two
         // flushes in flight, one held until its sync ended would leave the
         // next pending buffer to grow from nothing, copying at each step).
-        self.recycle_buffer(buf);
+        self.recycle_buffer(bytes);
         self.writing.set(false);
         self.wake_flusher();
         let res = match res {

@@ -412,9 +412,13 @@ pub fn peak_rss_kib(pid: u32) -> Option<u64> {
 }
 
 /// The injector's configuration for `load` into `to`; with `load.tls`, its
-/// STARTTLS checks the server's certificate against `ca` (the leg's
-/// certificate, for `localhost`) when given.
-fn inject_config(to: SocketAddr, load: &Load, ca: Option<&Path>) -> anyhow::Result<InjectConfig> {
+/// STARTTLS checks that the server presents `tls` (the leg's certificate,
+/// for `localhost`) when given.
+fn inject_config(
+    to: SocketAddr,
+    load: &Load,
+    tls: Option<&LegCertificate>,
+) -> anyhow::Result<InjectConfig> {
     let mut cfg = InjectConfig::new(to, load.messages, load.connections);
     cfg.per_connection = load.per_connection;
     cfg.sizes = vec![load.size];
@@ -425,6 +429,7 @@ fn inject_config(to: SocketAddr, load: &Load, ca: Option<&Path>) -> anyhow::Resu
     if load.tls {
         // Every leg's server presents the leg's certificate (spate, Postfix,
         // the sink, through the forwarder too): a wrong one fails the leg.
+        let ca = tls.map(|t| t.cert.as_path());
         cfg.starttls = Some(crate::inject::StartTls::new(ca, "localhost")?);
     }
     Ok(cfg)
@@ -442,8 +447,7 @@ fn inject_and_drain(
     let started = Instant::now();
     let cpu = CpuReading::now();
     let anon = mta_pid.map(AnonPeak::start);
-    let ca = tls.map(|t| t.cert.as_path());
-    let inject: InjectReport = run_inject(inject_config(to, load, ca)?)?;
+    let inject: InjectReport = run_inject(inject_config(to, load, tls)?)?;
     let drain = Duration::from_millis(DRAIN_TIMEOUT_MS_BASE + load.messages);
     let complete = sink.wait_for_messages(inject.accepted, drain);
     let spent = cpu.spent();
@@ -454,23 +458,16 @@ fn inject_and_drain(
     // With several destinations: what each sink address received, in the
     // order of the destinations (absent ones received nothing).
     let (per_sink_messages, per_sink_domains) = if sink.addrs.len() > 1 {
-        let messages = sink
-            .addrs
+        sink.addrs
             .iter()
             .map(|a| {
-                let got = sink_report.per_listener.get(&a.to_string());
-                (a.to_string(), got.map_or(0, |c| c.messages))
+                let key = a.to_string();
+                let messages = sink_report.per_listener.get(&key).map_or(0, |c| c.messages);
+                let domains = sink_report.per_listener_domains.get(&key);
+                let domains = domains.into_iter().flatten().cloned().collect();
+                ((key.clone(), messages), (key, domains))
             })
-            .collect();
-        let domains = sink
-            .addrs
-            .iter()
-            .map(|a| {
-                let got = sink_report.per_listener_domains.get(&a.to_string());
-                (a.to_string(), got.into_iter().flatten().cloned().collect())
-            })
-            .collect();
-        (messages, domains)
+            .unzip()
     } else {
         (Vec::new(), Vec::new())
     };
@@ -908,8 +905,7 @@ fn inject_only(
 ) -> anyhow::Result<LegResult> {
     let cpu = CpuReading::now();
     let anon = mta_pid.map(AnonPeak::start);
-    let ca = tls.map(|t| t.cert.as_path());
-    let inject: InjectReport = run_inject(inject_config(to, load, ca)?)?;
+    let inject: InjectReport = run_inject(inject_config(to, load, tls)?)?;
     let spent = cpu.spent();
     let peak_anon_kib = anon.and_then(AnonPeak::finish);
     let cpu_s = mta_pid.and_then(tree_cpu_s);
