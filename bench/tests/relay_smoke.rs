@@ -199,16 +199,40 @@ fn spate_leg_delivers_each_destination_to_its_own_mx_host() {
     assert_eq!(firsts, [300, 0, 0]);
 }
 
-/// A load the legs cannot count is refused before anything starts.
+/// Several recipients over several destinations: spate splits each message
+/// into a transaction per destination, each at its own MX host, and the leg
+/// ends when every recipient arrived (not at the first 300 transactions).
+/// The raw leg sends each message whole to the first address.
 #[test]
-fn several_destinations_with_several_recipients_are_refused() {
+fn several_recipients_over_several_destinations_are_counted_in_recipients() {
     let load = Load {
-        domains: 2,
+        domains: 3,
         rcpts: 2,
         ..small_load()
     };
-    let err = run_raw(&load).unwrap_err().to_string();
-    assert!(err.contains("one recipient per message"), "{err}");
+    let bin = spate_bin();
+    let r = run_spate(&load, &SpateLeg::new(&bin)).unwrap();
+    assert_eq!(r.error, None);
+    assert_eq!((r.injected_ok, r.delivered), (300, 300));
+    assert_eq!(r.delivered_recipients, 600);
+    // Recipient n of the load goes to destination n % 3, so each message's
+    // two recipients are at two destinations: 600 transactions, 200 each.
+    let counts: Vec<u64> = r.per_sink_messages.iter().map(|(_, n)| *n).collect();
+    assert_eq!(counts, [200, 200, 200], "{:?}", r.per_sink_messages);
+    for (i, (_, domains)) in r.per_sink_domains.iter().enumerate() {
+        assert_eq!(domains, &[format!("d{}.example.test", i + 1)]);
+    }
+    let raw = run_raw(&load).unwrap();
+    assert_eq!(raw.error, None);
+    assert_eq!((raw.delivered, raw.delivered_recipients), (300, 600));
+    let counts: Vec<u64> = raw.per_sink_messages.iter().map(|(_, n)| *n).collect();
+    assert_eq!(counts, [300, 0, 0]);
+}
+
+/// A number of destinations the legs cannot run is refused before anything
+/// starts.
+#[test]
+fn too_many_destinations_are_refused() {
     let too_many = Load {
         domains: 101,
         ..small_load()
@@ -433,4 +457,15 @@ fn postfix_leg_delivers_everything() {
         assert_eq!(domains, &[format!("d{}.example.test", i + 1)]);
     }
     assert_eq!(r.per_sink_domains.len(), 3);
+    // Two recipients a message over them: Postfix splits each message too.
+    let load = Load {
+        domains: 3,
+        rcpts: 2,
+        ..small_load()
+    };
+    let r = spate_bench::relay::run_postfix(&load).unwrap();
+    assert_eq!(r.error, None);
+    assert_eq!((r.delivered, r.delivered_recipients), (300, 600));
+    let counts: Vec<u64> = r.per_sink_messages.iter().map(|(_, n)| *n).collect();
+    assert_eq!(counts, [200, 200, 200], "{:?}", r.per_sink_messages);
 }

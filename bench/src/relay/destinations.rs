@@ -14,21 +14,22 @@ const SINK_ADDRESS_BASE: u32 = 100;
 const _: () = assert!(SINK_ADDRESS_BASE + DOMAINS_MAX <= 254);
 
 /// Refuses a number of destinations the legs cannot run: outside 1 to
-/// [`DOMAINS_MAX`], or several with more than one recipient per message (a
-/// message's recipients would be split over destinations, and the legs
-/// count what the sink received in messages).
-pub fn ensure_destinations(domains: u32, rcpts: u32) -> anyhow::Result<()> {
+/// [`DOMAINS_MAX`].
+pub fn ensure_destinations(domains: u32) -> anyhow::Result<()> {
     anyhow::ensure!(
         (1..=DOMAINS_MAX).contains(&domains),
         "destination domains (--domains) must be 1 to {DOMAINS_MAX}, not {domains}"
     );
-    anyhow::ensure!(
-        domains == 1 || rcpts == 1,
-        "several destination domains (--domains) take one recipient per message (--rcpts 1): \
-         a message's recipients would be split over destinations, and the legs count what \
-         the sink received in messages"
-    );
     Ok(())
+}
+
+/// Whether a leg of this load counts its delivery in recipients: with
+/// several recipients over several destinations, an MTA splits a message
+/// into a transaction per destination, so the sink's message count is not
+/// the load's. The raw and forward legs, which send everything to one
+/// address, are counted the same way.
+pub fn counts_recipients(domains: u32, rcpts: u32) -> bool {
+    domains > 1 && rcpts > 1
 }
 
 /// The sink's listen addresses for `domains` destinations: 127.0.0.1 for
@@ -80,10 +81,13 @@ pub fn destination_zone(sinks: &[SocketAddr]) -> String {
 }
 
 /// Fills a template's `{sinkN}` placeholders (1-based: the sink address of
-/// destination N, see [`destination_domains`]); `{sink}` is the first.
+/// destination N, see [`destination_domains`]) and `{sink}`, the first.
 pub(super) fn fill_sinks(mut template: String, sinks: &[SocketAddr]) -> String {
     for (i, s) in sinks.iter().enumerate().rev() {
         template = template.replace(&format!("{{sink{}}}", i + 1), &s.to_string());
+    }
+    if let Some(first) = sinks.first() {
+        template = template.replace("{sink}", &first.to_string());
     }
     template
 }

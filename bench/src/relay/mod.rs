@@ -28,7 +28,8 @@ mod postfix;
 
 pub use cpu::{CpuReading, CpuSpent, clock_ticks_per_s, cpu_seconds};
 pub use destinations::{
-    DOMAINS_MAX, destination_domains, destination_zone, ensure_destinations, sink_host_name,
+    DOMAINS_MAX, counts_recipients, destination_domains, destination_zone, ensure_destinations,
+    sink_host_name,
 };
 use destinations::{destinations_line, fill_sinks, sink_listen_addresses};
 
@@ -47,6 +48,11 @@ pub struct LegResult {
     pub name: String,
     pub messages: u64,
     pub injected_ok: u64,
+    /// Messages at the sink. With several recipients over several
+    /// destinations (counted in recipients, see
+    /// [`counts_recipients`]): the load's messages whose
+    /// recipients all arrived, however the MTA split them
+    /// (`per_sink_messages` has the sink's transactions).
     pub delivered: u64,
     /// Recipients the sink accepted over the delivered messages.
     pub delivered_recipients: u64,
@@ -186,7 +192,8 @@ pub struct Load {
     /// TLS on every hop: the injector runs STARTTLS into the MTA (or the
     /// sink, for raw), and the MTA into the sink. See [`leg_certificate`].
     pub tls: bool,
-    /// Recipients per message (all in the sink's domain).
+    /// Recipients per message, taking turns over the destinations (see
+    /// [`counts_recipients`] for how a leg counts them over several).
     pub rcpts: u32,
     /// Destination domains, each with its own MX host (an address of the
     /// sink's); recipients take turns over them. See [`destination_domains`].
@@ -449,7 +456,18 @@ fn inject_and_drain(
     let anon = mta_pid.map(AnonPeak::start);
     let inject: InjectReport = run_inject(inject_config(to, load, tls)?)?;
     let drain = Duration::from_millis(DRAIN_TIMEOUT_MS_BASE + load.messages);
-    let complete = sink.wait_for_messages(inject.accepted, drain);
+    // Recipients over several destinations: an MTA makes a transaction per
+    // destination, so the sink's messages are not the load's; its
+    // recipients are.
+    let by_recipients = counts_recipients(load.domains, load.rcpts);
+    let refused_recipients: u64 = inject.refused_recipients.values().sum();
+    let expected_recipients =
+        (inject.accepted * u64::from(load.rcpts)).saturating_sub(refused_recipients);
+    let complete = if by_recipients {
+        sink.wait_for_recipients(expected_recipients, drain)
+    } else {
+        sink.wait_for_messages(inject.accepted, drain)
+    };
     let spent = cpu.spent();
     let peak_anon_kib = anon.and_then(AnonPeak::finish);
     let refused = refused_error(&inject, load);
@@ -476,8 +494,13 @@ fn inject_and_drain(
         _ => started.elapsed().as_secs_f64(),
     };
     let cpu_s = mta_pid.and_then(tree_cpu_s);
-    let delivered = sink_report.total.messages;
     let delivered_recipients = sink_report.total.recipients;
+    let delivered = match (by_recipients, complete) {
+        (false, _) => sink_report.total.messages,
+        (true, true) => inject.accepted,
+        // Whole messages' worth of what arrived.
+        (true, false) => delivered_recipients / u64::from(load.rcpts.max(1)),
+    };
     let mut result = LegResult {
         name: name.into(),
         messages: load.messages,
@@ -514,10 +537,17 @@ fn inject_and_drain(
     };
     result.set_machine_cpu(spent, delivered);
     if !complete {
-        result.error = Some(format!(
-            "sink holds {delivered} of {} accepted messages after {drain:?}",
-            inject.accepted
-        ));
+        result.error = Some(if by_recipients {
+            format!(
+                "sink holds {delivered_recipients} of {expected_recipients} accepted recipients \
+                 after {drain:?}"
+            )
+        } else {
+            format!(
+                "sink holds {delivered} of {} accepted messages after {drain:?}",
+                inject.accepted
+            )
+        });
     }
     result.error = refused.or(result.error);
     Ok(result)
@@ -540,7 +570,7 @@ fn refused_error(inject: &InjectReport, load: &Load) -> Option<String> {
 /// address per destination of `load` (127.0.0.1 for one; 127.0.0.101 and
 /// on for several), each on a port of its own.
 pub fn start_sink(tls: Option<&LegCertificate>, load: &Load) -> anyhow::Result<SinkHandle> {
-    ensure_destinations(load.domains, load.rcpts)?;
+    ensure_destinations(load.domains)?;
     let mut config = SinkConfig::accept_all("127.0.0.1:0".parse()?);
     config.listen = sink_listen_addresses(load.domains);
     if let Some(t) = tls {
@@ -815,7 +845,6 @@ pub fn run_spate(load: &Load, leg: &SpateLeg<'_>) -> anyhow::Result<LegResult> {
         .with_context(|| format!("making a run directory in {}", parent.display()))?;
     let tls = leg_certificate(load)?;
     let sink = start_sink(tls.as_ref(), load)?;
-    let sink_addr = *sink.addrs.first().context("sink has no address")?;
     let zone = crate::dns::Zone::parse(&destination_zone(&sink.addrs))?;
     let dns = crate::dns::spawn("127.0.0.1:0".parse()?, zone)?;
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
@@ -843,7 +872,6 @@ pub fn run_spate(load: &Load, leg: &SpateLeg<'_>) -> anyhow::Result<LegResult> {
                 .replace("{listen}", &listen.to_string())
                 .replace("{admin}", &admin.to_string())
                 .replace("{dns}", &dns.addr.to_string())
-                .replace("{sink}", &sink_addr.to_string())
                 .replace("{dir}", &dir.path().display().to_string())
         }
         None => {
@@ -1014,8 +1042,10 @@ pub struct RelayArgs {
     /// the smtp-source and smtp-sink legs.
     #[arg(long)]
     pub tls: bool,
-    /// Recipients per message, all in the sink's domain (each MTA delivers
-    /// them in one transaction where it can).
+    /// Recipients per message, taking turns over the destination domains
+    /// (each MTA delivers a destination's recipients of a message in one
+    /// transaction where it can). With several destinations a leg ends when
+    /// every recipient reached the sink
     #[arg(long, default_value_t = 1)]
     pub rcpts: u32,
     /// Destination domains (d1.example.test ... dN.example.test), each with
@@ -1098,9 +1128,16 @@ pub fn print_table(rows: &[LegResult]) {
             println!("    {line}");
         }
         if let Some(conns) = r.sink_connections.filter(|c| *c > 0) {
+            // What the sink received: more transactions than the load's
+            // messages where an MTA split them over destinations.
+            let received = if r.per_sink_messages.is_empty() {
+                r.delivered
+            } else {
+                r.per_sink_messages.iter().map(|(_, n)| n).sum()
+            };
             println!(
                 "    sink: {conns} connections in, {:.1} messages per connection",
-                r.delivered as f64 / conns as f64
+                received as f64 / conns as f64
             );
         }
         if let Some(line) = destinations_line(&r.per_sink_messages) {
@@ -1329,7 +1366,7 @@ pub fn run(args: RelayArgs) -> anyhow::Result<()> {
             "--domains does not apply to the {leg} leg (Postfix's tools send to one domain here)"
         );
     }
-    ensure_destinations(args.domains, args.rcpts)?;
+    ensure_destinations(args.domains)?;
     let rows = if args.suite {
         run_suite(&args)
     } else {
@@ -1709,7 +1746,7 @@ mod tests {
         // Templates name each sink.
         assert_eq!(
             fill_sinks("{sink} {sink1} {sink2}".into(), &sinks),
-            "{sink} 127.0.0.101:4001 127.0.0.102:4002"
+            "127.0.0.101:4001 127.0.0.101:4001 127.0.0.102:4002"
         );
     }
 

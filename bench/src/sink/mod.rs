@@ -192,9 +192,17 @@ pub struct SinkHandle {
     /// The bound addresses, in the order given.
     pub addrs: Vec<SocketAddr>,
     shared: SharedRef,
-    accepted: Arc<AtomicU64>,
+    accepted: Arc<Accepted>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// What the sink accepted so far, readable without its lock. Sessions add
+/// a message's recipients before the message.
+#[derive(Debug, Default)]
+pub(super) struct Accepted {
+    pub(super) messages: AtomicU64,
+    pub(super) recipients: AtomicU64,
 }
 
 impl SinkHandle {
@@ -205,16 +213,31 @@ impl SinkHandle {
 
     /// Messages accepted so far (cheap: one atomic load).
     pub fn messages(&self) -> u64 {
-        self.accepted.load(Ordering::Relaxed)
+        self.accepted.messages.load(Ordering::Relaxed)
+    }
+
+    /// Recipients accepted so far, over all messages (one atomic load).
+    pub fn recipients(&self) -> u64 {
+        self.accepted.recipients.load(Ordering::Relaxed)
     }
 
     /// Waits until at least `n` messages were accepted or `timeout` passed;
     /// returns whether `n` was reached.
     pub fn wait_for_messages(&self, n: u64, timeout: Duration) -> bool {
+        self.wait_until(Self::messages, n, timeout)
+    }
+
+    /// Waits until at least `n` recipients were accepted or `timeout`
+    /// passed; returns whether `n` was reached.
+    pub fn wait_for_recipients(&self, n: u64, timeout: Duration) -> bool {
+        self.wait_until(Self::recipients, n, timeout)
+    }
+
+    fn wait_until(&self, count: fn(&Self) -> u64, n: u64, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        while self.messages() < n {
+        while count(self) < n {
             if Instant::now() >= deadline || self.is_finished() || crate::stop_requested() {
-                return self.messages() >= n;
+                return count(self) >= n;
             }
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -273,7 +296,7 @@ pub fn spawn(config: SinkConfig) -> anyhow::Result<SinkHandle> {
         e2e: report::new_histogram(),
         policy: Policy::default(),
     }));
-    let accepted = Arc::new(AtomicU64::new(0));
+    let accepted = Arc::new(Accepted::default());
     let stop = Arc::new(AtomicBool::new(false));
     let thread = {
         let (shared, accepted, stop) = (shared.clone(), accepted.clone(), stop.clone());
@@ -308,7 +331,7 @@ fn run_runtime(
     listeners: Vec<std::net::TcpListener>,
     config: SinkConfig,
     shared: SharedRef,
-    accepted: Arc<AtomicU64>,
+    accepted: Arc<Accepted>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
     let runtime = compio::runtime::Runtime::new().context("sink: starting compio runtime")?;

@@ -28,7 +28,7 @@ pub(super) struct SinkContext {
     pub(super) tls: Option<compio::tls::TlsAcceptor>,
     pub(super) auth: Option<SinkAuth>,
     pub(super) shared: SharedRef,
-    pub(super) accepted: Arc<AtomicU64>,
+    pub(super) accepted: Arc<super::Accepted>,
     pub(super) maildir_seq: AtomicU64,
     /// Several listen addresses: record which recipient domains arrive at
     /// each (see `SinkReport::per_listener_domains`).
@@ -607,7 +607,9 @@ impl<'c> Session<'c> {
                 report::record(&mut s.e2e, now_us.saturating_sub(sent));
             }
         }
-        self.ctx.accepted.fetch_add(1, Ordering::Relaxed);
+        let accepted = &self.ctx.accepted;
+        accepted.recipients.fetch_add(recipients, Ordering::Relaxed);
+        accepted.messages.fetch_add(1, Ordering::Relaxed);
         self.reset_transaction();
         push_reply(out, "250 2.0.0 Message accepted");
         self.messages_on_connection += 1;
