@@ -102,6 +102,30 @@ fn delay_holds_every_reply() {
     );
 }
 
+/// The sink's lock-free recipient count (what `relay` waits on when an MTA
+/// splits messages over destinations) holds the accepted recipients only,
+/// and the injector's refusals give what it must reach.
+#[test]
+fn recipients_are_counted_without_the_refused_ones() {
+    let s = sink("permfail_reply = \"550 5.1.1 No such user\"\n");
+    // Recipient n of the load is local part n % 2: every message keeps at
+    // least one of its three, and 15 of the 30 are refused.
+    let r = inject(s.addrs[0], 10, 2, |c| {
+        c.rcpts = 3;
+        c.locals = vec!["user".into(), "permfail+".into()];
+    });
+    assert_eq!((r.accepted, r.failed), (10, 0));
+    let refused: u64 = r.refused_recipients.values().sum();
+    assert_eq!(refused, 15);
+    let expected = spate_bench::relay::expected_recipients(r.accepted, 3, refused);
+    assert_eq!(expected, 15);
+    assert!(s.wait_for_recipients(expected, std::time::Duration::from_secs(5)));
+    assert_eq!((s.recipients(), s.messages()), (15, 10));
+    // No more arrive: a wait for one more times out, false.
+    assert!(!s.wait_for_recipients(16, std::time::Duration::from_millis(200)));
+    assert_eq!(finish(s).total.recipients, 15);
+}
+
 #[test]
 fn tempfail_and_permfail_by_local_part() {
     let s = sink(

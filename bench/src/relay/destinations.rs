@@ -1,7 +1,8 @@
 //! Several destinations for a load (`relay --domains`): their domain names,
 //! the MX host each gets in the test zone (an address of the sink's of its
-//! own), the template placeholders for those addresses, and the row's line
-//! on how the delivered messages spread over them.
+//! own), the template placeholders for those addresses, how a leg counts
+//! what arrived, and the row's line on how the sink's messages (an MTA's
+//! transactions) spread over them.
 
 use std::net::SocketAddr;
 
@@ -30,6 +31,24 @@ pub fn ensure_destinations(domains: u32) -> anyhow::Result<()> {
 /// address, are counted the same way.
 pub fn counts_recipients(domains: u32, rcpts: u32) -> bool {
     domains > 1 && rcpts > 1
+}
+
+/// The recipients the sink must hold once every accepted message arrived:
+/// each accepted message's, less those refused at injection (refusals are
+/// counted for accepted messages only).
+pub fn expected_recipients(accepted: u64, rcpts: u32, refused_recipients: u64) -> u64 {
+    (accepted * u64::from(rcpts)).saturating_sub(refused_recipients)
+}
+
+/// The load's messages a leg counted in recipients reports as delivered:
+/// all accepted ones once every recipient arrived; otherwise the recipients
+/// that arrived in whole messages' worth (an estimate: the leg failed).
+pub fn delivered_by_recipients(complete: bool, accepted: u64, recipients: u64, rcpts: u32) -> u64 {
+    if complete {
+        accepted
+    } else {
+        recipients / u64::from(rcpts.max(1))
+    }
 }
 
 /// The sink's listen addresses for `domains` destinations: 127.0.0.1 for
@@ -92,8 +111,8 @@ pub(super) fn fill_sinks(mut template: String, sinks: &[SocketAddr]) -> String {
     template
 }
 
-/// With several destinations: how the delivered messages spread over the
-/// sink's addresses (one per destination's MX host).
+/// With several destinations: how the sink's messages (an MTA's
+/// transactions) spread over its addresses (one per destination's MX host).
 pub(super) fn destinations_line(per_sink: &[(String, u64)]) -> Option<String> {
     let counts = per_sink.iter().map(|(_, n)| *n);
     let (fewest, most) = (counts.clone().min()?, counts.max()?);

@@ -28,8 +28,8 @@ mod postfix;
 
 pub use cpu::{CpuReading, CpuSpent, clock_ticks_per_s, cpu_seconds};
 pub use destinations::{
-    DOMAINS_MAX, counts_recipients, destination_domains, destination_zone, ensure_destinations,
-    sink_host_name,
+    DOMAINS_MAX, counts_recipients, delivered_by_recipients, destination_domains, destination_zone,
+    ensure_destinations, expected_recipients, sink_host_name,
 };
 use destinations::{destinations_line, fill_sinks, sink_listen_addresses};
 
@@ -49,10 +49,11 @@ pub struct LegResult {
     pub messages: u64,
     pub injected_ok: u64,
     /// Messages at the sink. With several recipients over several
-    /// destinations (counted in recipients, see
-    /// [`counts_recipients`]): the load's messages whose
-    /// recipients all arrived, however the MTA split them
-    /// (`per_sink_messages` has the sink's transactions).
+    /// destinations (counted in recipients, see [`counts_recipients`]): the
+    /// load's accepted messages once all their recipients arrived, however
+    /// the MTA split them (`per_sink_messages` has the sink's transactions;
+    /// a leg that did not complete gives the recipients that arrived in
+    /// whole messages' worth, an estimate, and an error).
     pub delivered: u64,
     /// Recipients the sink accepted over the delivered messages.
     pub delivered_recipients: u64,
@@ -442,7 +443,8 @@ fn inject_config(
     Ok(cfg)
 }
 
-/// Injects, then waits for the sink to hold every accepted message.
+/// Injects, then waits for the sink to hold every accepted message (every
+/// recipient, where [`counts_recipients`]).
 fn inject_and_drain(
     name: &str,
     to: SocketAddr,
@@ -455,14 +457,18 @@ fn inject_and_drain(
     let cpu = CpuReading::now();
     let anon = mta_pid.map(AnonPeak::start);
     let inject: InjectReport = run_inject(inject_config(to, load, tls)?)?;
-    let drain = Duration::from_millis(DRAIN_TIMEOUT_MS_BASE + load.messages);
     // Recipients over several destinations: an MTA makes a transaction per
     // destination, so the sink's messages are not the load's; its
     // recipients are.
     let by_recipients = counts_recipients(load.domains, load.rcpts);
+    let per_message = if by_recipients {
+        u64::from(load.rcpts)
+    } else {
+        1
+    };
+    let drain = Duration::from_millis(DRAIN_TIMEOUT_MS_BASE + load.messages * per_message);
     let refused_recipients: u64 = inject.refused_recipients.values().sum();
-    let expected_recipients =
-        (inject.accepted * u64::from(load.rcpts)).saturating_sub(refused_recipients);
+    let expected_recipients = expected_recipients(inject.accepted, load.rcpts, refused_recipients);
     let complete = if by_recipients {
         sink.wait_for_recipients(expected_recipients, drain)
     } else {
@@ -495,11 +501,10 @@ fn inject_and_drain(
     };
     let cpu_s = mta_pid.and_then(tree_cpu_s);
     let delivered_recipients = sink_report.total.recipients;
-    let delivered = match (by_recipients, complete) {
-        (false, _) => sink_report.total.messages,
-        (true, true) => inject.accepted,
-        // Whole messages' worth of what arrived.
-        (true, false) => delivered_recipients / u64::from(load.rcpts.max(1)),
+    let delivered = if by_recipients {
+        delivered_by_recipients(complete, inject.accepted, delivered_recipients, load.rcpts)
+    } else {
+        sink_report.total.messages
     };
     let mut result = LegResult {
         name: name.into(),
@@ -1045,7 +1050,7 @@ pub struct RelayArgs {
     /// Recipients per message, taking turns over the destination domains
     /// (each MTA delivers a destination's recipients of a message in one
     /// transaction where it can). With several destinations a leg ends when
-    /// every recipient reached the sink
+    /// every recipient reached the sink.
     #[arg(long, default_value_t = 1)]
     pub rcpts: u32,
     /// Destination domains (d1.example.test ... dN.example.test), each with
@@ -1748,6 +1753,18 @@ mod tests {
             fill_sinks("{sink} {sink1} {sink2}".into(), &sinks),
             "127.0.0.101:4001 127.0.0.101:4001 127.0.0.102:4002"
         );
+    }
+
+    #[test]
+    fn recipient_counted_legs_expect_each_accepted_recipient() {
+        assert_eq!(expected_recipients(300, 2, 0), 600);
+        assert_eq!(expected_recipients(300, 2, 15), 585);
+        assert_eq!(expected_recipients(0, 2, 15), 0);
+        // Complete: every accepted message; otherwise whole messages' worth.
+        assert_eq!(delivered_by_recipients(true, 300, 600, 2), 300);
+        assert_eq!(delivered_by_recipients(false, 300, 451, 2), 225);
+        assert_eq!(delivered_by_recipients(false, 300, 451, 0), 451);
+        assert!(counts_recipients(2, 2) && !counts_recipients(1, 2) && !counts_recipients(2, 1));
     }
 
     #[test]

@@ -197,8 +197,7 @@ pub struct SinkHandle {
     thread: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
-/// What the sink accepted so far, readable without its lock. Sessions add
-/// a message's recipients before the message.
+/// What the sink accepted so far, readable without its lock.
 #[derive(Debug, Default)]
 pub(super) struct Accepted {
     pub(super) messages: AtomicU64,
