@@ -34,7 +34,8 @@ pub use destinations::{
 use destinations::{destinations_line, fill_sinks, sink_listen_addresses};
 
 pub use postfix::{
-    Postfix, ensure_postfix_installed, run_postfix, run_smtp_sink, run_smtp_source, start_postfix,
+    Postfix, ensure_postfix_installed, run_postfix, run_postfix_in, run_smtp_sink, run_smtp_source,
+    start_postfix,
 };
 
 /// How long an MTA may take to start listening.
@@ -63,6 +64,8 @@ pub struct LegResult {
     pub injection_msgs_per_s: f64,
     pub ack_latency: Percentiles,
     pub e2e_latency: Percentiles,
+    /// CPU seconds of the MTA's process tree over the leg (first injection
+    /// to last delivery; its start-up not included).
     pub cpu_s: Option<f64>,
     pub cpu_ms_per_msg: Option<f64>,
     /// VmHWM of the MTA's main process: file pages included, so for spate
@@ -353,6 +356,29 @@ fn proc_tree(root: u32) -> Option<Vec<(u32, Vec<String>)>> {
     Some(stats.into_iter().filter(|(pid, _)| under(*pid)).collect())
 }
 
+/// The CPU an MTA's process tree spends over a leg's window (from the first
+/// injection to the last delivery), not since it started: its start-up
+/// (spool, listeners, a Postfix's first processes) is not the load's.
+struct MtaCpu {
+    pid: Option<u32>,
+    at_start: Option<f64>,
+}
+
+impl MtaCpu {
+    fn start(pid: Option<u32>) -> Self {
+        MtaCpu {
+            pid,
+            at_start: pid.and_then(tree_cpu_s),
+        }
+    }
+
+    /// Seconds since [`Self::start`]; None without a process to read.
+    fn spent(&self) -> Option<f64> {
+        let now = self.pid.and_then(tree_cpu_s)?;
+        Some((now - self.at_start.unwrap_or(0.0)).max(0.0))
+    }
+}
+
 /// CPU seconds (user+system, children reaped included) of a process tree.
 pub fn tree_cpu_s(root: u32) -> Option<f64> {
     let ticks = clock_ticks_per_s();
@@ -455,6 +481,7 @@ fn inject_and_drain(
 ) -> anyhow::Result<LegResult> {
     let started = Instant::now();
     let cpu = CpuReading::now();
+    let mta_cpu = MtaCpu::start(mta_pid);
     let anon = mta_pid.map(AnonPeak::start);
     let inject: InjectReport = run_inject(inject_config(to, load, tls)?)?;
     // Recipients over several destinations: an MTA makes a transaction per
@@ -499,7 +526,7 @@ fn inject_and_drain(
         Some(last) if complete => last.saturating_sub(inject.first_send_unix_us) as f64 / 1e6,
         _ => started.elapsed().as_secs_f64(),
     };
-    let cpu_s = mta_pid.and_then(tree_cpu_s);
+    let cpu_s = mta_cpu.spent();
     let delivered_recipients = sink_report.total.recipients;
     let delivered = if by_recipients {
         delivered_by_recipients(complete, inject.accepted, delivered_recipients, load.rcpts)
@@ -937,11 +964,12 @@ fn inject_only(
     mta_pid: Option<u32>,
 ) -> anyhow::Result<LegResult> {
     let cpu = CpuReading::now();
+    let mta_cpu = MtaCpu::start(mta_pid);
     let anon = mta_pid.map(AnonPeak::start);
     let inject: InjectReport = run_inject(inject_config(to, load, tls)?)?;
     let spent = cpu.spent();
     let peak_anon_kib = anon.and_then(AnonPeak::finish);
-    let cpu_s = mta_pid.and_then(tree_cpu_s);
+    let cpu_s = mta_cpu.spent();
     let mut result = LegResult {
         name: name.into(),
         messages: load.messages,
@@ -1017,9 +1045,9 @@ pub struct RelayArgs {
     /// -p spate) when it is missing and this is spate's workspace.
     #[arg(long, default_value = DEFAULT_SPATE_BIN)]
     pub spate_bin: PathBuf,
-    /// Make spate's run directory (spool, configuration, log) in this
-    /// directory instead of the system temp dir: to measure the disk and
-    /// file system spate will run on.
+    /// Make spate's run directory (spool, configuration, log), and Postfix's
+    /// (its queue), in this directory instead of the system temp dir: to
+    /// measure the disk and file system spate will run on, both MTAs on it.
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
     /// Where the rows go as JSON (every leg and round).
@@ -1030,8 +1058,10 @@ pub struct RelayArgs {
     #[arg(long)]
     pub allow_remote: bool,
     /// Run every leg this many times, alternating (raw, spate, raw, spate,
-    /// ...), and summarise each leg's median and the median of the per-round
-    /// ratios: on a shared, noisy machine one round can be off by 2x.
+    /// ...; the order rotates by one leg each round), and summarise each
+    /// leg's median and the median of the per-round ratios: on a shared,
+    /// noisy machine one round can be off by 2x. Failed rounds are left out
+    /// of the medians and named under the --suite table.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=50))]
     pub repeat: u32,
     /// Run the four loads of the published table (2 KB and 100 KB, 20 and
@@ -1398,8 +1428,37 @@ pub fn run(args: RelayArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `--repeat` rounds of the legs in `compare` (and spate) under one load;
-/// each row is labelled with `label` and its round.
+/// The legs of one round, in the order they run: `compare`'s (and spate)
+/// in a fixed order, rotated by one leg each round, so that no leg always
+/// runs first (on a cold machine) or always after the same other one (a
+/// Postfix's last disk writes, say).
+fn leg_order(compare: &[String], spate: bool, round: u32) -> Vec<&'static str> {
+    let mut legs: Vec<&'static str> = [
+        "smtp-sink",
+        "raw",
+        "forward",
+        "smtp-source",
+        "spate",
+        "postfix",
+    ]
+    .into_iter()
+    .filter(|leg| {
+        if *leg == "spate" {
+            spate
+        } else {
+            compare.iter().any(|l| l == leg)
+        }
+    })
+    .collect();
+    if !legs.is_empty() {
+        let by = (round.saturating_sub(1) as usize) % legs.len();
+        legs.rotate_left(by);
+    }
+    legs
+}
+
+/// `--repeat` rounds of the legs in `compare` (and spate) under one load,
+/// in [`leg_order`]; each row is labelled with `label` and its round.
 fn run_rounds(args: &RelayArgs, load: &Load, compare: &[String], label: &str) -> Vec<LegResult> {
     let failed = |name: &str, e: anyhow::Error| LegResult {
         name: name.into(),
@@ -1408,28 +1467,18 @@ fn run_rounds(args: &RelayArgs, load: &Load, compare: &[String], label: &str) ->
         domains: load.domains,
         ..LegResult::default()
     };
-    let wants = |leg: &str| compare.iter().any(|l| l == leg);
     let mut rows = Vec::new();
     for round in 1..=args.repeat {
         let mut these = Vec::new();
-        if wants("smtp-sink") {
-            these.push(run_smtp_sink(load).unwrap_or_else(|e| failed("smtp-sink", e)));
-        }
-        if wants("raw") {
-            these.push(run_raw(load).unwrap_or_else(|e| failed("raw", e)));
-        }
-        if wants("forward") {
-            let leg = std::env::current_exe()
-                .context("locating spate-bench")
-                .and_then(|bench| run_forward(load, &bench));
-            these.push(leg.unwrap_or_else(|e| failed("forward", e)));
-        }
-        if wants("smtp-source") {
-            these.push(run_smtp_source(load).unwrap_or_else(|e| failed("smtp-source", e)));
-        }
-        if !args.no_spate {
-            these.push(
-                run_spate(
+        for leg in leg_order(compare, !args.no_spate, round) {
+            let row = match leg {
+                "smtp-sink" => run_smtp_sink(load),
+                "raw" => run_raw(load),
+                "forward" => std::env::current_exe()
+                    .context("locating spate-bench")
+                    .and_then(|bench| run_forward(load, &bench)),
+                "smtp-source" => run_smtp_source(load),
+                "spate" => run_spate(
                     load,
                     &SpateLeg {
                         bin: &args.spate_bin,
@@ -1438,12 +1487,10 @@ fn run_rounds(args: &RelayArgs, load: &Load, compare: &[String], label: &str) ->
                         allow_remote: args.allow_remote,
                         work_dir: args.work_dir.as_deref(),
                     },
-                )
-                .unwrap_or_else(|e| failed("spate", e)),
-            );
-        }
-        if wants("postfix") {
-            these.push(run_postfix(load).unwrap_or_else(|e| failed("postfix", e)));
+                ),
+                _ => run_postfix_in(load, args.work_dir.as_deref()),
+            };
+            these.push(row.unwrap_or_else(|e| failed(leg, e)));
         }
         for r in &mut these {
             r.round = round;
@@ -1555,6 +1602,20 @@ pub fn suite_table(rows: &[LegResult]) -> String {
             ratio("spate / postfix"),
         ));
     }
+    // The medians leave failed rounds out: say which, under the table.
+    for label in distinct(rows, |r| r.load.as_str()) {
+        let these: Vec<&LegResult> = rows.iter().filter(|r| r.load == label).collect();
+        for name in distinct(rows, |r| r.name.as_str()) {
+            let legs: Vec<&&LegResult> = these.iter().filter(|r| r.name == name).collect();
+            let failed = legs.iter().filter(|r| r.error.is_some()).count();
+            if failed > 0 {
+                out.push_str(&format!(
+                    "\n{label}, {name}: {failed} of {} rounds failed and are left out of the medians",
+                    legs.len()
+                ));
+            }
+        }
+    }
     out
 }
 
@@ -1643,6 +1704,25 @@ mod tests {
         assert_eq!(
             line,
             "| 2 KB, 20 connections | 10000 | 25000 | 0.40× (0.40–0.45) | 0.40× (0.32–0.50) | 0.50× (0.44–0.60) | – | – | 43 MiB |"
+        );
+        assert_eq!(
+            table.lines().count(),
+            3,
+            "no failed round: no note\n{table}"
+        );
+        // A failed round is left out of the medians, and said so.
+        rows[3].error = Some("sink holds 10 of 20 accepted messages".into());
+        let table = suite_table(&rows);
+        assert_eq!(
+            table.lines().last(),
+            Some(
+                "2 KB, 20 connections, raw (inject -> sink): 1 of 3 rounds failed and are left out of the medians"
+            )
+        );
+        let line = table.lines().nth(2).expect("one row");
+        assert!(
+            line.starts_with("| 2 KB, 20 connections | 10000 | 22500 | "),
+            "{line}"
         );
     }
 
@@ -1753,6 +1833,25 @@ mod tests {
             fill_sinks("{sink} {sink1} {sink2}".into(), &sinks),
             "127.0.0.101:4001 127.0.0.101:4001 127.0.0.102:4002"
         );
+    }
+
+    #[test]
+    fn legs_rotate_one_place_each_round() {
+        let compare: Vec<String> = ["postfix", "raw", "forward"].map(String::from).to_vec();
+        assert_eq!(
+            leg_order(&compare, true, 1),
+            ["raw", "forward", "spate", "postfix"]
+        );
+        assert_eq!(
+            leg_order(&compare, true, 2),
+            ["forward", "spate", "postfix", "raw"]
+        );
+        assert_eq!(
+            leg_order(&compare, true, 5),
+            ["raw", "forward", "spate", "postfix"]
+        );
+        assert_eq!(leg_order(&compare, false, 2), ["postfix", "raw", "forward"]);
+        assert!(leg_order(&[], false, 3).is_empty());
     }
 
     #[test]

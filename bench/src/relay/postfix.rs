@@ -112,16 +112,22 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 /// for every domain; with several, destination N of
 /// [`super::destination_domains`] to the Nth, through a transport map); with
 /// `tls` (certificate and key files) its smtpd offers STARTTLS and its smtp
-/// client uses it when the sink offers it.
+/// client uses it when the sink offers it. Its directories (configuration,
+/// queue) go in a new directory under `work_dir` (the system temp dir when
+/// None): `relay --work-dir` puts Postfix's queue on the disk spate's spool
+/// is measured on.
 pub fn start_postfix(
     sinks: &[SocketAddr],
     tls: Option<&LegCertificate>,
+    work_dir: Option<&Path>,
 ) -> anyhow::Result<Postfix> {
     let sink = *sinks.first().context("no sink address")?;
     ensure_postfix_installed()?;
+    let parent = work_dir.map_or_else(std::env::temp_dir, Path::to_path_buf);
     let dir = tempfile::Builder::new()
         .prefix("spate-bench-postfix")
-        .tempdir()?;
+        .tempdir_in(&parent)
+        .with_context(|| format!("making Postfix's directory in {}", parent.display()))?;
     let config_dir = dir.path().join("etc");
     let queue = dir.path().join("queue");
     let data = dir.path().join("data");
@@ -223,9 +229,15 @@ fn transport_map(sinks: &[SocketAddr]) -> String {
 
 /// The Postfix leg.
 pub fn run_postfix(load: &Load) -> anyhow::Result<LegResult> {
+    run_postfix_in(load, None)
+}
+
+/// [`run_postfix`] with Postfix's queue under `work_dir` (see
+/// [`start_postfix`]).
+pub fn run_postfix_in(load: &Load, work_dir: Option<&Path>) -> anyhow::Result<LegResult> {
     let tls = leg_certificate(load)?;
     let sink = start_sink(tls.as_ref(), load)?;
-    let pf = start_postfix(&sink.addrs, tls.as_ref())?;
+    let pf = start_postfix(&sink.addrs, tls.as_ref(), work_dir)?;
     let pid = pf.master_pid();
     let result = inject_and_drain("postfix", pf.listen, &sink, load, tls.as_ref(), pid);
     let result = result.map(|mut r| {
