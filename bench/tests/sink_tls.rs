@@ -70,7 +70,7 @@ fn no_starttls_without_a_certificate() {
         ehlo.contains("250-CHUNKING") && !ehlo.contains("STARTTLS"),
         "{ehlo}"
     );
-    assert!(exchange(&mut plain, "STARTTLS\r\n").starts_with("500"));
+    assert!(exchange(&mut plain, "STARTTLS\r\n").starts_with("502"));
     // BDAT works too.
     assert!(exchange(&mut plain, "MAIL FROM:<a@client.test>\r\n").starts_with("250"));
     assert!(exchange(&mut plain, "RCPT TO:<b@example.test>\r\n").starts_with("250"));

@@ -259,35 +259,7 @@ impl<'c> Session<'c> {
                 self.auth_response(step, line, out);
                 Ok(Action::Continue)
             }
-            Mode::Data => {
-                // The terminator is CRLF.CRLF; the message may also be empty.
-                let end = if input.starts_with(b".\r\n") {
-                    Some((0, 3))
-                } else {
-                    memchr::memmem::find(input, b"\r\n.\r\n").map(|i| (i + 2, i + 5))
-                };
-                match end {
-                    Some((body_end, consumed)) => {
-                        self.message
-                            .extend_from_slice(input.get(..body_end).unwrap_or_default());
-                        *pos += consumed;
-                        Ok(self.finish_message(out))
-                    }
-                    None => {
-                        // Keep the last 4 bytes: they may start the terminator.
-                        let keep = input.len().min(4);
-                        let take = input.len() - keep;
-                        self.message
-                            .extend_from_slice(input.get(..take).unwrap_or_default());
-                        *pos += take;
-                        if self.message.len() > MESSAGE_BYTES_MAX {
-                            push_reply(out, "552 5.3.4 Message too big");
-                            return Ok(Action::Close);
-                        }
-                        Ok(Action::Continue)
-                    }
-                }
-            }
+            Mode::Data => Ok(self.data(input, pos, out)),
             Mode::Bdat { remaining, last } => {
                 let take = remaining.min(input.len());
                 self.message
@@ -298,10 +270,8 @@ impl<'c> Session<'c> {
                     self.mode = Mode::Bdat { remaining, last };
                     return Ok(Action::Continue);
                 }
-                if self.message.len() > MESSAGE_BYTES_MAX {
-                    push_reply(out, "552 5.3.4 Message too big");
-                    return Ok(Action::Close);
-                }
+                // No size check: BDAT refused up front any chunk that would
+                // take the message past MESSAGE_BYTES_MAX.
                 if last {
                     Ok(self.finish_message(out))
                 } else {
@@ -311,6 +281,46 @@ impl<'c> Session<'c> {
                 }
             }
         }
+    }
+
+    /// One piece of DATA input (RFC 5321, section 4.5.2): the body up to
+    /// the next line that starts with a period, or that period itself. A
+    /// line of `.` alone ends the message; any other line loses its first
+    /// period (`..x` is stored as `.x`). Consumes nothing while the bytes
+    /// that decide are still to come (the caller then reads more), and keeps
+    /// a trailing CR for the next read, as it may start the terminator.
+    fn data(&mut self, input: &[u8], pos: &mut usize, out: &mut Vec<u8>) -> Action {
+        // The input is at the start of a line when the bytes kept end with
+        // CRLF. A dropped lone period leaves them so, but what follows it is
+        // then neither a period nor CRLF, so it is not taken for a line start.
+        let line_start = self.message.is_empty() || self.message.ends_with(b"\r\n");
+        if line_start && input.first() == Some(&b'.') {
+            match (input.get(1), input.get(2)) {
+                (Some(b'\r'), Some(b'\n')) => {
+                    *pos += 3;
+                    return self.finish_message(out);
+                }
+                (None, _) | (Some(b'\r'), None) => return Action::Continue,
+                (Some(b'.'), _) => {
+                    self.message.push(b'.');
+                    *pos += 2;
+                }
+                _ => *pos += 1, // a lone leading period is dropped
+            }
+        } else {
+            let take = match memchr::memmem::find(input, b"\r\n.") {
+                Some(at) => at + 2,
+                None => input.len() - usize::from(input.last() == Some(&b'\r')),
+            };
+            self.message
+                .extend_from_slice(input.get(..take).unwrap_or_default());
+            *pos += take;
+        }
+        if self.message.len() > MESSAGE_BYTES_MAX {
+            push_reply(out, "552 5.3.4 Message too big");
+            return Action::Close;
+        }
+        Action::Continue
     }
 
     fn command(&mut self, line: &[u8], out: &mut Vec<u8>) -> Action {
@@ -345,9 +355,13 @@ impl<'c> Session<'c> {
                 push_reply(out, "220 2.0.0 Ready to start TLS");
                 return Action::StartTls;
             }
+            "STARTTLS" => push_reply(out, "502 5.5.1 STARTTLS not offered"),
             "AUTH" => self.auth_command(&text, out),
-            "MAIL" if upper.starts_with("MAIL FROM:") => {
-                if self.ehlo.is_none() {
+            "MAIL" => {
+                // `MAIL FROM:<>` (the null reverse path) is a sender too.
+                if path_argument(&text, "FROM:").is_none_or(str::is_empty) {
+                    push_reply(out, "501 5.5.4 Syntax: MAIL FROM:<address>");
+                } else if self.ehlo.is_none() {
                     push_reply(out, "503 5.5.1 EHLO first");
                 } else if self.ctx.auth.is_some() && !self.authenticated {
                     push_reply(out, "530 5.7.0 Authentication required");
@@ -380,13 +394,19 @@ impl<'c> Session<'c> {
                     }
                 }
             }
-            "RCPT" if upper.starts_with("RCPT TO:") => {
-                if !self.in_transaction {
+            "RCPT" => {
+                let Some(path) = path_argument(&text, "TO:") else {
+                    push_reply(out, "501 5.5.4 Syntax: RCPT TO:<address>");
+                    return Action::Continue;
+                };
+                if !is_forward_path(path) {
+                    push_reply(out, "501 5.1.3 Bad recipient address syntax");
+                } else if !self.in_transaction {
                     push_reply(out, "503 5.5.1 MAIL first");
                 } else if self.rcpts >= RCPT_PER_MESSAGE_MAX {
                     push_reply(out, "452 4.5.3 Too many recipients");
                 } else {
-                    let local = local_part(text.get(8..).unwrap_or_default());
+                    let local = local_part(path);
                     match script::rcpt_reply(script, local) {
                         Some(reply) => {
                             let mut shared = lock(&self.ctx.shared);
@@ -401,7 +421,6 @@ impl<'c> Session<'c> {
                         None => {
                             self.rcpts += 1;
                             if self.ctx.track_domains {
-                                let path = text.get(8..).unwrap_or_default();
                                 self.rcpt_domains.push(domain_of(path).to_ascii_lowercase());
                             }
                             push_reply(out, "250 2.1.5 Recipient ok");
@@ -428,6 +447,12 @@ impl<'c> Session<'c> {
                         // The chunk still follows on the wire; a real server
                         // must skip it, but we simply close.
                         push_reply(out, "554 5.5.1 No valid recipients");
+                        return Action::Close;
+                    }
+                    Some(n) if self.message.len().saturating_add(n) > MESSAGE_BYTES_MAX => {
+                        // Refused before the chunk is buffered; its bytes
+                        // follow on the wire, so close as DATA does.
+                        push_reply(out, "552 5.3.4 Message too big");
                         return Action::Close;
                     }
                     Some(n) => {
@@ -653,6 +678,23 @@ fn mailbox(arg: &str) -> &str {
     arg.strip_prefix('<')
         .and_then(|a| a.split('>').next())
         .unwrap_or(arg)
+}
+
+/// The path after `keyword` (`FROM:` or `TO:`, any case) of a MAIL or RCPT
+/// line, trimmed: None when the line does not have the keyword.
+fn path_argument<'t>(text: &'t str, keyword: &str) -> Option<&'t str> {
+    let rest = text.get(5..)?; // past "MAIL " or "RCPT "
+    let head = rest.get(..keyword.len())?;
+    head.eq_ignore_ascii_case(keyword)
+        .then(|| rest.get(keyword.len()..).unwrap_or_default().trim())
+}
+
+/// True for a RCPT path naming a mailbox: `<local@domain>` (or a bare
+/// address) with both parts, never the empty `<>`.
+fn is_forward_path(arg: &str) -> bool {
+    mailbox(arg)
+        .rsplit_once('@')
+        .is_some_and(|(local, domain)| !local.is_empty() && !domain.is_empty())
 }
 
 /// The domain of `<local@domain>` (empty without one).
