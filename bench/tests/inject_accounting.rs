@@ -155,6 +155,127 @@ fn command_line_mixes_reach_the_sink_as_asked() {
     );
 }
 
+/// Runs `spate-bench inject ARGS --json` into a Maildir sink and returns
+/// the recipient (`To:`) and size of every message it stored.
+fn inject_into_maildir(args: &[&str], messages: u64) -> Vec<(String, usize)> {
+    let maildir = tempfile::tempdir().unwrap();
+    let mut config = SinkConfig::accept_all("127.0.0.1:0".parse().unwrap());
+    config.maildir = Some(maildir.path().to_path_buf());
+    let s = spawn(config).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spate-bench"))
+        .args(["inject", "--to", &s.addrs[0].to_string()])
+        .args(["--messages", &messages.to_string(), "--connections", "1"])
+        .args(args)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(s.wait_for_messages(messages, std::time::Duration::from_secs(5)));
+    assert_eq!(s.stop().unwrap().total.messages, messages);
+    std::fs::read_dir(maildir.path().join("new"))
+        .unwrap()
+        .map(|entry| {
+            let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+            let rcpt = text
+                .lines()
+                .find_map(|l| l.strip_prefix("To: <"))
+                .expect("a To header")
+                .trim_end_matches('>')
+                .to_owned();
+            (rcpt, text.len())
+        })
+        .collect()
+}
+
+/// A short run already follows the mix: 10 messages of an 80/20 size mix
+/// and a 60/40 domain mix are 8 and 2, 6 and 4 (not one size and domain
+/// clumped at the end of a 100-long cycle).
+#[test]
+fn ten_messages_follow_the_weights() {
+    let stored = inject_into_maildir(
+        &[
+            "--size-dist",
+            "2048:80,102400:20",
+            "--domains",
+            "a.test:60,b.test:40",
+        ],
+        10,
+    );
+    let large = stored.iter().filter(|(_, len)| *len > 50_000).count();
+    assert_eq!((stored.len() - large, large), (8, 2));
+    let b = stored
+        .iter()
+        .filter(|(rcpt, _)| rcpt.ends_with("@b.test"))
+        .count();
+    assert_eq!((stored.len() - b, b), (6, 4), "{stored:?}");
+}
+
+/// Every prefix of the load follows the weights: after k messages each size
+/// and domain has been used within one of its share of k.
+#[test]
+fn every_prefix_follows_the_weights() {
+    let domains = spate_bench::inject::parse_domains(&[
+        "gmail.test:60".into(),
+        "yahoo.test:30".into(),
+        "other.test:10".into(),
+    ])
+    .unwrap();
+    let sizes = spate_bench::inject::parse_size_dist("1024:70,10240:25,102400:5").unwrap();
+    let check = |picks: &dyn Fn(usize) -> usize, weights: &[usize]| {
+        let total: usize = weights.iter().sum();
+        let mut counts = vec![0usize; weights.len()];
+        for k in 1..=250 {
+            counts[picks(k - 1)] += 1;
+            for (i, (&c, &w)) in counts.iter().zip(weights).enumerate() {
+                let share = (k * w) as f64 / total as f64;
+                assert!(
+                    (c as f64 - share).abs() < 1.0,
+                    "entry {i} after {k}: {c}, share {share}"
+                );
+            }
+        }
+    };
+    let names = ["gmail.test", "yahoo.test", "other.test"];
+    check(
+        &|seq| {
+            let d = &domains[seq % domains.len()];
+            names.iter().position(|n| n == d).unwrap()
+        },
+        &[60, 30, 10],
+    );
+    check(
+        &|seq| {
+            let s = sizes[seq % sizes.len()];
+            [1024, 10240, 102400].iter().position(|&n| n == s).unwrap()
+        },
+        &[70, 25, 5],
+    );
+}
+
+/// Local parts and domains combine: with two of each, four messages reach
+/// all four pairs (`tempfail+` does not always go to the second domain).
+/// Unit tests in src/inject/client.rs cover several recipients a message.
+#[test]
+fn every_local_part_meets_every_domain() {
+    let stored = inject_into_maildir(
+        &["--locals", "user,other+", "--domains", "a.test,b.test"],
+        4,
+    );
+    let pairs: std::collections::BTreeSet<(String, String)> = stored
+        .iter()
+        .map(|(rcpt, _)| {
+            let (local, domain) = rcpt.split_once('@').unwrap();
+            let prefix = local.trim_end_matches(|c: char| c.is_ascii_digit());
+            (prefix.to_owned(), domain.to_owned())
+        })
+        .collect();
+    assert_eq!(pairs.len(), 4, "{pairs:?}");
+}
+
 #[test]
 fn bad_mixes_and_remote_targets_are_refused_before_sending() {
     let run = |args: &[&str]| {

@@ -333,17 +333,38 @@ fn auth_mechanisms(ehlo: &str) -> impl Iterator<Item = &str> {
 
 /// Recipient `i` of message `seq`: local parts and domains take turns over
 /// every recipient sent, and a message of several recipients numbers them.
+/// Recipient `n` of the load goes to domain `n % domains` (the weighted
+/// cycle, so equal weights go d1, d2, ..., dN) and to local part `n %
+/// locals`, shifted by one each time the two turns line up again: every
+/// local part meets every domain even when the two lengths share a factor
+/// (with `user,tempfail+` over `a,b`: user@a, tempfail+@b, tempfail+@a,
+/// user@b).
 fn recipient(cfg: &InjectConfig, seq: u64, i: u32) -> String {
     let n = seq * u64::from(cfg.rcpts) + u64::from(i);
-    let pick = |list: &[String]| {
-        list.get((n % list.len().max(1) as u64) as usize)
-            .cloned()
-            .unwrap_or_default()
-    };
-    if cfg.rcpts == 1 {
-        format!("{}{seq}@{}", pick(&cfg.locals), pick(&cfg.domains))
+    let domains = cfg.domains.len().max(1);
+    let locals = cfg.locals.len().max(1);
+    let common = super::gcd(domains, locals) as u64;
+    let (domains, locals) = (domains as u64, locals as u64);
+    // Within one stretch of lcm(domains, locals) recipients a local part
+    // meets only the domains congruent to it modulo their common factor;
+    // the shift walks it through the others.
+    let shift = if common == 1 {
+        0
     } else {
-        format!("{}{seq}-{i}@{}", pick(&cfg.locals), pick(&cfg.domains))
+        n / (domains / common * locals)
+    };
+    let domain = cfg.domains.get((n % domains) as usize);
+    let local = cfg
+        .locals
+        .get(((n % locals + shift % locals) % locals) as usize);
+    let (local, domain) = (
+        local.map_or("", String::as_str),
+        domain.map_or("", String::as_str),
+    );
+    if cfg.rcpts == 1 {
+        format!("{local}{seq}@{domain}")
+    } else {
+        format!("{local}{seq}-{i}@{domain}")
     }
 }
 
@@ -363,5 +384,77 @@ fn parse_reply(buf: &[u8]) -> Option<(String, usize)> {
         if last {
             return Some((lines.join("\n"), used));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(locals: &[&str], domains: &[&str], rcpts: u32) -> InjectConfig {
+        let mut cfg = InjectConfig::new("127.0.0.1:9".parse().unwrap(), 1, 1);
+        cfg.locals = locals.iter().map(|l| l.to_string()).collect();
+        cfg.domains = domains.iter().map(|d| d.to_string()).collect();
+        cfg.rcpts = rcpts;
+        cfg
+    }
+
+    /// (local part, domain) of the first `count` recipients of the load.
+    fn pairs(cfg: &InjectConfig, count: u64) -> Vec<(String, String)> {
+        let per = u64::from(cfg.rcpts);
+        (0..count)
+            .map(|n| {
+                let r = recipient(cfg, n / per, (n % per) as u32);
+                let (local, domain) = r.split_once('@').unwrap();
+                let prefix = local.trim_end_matches(|c: char| c.is_ascii_digit() || c == '-');
+                (prefix.to_owned(), domain.to_owned())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_local_part_meets_every_domain() {
+        for rcpts in [1, 2, 3] {
+            let cfg = config(&["user", "tempfail+"], &["a", "b"], rcpts);
+            let seen: std::collections::BTreeSet<_> = pairs(&cfg, 4).into_iter().collect();
+            assert_eq!(seen.len(), 4, "rcpts {rcpts}: {seen:?}");
+        }
+        // Lengths sharing a factor (4 and 6): all 24 pairs in 24 recipients.
+        let cfg = config(&["w", "x", "y", "z"], &["a", "b", "c", "d", "e", "f"], 1);
+        let seen: std::collections::BTreeSet<_> = pairs(&cfg, 24).into_iter().collect();
+        assert_eq!(seen.len(), 24, "{seen:?}");
+        // A weighted domain cycle (a:3,b:1): `tempfail+` reaches b too.
+        let cfg = config(&["user", "tempfail+"], &["a", "a", "b", "a"], 1);
+        let p = pairs(&cfg, 8);
+        assert!(p.contains(&("tempfail+".into(), "b".into())), "{p:?}");
+        assert!(p.contains(&("user".into(), "b".into())), "{p:?}");
+    }
+
+    #[test]
+    fn domains_take_turns_by_recipient_and_locals_stay_round_robin() {
+        // Recipient n goes to domain n % domains, whatever the local parts.
+        for locals in [&["user"][..], &["a", "b"], &["a", "b", "c"]] {
+            let cfg = config(locals, &["d1", "d2", "d3"], 2);
+            let domains: Vec<_> = pairs(&cfg, 12).into_iter().map(|(_, d)| d).collect();
+            let expected: Vec<_> = (0..12).map(|n| format!("d{}", n % 3 + 1)).collect();
+            assert_eq!(domains, expected, "locals {locals:?}");
+        }
+        // One domain (or coprime lengths): local parts go strictly in turn.
+        let cfg = config(&["user", "tempfail+", "permfail+"], &["a"], 1);
+        let locals: Vec<_> = pairs(&cfg, 6).into_iter().map(|(l, _)| l).collect();
+        assert_eq!(
+            locals,
+            [
+                "user",
+                "tempfail+",
+                "permfail+",
+                "user",
+                "tempfail+",
+                "permfail+"
+            ]
+        );
+        assert_eq!(recipient(&cfg, 7, 0), "tempfail+7@a");
+        let cfg = config(&["user"], &["a", "b"], 3);
+        assert_eq!(recipient(&cfg, 5, 2), "user5-2@b");
     }
 }

@@ -430,7 +430,9 @@ pub fn build_message(out: &mut Vec<u8>, cfg: &InjectConfig, rcpt: &str, seq: u64
 /// Largest weight of one `--size-dist` or `--domains` entry.
 pub const WEIGHT_MAX: usize = 1000;
 
-/// Parses `--size-dist 1024:70,10240:25,102400:5` into a 100-entry size cycle.
+/// Parses `--size-dist 1024:70,10240:25,102400:5` into the cycle of
+/// message sizes: each appears as often as its weight says, spread through
+/// the cycle (see [`spread`]).
 pub fn parse_size_dist(text: &str) -> anyhow::Result<Vec<usize>> {
     let mut sizes = Vec::new();
     for part in text.split(',') {
@@ -440,19 +442,19 @@ pub fn parse_size_dist(text: &str) -> anyhow::Result<Vec<usize>> {
         let size: usize = size.trim().parse().context("bad size in --size-dist")?;
         let weight: usize = weight.trim().parse().context("bad weight in --size-dist")?;
         anyhow::ensure!(weight <= WEIGHT_MAX, "weight too large in --size-dist");
-        sizes.extend(std::iter::repeat_n(size, weight));
+        sizes.push((size, weight));
     }
+    let sizes = spread(&sizes);
     anyhow::ensure!(!sizes.is_empty(), "--size-dist is empty");
-    Ok(interleave(sizes))
+    Ok(sizes)
 }
 
 /// Parses `--domains gmail.test:60,yahoo.test:30,other.test:10` (the weight
 /// defaults to 1) into the cycle of recipient domains: each appears as often
-/// as its weight says, spread through the cycle. A list without weights
-/// stays in the order given.
+/// as its weight says, spread through the cycle (see [`spread`]). Equal
+/// weights (a list without weights) keep the order given.
 pub fn parse_domains(entries: &[String]) -> anyhow::Result<Vec<String>> {
     let mut domains = Vec::new();
-    let mut weighted = false;
     for entry in entries {
         let (name, weight) = match entry.split_once(':') {
             Some((name, w)) => {
@@ -469,25 +471,55 @@ pub fn parse_domains(entries: &[String]) -> anyhow::Result<Vec<String>> {
             (1..=WEIGHT_MAX).contains(&weight),
             "--domains weight of {name} must be 1 to {WEIGHT_MAX}"
         );
-        weighted |= weight > 1;
-        domains.extend(std::iter::repeat_n(name.to_owned(), weight));
+        domains.push((name.to_owned(), weight));
     }
+    let domains = spread(&domains);
     anyhow::ensure!(!domains.is_empty(), "--domains is empty");
-    Ok(if weighted {
-        interleave(domains)
-    } else {
-        domains
-    })
+    Ok(domains)
 }
 
-/// Spreads repeated entries through the list (a stride coprime with its
-/// length), so that a short run still sees the mix.
-fn interleave<T: Clone>(items: Vec<T>) -> Vec<T> {
-    let n = items.len();
-    let stride = (1..n).rev().find(|s| gcd(*s, n) == 1).unwrap_or(1);
-    (0..n)
-        .filter_map(|i| items.get((i * stride) % n).cloned())
-        .collect()
+/// The cycle of weighted `entries` (value, weight), which messages index
+/// round-robin: each value appears as often as its weight (over the
+/// weights' greatest common divisor, so 80:20 is a cycle of 5), and in
+/// every prefix of the repeated cycle each value's count is less than one
+/// away from its weighted share of the prefix. Deterministic; equal weights
+/// keep the order given (a, b, c, a, b, c, ...); zero weights are left out.
+///
+/// Tijdeman's chairman assignment: with `n` entries and `B = 1 - 1/(2n-2)`,
+/// turn `t` goes, among the entries whose next turn is due (`t·share -
+/// count >= 1 - B`), to the one whose count would fall behind its share
+/// by `B` soonest (the earliest `(count + B) / share`), ties to the first
+/// given. Exact integer arithmetic; O(cycle × entries).
+fn spread<T: Clone>(entries: &[(T, usize)]) -> Vec<T> {
+    let entries: Vec<&(T, usize)> = entries.iter().filter(|(_, w)| *w > 0).collect();
+    let divisor = entries.iter().fold(0, |g, (_, w)| gcd(g, *w)).max(1);
+    let weights: Vec<i128> = entries.iter().map(|(_, w)| (w / divisor) as i128).collect();
+    let total: i128 = weights.iter().sum();
+    // 1 - B = 1/d, with d = 2n - 2 (at least 1).
+    let d = (2 * entries.len() as i128 - 2).max(1);
+    let mut counts = vec![0i128; entries.len()];
+    let mut cycle = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+    for t in 1..=total {
+        let mut best: Option<(usize, i128, i128)> = None;
+        for (i, (&w, &c)) in weights.iter().zip(&counts).enumerate() {
+            // Due: t·w/total - c >= 1/d.
+            if d * (t * w - c * total) < total {
+                continue;
+            }
+            // Deadline (c + B)·total/w = (d·c + d - 1)·total/(d·w): compare
+            // (d·c + d - 1)/w across entries.
+            if best.is_none_or(|(_, bw, bc)| (d * c + d - 1) * bw < (d * bc + d - 1) * w) {
+                best = Some((i, w, c));
+            }
+        }
+        // Tijdeman's theorem: some entry is always due.
+        let Some((b, _, _)) = best else { break };
+        if let (Some(count), Some((value, _))) = (counts.get_mut(b), entries.get(b)) {
+            *count += 1;
+            cycle.push(value.clone());
+        }
+    }
+    cycle
 }
 
 fn gcd(a: usize, b: usize) -> usize {
@@ -654,6 +686,75 @@ mod tests {
     fn config(argv: &[&str]) -> anyhow::Result<InjectConfig> {
         let argv = ["inject", "--to", "127.0.0.1:2525"].iter().chain(argv);
         Cli::try_parse_from(argv)?.args.into_config()
+    }
+
+    /// |count·total − prefix·weight| < total for every value and prefix of
+    /// the repeated cycle: each count is within 1 of its weighted share.
+    fn assert_close(weights: &[usize]) {
+        let entries: Vec<(usize, usize)> = weights.iter().copied().enumerate().collect();
+        let cycle = spread(&entries);
+        let total: usize = weights.iter().sum();
+        assert_eq!(cycle.len() * (total / cycle.len()), total, "{weights:?}");
+        let mut counts = vec![0usize; weights.len()];
+        for (k, &value) in cycle.iter().cycle().take(2 * cycle.len() + 3).enumerate() {
+            counts[value] += 1;
+            let prefix = k + 1;
+            for (&c, &w) in counts.iter().zip(weights) {
+                let (have, share) = (c * total, prefix * w);
+                assert!(
+                    have.abs_diff(share) < total,
+                    "weights {weights:?}, prefix {prefix}: {c} against {}",
+                    share as f64 / total as f64
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn weighted_cycles_spread_every_prefix() {
+        for a in 1..=9 {
+            assert_close(&[a]);
+            for b in 1..=9 {
+                assert_close(&[a, b]);
+                for c in 1..=9 {
+                    assert_close(&[a, b, c]);
+                    for d in [1, 2, 5, 7] {
+                        assert_close(&[a, b, c, d]);
+                    }
+                }
+            }
+        }
+        assert_close(&[80, 20]);
+        assert_close(&[60, 30, 10]);
+        assert_close(&[1000, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]);
+        assert_close(&[306, 129, 992, 218, 897, 49, 314]);
+        assert_close(&[997, 991, 983, 2]);
+    }
+
+    #[test]
+    fn weighted_mixes_are_spread_and_equal_weights_keep_order() {
+        // 80:20 is a cycle of 5, one large message in it.
+        let sizes = parse_size_dist("2048:80,102400:20").unwrap();
+        assert_eq!(sizes, [2048, 2048, 102400, 2048, 2048]);
+        let ten: Vec<_> = (0..10).map(|s| sizes[s % sizes.len()]).collect();
+        assert_eq!(ten.iter().filter(|&&s| s == 102400).count(), 2);
+        let domains = parse_domains(&["a.test:60".into(), "b.test:40".into()]).unwrap();
+        let ten: Vec<_> = (0..10).map(|s| &domains[s % domains.len()]).collect();
+        assert_eq!(
+            ten.iter().filter(|d| d.as_str() == "b.test").count(),
+            4,
+            "{ten:?}"
+        );
+        // A zero weight leaves its size out; all zero is empty.
+        assert_eq!(parse_size_dist("1:0,2:3").unwrap(), [2]);
+        assert!(parse_size_dist("1:0").is_err());
+        // Equal weights, with or without a number: the order given.
+        for list in [["d1", "d2", "d3"], ["d1:4", "d2:4", "d3:4"]] {
+            let list: Vec<String> = list.iter().map(|d| d.to_string()).collect();
+            assert_eq!(parse_domains(&list).unwrap(), ["d1", "d2", "d3"]);
+        }
+        let same: Vec<String> = ["x", "y", "x"].iter().map(|d| d.to_string()).collect();
+        assert_eq!(parse_domains(&same).unwrap(), same);
     }
 
     #[test]

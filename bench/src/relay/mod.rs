@@ -1850,7 +1850,7 @@ mod tests {
             leg_order(&compare, true, 5),
             ["raw", "forward", "spate", "postfix"]
         );
-        assert_eq!(leg_order(&compare, false, 2), ["postfix", "raw", "forward"]);
+        assert_eq!(leg_order(&compare, false, 2), ["forward", "postfix", "raw"]);
         assert!(leg_order(&[], false, 3).is_empty());
     }
 
