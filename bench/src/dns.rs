@@ -4,14 +4,20 @@
 //! std threads (no async runtime: tests can start it anywhere). Messages are
 //! decoded and encoded with hickory-proto. It answers only what the zone holds:
 //! NXDOMAIN for unknown names, NODATA (NOERROR, empty answer, SOA in authority)
-//! when the name exists without the asked type. It never recurses.
+//! when the name exists without the asked type, or exists only as the parent
+//! of names the zone holds (an empty non-terminal, RFC 8020). It never
+//! recurses. An answer too large for a DNS message (records of one name adding
+//! up to more than 65,535 bytes) gets SERVFAIL; a single record that could
+//! never be sent is refused when the zone is parsed.
 //!
 //! # Zone file format
 //!
 //! One record per line: `NAME [TTL] TYPE DATA`, `#` or `;` starts a comment.
 //! `$TTL N` sets the default TTL (300 when absent) for following lines;
 //! `$NEGTTL N` sets the TTL of the SOA added to negative answers (default 60).
-//! Names are case-insensitive, the trailing dot is optional.
+//! Names are case-insensitive, the trailing dot is optional. A TXT string
+//! longer than 255 bytes is sent as consecutive 255-byte character-strings
+//! (as RFC 7208 describes for SPF, and DKIM keys need): clients join them.
 //!
 //! ```text
 //! $TTL 300
@@ -23,7 +29,7 @@
 //! example.test        TXT  "v=spf1 -all"
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
 use std::str::FromStr;
@@ -33,7 +39,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, MX, SOA, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
@@ -47,19 +53,33 @@ const DNS_MESSAGE_BYTES_MAX: usize = 65_535;
 const TCP_CONNECTIONS_MAX: usize = 64;
 /// Poll interval of the server threads for the stop flag.
 const STOP_POLL_MS: u64 = 100;
+/// Longest character-string in a TXT record (one length byte, RFC 1035 3.3).
+const TXT_STRING_BYTES_MAX: usize = 255;
+/// The TC (truncated) flag in the third byte of an encoded DNS header.
+const HEADER_FLAGS_TC: u8 = 0x02;
 
 /// A parsed zone: records by lower-case owner name.
 #[derive(Debug, Clone, Default)]
 pub struct Zone {
     records: HashMap<Name, Vec<Record>>,
+    /// Every ancestor of an owner name (up to the root): names that exist
+    /// because a name below them does, answered NODATA when they own nothing.
+    ancestors: HashSet<Name>,
     negative_ttl_s: u32,
 }
 
 impl Zone {
     /// Parses the zone text format described in the module documentation.
+    /// Errors name the line as `zone line N`.
     pub fn parse(text: &str) -> anyhow::Result<Self> {
+        Self::parse_from(text, "zone")
+    }
+
+    /// Parses zone text; errors name the line as `{source} line N`.
+    fn parse_from(text: &str, source: &str) -> anyhow::Result<Self> {
         let mut zone = Zone {
             records: HashMap::new(),
+            ancestors: HashSet::new(),
             negative_ttl_s: NEGATIVE_TTL_S_DEFAULT,
         };
         let mut default_ttl_s = ZONE_TTL_S_DEFAULT;
@@ -70,7 +90,7 @@ impl Zone {
                 continue;
             }
             let fields: Vec<&str> = line.split_whitespace().collect();
-            let ctx = || format!("zone line {line_no}: {raw:?}");
+            let ctx = || format!("{source} line {line_no}: {raw:?}");
             match fields.as_slice() {
                 ["$TTL", n] => default_ttl_s = n.parse().with_context(ctx)?,
                 ["$NEGTTL", n] => zone.negative_ttl_s = n.parse().with_context(ctx)?,
@@ -84,6 +104,15 @@ impl Zone {
                 [] => {}
             }
         }
+        for owner in zone.records.keys() {
+            let mut name = owner.clone();
+            while !name.is_root() {
+                name = name.base_name();
+                if !zone.ancestors.insert(name.clone()) {
+                    break; // its own ancestors are in already
+                }
+            }
+        }
         Ok(zone)
     }
 
@@ -91,7 +120,7 @@ impl Zone {
     pub fn load(path: &std::path::Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading zone file {}", path.display()))?;
-        Self::parse(&text)
+        Self::parse_from(&text, &format!("zone file {}", path.display()))
     }
 
     /// Builds the response to one query message.
@@ -109,6 +138,10 @@ impl Zone {
         response.add_query(question.clone());
         let name = question.name().to_lowercase();
         match self.records.get(&name) {
+            // An empty non-terminal exists: NODATA, not NXDOMAIN (RFC 8020).
+            None if self.ancestors.contains(&name) => {
+                response.add_authority(self.negative_soa(&name));
+            }
             None => {
                 response.metadata.response_code = ResponseCode::NXDomain;
                 response.add_authority(self.negative_soa(&name));
@@ -202,11 +235,48 @@ fn parse_record(
                     upper.find("TXT").map(|p| r[p + 3..].trim())
                 })
                 .unwrap_or_default();
-            RData::TXT(TXT::new(parse_txt_strings(after)?))
+            let strings = parse_txt_strings(after)?;
+            let mut chunks: Vec<&[u8]> = Vec::with_capacity(strings.len());
+            for s in &strings {
+                if s.is_empty() {
+                    chunks.push(&[]);
+                } else {
+                    chunks.extend(s.as_bytes().chunks(TXT_STRING_BYTES_MAX));
+                }
+            }
+            RData::TXT(TXT::from_bytes(chunks))
         }
         (other, _) => bail!("unsupported record type or wrong field count: {other}"),
     };
-    Ok(Record::from_rdata(owner, ttl_s, rdata))
+    let record = Record::from_rdata(owner, ttl_s, rdata);
+    check_encodes(&record)?;
+    Ok(record)
+}
+
+/// Refuses a record no answer could carry (e.g. more than 65,535 bytes of
+/// TXT), so that the server never meets it at query time.
+fn check_encodes(record: &Record) -> anyhow::Result<()> {
+    let mut message = Message::response(0, OpCode::Query);
+    message.add_query(Query::query(record.name.clone(), record.record_type()));
+    message.add_answer(record.clone());
+    encode_whole(&message)
+        .with_context(|| format!("{} record cannot be sent", record.record_type()))?;
+    Ok(())
+}
+
+/// Encodes a message with all its records. hickory-proto leaves out the
+/// records past 65,535 bytes and sets the TC flag, which over TCP means a
+/// silently partial answer: that is an error here.
+fn encode_whole(message: &Message) -> anyhow::Result<Vec<u8>> {
+    let bytes = message.to_vec()?;
+    let truncated = bytes
+        .get(2)
+        .is_some_and(|flags| flags & HEADER_FLAGS_TC != 0);
+    anyhow::ensure!(
+        !truncated || message.metadata.truncation,
+        "the records do not fit in a DNS message ({DNS_MESSAGE_BYTES_MAX} bytes at most)"
+    );
+    Ok(bytes)
 }
 
 fn parse_txt_strings(text: &str) -> anyhow::Result<Vec<String>> {
@@ -336,7 +406,21 @@ fn respond(served: &Served, request: &[u8]) -> Option<Vec<u8>> {
                 .ok();
         }
     };
-    zone.answer(&query).to_vec().ok()
+    match encode_whole(&zone.answer(&query)) {
+        Ok(reply) => Some(reply),
+        Err(_) => {
+            // The records of one name add up to more than a message holds:
+            // say so rather than send part of them or leave the client waiting.
+            let mut fail = Message::error_msg(
+                query.metadata.id,
+                query.metadata.op_code,
+                ResponseCode::ServFail,
+            );
+            fail.metadata.recursion_desired = query.metadata.recursion_desired;
+            fail.add_queries(query.queries);
+            fail.to_vec().ok()
+        }
+    }
 }
 
 fn serve_udp(socket: &UdpSocket, served: &Served, stop: &AtomicBool) {

@@ -8,12 +8,18 @@
 //! connection after N messages. `{ip}` in any reply text is replaced by the
 //! client's IP address. Time comes in as an argument (`elapsed`), so every rule
 //! is testable without sleeping.
+//!
+//! A script that parses but breaks a rule is refused with the line and the
+//! key, e.g. `line 7: throttle[2].messages_per_minute must be > 0`, where
+//! `throttle[2]` is the second `[[throttle]]` entry (entries count from 1).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
+use toml::Spanned;
 
 /// Largest number of client IPs tracked by the throttle; beyond it, the oldest
 /// windows are dropped (a benchmark sees a handful of IPs).
@@ -76,11 +82,75 @@ impl Default for Script {
     }
 }
 
+/// Where the checked keys of a script sit in its text: the script parsed a
+/// second time, keeping only the spans, so that [`Script`] stays plain data.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct KeySpans {
+    greeting: Option<Spanned<IgnoredAny>>,
+    tempfail_reply: Option<Spanned<IgnoredAny>>,
+    permfail_reply: Option<Spanned<IgnoredAny>>,
+    throttle: Vec<HashMap<String, Spanned<IgnoredAny>>>,
+    window: Vec<HashMap<String, Spanned<IgnoredAny>>>,
+}
+
+/// Names a key in validation errors, with its line when the text is known.
+#[derive(Debug, Default)]
+struct Locator<'t> {
+    text: &'t str,
+    spans: KeySpans,
+}
+
+impl<'t> Locator<'t> {
+    /// Spans of `text`, which already parsed as a [`Script`]; none if that
+    /// second parse fails (it should not), the errors then lack the line.
+    fn new(text: &'t str) -> Self {
+        Locator {
+            text,
+            spans: toml::from_str(text).unwrap_or_default(),
+        }
+    }
+
+    /// A top-level key, e.g. `line 3: greeting`.
+    fn key(&self, key: &str) -> String {
+        let span = match key {
+            "greeting" => self.spans.greeting.as_ref(),
+            "tempfail_reply" => self.spans.tempfail_reply.as_ref(),
+            "permfail_reply" => self.spans.permfail_reply.as_ref(),
+            _ => None,
+        };
+        self.at(span, key.to_owned())
+    }
+
+    /// A key of the `index`th (from 0) entry of an array of tables, e.g.
+    /// `line 7: throttle[2].messages_per_minute` for `index` 1.
+    fn entry_key(&self, array: &str, index: usize, key: &str) -> String {
+        let entries = match array {
+            "throttle" => self.spans.throttle.as_slice(),
+            "window" => self.spans.window.as_slice(),
+            _ => &[],
+        };
+        let span = entries.get(index).and_then(|entry| entry.get(key));
+        self.at(span, format!("{array}[{}].{key}", index + 1))
+    }
+
+    fn at(&self, span: Option<&Spanned<IgnoredAny>>, path: String) -> String {
+        let line = span
+            .and_then(|s| self.text.get(..s.span().start))
+            .map(|before| before.matches('\n').count() + 1);
+        match line {
+            Some(line) => format!("line {line}: {path}"),
+            None => path,
+        }
+    }
+}
+
 impl Script {
-    /// Parses and validates a TOML script.
+    /// Parses and validates a TOML script. Errors carry the line (and, for
+    /// rule violations, the key, e.g. `line 7: throttle[2].reply: ...`).
     pub fn parse(text: &str) -> anyhow::Result<Self> {
         let script: Script = toml::from_str(text)?;
-        script.validate()?;
+        script.validate(&Locator::new(text))?;
         Ok(script)
     }
 
@@ -91,20 +161,28 @@ impl Script {
         Self::parse(&text).map_err(|e| anyhow::anyhow!("script {}: {e}", path.display()))
     }
 
-    fn validate(&self) -> anyhow::Result<()> {
-        check_reply("greeting", &self.greeting, &['2', '4', '5'])?;
-        check_reply("tempfail_reply", &self.tempfail_reply, &['4'])?;
-        check_reply("permfail_reply", &self.permfail_reply, &['5'])?;
-        for t in &self.throttle {
-            check_reply("throttle.reply", &t.reply, &['4', '5'])?;
+    /// Checks the rules serde cannot; `at` names the offending key.
+    fn validate(&self, at: &Locator<'_>) -> anyhow::Result<()> {
+        check_reply(&at.key("greeting"), &self.greeting, &['2', '4', '5'])?;
+        check_reply(&at.key("tempfail_reply"), &self.tempfail_reply, &['4'])?;
+        check_reply(&at.key("permfail_reply"), &self.permfail_reply, &['5'])?;
+        for (i, t) in self.throttle.iter().enumerate() {
+            check_reply(&at.entry_key("throttle", i, "reply"), &t.reply, &['4', '5'])?;
             anyhow::ensure!(
                 t.messages_per_minute > 0,
-                "throttle.messages_per_minute must be > 0"
+                "{} must be > 0",
+                at.entry_key("throttle", i, "messages_per_minute")
             );
         }
-        for w in &self.window {
-            check_reply("window.reply", &w.reply, &['4', '5'])?;
-            anyhow::ensure!(w.start_s < w.end_s, "window.start_s must be before end_s");
+        for (i, w) in self.window.iter().enumerate() {
+            check_reply(&at.entry_key("window", i, "reply"), &w.reply, &['4', '5'])?;
+            anyhow::ensure!(
+                w.start_s < w.end_s,
+                "{} must be before end_s (got start_s = {}, end_s = {})",
+                at.entry_key("window", i, "start_s"),
+                w.start_s,
+                w.end_s
+            );
         }
         Ok(())
     }
@@ -148,7 +226,7 @@ impl Script {
             },
             other => anyhow::bail!("unknown preset {other:?} (gmail, yahoo, microsoft)"),
         };
-        script.validate()?;
+        script.validate(&Locator::default())?;
         Ok(script)
     }
 }

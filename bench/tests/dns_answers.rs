@@ -35,6 +35,37 @@ fn query(addr: SocketAddr, name: &str, rtype: RecordType) -> Message {
     reply
 }
 
+fn query_tcp(addr: SocketAddr, name: &str, rtype: RecordType) -> Message {
+    let mut msg = Message::query();
+    msg.metadata.id = 4343;
+    msg.add_query(Query::query(Name::from_ascii(name).unwrap(), rtype));
+    let bytes = msg.to_vec().unwrap();
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    stream
+        .write_all(&(bytes.len() as u16).to_be_bytes())
+        .unwrap();
+    stream.write_all(&bytes).unwrap();
+    let mut len = [0u8; 2];
+    stream.read_exact(&mut len).unwrap();
+    let mut reply = vec![0u8; u16::from_be_bytes(len) as usize];
+    stream.read_exact(&mut reply).unwrap();
+    let reply = Message::from_vec(&reply).unwrap();
+    assert_eq!(reply.metadata.id, 4343);
+    reply
+}
+
+/// The character-strings of the single TXT answer.
+fn txt_strings(reply: &Message) -> Vec<Vec<u8>> {
+    assert_eq!(reply.answers.len(), 1, "{:?}", reply.answers);
+    match &reply.answers[0].data {
+        RData::TXT(t) => t.txt_data.iter().map(|s| s.to_vec()).collect(),
+        other => panic!("expected TXT, got {other:?}"),
+    }
+}
+
 #[test]
 fn mx_answers_carry_preferences() {
     let dns = spawn("127.0.0.1:0".parse().unwrap(), Zone::parse(ZONE).unwrap()).unwrap();
@@ -130,6 +161,129 @@ fn bad_zone_lines_are_errors_with_line_numbers() {
     assert!(format!("{err:#}").contains("zone line 2"), "{err:#}");
     assert!(Zone::parse("x.test MX ten mx.test").is_err());
     assert!(Zone::parse("x.test SRV 1 2 3 y.test").is_err());
+}
+
+/// A TXT string over 255 bytes (a DKIM key, a long SPF record) goes out as
+/// consecutive 255-byte character-strings, over UDP and TCP alike.
+#[test]
+fn long_txt_strings_are_split_into_character_strings() {
+    let key: String = (0..300 - 18)
+        .map(|i| char::from(b'A' + (i % 26) as u8))
+        .collect();
+    let text = format!("v=DKIM1; k=rsa; p={key}");
+    assert_eq!(text.len(), 300);
+    let zone = format!(
+        "sel._domainkey.example.test TXT \"{text}\"\n\
+         two.test TXT \"short\" \"{text}\"\n\
+         empty.test TXT \"\"\n"
+    );
+    let dns = spawn("127.0.0.1:0".parse().unwrap(), Zone::parse(&zone).unwrap()).unwrap();
+    for reply in [
+        query(dns.addr, "sel._domainkey.example.test.", RecordType::TXT),
+        query_tcp(dns.addr, "sel._domainkey.example.test.", RecordType::TXT),
+    ] {
+        assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+        let strings = txt_strings(&reply);
+        assert_eq!(
+            strings.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![255, 45]
+        );
+        assert_eq!(strings.concat(), text.as_bytes());
+    }
+    let strings = txt_strings(&query_tcp(dns.addr, "two.test.", RecordType::TXT));
+    assert_eq!(
+        strings.iter().map(Vec::len).collect::<Vec<_>>(),
+        vec![5, 255, 45]
+    );
+    assert_eq!(strings.concat(), format!("short{text}").as_bytes());
+    let strings = txt_strings(&query(dns.addr, "empty.test.", RecordType::TXT));
+    assert_eq!(strings, vec![Vec::<u8>::new()]);
+}
+
+/// A record no message could carry is refused with its line; records of one
+/// name that only together overflow a message get SERVFAIL, not silence.
+#[test]
+fn oversized_answers_are_refused_or_servfail() {
+    let huge = "x".repeat(70_000);
+    let err = Zone::parse(&format!("ok.test A 127.0.0.1\nbig.test TXT \"{huge}\"\n")).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.starts_with("zone line 2: "), "{}", &msg[..200]);
+    assert!(msg.contains("TXT record cannot be sent"), "{}", &msg[..200]);
+    let half = "y".repeat(40_000);
+    let zone = format!("big.test TXT \"{half}\"\nbig.test TXT \"{half}z\"\nbig.test A 127.0.0.9\n");
+    let dns = spawn("127.0.0.1:0".parse().unwrap(), Zone::parse(&zone).unwrap()).unwrap();
+    for reply in [
+        query(dns.addr, "big.test.", RecordType::TXT),
+        query_tcp(dns.addr, "big.test.", RecordType::TXT),
+        query_tcp(dns.addr, "big.test.", RecordType::ANY),
+    ] {
+        assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
+        assert!(reply.answers.is_empty());
+        assert_eq!(reply.queries.len(), 1);
+    }
+    // The same connection and the other types still work.
+    let a = query_tcp(dns.addr, "big.test.", RecordType::A);
+    assert_eq!(a.answers.len(), 1);
+}
+
+/// A name that exists only above other names is NODATA (RFC 8020), not
+/// NXDOMAIN; below it, unknown names stay NXDOMAIN.
+#[test]
+fn empty_non_terminals_are_nodata() {
+    let zone = Zone::parse("a.b.ent.test A 127.0.0.1\nsel._domainkey.ent.test TXT x\n").unwrap();
+    let dns = spawn("127.0.0.1:0".parse().unwrap(), zone).unwrap();
+    for name in ["ent.test.", "B.ent.test.", "_domainkey.ent.test."] {
+        for reply in [
+            query(dns.addr, name, RecordType::A),
+            query_tcp(dns.addr, name, RecordType::TXT),
+        ] {
+            assert_eq!(
+                reply.metadata.response_code,
+                ResponseCode::NoError,
+                "{name}"
+            );
+            assert!(reply.answers.is_empty(), "{name}");
+            assert!(
+                matches!(&reply.authorities[..], [soa] if matches!(soa.data, RData::SOA(_))),
+                "{name}: {:?}",
+                reply.authorities
+            );
+        }
+    }
+    for name in ["c.b.ent.test.", "x.ent.test.", "nowhere.test."] {
+        let reply = query(dns.addr, name, RecordType::A);
+        assert_eq!(
+            reply.metadata.response_code,
+            ResponseCode::NXDomain,
+            "{name}"
+        );
+    }
+    let a = query(dns.addr, "a.b.ent.test.", RecordType::A);
+    assert_eq!(a.answers.len(), 1);
+}
+
+/// `Zone::load` errors name the file as well as the line.
+#[test]
+fn zone_file_errors_name_the_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("zone.txt");
+    std::fs::write(&path, "ok.test MX 10 mx.test\nbad.test MX ten mx.test\n").unwrap();
+    let msg = format!("{:#}", Zone::load(&path).unwrap_err());
+    assert!(
+        msg.contains(&format!("zone file {} line 2: ", path.display())),
+        "{msg}"
+    );
+    assert!(msg.contains("bad MX preference"), "{msg}");
+    // The command fails the same way, without a panic.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spate-bench"))
+        .args(["dns", "--listen", "127.0.0.1:0", "--zone"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("zone.txt line 2"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 /// The commands refuse to listen off loopback unless told to.
