@@ -4,8 +4,9 @@
 //!
 //! Owns message generation (size or size distribution, the
 //! `X-Spate-Bench-Sent` timestamp header, optional X-Virtual-MTA/X-Job), the
-//! client side of the SMTP exchange, the optional rate cap, ack latency (end of
-//! DATA sent to the final reply received) and the accounting: every message is
+//! client side of the SMTP exchange, the optional rate cap, ack latency (from
+//! the start of the body's write, end-of-data line included, to the final
+//! reply received) and the accounting: every message is
 //! counted exactly once, as accepted or as failed with the reply (or error)
 //! that failed it. A message that never reached MAIL because the server closed
 //! an already-used connection is put back and sent on a new connection.
