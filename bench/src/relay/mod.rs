@@ -375,7 +375,7 @@ impl MtaCpu {
     /// Seconds since [`Self::start`]; None without a process to read.
     fn spent(&self) -> Option<f64> {
         let now = self.pid.and_then(tree_cpu_s)?;
-        Some((now - self.at_start.unwrap_or(0.0)).max(0.0))
+        Some((now - self.at_start?).max(0.0))
     }
 }
 
@@ -1430,8 +1430,8 @@ pub fn run(args: RelayArgs) -> anyhow::Result<()> {
 
 /// The legs of one round, in the order they run: `compare`'s (and spate)
 /// in a fixed order, rotated by one leg each round, so that no leg always
-/// runs first (on a cold machine) or always after the same other one (a
-/// Postfix's last disk writes, say).
+/// runs first (on a cold machine). The cyclic order stays: a leg mostly
+/// follows the same other one.
 fn leg_order(compare: &[String], spate: bool, round: u32) -> Vec<&'static str> {
     let mut legs: Vec<&'static str> = [
         "smtp-sink",
@@ -1488,7 +1488,8 @@ fn run_rounds(args: &RelayArgs, load: &Load, compare: &[String], label: &str) ->
                         work_dir: args.work_dir.as_deref(),
                     },
                 ),
-                _ => run_postfix_in(load, args.work_dir.as_deref()),
+                "postfix" => run_postfix_in(load, args.work_dir.as_deref()),
+                other => Err(anyhow::anyhow!("unknown leg {other}")),
             };
             these.push(row.unwrap_or_else(|e| failed(leg, e)));
         }
