@@ -132,26 +132,7 @@ fn nxdomain_and_nodata_carry_an_soa() {
 #[test]
 fn answers_over_tcp_too() {
     let dns = spawn("127.0.0.1:0".parse().unwrap(), Zone::parse(ZONE).unwrap()).unwrap();
-    let mut msg = Message::query();
-    msg.metadata.id = 7;
-    msg.add_query(Query::query(
-        Name::from_ascii("example.test.").unwrap(),
-        RecordType::MX,
-    ));
-    let bytes = msg.to_vec().unwrap();
-    let mut stream = std::net::TcpStream::connect(dns.addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(2)))
-        .unwrap();
-    stream
-        .write_all(&(bytes.len() as u16).to_be_bytes())
-        .unwrap();
-    stream.write_all(&bytes).unwrap();
-    let mut len = [0u8; 2];
-    stream.read_exact(&mut len).unwrap();
-    let mut reply = vec![0u8; u16::from_be_bytes(len) as usize];
-    stream.read_exact(&mut reply).unwrap();
-    let reply = Message::from_vec(&reply).unwrap();
+    let reply = query_tcp(dns.addr, "example.test.", RecordType::MX);
     assert_eq!(reply.answers.len(), 2);
 }
 
