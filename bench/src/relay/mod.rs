@@ -68,6 +68,9 @@ pub struct LegResult {
     /// to last delivery; its start-up not included).
     pub cpu_s: Option<f64>,
     pub cpu_ms_per_msg: Option<f64>,
+    /// The kernel's part of `cpu_ms_per_msg` (system time: the MTA's
+    /// sockets, file writes, fdatasyncs).
+    pub cpu_kernel_ms_per_msg: Option<f64>,
     /// VmHWM of the MTA's main process: file pages included, so for spate
     /// the spool pages mapped for delivery (None for Postfix, whose
     /// processes peak at different times).
@@ -361,36 +364,58 @@ fn proc_tree(root: u32) -> Option<Vec<(u32, Vec<String>)>> {
 /// (spool, listeners, a Postfix's first processes) is not the load's.
 struct MtaCpu {
     pid: Option<u32>,
-    at_start: Option<f64>,
+    at_start: Option<TreeCpu>,
 }
 
 impl MtaCpu {
     fn start(pid: Option<u32>) -> Self {
         MtaCpu {
             pid,
-            at_start: pid.and_then(tree_cpu_s),
+            at_start: pid.and_then(tree_cpu),
         }
     }
 
-    /// Seconds since [`Self::start`]; None without a process to read.
-    fn spent(&self) -> Option<f64> {
-        let now = self.pid.and_then(tree_cpu_s)?;
-        Some((now - self.at_start?).max(0.0))
+    /// CPU seconds since [`Self::start`], and the kernel's part of them;
+    /// None without a process to read.
+    fn spent(&self) -> Option<TreeCpu> {
+        let now = self.pid.and_then(tree_cpu)?;
+        let start = self.at_start?;
+        Some(TreeCpu {
+            total_s: (now.total_s - start.total_s).max(0.0),
+            kernel_s: (now.kernel_s - start.kernel_s).max(0.0),
+        })
     }
+}
+
+/// A process tree's CPU seconds (children reaped included): user and
+/// system time, and the system (kernel) part alone: for an MTA on
+/// loopback, its sockets, file writes and fdatasyncs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TreeCpu {
+    pub total_s: f64,
+    pub kernel_s: f64,
 }
 
 /// CPU seconds (user+system, children reaped included) of a process tree.
 pub fn tree_cpu_s(root: u32) -> Option<f64> {
+    tree_cpu(root).map(|c| c.total_s)
+}
+
+/// [`TreeCpu`] of the tree under `root`.
+pub fn tree_cpu(root: u32) -> Option<TreeCpu> {
     let ticks = clock_ticks_per_s();
     // utime(11) stime(12) cutime(13) cstime(14), counted from the state field.
-    let total: f64 = proc_tree(root)?
+    let (user, kernel) = proc_tree(root)?
         .iter()
         .map(|(_, f)| {
             let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-            num(11) + num(12) + num(13) + num(14)
+            (num(11) + num(13), num(12) + num(14))
         })
-        .sum();
-    Some(total / ticks)
+        .fold((0.0, 0.0), |(u, k), (du, dk)| (u + du, k + dk));
+    Some(TreeCpu {
+        total_s: (user + kernel) / ticks,
+        kernel_s: kernel / ticks,
+    })
 }
 
 /// Summed `RssAnon` (heap, stacks: what the process allocated) of a process
@@ -526,7 +551,7 @@ fn inject_and_drain(
         Some(last) if complete => last.saturating_sub(inject.first_send_unix_us) as f64 / 1e6,
         _ => started.elapsed().as_secs_f64(),
     };
-    let cpu_s = mta_cpu.spent();
+    let mta_spent = mta_cpu.spent();
     let delivered_recipients = sink_report.total.recipients;
     let delivered = if by_recipients {
         delivered_by_recipients(complete, inject.accepted, delivered_recipients, load.rcpts)
@@ -548,10 +573,9 @@ fn inject_and_drain(
         injection_msgs_per_s: inject.messages_per_s,
         ack_latency: inject.ack_latency,
         e2e_latency: sink_report.e2e_latency,
-        cpu_s,
-        cpu_ms_per_msg: cpu_s
-            .filter(|_| delivered > 0)
-            .map(|c| c * 1000.0 / delivered as f64),
+        cpu_s: mta_spent.map(|c| c.total_s),
+        cpu_ms_per_msg: per_msg_ms(mta_spent.map(|c| c.total_s), delivered),
+        cpu_kernel_ms_per_msg: per_msg_ms(mta_spent.map(|c| c.kernel_s), delivered),
         peak_rss_kib: mta_pid.and_then(peak_rss_kib),
         peak_anon_kib,
         injector_failures: inject.failures,
@@ -969,7 +993,7 @@ fn inject_only(
     let inject: InjectReport = run_inject(inject_config(to, load, tls)?)?;
     let spent = cpu.spent();
     let peak_anon_kib = anon.and_then(AnonPeak::finish);
-    let cpu_s = mta_cpu.spent();
+    let mta_spent = mta_cpu.spent();
     let mut result = LegResult {
         name: name.into(),
         messages: load.messages,
@@ -977,10 +1001,9 @@ fn inject_only(
         elapsed_s: inject.elapsed_s,
         injection_msgs_per_s: inject.messages_per_s,
         ack_latency: inject.ack_latency,
-        cpu_s,
-        cpu_ms_per_msg: cpu_s
-            .filter(|_| inject.accepted > 0)
-            .map(|c| c * 1000.0 / inject.accepted as f64),
+        cpu_s: mta_spent.map(|c| c.total_s),
+        cpu_ms_per_msg: per_msg_ms(mta_spent.map(|c| c.total_s), inject.accepted),
+        cpu_kernel_ms_per_msg: per_msg_ms(mta_spent.map(|c| c.kernel_s), inject.accepted),
         peak_rss_kib: mta_pid.and_then(peak_rss_kib),
         peak_anon_kib,
         error: refused_error(&inject, load),
@@ -1182,6 +1205,69 @@ pub fn print_table(rows: &[LegResult]) {
     for (label, ratio) in ratios(rows) {
         println!("{label} = {ratio:.2}x");
     }
+    if let Some(b) = half_raw_budget(rows) {
+        println!("{}", b.line());
+    }
+}
+
+/// `seconds` per message in milliseconds (None without messages).
+fn per_msg_ms(seconds: Option<f64>, messages: u64) -> Option<f64> {
+    seconds
+        .filter(|_| messages > 0)
+        .map(|s| s * 1000.0 / messages as f64)
+}
+
+/// What half the raw pipeline's rate leaves an MTA of the machine's CPU,
+/// beside what it spent (see [`half_raw_budget`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HalfRawBudget {
+    /// Milliseconds of CPU per message the MTA may spend.
+    pub budget_ms: f64,
+    /// What spate's process tree spent per message, and the kernel's part.
+    pub spate_ms: f64,
+    pub spate_kernel_ms: Option<f64>,
+}
+
+impl HalfRawBudget {
+    pub fn line(&self) -> String {
+        let kernel = self
+            .spate_kernel_ms
+            .map_or(String::new(), |k| format!(", {k:.3} of it in the kernel"));
+        format!(
+            "CPU budget of spate / raw = 0.5x (every CPU busy at half raw's rate, less the \
+             harness's CPU): {:.3} ms per message; spate spent {:.3}{kernel}",
+            self.budget_ms, self.spate_ms
+        )
+    }
+}
+
+/// The CPU per message an MTA could spend and still deliver at half the
+/// raw pipeline's rate on this machine: all `cpus` busy for the time half
+/// that rate takes per message, less the harness's own CPU per message in
+/// the MTA's leg (its injector and sink do the same work in both legs).
+/// An upper bound: no leg keeps every CPU busy.
+pub fn mta_cpu_budget_ms(raw_msgs_per_s: f64, cpus: f64, harness_ms: f64) -> Option<f64> {
+    (raw_msgs_per_s > 0.0).then(|| cpus * 1000.0 / (0.5 * raw_msgs_per_s) - harness_ms)
+}
+
+/// [`HalfRawBudget`] of one round's rows, when it ran raw and spate.
+pub fn half_raw_budget(rows: &[LegResult]) -> Option<HalfRawBudget> {
+    let ok = |name: &str| {
+        rows.iter()
+            .find(|r| r.name.starts_with(name) && r.error.is_none())
+    };
+    let raw = ok("raw")?;
+    let spate = ok("spate")?;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    Some(HalfRawBudget {
+        budget_ms: mta_cpu_budget_ms(
+            raw.end_to_end_msgs_per_s,
+            cpus,
+            spate.harness_cpu_ms_per_msg?,
+        )?,
+        spate_ms: spate.cpu_ms_per_msg?,
+        spate_kernel_ms: spate.cpu_kernel_ms_per_msg,
+    })
 }
 
 /// "machine: ..." of a row or of medians, when there are figures.
@@ -1354,6 +1440,25 @@ pub fn print_summary(rows: &[LegResult], rounds: u32) {
         if let Some((m, lo, hi)) = median_range(values) {
             println!("{label} = {m:.2}x median ({lo:.2}-{hi:.2}x over {n} rounds)");
         }
+    }
+    let budgets: Vec<HalfRawBudget> = distinct(rows, |r| r.round)
+        .into_iter()
+        .filter_map(|round| {
+            let these: Vec<LegResult> = rows.iter().filter(|r| r.round == round).cloned().collect();
+            half_raw_budget(&these)
+        })
+        .collect();
+    let med =
+        |f: &dyn Fn(&HalfRawBudget) -> Option<f64>| median(budgets.iter().filter_map(f).collect());
+    if let (Some(budget_ms), Some(spate_ms)) =
+        (med(&|b| Some(b.budget_ms)), med(&|b| Some(b.spate_ms)))
+    {
+        let b = HalfRawBudget {
+            budget_ms,
+            spate_ms,
+            spate_kernel_ms: med(&|b| b.spate_kernel_ms),
+        };
+        println!("{} (medians of {} rounds)", b.line(), budgets.len());
     }
 }
 
@@ -1668,6 +1773,35 @@ mod tests {
         let mut failed = rows.clone();
         failed[1].error = Some("boom".into());
         assert!(ratios(&failed).is_empty());
+    }
+
+    #[test]
+    fn half_raw_budget_is_every_cpu_at_half_raws_rate_less_the_harness() {
+        // 2 CPUs, raw at 40,000 msg/s: half is 20,000/s, 0.1 ms of the
+        // machine per message; the harness takes 0.04 of it in spate's leg.
+        let b = mta_cpu_budget_ms(40_000.0, 2.0, 0.04).unwrap();
+        assert!((b - 0.06).abs() < 1e-12, "{b}");
+        assert_eq!(mta_cpu_budget_ms(0.0, 2.0, 0.04), None);
+        let mut rows = vec![
+            row("raw (inject -> sink)", 40_000.0, 40_000.0),
+            row("spate", 15_000.0, 15_000.0),
+        ];
+        // Without spate's CPU figures there is nothing to compare.
+        assert_eq!(half_raw_budget(&rows), None);
+        rows[1].harness_cpu_ms_per_msg = Some(0.04);
+        rows[1].cpu_ms_per_msg = Some(0.08);
+        rows[1].cpu_kernel_ms_per_msg = Some(0.05);
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let b = half_raw_budget(&rows).unwrap();
+        assert!((b.budget_ms - (cpus * 0.05 - 0.04)).abs() < 1e-12, "{b:?}");
+        assert_eq!((b.spate_ms, b.spate_kernel_ms), (0.08, Some(0.05)));
+        assert!(
+            b.line()
+                .contains("spate spent 0.080, 0.050 of it in the kernel")
+        );
+        // A failed raw leg: no budget.
+        rows[0].error = Some("boom".into());
+        assert_eq!(half_raw_budget(&rows), None);
     }
 
     #[test]
