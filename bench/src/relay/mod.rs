@@ -1081,7 +1081,8 @@ pub struct RelayArgs {
     #[arg(long)]
     pub allow_remote: bool,
     /// Run every leg this many times, alternating (raw, spate, raw, spate,
-    /// ...; the order rotates by one leg each round), and summarise each
+    /// ...; the order changes each round so that every leg runs in each
+    /// place and after each other leg equally often), and summarise each
     /// leg's median and the median of the per-round ratios: on a shared,
     /// noisy machine one round can be off by 2x. Failed rounds are left out
     /// of the medians and named under the --suite table.
@@ -1534,11 +1535,13 @@ pub fn run(args: RelayArgs) -> anyhow::Result<()> {
 }
 
 /// The legs of one round, in the order they run: `compare`'s (and spate)
-/// in a fixed order, rotated by one leg each round, so that no leg always
-/// runs first (on a cold machine). The cyclic order stays: a leg mostly
-/// follows the same other one.
+/// in a balanced (Williams) order. Over N rounds of N legs (2N when N is
+/// odd) each leg runs once in every place and right after every other leg
+/// equally often, so neither a cold first place nor the leftovers of one
+/// particular leg before it (page cache, a Postfix still exiting) always
+/// fall on the same leg.
 fn leg_order(compare: &[String], spate: bool, round: u32) -> Vec<&'static str> {
-    let mut legs: Vec<&'static str> = [
+    let legs: Vec<&'static str> = [
         "smtp-sink",
         "raw",
         "forward",
@@ -1555,11 +1558,29 @@ fn leg_order(compare: &[String], spate: bool, round: u32) -> Vec<&'static str> {
         }
     })
     .collect();
-    if !legs.is_empty() {
-        let by = (round.saturating_sub(1) as usize) % legs.len();
-        legs.rotate_left(by);
+    williams_order(legs.len(), round.saturating_sub(1) as usize)
+        .into_iter()
+        .map(|i| legs[i])
+        .collect()
+}
+
+/// Row `row` (0-based) of a Williams design for `n` treatments: the first
+/// row is 0, 1, n-1, 2, n-2, ...; row r adds r (mod n) to each; for odd n
+/// the second n rows are the first n reversed.
+fn williams_order(n: usize, row: usize) -> Vec<usize> {
+    if n == 0 {
+        return Vec::new();
     }
-    legs
+    let base = (0..n).map(|i| match i {
+        0 => 0,
+        _ if i % 2 == 1 => i.div_ceil(2),
+        _ => n - i / 2,
+    });
+    let mut order: Vec<usize> = base.map(|b| (b + row) % n).collect();
+    if n % 2 == 1 && (row / n) % 2 == 1 {
+        order.reverse();
+    }
+    order
 }
 
 /// `--repeat` rounds of the legs in `compare` (and spate) under one load,
@@ -1971,22 +1992,51 @@ mod tests {
     }
 
     #[test]
-    fn legs_rotate_one_place_each_round() {
+    fn legs_run_in_a_balanced_order() {
         let compare: Vec<String> = ["postfix", "raw", "forward"].map(String::from).to_vec();
         assert_eq!(
             leg_order(&compare, true, 1),
-            ["raw", "forward", "spate", "postfix"]
+            ["raw", "forward", "postfix", "spate"]
         );
         assert_eq!(
             leg_order(&compare, true, 2),
-            ["forward", "spate", "postfix", "raw"]
+            ["forward", "spate", "raw", "postfix"]
         );
-        assert_eq!(
-            leg_order(&compare, true, 5),
-            ["raw", "forward", "spate", "postfix"]
-        );
-        assert_eq!(leg_order(&compare, false, 2), ["forward", "postfix", "raw"]);
+        // Round 5 is round 1 again (4 legs: 4 rounds make the design).
+        assert_eq!(leg_order(&compare, true, 5), leg_order(&compare, true, 1));
+        assert_eq!(leg_order(&compare, false, 1), ["raw", "forward", "postfix"]);
         assert!(leg_order(&[], false, 3).is_empty());
+        // Over a whole design every leg runs once in each place and right
+        // after every other leg equally often (once for even n, twice over
+        // the 2n rows for odd n).
+        for n in 1..=6 {
+            let rows = if n % 2 == 0 { n } else { 2 * n };
+            let mut place = vec![vec![0; n]; n];
+            let mut after = vec![vec![0; n]; n];
+            for r in 0..rows {
+                let order = williams_order(n, r);
+                let mut sorted = order.clone();
+                sorted.sort();
+                assert_eq!(sorted, (0..n).collect::<Vec<_>>(), "n {n} row {r}");
+                for (p, &leg) in order.iter().enumerate() {
+                    place[leg][p] += 1;
+                }
+                for w in order.windows(2) {
+                    after[w[0]][w[1]] += 1;
+                }
+            }
+            let per_place = rows / n;
+            assert!(
+                place.iter().flatten().all(|&c| c == per_place),
+                "n {n}: {place:?}"
+            );
+            for (a, row) in after.iter().enumerate() {
+                for (b, &c) in row.iter().enumerate() {
+                    let want = if a == b { 0 } else { rows / n };
+                    assert_eq!(c, want, "n {n}: {b} after {a}");
+                }
+            }
+        }
     }
 
     #[test]
