@@ -431,6 +431,12 @@ pub fn build_message(out: &mut Vec<u8>, cfg: &InjectConfig, rcpt: &str, seq: u64
 /// Largest weight of one `--size-dist` or `--domains` entry.
 pub const WEIGHT_MAX: usize = 1000;
 
+/// Most entries of one `--size-dist` or `--domains` list: [`spread`]'s
+/// start-up cost grows with the square of the entries: at most about a
+/// third of a second here (256 entries of distinct weights near
+/// [`WEIGHT_MAX`], release build), where thousands took minutes.
+pub const MIX_ENTRIES_MAX: usize = 256;
+
 /// Parses `--size-dist 1024:70,10240:25,102400:5` into the cycle of
 /// message sizes: each appears as often as its weight says, spread through
 /// the cycle (see [`spread`]).
@@ -445,6 +451,11 @@ pub fn parse_size_dist(text: &str) -> anyhow::Result<Vec<usize>> {
         anyhow::ensure!(weight <= WEIGHT_MAX, "weight too large in --size-dist");
         sizes.push((size, weight));
     }
+    anyhow::ensure!(
+        sizes.len() <= MIX_ENTRIES_MAX,
+        "--size-dist has {} entries, at most {MIX_ENTRIES_MAX}",
+        sizes.len()
+    );
     let sizes = spread(&sizes);
     anyhow::ensure!(!sizes.is_empty(), "--size-dist is empty");
     Ok(sizes)
@@ -474,6 +485,11 @@ pub fn parse_domains(entries: &[String]) -> anyhow::Result<Vec<String>> {
         );
         domains.push((name.to_owned(), weight));
     }
+    anyhow::ensure!(
+        domains.len() <= MIX_ENTRIES_MAX,
+        "--domains has {} entries, at most {MIX_ENTRIES_MAX}",
+        domains.len()
+    );
     let domains = spread(&domains);
     anyhow::ensure!(!domains.is_empty(), "--domains is empty");
     Ok(domains)
@@ -749,6 +765,30 @@ mod tests {
         // A zero weight leaves its size out; all zero is empty.
         assert_eq!(parse_size_dist("1:0,2:3").unwrap(), [2]);
         assert!(parse_size_dist("1:0").is_err());
+        // The longest lists, with varied weights, are spread; one entry
+        // more is refused.
+        let varied = |n: usize| -> Vec<(usize, usize)> { (0..n).map(|i| (i + 1, i + 1)).collect() };
+        let text = |v: &[(usize, usize)]| {
+            v.iter()
+                .map(|(s, w)| format!("{s}:{w}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let longest = varied(MIX_ENTRIES_MAX);
+        let cycle = parse_size_dist(&text(&longest)).unwrap();
+        let total: usize = longest.iter().map(|(_, w)| w).sum();
+        assert_eq!(cycle.len(), total);
+        assert_eq!(cycle.iter().filter(|&&s| s == 200).count(), 200);
+        let err = parse_size_dist(&text(&varied(MIX_ENTRIES_MAX + 1))).unwrap_err();
+        assert!(err.to_string().contains("at most 256"), "{err}");
+        let many: Vec<String> = (0..=MIX_ENTRIES_MAX)
+            .map(|i| format!("d{i}.test"))
+            .collect();
+        let err = parse_domains(&many).unwrap_err();
+        assert!(
+            err.to_string().contains("--domains has 257 entries"),
+            "{err}"
+        );
         // Equal weights, with or without a number: the order given.
         for list in [["d1", "d2", "d3"], ["d1:4", "d2:4", "d3:4"]] {
             let list: Vec<String> = list.iter().map(|d| d.to_string()).collect();
