@@ -153,11 +153,7 @@ impl Connection {
     pub(super) async fn send_message(&mut self, shared: &Shared, seq: u64) -> Step {
         let cfg = &shared.config;
         let rcpts: Vec<String> = (0..cfg.rcpts).map(|i| recipient(cfg, seq, i)).collect();
-        let size = cfg
-            .sizes
-            .get((seq % cfg.sizes.len() as u64) as usize)
-            .copied()
-            .unwrap_or(2048);
+        let size = size_of(cfg, seq);
         let mut envelope = format!("MAIL FROM:<{}>\r\n", cfg.from);
         for r in &rcpts {
             envelope.push_str(&format!("RCPT TO:<{r}>\r\n"));
@@ -341,22 +337,10 @@ fn auth_mechanisms(ehlo: &str) -> impl Iterator<Item = &str> {
 /// user@b).
 fn recipient(cfg: &InjectConfig, seq: u64, i: u32) -> String {
     let n = seq * u64::from(cfg.rcpts) + u64::from(i);
-    let domains = cfg.domains.len().max(1);
-    let locals = cfg.locals.len().max(1);
-    let common = super::gcd(domains, locals) as u64;
-    let (domains, locals) = (domains as u64, locals as u64);
-    // Within one stretch of lcm(domains, locals) recipients a local part
-    // meets only the domains congruent to it modulo their common factor;
-    // the shift walks it through the others.
-    let shift = if common == 1 {
-        0
-    } else {
-        n / (domains / common * locals)
-    };
+    let domains = cfg.domains.len().max(1) as u64;
+    let locals = cfg.locals.len().max(1) as u64;
     let domain = cfg.domains.get((n % domains) as usize);
-    let local = cfg
-        .locals
-        .get(((n % locals + shift % locals) % locals) as usize);
+    let local = cfg.locals.get(meeting_index(n, domains, locals) as usize);
     let (local, domain) = (
         local.map_or("", String::as_str),
         domain.map_or("", String::as_str),
@@ -385,6 +369,34 @@ fn parse_reply(buf: &[u8]) -> Option<(String, usize)> {
             return Some((lines.join("\n"), used));
         }
     }
+}
+
+/// The index into a cycle of `len` entries for step `n` of a walk that
+/// also goes round a cycle of `other` entries at the same pace (`n %
+/// other`), such that every pair of entries of the two meets. Plain `n %
+/// len` would pair an entry only with the other cycle's entries congruent
+/// to it modulo gcd(len, other) (with equal lengths, always the same one);
+/// moving one place more after each stretch of lcm(len, other) steps walks
+/// it through the rest.
+fn meeting_index(n: u64, other: u64, len: u64) -> u64 {
+    let (other, len) = (other.max(1), len.max(1));
+    let common = super::gcd(other as usize, len as usize) as u64;
+    let shift = if common == 1 {
+        0
+    } else {
+        n / (other / common * len)
+    };
+    (n % len + shift % len) % len
+}
+
+/// Message `seq`'s size: the `--size-dist` cycle, walked so that each size
+/// meets every domain of the first recipient's (whose cycle, a recipient
+/// per `rcpts`, repeats every domains / gcd(domains, rcpts) messages).
+fn size_of(cfg: &InjectConfig, seq: u64) -> usize {
+    let domains = cfg.domains.len().max(1);
+    let period = domains / super::gcd(domains, (cfg.rcpts as usize).max(1));
+    let i = meeting_index(seq, period as u64, cfg.sizes.len() as u64);
+    cfg.sizes.get(i as usize).copied().unwrap_or(2048)
 }
 
 #[cfg(test)]
@@ -428,6 +440,35 @@ mod tests {
         let p = pairs(&cfg, 8);
         assert!(p.contains(&("tempfail+".into(), "b".into())), "{p:?}");
         assert!(p.contains(&("user".into(), "b".into())), "{p:?}");
+    }
+
+    #[test]
+    fn every_size_meets_every_domain() {
+        // Cycles of the same length (a weighted 80:20 of each is 5 long)
+        // paired each size with one domain for good: now all 25 pairs come
+        // within 25 messages, and the mix of each stays its weights.
+        for rcpts in [1, 2] {
+            let mut cfg = config(&["user"], &["a", "a", "b", "a", "a"], rcpts);
+            cfg.sizes = vec![2048, 2048, 102400, 2048, 2048];
+            let pairs: Vec<(usize, String)> = (0..25)
+                .map(|seq| {
+                    let r = recipient(&cfg, seq, 0);
+                    (size_of(&cfg, seq), r.split_once('@').unwrap().1.to_owned())
+                })
+                .collect();
+            let large = |d: &str| {
+                pairs
+                    .iter()
+                    .filter(|(s, dom)| *s == 102400 && dom == d)
+                    .count()
+            };
+            assert!(large("a") > 0 && large("b") > 0, "rcpts {rcpts}: {pairs:?}");
+            let sizes: Vec<usize> = pairs.iter().map(|(s, _)| *s).collect();
+            assert_eq!(sizes.iter().filter(|&&s| s == 102400).count(), 5);
+        }
+        // One size: always it.
+        let cfg = config(&["user"], &["a", "b"], 1);
+        assert!((0..10).all(|seq| size_of(&cfg, seq) == cfg.sizes[0]));
     }
 
     #[test]
