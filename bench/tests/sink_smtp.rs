@@ -1,8 +1,10 @@
 //! The sink's SMTP protocol, driven with raw bytes: the end of DATA only
 //! at the start of a line (also when a line is split over reads), leading
 //! periods removed from DATA lines but not from BDAT chunks, replies to
-//! malformed MAIL and RCPT, BDAT refused by size before its bytes, and
-//! STARTTLS when it is not offered.
+//! malformed MAIL and RCPT, the domainless `<Postmaster>` accepted, BDAT
+//! refused by size before its bytes, DATA refused after a BDAT chunk, BDAT
+//! with a malformed size refused with a hang-up, and STARTTLS when it is
+//! not offered.
 
 mod common;
 use common::{exchange, read_reply};
@@ -224,8 +226,8 @@ fn malformed_mail_gets_501_and_the_null_sender_is_accepted() {
     assert_eq!(report.total.recipients, 1);
 }
 
-/// Malformed RCPT commands and empty or domainless recipients are refused
-/// and neither counted nor tracked as domains.
+/// Malformed RCPT commands and empty or domainless recipients (other than
+/// `<Postmaster>`) are refused and neither counted nor tracked as domains.
 #[test]
 fn malformed_rcpt_gets_501_and_is_not_counted() {
     let mut config = SinkConfig::accept_all("127.0.0.1:0".parse().unwrap());
@@ -247,7 +249,8 @@ fn malformed_rcpt_gets_501_and_is_not_counted() {
         "RCPT TO:",
         "RCPT TO:<>",
         "RCPT TO: <>",
-        "RCPT TO:<postmaster>",
+        "RCPT TO:<b>",
+        "RCPT TO:<postmasters>",
         "RCPT TO:<b@>",
         "RCPT TO:<@example.test>",
     ] {
@@ -276,6 +279,92 @@ fn malformed_rcpt_gets_501_and_is_not_counted() {
         .cloned()
         .collect();
     assert_eq!(domains, ["example.test"]);
+}
+
+/// RFC 5321 4.5.1: `<Postmaster>` without a domain, in any case, is a
+/// recipient like any other in the counts, and adds no domain to the ones
+/// tracked per listener (it names the sink itself, not a destination).
+#[test]
+fn postmaster_without_a_domain_is_accepted() {
+    let mut config = SinkConfig::accept_all("127.0.0.1:0".parse().unwrap());
+    // Two addresses make the sink track recipient domains per listener.
+    config.listen.push("127.0.0.1:0".parse().unwrap());
+    let sink = spawn(config).unwrap();
+    let addr = sink.addrs[0];
+    let mut c = Client::greeted(addr);
+    assert!(c.say("MAIL FROM:<a@client.test>").starts_with("250"));
+    let reply = c.say("RCPT TO:<Postmaster>");
+    assert!(reply.starts_with("250 2.1.5"), "{reply}");
+    assert!(c.data(&[b"x\r\n.\r\n"]).starts_with("250"));
+    assert!(c.say("MAIL FROM:<>").starts_with("250"));
+    let reply = c.say("RCPT TO: <POSTMASTER>");
+    assert!(reply.starts_with("250 2.1.5"), "{reply}");
+    assert!(c.say("RCPT TO:<b@Example.Test>").starts_with("250"));
+    assert!(c.data(&[b"y\r\n.\r\n"]).starts_with("250"));
+    let report = finish(sink, 2);
+    assert_eq!(report.total.recipients, 3);
+    assert_eq!(report.per_listener[&addr.to_string()].recipients, 3);
+    let domains: Vec<_> = report.per_listener_domains[&addr.to_string()]
+        .iter()
+        .cloned()
+        .collect();
+    assert_eq!(domains, ["example.test"]);
+}
+
+/// RFC 3030 section 2: once a BDAT chunk was taken, DATA is refused and
+/// the transaction goes on; BDAT LAST still ends it. Also after an empty
+/// chunk, which leaves nothing buffered to tell the two apart.
+#[test]
+fn data_after_a_bdat_chunk_gets_503_and_bdat_can_still_finish() {
+    let sink = sink();
+    let mut c = Client::greeted(sink.addrs[0]);
+    c.envelope();
+    c.write(b"BDAT 5\r\nhello");
+    assert!(c.reply().starts_with("250"));
+    let reply = c.say("DATA");
+    assert!(reply.starts_with("503 5.5.1"), "{reply}");
+    c.write(b"BDAT 6 LAST\r\n world");
+    let reply = c.reply();
+    assert!(reply.starts_with("250"), "{reply}");
+
+    c.envelope();
+    assert!(c.say("BDAT 0").starts_with("250"));
+    let reply = c.say("DATA");
+    assert!(reply.starts_with("503 5.5.1"), "{reply}");
+    c.write(b"BDAT 2 LAST\r\nok");
+    assert!(c.reply().starts_with("250"));
+
+    // A new transaction may use DATA again.
+    c.envelope();
+    assert!(c.data(&[b"x\r\n.\r\n"]).starts_with("250"));
+    let report = finish(sink, 3);
+    assert_eq!(report.total.bytes, (11 + 2 + 3) as u64);
+}
+
+/// A BDAT size that is not `1*DIGIT` (or a line with more than `LAST`
+/// after it) leaves the chunk's end unknown: 501, and the sink hangs up
+/// rather than read the chunk's bytes as commands.
+#[test]
+fn bdat_with_a_malformed_size_gets_501_and_the_sink_hangs_up() {
+    let sink = sink();
+    for bad in [
+        "BDAT",
+        "BDAT abc",
+        "BDAT 5x",
+        "BDAT +5",
+        "BDAT -1",
+        "BDAT 99999999999999999999999",
+        "BDAT 5 FIRST",
+        "BDAT 5 LAST x",
+    ] {
+        let mut c = Client::greeted(sink.addrs[0]);
+        c.envelope();
+        let reply = c.say(bad);
+        assert!(reply.starts_with("501 5.5.4"), "{bad}: {reply}");
+        assert!(c.closed(), "{bad}: the connection stayed open");
+    }
+    let report = finish(sink, 0);
+    assert_eq!(report.total.recipients, 0);
 }
 
 /// BDAT that would take the message past the limit is refused at once,

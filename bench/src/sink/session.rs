@@ -106,6 +106,9 @@ struct Session<'c> {
     esmtp: bool,
     authenticated: bool,
     in_transaction: bool,
+    /// A BDAT chunk was taken in this transaction, so DATA may not follow
+    /// (RFC 3030, section 2: the two cannot be mixed).
+    chunking: bool,
     rcpts: usize,
     /// The accepted recipients' domains, when the sink tracks them.
     rcpt_domains: Vec<String>,
@@ -125,6 +128,7 @@ impl<'c> Session<'c> {
             esmtp: false,
             authenticated: false,
             in_transaction: false,
+            chunking: false,
             rcpts: 0,
             rcpt_domains: Vec::new(),
             messages_on_connection: 0,
@@ -143,6 +147,7 @@ impl<'c> Session<'c> {
 
     fn reset_transaction(&mut self) {
         self.in_transaction = false;
+        self.chunking = false;
         self.rcpts = 0;
         self.rcpt_domains.clear();
         self.mode = Mode::Command;
@@ -420,8 +425,13 @@ impl<'c> Session<'c> {
                         }
                         None => {
                             self.rcpts += 1;
-                            if self.ctx.track_domains {
-                                self.rcpt_domains.push(domain_of(path).to_ascii_lowercase());
+                            // Only `<Postmaster>` has no domain. It names this
+                            // host's own mailbox, not a destination, so it is
+                            // counted as a recipient but adds no domain: the
+                            // per-listener sets keep to the domains routed there.
+                            let domain = domain_of(path);
+                            if self.ctx.track_domains && !domain.is_empty() {
+                                self.rcpt_domains.push(domain.to_ascii_lowercase());
                             }
                             push_reply(out, "250 2.1.5 Recipient ok");
                         }
@@ -429,7 +439,10 @@ impl<'c> Session<'c> {
                 }
             }
             "DATA" => {
-                if !self.in_transaction || self.rcpts == 0 {
+                if self.chunking {
+                    // The transaction stays: BDAT may still complete it.
+                    push_reply(out, "503 5.5.1 DATA not allowed after BDAT");
+                } else if !self.in_transaction || self.rcpts == 0 {
                     push_reply(out, "554 5.5.1 No valid recipients");
                 } else {
                     self.mode = Mode::Data;
@@ -438,27 +451,29 @@ impl<'c> Session<'c> {
                 }
             }
             "BDAT" => {
-                let mut parts = upper.split_ascii_whitespace().skip(1);
-                let size = parts.next().and_then(|s| s.parse::<usize>().ok());
-                let last = parts.next() == Some("LAST");
-                match size {
-                    None => push_reply(out, "501 5.5.4 Syntax: BDAT size [LAST]"),
-                    Some(_) if !self.in_transaction || self.rcpts == 0 => {
-                        // The chunk still follows on the wire; a real server
-                        // must skip it, but we simply close.
-                        push_reply(out, "554 5.5.1 No valid recipients");
-                        return Action::Close;
-                    }
-                    Some(n) if self.message.len().saturating_add(n) > MESSAGE_BYTES_MAX => {
-                        // Refused before the chunk is buffered; its bytes
-                        // follow on the wire, so close as DATA does.
-                        push_reply(out, "552 5.3.4 Message too big");
-                        return Action::Close;
-                    }
-                    Some(n) => {
-                        self.mode = Mode::Bdat { remaining: n, last };
-                    }
+                let Some((size, last)) = bdat_arguments(&text) else {
+                    // A malformed line leaves the chunk's end unknown, so
+                    // its bytes cannot be told from the next command.
+                    push_reply(out, "501 5.5.4 Syntax: BDAT size [LAST]");
+                    return Action::Close;
+                };
+                if !self.in_transaction || self.rcpts == 0 {
+                    // The chunk still follows on the wire; a real server
+                    // must skip it, but we simply close.
+                    push_reply(out, "554 5.5.1 No valid recipients");
+                    return Action::Close;
                 }
+                if self.message.len().saturating_add(size) > MESSAGE_BYTES_MAX {
+                    // Refused before the chunk is buffered; its bytes
+                    // follow on the wire, so close as DATA does.
+                    push_reply(out, "552 5.3.4 Message too big");
+                    return Action::Close;
+                }
+                self.chunking = true;
+                self.mode = Mode::Bdat {
+                    remaining: size,
+                    last,
+                };
             }
             "RSET" => {
                 self.reset_transaction();
@@ -690,11 +705,34 @@ fn path_argument<'t>(text: &'t str, keyword: &str) -> Option<&'t str> {
 }
 
 /// True for a RCPT path naming a mailbox: `<local@domain>` (or a bare
-/// address) with both parts, never the empty `<>`.
+/// address) with both parts, never the empty `<>`; or `<Postmaster>` in any
+/// case, the one domainless path every server must accept (RFC 5321,
+/// section 4.5.1).
 fn is_forward_path(arg: &str) -> bool {
-    mailbox(arg)
-        .rsplit_once('@')
-        .is_some_and(|(local, domain)| !local.is_empty() && !domain.is_empty())
+    let mailbox = mailbox(arg);
+    mailbox.eq_ignore_ascii_case("postmaster")
+        || mailbox
+            .rsplit_once('@')
+            .is_some_and(|(local, domain)| !local.is_empty() && !domain.is_empty())
+}
+
+/// The chunk size and end marker of a BDAT line (RFC 3030, section 2:
+/// `BDAT SP 1*DIGIT [SP "LAST"]`, the marker in any case); None when the
+/// line does not match, or the size does not fit a usize.
+fn bdat_arguments(line: &str) -> Option<(usize, bool)> {
+    let mut words = line.split_ascii_whitespace().skip(1);
+    // All digits: `str::parse` would also take a leading `+`.
+    let size = words
+        .next()
+        .filter(|w| w.bytes().all(|b| b.is_ascii_digit()))?
+        .parse()
+        .ok()?;
+    let last = match words.next() {
+        None => false,
+        Some(w) if w.eq_ignore_ascii_case("LAST") => true,
+        Some(_) => return None,
+    };
+    words.next().is_none().then_some((size, last))
 }
 
 /// The domain of `<local@domain>` (empty without one).
