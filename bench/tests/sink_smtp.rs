@@ -341,6 +341,26 @@ fn data_after_a_bdat_chunk_gets_503_and_bdat_can_still_finish() {
     assert_eq!(report.total.bytes, (11 + 2 + 3) as u64);
 }
 
+/// Empty chunks pipelined with the rest of a message, in one write: each
+/// is answered at once (the sink used to wait for more input after a
+/// `BDAT 0`, with the next chunk already in its buffer: both sides hung).
+/// A RCPT after a chunk is refused: the message's data has begun.
+#[test]
+fn pipelined_empty_chunks_are_answered_and_rcpt_after_bdat_is_refused() {
+    let sink = sink();
+    let mut c = Client::greeted(sink.addrs[0]);
+    c.envelope();
+    c.write(b"BDAT 0\r\nRCPT TO:<c@example.test>\r\nBDAT 3\r\nabcBDAT 0 LAST\r\n");
+    let replies: Vec<String> = (0..4).map(|_| c.reply()).collect();
+    assert!(replies[0].starts_with("250"), "{replies:?}");
+    assert!(replies[1].starts_with("503 5.5.1"), "{replies:?}");
+    assert!(replies[2].starts_with("250"), "{replies:?}");
+    assert!(replies[3].starts_with("250"), "{replies:?}");
+    let report = finish(sink, 1);
+    assert_eq!(report.total.bytes, 3);
+    assert_eq!(report.total.recipients, 1);
+}
+
 /// A BDAT size that is not `1*DIGIT` (or a line with more than `LAST`
 /// after it) leaves the chunk's end unknown: 501, and the sink hangs up
 /// rather than read the chunk's bytes as commands.

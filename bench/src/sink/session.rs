@@ -331,7 +331,7 @@ impl<'c> Session<'c> {
     fn command(&mut self, line: &[u8], out: &mut Vec<u8>) -> Action {
         let text = String::from_utf8_lossy(line);
         let upper = text.to_ascii_uppercase();
-        let verb = upper.split(' ').next().unwrap_or_default();
+        let verb = upper.split_ascii_whitespace().next().unwrap_or_default();
         let script = &self.ctx.script;
         match verb {
             "EHLO" | "HELO" => {
@@ -408,6 +408,9 @@ impl<'c> Session<'c> {
                     push_reply(out, "501 5.1.3 Bad recipient address syntax");
                 } else if !self.in_transaction {
                     push_reply(out, "503 5.5.1 MAIL first");
+                } else if self.chunking {
+                    // The message's data has begun: its envelope is closed.
+                    push_reply(out, "503 5.5.1 RCPT not allowed after BDAT");
                 } else if self.rcpts >= RCPT_PER_MESSAGE_MAX {
                     push_reply(out, "452 4.5.3 Too many recipients");
                 } else {
@@ -470,6 +473,16 @@ impl<'c> Session<'c> {
                     return Action::Close;
                 }
                 self.chunking = true;
+                if size == 0 {
+                    // No bytes follow: answered here, as a step that
+                    // consumes nothing would leave pipelined commands
+                    // unread until the client sent more.
+                    if last {
+                        return self.finish_message(out);
+                    }
+                    push_reply(out, "250 2.0.0 Chunk accepted");
+                    return Action::Continue;
+                }
                 self.mode = Mode::Bdat {
                     remaining: size,
                     last,
