@@ -1258,7 +1258,10 @@ pub fn half_raw_budget(rows: &[LegResult]) -> Option<HalfRawBudget> {
             .find(|r| r.name.starts_with(name) && r.error.is_none())
     };
     let raw = ok("raw")?;
-    let spate = ok("spate")?;
+    // The leg that delivers, not "spate (delivery paused)".
+    let spate = rows
+        .iter()
+        .find(|r| r.name == "spate" && r.error.is_none())?;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     Some(HalfRawBudget {
         budget_ms: mta_cpu_budget_ms(
@@ -1536,8 +1539,8 @@ pub fn run(args: RelayArgs) -> anyhow::Result<()> {
 
 /// The legs of one round, in the order they run: `compare`'s (and spate)
 /// in a balanced (Williams) order. Over N rounds of N legs (2N when N is
-/// odd) each leg runs once in every place and right after every other leg
-/// equally often, so neither a cold first place nor the leftovers of one
+/// odd: a design) each leg runs equally often in every place and right
+/// after every other leg, so neither a cold first place nor the leftovers of one
 /// particular leg before it (page cache, a Postfix still exiting) always
 /// fall on the same leg.
 fn leg_order(compare: &[String], spate: bool, round: u32) -> Vec<&'static str> {
@@ -1564,6 +1567,12 @@ fn leg_order(compare: &[String], spate: bool, round: u32) -> Vec<&'static str> {
         .collect()
 }
 
+/// The rounds of one whole [`williams_order`] design for `n` legs.
+fn design_rounds(n: usize) -> u32 {
+    let n = n.max(1) as u32;
+    if n % 2 == 0 { n } else { 2 * n }
+}
+
 /// Row `row` (0-based) of a Williams design for `n` treatments: the first
 /// row is 0, 1, n-1, 2, n-2, ...; row r adds r (mod n) to each; for odd n
 /// the second n rows are the first n reversed.
@@ -1586,6 +1595,14 @@ fn williams_order(n: usize, row: usize) -> Vec<usize> {
 /// `--repeat` rounds of the legs in `compare` (and spate) under one load,
 /// in [`leg_order`]; each row is labelled with `label` and its round.
 fn run_rounds(args: &RelayArgs, load: &Load, compare: &[String], label: &str) -> Vec<LegResult> {
+    let design = design_rounds(leg_order(compare, !args.no_spate, 1).len());
+    if args.repeat > 1 && args.repeat % design != 0 {
+        println!(
+            "note: --repeat {} is not a multiple of {design}, the rounds of these legs' \
+             balanced order: their places and neighbours are balanced only over whole designs",
+            args.repeat
+        );
+    }
     let failed = |name: &str, e: anyhow::Error| LegResult {
         name: name.into(),
         messages: load.messages,
@@ -2010,7 +2027,7 @@ mod tests {
         // after every other leg equally often (once for even n, twice over
         // the 2n rows for odd n).
         for n in 1..=6 {
-            let rows = if n % 2 == 0 { n } else { 2 * n };
+            let rows = design_rounds(n) as usize;
             let mut place = vec![vec![0; n]; n];
             let mut after = vec![vec![0; n]; n];
             for r in 0..rows {
