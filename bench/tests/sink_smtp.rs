@@ -226,14 +226,27 @@ fn malformed_mail_gets_501_and_the_null_sender_is_accepted() {
     assert_eq!(report.total.recipients, 1);
 }
 
+/// A sink on two addresses: with more than one, it tracks the recipient
+/// domains each listener received.
+fn domain_tracking_sink() -> SinkHandle {
+    let mut config = SinkConfig::accept_all("127.0.0.1:0".parse().unwrap());
+    config.listen.push("127.0.0.1:0".parse().unwrap());
+    spawn(config).unwrap()
+}
+
+/// The recipient domains `addr`'s listener received.
+fn listener_domains(report: &SinkReport, addr: SocketAddr) -> Vec<String> {
+    report.per_listener_domains[&addr.to_string()]
+        .iter()
+        .cloned()
+        .collect()
+}
+
 /// Malformed RCPT commands and empty or domainless recipients (other than
 /// `<Postmaster>`) are refused and neither counted nor tracked as domains.
 #[test]
 fn malformed_rcpt_gets_501_and_is_not_counted() {
-    let mut config = SinkConfig::accept_all("127.0.0.1:0".parse().unwrap());
-    // Two addresses make the sink track recipient domains per listener.
-    config.listen.push("127.0.0.1:0".parse().unwrap());
-    let sink = spawn(config).unwrap();
+    let sink = domain_tracking_sink();
     let addr = sink.addrs[0];
     let mut c = Client::greeted(addr);
     assert!(c.say("MAIL FROM:<a@client.test>").starts_with("250"));
@@ -274,11 +287,7 @@ fn malformed_rcpt_gets_501_and_is_not_counted() {
     assert_eq!(report.total.recipients, 1);
     assert_eq!(report.tempfailed_recipients, 1);
     assert_eq!(report.permfailed_recipients, 1);
-    let domains: Vec<_> = report.per_listener_domains[&addr.to_string()]
-        .iter()
-        .cloned()
-        .collect();
-    assert_eq!(domains, ["example.test"]);
+    assert_eq!(listener_domains(&report, addr), ["example.test"]);
 }
 
 /// RFC 5321 4.5.1: `<Postmaster>` without a domain, in any case, is a
@@ -286,10 +295,7 @@ fn malformed_rcpt_gets_501_and_is_not_counted() {
 /// tracked per listener (it names the sink itself, not a destination).
 #[test]
 fn postmaster_without_a_domain_is_accepted() {
-    let mut config = SinkConfig::accept_all("127.0.0.1:0".parse().unwrap());
-    // Two addresses make the sink track recipient domains per listener.
-    config.listen.push("127.0.0.1:0".parse().unwrap());
-    let sink = spawn(config).unwrap();
+    let sink = domain_tracking_sink();
     let addr = sink.addrs[0];
     let mut c = Client::greeted(addr);
     assert!(c.say("MAIL FROM:<a@client.test>").starts_with("250"));
@@ -304,11 +310,7 @@ fn postmaster_without_a_domain_is_accepted() {
     let report = finish(sink, 2);
     assert_eq!(report.total.recipients, 3);
     assert_eq!(report.per_listener[&addr.to_string()].recipients, 3);
-    let domains: Vec<_> = report.per_listener_domains[&addr.to_string()]
-        .iter()
-        .cloned()
-        .collect();
-    assert_eq!(domains, ["example.test"]);
+    assert_eq!(listener_domains(&report, addr), ["example.test"]);
 }
 
 /// RFC 3030 section 2: once a BDAT chunk was taken, DATA is refused and
