@@ -14,11 +14,23 @@
 //! Threads each run a compio (io_uring) runtime with their own listening
 //! socket on the same address (`SO_REUSEPORT`: the kernel spreads the
 //! connections), like spate's shards.
+//!
+//! With `--write-dir`, each thread also writes every byte its clients send
+//! to a file of its own (`pwrite` on the thread, as spate's spool writes its
+//! batches) and keeps `fdatasync`ing it through io_uring while there is new
+//! data, one sync at a time: what copying the mail into the page cache and
+//! syncing it adds to the least a relay does. It does not hold back the
+//! server's replies until their bytes are synced, so it is a floor for the
+//! CPU of a relay that stores what it forwards, not for its latency.
 
+use std::cell::Cell;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -37,6 +49,10 @@ pub const FORWARD_CONNECTIONS_MAX: usize = 20_000;
 /// How long a connection whose far side closed waits for the near side to
 /// finish sending before both are dropped.
 const HALF_CLOSED_WAIT: Duration = Duration::from_secs(10);
+/// With `--write-dir`, each thread's file wraps to its start at this size,
+/// so a long run does not fill the disk (a segment of spate's spool is
+/// 64 MiB; spate reuses finished ones likewise).
+pub const FORWARD_FILE_BYTES: u64 = 256 * 1024 * 1024;
 
 #[derive(Debug, Args)]
 pub struct ForwardArgs {
@@ -52,6 +68,10 @@ pub struct ForwardArgs {
     /// Allow addresses outside loopback.
     #[arg(long)]
     pub allow_remote: bool,
+    /// Also write every byte the clients send to a file per thread in this
+    /// directory, fdatasynced while new data arrives (see the module docs).
+    #[arg(long)]
+    pub write_dir: Option<PathBuf>,
 }
 
 impl ForwardArgs {
@@ -72,29 +92,60 @@ impl ForwardArgs {
 /// later ends the process with status 1.
 pub fn run(args: ForwardArgs) -> anyhow::Result<()> {
     args.validate()?;
-    start(args.listen, args.to, args.threads)?;
+    start(
+        args.listen,
+        args.to,
+        args.threads,
+        args.write_dir.as_deref(),
+    )?;
     println!(
-        "forwarding {} -> {} on {} threads",
-        args.listen, args.to, args.threads
+        "forwarding {} -> {} on {} threads{}",
+        args.listen,
+        args.to,
+        args.threads,
+        args.write_dir.as_deref().map_or(String::new(), |d| format!(
+            ", writing what clients send under {}",
+            d.display()
+        ))
     );
     crate::wait_for_signal();
     Ok(())
 }
 
 /// Starts `threads` forwarding threads on `listen` and returns once every
-/// one accepts connections (or the first error).
-pub fn start(listen: SocketAddr, to: SocketAddr, threads: usize) -> anyhow::Result<()> {
+/// one accepts connections (or the first error). With `write_dir`, each
+/// thread writes what its clients send to `forward-N.dat` there.
+pub fn start(
+    listen: SocketAddr,
+    to: SocketAddr,
+    threads: usize,
+    write_dir: Option<&Path>,
+) -> anyhow::Result<()> {
     let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<()>>();
     let open = Arc::new(AtomicUsize::new(0));
     for n in 0..threads {
         let listener = spate::listener::bind_shard_socket(listen)
             .with_context(|| format!("binding {listen}"))?;
+        let file = match write_dir {
+            Some(dir) => {
+                let path = dir.join(format!("forward-{n}.dat"));
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(true)
+                    .read(true)
+                    .write(true)
+                    .open(&path)
+                    .with_context(|| format!("creating {}", path.display()))?;
+                Some(file)
+            }
+            None => None,
+        };
         let ready = ready_tx.clone();
         let open = open.clone();
         std::thread::Builder::new()
             .name(format!("bench-forward-{n}"))
             .spawn(move || {
-                if let Err(e) = serve(listener, to, &ready, &open) {
+                if let Err(e) = serve(listener, to, file, &ready, &open) {
                     // Before it was ready the starter reports it; after, a
                     // forwarder short of a thread would measure wrong.
                     if ready.send(Err(anyhow::anyhow!("{e:#}"))).is_err() {
@@ -117,12 +168,17 @@ pub fn start(listen: SocketAddr, to: SocketAddr, threads: usize) -> anyhow::Resu
 fn serve(
     listener: std::net::TcpListener,
     to: SocketAddr,
+    file: Option<std::fs::File>,
     ready: &mpsc::Sender<anyhow::Result<()>>,
     open: &Arc<AtomicUsize>,
 ) -> anyhow::Result<()> {
     let runtime = compio::runtime::Runtime::new().context("forward: starting compio runtime")?;
     runtime.block_on(async move {
         let listener = compio::net::TcpListener::from_std(listener)?;
+        let store = file.map(Store::new);
+        if let Some(store) = &store {
+            compio::runtime::spawn(store.clone().sync_loop()).detach();
+        }
         let _ = ready.send(Ok(()));
         loop {
             let Ok((inbound, _)) = listener.accept().await else {
@@ -134,8 +190,9 @@ fn serve(
                 continue; // dropping `inbound` closes it
             }
             let open = open.clone();
+            let store = store.clone();
             compio::runtime::spawn(async move {
-                forward(inbound, to).await;
+                forward(inbound, to, store).await;
                 open.fetch_sub(1, Ordering::Relaxed);
             })
             .detach();
@@ -143,8 +200,9 @@ fn serve(
     })
 }
 
-/// One connection: `inbound` to a new connection to `to` and back.
-async fn forward(inbound: TcpStream, to: SocketAddr) {
+/// One connection: `inbound` to a new connection to `to` and back; what
+/// the client sends also goes to `store`, when there is one.
+async fn forward(inbound: TcpStream, to: SocketAddr, store: Option<Store>) {
     let Ok(outbound) = TcpStream::connect(to).await else {
         return; // dropping `inbound` closes it
     };
@@ -152,8 +210,8 @@ async fn forward(inbound: TcpStream, to: SocketAddr) {
     let _ = outbound.set_nodelay(true);
     let (in_read, in_write) = inbound.into_split();
     let (out_read, out_write) = outbound.into_split();
-    let up = compio::runtime::spawn(pump(in_read, out_write));
-    pump(out_read, in_write).await;
+    let up = compio::runtime::spawn(pump(in_read, out_write, store));
+    pump(out_read, in_write, None).await;
     // The far side closed: give the near side a while to finish, then drop
     // both (dropping `up` cancels it).
     let _ = compio::time::timeout(HALF_CLOSED_WAIT, up).await;
@@ -162,7 +220,7 @@ async fn forward(inbound: TcpStream, to: SocketAddr) {
 /// Copies `from` to `to` until end of stream or an error, then shuts down
 /// `to`'s sending side so the far end sees the close. A reset on `from`
 /// reaches `to` as an orderly close: a benchmark reference needs no more.
-async fn pump(mut from: TcpStream, mut to: TcpStream) {
+async fn pump(mut from: TcpStream, mut to: TcpStream, store: Option<Store>) {
     let mut buf = Vec::with_capacity(FORWARD_BUFFER_BYTES);
     loop {
         buf.clear();
@@ -172,6 +230,11 @@ async fn pump(mut from: TcpStream, mut to: TcpStream) {
             Ok(n) if n > 0 => {}
             _ => break,
         }
+        if let Some(store) = &store
+            && store.write(&buf).is_err()
+        {
+            break;
+        }
         let BufResult(written, back) = to.write_all(buf).await;
         buf = back;
         if written.is_err() {
@@ -179,4 +242,78 @@ async fn pump(mut from: TcpStream, mut to: TcpStream) {
         }
     }
     let _ = to.shutdown().await;
+}
+
+/// One thread's file for `--write-dir`: bytes appended at a position that
+/// wraps at [`FORWARD_FILE_BYTES`], and a task that fdatasyncs it whenever
+/// something was written since its last sync.
+#[derive(Clone)]
+struct Store(Rc<StoreInner>);
+
+struct StoreInner {
+    file: compio::fs::File,
+    pos: Cell<u64>,
+    dirty: Cell<bool>,
+    syncer: Cell<Option<Waker>>,
+}
+
+impl Store {
+    fn new(file: std::fs::File) -> Store {
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        Store(Rc::new(StoreInner {
+            // SAFETY: `into_raw_fd` hands over the descriptor's ownership,
+            // which the compio file takes (and closes on drop).
+            file: unsafe { compio::fs::File::from_raw_fd(file.into_raw_fd()) },
+            pos: Cell::new(0),
+            dirty: Cell::new(false),
+            syncer: Cell::new(None),
+        }))
+    }
+
+    /// Writes `bytes` with `pwrite` on this thread (a buffered write into
+    /// the page cache, as spate's spool does), then wakes the sync task.
+    fn write(&self, bytes: &[u8]) -> std::io::Result<()> {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        use std::os::unix::fs::FileExt;
+        let inner = &self.0;
+        let mut pos = inner.pos.get();
+        if pos + bytes.len() as u64 > FORWARD_FILE_BYTES {
+            pos = 0;
+        }
+        // SAFETY: a second `File` over the store's open descriptor, used for
+        // this call only and never dropped (so never closed): the store
+        // keeps owning it.
+        let borrowed = std::mem::ManuallyDrop::new(unsafe {
+            std::fs::File::from_raw_fd(inner.file.as_raw_fd())
+        });
+        borrowed.write_all_at(bytes, pos)?;
+        inner.pos.set(pos + bytes.len() as u64);
+        inner.dirty.set(true);
+        if let Some(w) = inner.syncer.take() {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    /// Syncs the file while writes keep coming, one fdatasync at a time;
+    /// waits without polling when nothing new was written.
+    async fn sync_loop(self) {
+        loop {
+            std::future::poll_fn(|cx| {
+                if self.0.dirty.replace(false) {
+                    Poll::Ready(())
+                } else {
+                    self.0.syncer.set(Some(cx.waker().clone()));
+                    Poll::Pending
+                }
+            })
+            .await;
+            if self.0.file.sync_data().await.is_err() {
+                // A benchmark reference: report it and stop syncing, which
+                // the leg's numbers would then show.
+                eprintln!("spate-bench forward: fdatasync failed; no more syncs");
+                return;
+            }
+        }
+    }
 }

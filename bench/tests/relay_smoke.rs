@@ -3,7 +3,10 @@
 mod common;
 use common::spate_bin;
 
-use spate_bench::relay::{FORWARD_LEG, Load, SpateLeg, run_forward, run_raw, run_spate};
+use spate_bench::relay::{
+    FORWARD_LEG, FORWARD_WRITE_LEG, Load, SpateLeg, run_forward, run_forward_write, run_raw,
+    run_spate,
+};
 
 fn small_load() -> Load {
     Load {
@@ -63,6 +66,20 @@ fn forward_leg_delivers_everything_through_the_forwarder() {
     );
 }
 
+/// The writing forwarder's leg: every message crosses it, its files are in
+/// a directory made under the work dir, and the directory goes with the leg.
+#[test]
+fn forward_write_leg_delivers_everything_and_cleans_up() {
+    let bench = std::path::Path::new(env!("CARGO_BIN_EXE_spate-bench"));
+    let work = tempfile::tempdir().unwrap();
+    let r = run_forward_write(&small_load(), bench, Some(work.path())).unwrap();
+    assert_eq!(r.name, FORWARD_WRITE_LEG);
+    assert_eq!(r.error, None);
+    assert_eq!((r.injected_ok, r.delivered), (300, 300));
+    assert!(r.cpu_s.is_some_and(|s| s > 0.0), "{:?}", r.cpu_s);
+    assert_eq!(std::fs::read_dir(work.path()).unwrap().count(), 0);
+}
+
 /// `spate-bench forward` refuses an address off loopback, on either side,
 /// unless allowed, and a thread count out of its bounds.
 #[test]
@@ -73,6 +90,7 @@ fn the_forwarder_refuses_remote_addresses_and_bad_thread_counts() {
         to: to.parse().unwrap(),
         threads,
         allow_remote,
+        write_dir: None,
     };
     for (listen, to) in [
         ("127.0.0.1:0", "192.0.2.1:25"),
@@ -97,8 +115,10 @@ fn the_forwarder_refuses_remote_addresses_and_bad_thread_counts() {
 /// sends 200 KB and shuts its sending side; the server reads to the end,
 /// answers with what it counted, and closes; the client reads the answer
 /// and the end.
-#[test]
-fn the_forwarder_copies_both_ways_and_passes_half_closes_on() {
+/// Sends 200 KiB through a forwarder started with `threads` and
+/// `write_dir`; the server answers with the count after the client's half
+/// close. Returns what was sent.
+fn forward_through(threads: usize, write_dir: Option<&std::path::Path>) -> Vec<u8> {
     use std::io::{Read, Write};
     let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let to = server.local_addr().unwrap();
@@ -116,7 +136,7 @@ fn the_forwarder_copies_both_ways_and_passes_half_closes_on() {
     )
     .parse()
     .unwrap();
-    spate_bench::forward::start(listen, to, 2).unwrap();
+    spate_bench::forward::start(listen, to, threads, write_dir).unwrap();
     let sent: Vec<u8> = (0..200 * 1024).map(|i| (i % 251) as u8).collect();
     let mut c = std::net::TcpStream::connect(listen).unwrap();
     c.set_read_timeout(Some(std::time::Duration::from_secs(10)))
@@ -127,6 +147,23 @@ fn the_forwarder_copies_both_ways_and_passes_half_closes_on() {
     c.read_to_string(&mut answer).unwrap();
     assert_eq!(answer, format!("got {} bytes", sent.len()));
     assert_eq!(counted.join().unwrap(), sent);
+    sent
+}
+
+#[test]
+fn the_forwarder_copies_both_ways_and_passes_half_closes_on() {
+    forward_through(2, None);
+}
+
+/// With `--write-dir` the bytes the client sent (and only those: not the
+/// server's answer) are in the thread's file.
+#[test]
+fn the_writing_forwarder_stores_what_clients_send() {
+    let dir = tempfile::tempdir().unwrap();
+    let sent = forward_through(1, Some(dir.path()));
+    let stored = std::fs::read(dir.path().join("forward-0.dat")).unwrap();
+    assert_eq!(stored.len(), sent.len());
+    assert!(stored == sent, "the file differs from what was sent");
 }
 
 /// The whole machine's CPU over the leg: some busy CPUs, no more than

@@ -682,29 +682,68 @@ pub fn run_raw(load: &Load) -> anyhow::Result<LegResult> {
 /// to the sink and back: a reference for a relay's cost per byte (see
 /// [`crate::forward`]).
 pub fn run_forward(load: &Load, bench: &Path) -> anyhow::Result<LegResult> {
+    run_forwarder(load, bench, None)
+}
+
+/// [`run_forward`] with the forwarder writing what clients send to files
+/// (`spate-bench forward --write-dir`) in a directory made under
+/// `work_dir` (the system temp dir without one: where spate's spool goes).
+pub fn run_forward_write(
+    load: &Load,
+    bench: &Path,
+    work_dir: Option<&Path>,
+) -> anyhow::Result<LegResult> {
+    let mut files = tempfile::Builder::new();
+    files.prefix("spate-bench-forward-files");
+    let files = match work_dir {
+        Some(dir) => files.tempdir_in(dir),
+        None => files.tempdir(),
+    }
+    .context("making the forwarder's file directory")?;
+    run_forwarder(load, bench, Some(files.path()))
+}
+
+fn run_forwarder(load: &Load, bench: &Path, write_dir: Option<&Path>) -> anyhow::Result<LegResult> {
     let tls = leg_certificate(load)?;
     let sink = start_sink(tls.as_ref(), load)?;
     let to = *sink.addrs.first().context("sink has no address")?;
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    let args = ["--listen", &listen.to_string(), "--to", &to.to_string()];
+    let mut args = vec![
+        "--listen".to_string(),
+        listen.to_string(),
+        "--to".to_string(),
+        to.to_string(),
+    ];
+    if let Some(dir) = write_dir {
+        args.push("--write-dir".into());
+        args.push(dir.display().to_string());
+    }
     let dir = tempfile::Builder::new()
         .prefix("spate-bench-forward")
         .tempdir()?;
     let log = dir.path().join("forward.log");
     let mut guard = ChildGuard::spawn_logged(
-        Command::new(bench).arg("forward").args(args),
+        Command::new(bench).arg("forward").args(&args),
         "spate-bench forward",
         &log,
     )?;
     wait_listening(listen, &mut guard, &log)?;
     let pid = guard.child.id();
-    let result = inject_and_drain(FORWARD_LEG, listen, &sink, load, tls.as_ref(), Some(pid));
+    let name = if write_dir.is_some() {
+        FORWARD_WRITE_LEG
+    } else {
+        FORWARD_LEG
+    };
+    let result = inject_and_drain(name, listen, &sink, load, tls.as_ref(), Some(pid));
     guard.terminate(Duration::from_secs(2));
     result
 }
 
 /// The forwarder leg's name in tables and JSON.
 pub const FORWARD_LEG: &str = "forward (TCP forwarder)";
+
+/// The writing forwarder's leg (`--compare forward-write`).
+pub const FORWARD_WRITE_LEG: &str = "forward-write (forwarder writing a file)";
 
 /// Writes spate's configuration for one run.
 pub fn spate_config(
@@ -1026,11 +1065,14 @@ fn admin_post(admin: SocketAddr, token: &str, path: &str) -> anyhow::Result<()> 
 /// Arguments of `spate-bench relay`.
 #[derive(clap::Args, Debug)]
 pub struct RelayArgs {
-    /// Extra legs beside spate: raw, forward, postfix, smtp-source, smtp-sink
-    /// (comma-separated). `forward` puts `spate-bench forward` (a plain TCP
-    /// forwarder, the least any relay does) between the injector and the
-    /// sink. `smtp-sink` is this injector into Postfix's smtp-sink, which
-    /// stores nothing: an injection-only reference.
+    /// Extra legs beside spate: raw, forward, forward-write, postfix,
+    /// smtp-source, smtp-sink (comma-separated). `forward` puts `spate-bench
+    /// forward` (a plain TCP forwarder, the least any relay does) between the
+    /// injector and the sink; `forward-write` the same forwarder also
+    /// writing what clients send to a file on spate's disk, fdatasynced
+    /// while data comes (replies not held back: a floor for the CPU of a
+    /// relay that stores mail). `smtp-sink` is this injector into Postfix's
+    /// smtp-sink, which stores nothing: an injection-only reference.
     #[arg(long, value_delimiter = ',')]
     pub compare: Vec<String>,
     /// Pause every spate queue before injecting and measure injection only
@@ -1255,7 +1297,7 @@ pub fn mta_cpu_budget_ms(raw_msgs_per_s: f64, cpus: f64, harness_ms: f64) -> Opt
 pub fn half_raw_budget(rows: &[LegResult]) -> Option<HalfRawBudget> {
     let ok = |name: &str| {
         rows.iter()
-            .find(|r| r.name.starts_with(name) && r.error.is_none())
+            .find(|r| is_leg(&r.name, name) && r.error.is_none())
     };
     let raw = ok("raw")?;
     // The leg that delivers, not "spate (delivery paused)".
@@ -1296,6 +1338,19 @@ fn machine_line(
 /// (not an upper bound: see [`crate::forward`]).
 pub const FORWARDER_OVER_RAW: &str = "forwarder / raw (a relay that only copies bytes)";
 
+/// The label of the writing forwarder's rate against the raw pipeline
+/// among [`ratios`]: what storing the bytes adds to copying them.
+pub const FORWARD_WRITE_OVER_RAW: &str =
+    "forward-write / raw (a relay that copies bytes and writes them to disk)";
+
+/// True when a row named `name` is the leg `key`: the name itself or the
+/// name followed by a description ("raw (inject -> sink)"), so that
+/// "forward" is not "forward-write (...)".
+fn is_leg(name: &str, key: &str) -> bool {
+    name.strip_prefix(key)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(' '))
+}
+
 /// The label of the CPU ceiling among [`ratios`].
 pub const CPU_CEILING: &str = "CPU ceiling of spate / raw (machine CPU per message, raw / spate)";
 
@@ -1306,7 +1361,7 @@ pub const CPU_CEILING: &str = "CPU ceiling of spate / raw (machine CPU per messa
 pub fn ratios(rows: &[LegResult]) -> Vec<(String, f64)> {
     let find = |name: &str| {
         rows.iter()
-            .find(|r| r.name.starts_with(name) && r.error.is_none())
+            .find(|r| is_leg(&r.name, name) && r.error.is_none())
     };
     let mut out = Vec::new();
     let inject_rate = |name: &str| {
@@ -1339,6 +1394,12 @@ pub fn ratios(rows: &[LegResult]) -> Vec<(String, f64)> {
     }
     if let (Some(f), Some(r)) = (rate("forward"), rate("raw")) {
         out.push((FORWARDER_OVER_RAW.to_string(), f / r));
+    }
+    if let (Some(f), Some(r)) = (rate("forward-write"), rate("raw")) {
+        out.push((FORWARD_WRITE_OVER_RAW.to_string(), f / r));
+    }
+    if let (Some(s), Some(f)) = (rate("spate"), rate("forward-write")) {
+        out.push(("spate / forward-write".to_string(), s / f));
     }
     let machine = |name: &str| {
         find(name)
@@ -1497,9 +1558,9 @@ pub fn run(args: RelayArgs) -> anyhow::Result<()> {
         anyhow::ensure!(
             matches!(
                 leg.as_str(),
-                "raw" | "forward" | "postfix" | "smtp-source" | "smtp-sink"
+                "raw" | "forward" | "forward-write" | "postfix" | "smtp-source" | "smtp-sink"
             ),
-            "unknown --compare leg {leg:?} (raw, forward, postfix, smtp-source, smtp-sink)"
+            "unknown --compare leg {leg:?} (raw, forward, forward-write, postfix, smtp-source, smtp-sink)"
         );
         anyhow::ensure!(
             !(args.tls && leg.starts_with("smtp-")),
@@ -1548,6 +1609,7 @@ fn leg_order(compare: &[String], spate: bool, round: u32) -> Vec<&'static str> {
         "smtp-sink",
         "raw",
         "forward",
+        "forward-write",
         "smtp-source",
         "spate",
         "postfix",
@@ -1620,6 +1682,9 @@ fn run_rounds(args: &RelayArgs, load: &Load, compare: &[String], label: &str) ->
                 "forward" => std::env::current_exe()
                     .context("locating spate-bench")
                     .and_then(|bench| run_forward(load, &bench)),
+                "forward-write" => std::env::current_exe()
+                    .context("locating spate-bench")
+                    .and_then(|bench| run_forward_write(load, &bench, args.work_dir.as_deref())),
                 "smtp-source" => run_smtp_source(load),
                 "spate" => run_spate(
                     load,
@@ -1713,7 +1778,7 @@ pub fn suite_table(rows: &[LegResult]) -> String {
             median(
                 these
                     .iter()
-                    .filter(|r| r.name.starts_with(name) && r.error.is_none())
+                    .filter(|r| is_leg(&r.name, name) && r.error.is_none())
                     .map(|r| r.end_to_end_msgs_per_s)
                     .collect(),
             )
@@ -1798,6 +1863,18 @@ mod tests {
         let get = |l: &str| r.iter().find(|(x, _)| x == l).map(|(_, v)| *v);
         assert_eq!(get(FORWARDER_OVER_RAW), Some(0.625));
         assert_eq!(get("spate / forward"), Some(0.8));
+        // The writing forwarder is a leg of its own, even listed first: the
+        // plain forwarder's ratios stay its own.
+        let mut with_write = vec![row(FORWARD_WRITE_LEG, 8_000.0, 8_000.0)];
+        with_write.extend(with_forward.iter().cloned());
+        let r = ratios(&with_write);
+        let get = |l: &str| r.iter().find(|(x, _)| x == l).map(|(_, v)| *v);
+        assert_eq!(get(FORWARDER_OVER_RAW), Some(0.625));
+        assert_eq!(get("spate / forward"), Some(0.8));
+        assert_eq!(get(FORWARD_WRITE_OVER_RAW), Some(0.4));
+        assert_eq!(get("spate / forward-write"), Some(1.25));
+        assert!(is_leg("raw (inject -> sink)", "raw") && is_leg("spate", "spate"));
+        assert!(!is_leg(FORWARD_WRITE_LEG, "forward") && !is_leg("rawest", "raw"));
         // No machine figures, no CPU ceiling; with them, raw's CPU per
         // message over spate's.
         assert_eq!(get(CPU_CEILING), None);
