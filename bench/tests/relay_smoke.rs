@@ -156,12 +156,20 @@ fn the_forwarder_copies_both_ways_and_passes_half_closes_on() {
 }
 
 /// With `--write-dir` the bytes the client sent (and only those: not the
-/// server's answer) are in the thread's file.
+/// server's answer) are in the thread's file, in order.
 #[test]
 fn the_writing_forwarder_stores_what_clients_send() {
     let dir = tempfile::tempdir().unwrap();
     let sent = forward_through(1, Some(dir.path()));
-    let stored = std::fs::read(dir.path().join("forward-0.dat")).unwrap();
+    // The writer stores batches behind the forwarding: wait for the last.
+    let file = dir.path().join("forward-0.dat");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::metadata(&file).unwrap().len() < sent.len() as u64
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let stored = std::fs::read(&file).unwrap();
     assert_eq!(stored.len(), sent.len());
     assert!(stored == sent, "the file differs from what was sent");
 }
