@@ -37,6 +37,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use compio::BufResult;
+use compio::buf::{IntoInner, IoBuf};
 use compio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use compio::net::TcpStream;
 
@@ -73,6 +74,12 @@ pub struct ForwardArgs {
     /// directory, fdatasynced while new data arrives (see the module docs).
     #[arg(long)]
     pub write_dir: Option<PathBuf>,
+    /// With --write-dir: write the files with O_DIRECT and O_DSYNC (each
+    /// batch padded to a 4 KiB block, written by io_uring from an aligned
+    /// buffer, durable when the write completes) instead of through the
+    /// page cache and fdatasync.
+    #[arg(long, requires = "write_dir")]
+    pub direct: bool,
 }
 
 impl ForwardArgs {
@@ -93,51 +100,70 @@ impl ForwardArgs {
 /// later ends the process with status 1.
 pub fn run(args: ForwardArgs) -> anyhow::Result<()> {
     args.validate()?;
-    start(
-        args.listen,
-        args.to,
-        args.threads,
-        args.write_dir.as_deref(),
-    )?;
+    let writes = args.write_dir.as_deref().map(|dir| Writes {
+        dir,
+        direct: args.direct,
+    });
+    start(args.listen, args.to, args.threads, writes)?;
     println!(
         "forwarding {} -> {} on {} threads{}",
         args.listen,
         args.to,
         args.threads,
         args.write_dir.as_deref().map_or(String::new(), |d| format!(
-            ", writing what clients send under {}",
-            d.display()
+            ", writing what clients send under {}{}",
+            d.display(),
+            if args.direct { " (O_DIRECT)" } else { "" }
         ))
     );
     crate::wait_for_signal();
     Ok(())
 }
 
+/// Where and how the forwarder stores what clients send (`--write-dir`).
+#[derive(Debug, Clone, Copy)]
+pub struct Writes<'a> {
+    pub dir: &'a Path,
+    /// O_DIRECT and O_DSYNC instead of the page cache and fdatasync.
+    pub direct: bool,
+}
+
 /// Starts `threads` forwarding threads on `listen` and returns once every
-/// one accepts connections (or the first error). With `write_dir`, each
-/// thread writes what its clients send to `forward-N.dat` there.
+/// one accepts connections (or the first error). With `writes`, each
+/// thread stores what its clients send in `forward-N.dat` in its directory,
+/// made [`FORWARD_FILE_BYTES`] long up front (as spate makes its segments).
 pub fn start(
     listen: SocketAddr,
     to: SocketAddr,
     threads: usize,
-    write_dir: Option<&Path>,
+    writes: Option<Writes<'_>>,
 ) -> anyhow::Result<()> {
     let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<()>>();
     let open = Arc::new(AtomicUsize::new(0));
     for n in 0..threads {
         let listener = spate::listener::bind_shard_socket(listen)
             .with_context(|| format!("binding {listen}"))?;
-        let file = match write_dir {
-            Some(dir) => {
-                let path = dir.join(format!("forward-{n}.dat"));
-                let file = std::fs::OpenOptions::new()
-                    .create(true)
-                    .truncate(true)
-                    .read(true)
-                    .write(true)
+        let store = match writes {
+            Some(w) => {
+                use std::os::fd::AsRawFd;
+                use std::os::unix::fs::OpenOptionsExt;
+                let path = w.dir.join(format!("forward-{n}.dat"));
+                let mut open = std::fs::OpenOptions::new();
+                open.create(true).truncate(true).read(true).write(true);
+                if w.direct {
+                    open.custom_flags(libc::O_DIRECT | libc::O_DSYNC);
+                }
+                let file = open
                     .open(&path)
                     .with_context(|| format!("creating {}", path.display()))?;
-                Some(file)
+                // SAFETY: fallocate on a descriptor `file` owns, no pointers.
+                let made =
+                    unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, FORWARD_FILE_BYTES as i64) };
+                if made != 0 {
+                    return Err(std::io::Error::last_os_error())
+                        .with_context(|| format!("allocating {}", path.display()));
+                }
+                Some((file, w.direct))
             }
             None => None,
         };
@@ -146,7 +172,7 @@ pub fn start(
         std::thread::Builder::new()
             .name(format!("bench-forward-{n}"))
             .spawn(move || {
-                if let Err(e) = serve(listener, to, file, &ready, &open) {
+                if let Err(e) = serve(listener, to, store, &ready, &open) {
                     // Before it was ready the starter reports it; after, a
                     // forwarder short of a thread would measure wrong.
                     if ready.send(Err(anyhow::anyhow!("{e:#}"))).is_err() {
@@ -169,14 +195,14 @@ pub fn start(
 fn serve(
     listener: std::net::TcpListener,
     to: SocketAddr,
-    file: Option<std::fs::File>,
+    file: Option<(std::fs::File, bool)>,
     ready: &mpsc::Sender<anyhow::Result<()>>,
     open: &Arc<AtomicUsize>,
 ) -> anyhow::Result<()> {
     let runtime = compio::runtime::Runtime::new().context("forward: starting compio runtime")?;
     runtime.block_on(async move {
         let listener = compio::net::TcpListener::from_std(listener)?;
-        let store = file.map(Store::new);
+        let store = file.map(|(file, direct)| Store::new(file, direct));
         if let Some(store) = &store {
             compio::runtime::spawn(store.clone().sync_loop()).detach();
         }
@@ -245,28 +271,65 @@ async fn pump(mut from: TcpStream, mut to: TcpStream, store: Option<Store>) {
 
 /// One thread's file for `--write-dir`, written as spate's spool writes:
 /// what the thread's clients send is copied into a pending buffer, and a
-/// task takes all of it at once, writes it with one `pwrite` on the thread
-/// at a position that wraps at [`FORWARD_FILE_BYTES`], `fdatasync`s it
-/// through io_uring, and starts again (group commit, without anyone waiting
-/// for it).
+/// task takes all of it at once, writes it at a position that wraps at
+/// [`FORWARD_FILE_BYTES`], makes it durable, and starts again (group
+/// commit, without anyone waiting for it). Buffered: one `pwrite` on the
+/// thread, then `fdatasync` through io_uring. Direct: the batch, padded to
+/// [`DIRECT_BLOCK_BYTES`], written through io_uring from its (aligned)
+/// buffer with O_DIRECT and O_DSYNC.
 #[derive(Clone)]
 struct Store(Rc<StoreInner>);
 
 struct StoreInner {
     file: compio::fs::File,
-    pending: RefCell<Vec<u8>>,
+    direct: bool,
+    pending: RefCell<Batch>,
     pos: Cell<u64>,
     syncer: Cell<Option<Waker>>,
 }
 
+/// O_DIRECT's unit: buffer addresses, file positions and lengths are
+/// multiples of it.
+pub const DIRECT_BLOCK_BYTES: usize = 4096;
+
+/// Pending bytes: `buf[start..]`. For O_DIRECT the data starts at an
+/// aligned address; `start` skips the bytes before it.
+#[derive(Default)]
+struct Batch {
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.buf.len() <= self.start
+    }
+
+    fn push(&mut self, bytes: &[u8], direct: bool) {
+        if direct && self.buf.is_empty() {
+            self.buf
+                .reserve(bytes.len().max(FORWARD_BUFFER_BYTES) + DIRECT_BLOCK_BYTES);
+            self.start = self.buf.as_ptr().align_offset(DIRECT_BLOCK_BYTES);
+            self.buf.resize(self.start, 0);
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+
+    fn clear(&mut self) {
+        self.buf.clear();
+        self.start = 0;
+    }
+}
+
 impl Store {
-    fn new(file: std::fs::File) -> Store {
+    fn new(file: std::fs::File, direct: bool) -> Store {
         use std::os::fd::{FromRawFd, IntoRawFd};
         Store(Rc::new(StoreInner {
             // SAFETY: `into_raw_fd` hands over the descriptor's ownership,
             // which the compio file takes (and closes on drop).
             file: unsafe { compio::fs::File::from_raw_fd(file.into_raw_fd()) },
-            pending: RefCell::new(Vec::new()),
+            direct,
+            pending: RefCell::new(Batch::default()),
             pos: Cell::new(0),
             syncer: Cell::new(None),
         }))
@@ -274,7 +337,7 @@ impl Store {
 
     /// Queues `bytes` for the next write and wakes the writer.
     fn write(&self, bytes: &[u8]) {
-        self.0.pending.borrow_mut().extend_from_slice(bytes);
+        self.0.pending.borrow_mut().push(bytes, self.0.direct);
         if let Some(w) = self.0.syncer.take() {
             w.wake();
         }
@@ -283,7 +346,7 @@ impl Store {
     /// Writes and syncs whatever is pending, one batch at a time; waits
     /// without polling while nothing is.
     async fn sync_loop(self) {
-        let mut batch = Vec::new();
+        let mut batch = Batch::default();
         loop {
             std::future::poll_fn(|cx| {
                 let mut pending = self.0.pending.borrow_mut();
@@ -296,9 +359,16 @@ impl Store {
                 }
             })
             .await;
-            let written = self.pwrite(&batch);
+            let stored = if self.0.direct {
+                self.write_direct(&mut batch).await
+            } else {
+                match self.pwrite(batch.buf.get(batch.start..).unwrap_or_default()) {
+                    Ok(()) => self.0.file.sync_data().await,
+                    Err(e) => Err(e),
+                }
+            };
             batch.clear();
-            if written.is_err() || self.0.file.sync_data().await.is_err() {
+            if stored.is_err() {
                 // A benchmark reference: say so and stop storing; the
                 // leg's figures then show it.
                 eprintln!("spate-bench forward: writing the file failed; no more writes");
@@ -307,23 +377,52 @@ impl Store {
         }
     }
 
+    /// The position for `len` more bytes, wrapping to the file's start.
+    fn position(&self, len: usize) -> u64 {
+        let pos = self.0.pos.get();
+        let pos = if pos + len as u64 > FORWARD_FILE_BYTES {
+            0
+        } else {
+            pos
+        };
+        self.0.pos.set(pos + len as u64);
+        pos
+    }
+
     /// `pwrite` on this thread (a buffered write into the page cache, as
-    /// spate's spool does), at the file's position, wrapping to its start.
+    /// spate's spool does).
     fn pwrite(&self, bytes: &[u8]) -> std::io::Result<()> {
         use std::os::fd::{AsRawFd, FromRawFd};
         use std::os::unix::fs::FileExt;
-        let mut pos = self.0.pos.get();
-        if pos + bytes.len() as u64 > FORWARD_FILE_BYTES {
-            pos = 0;
-        }
+        let pos = self.position(bytes.len());
         // SAFETY: a second `File` over the store's open descriptor, used for
         // this call only and never dropped (so never closed): the store
         // keeps owning it.
         let borrowed = std::mem::ManuallyDrop::new(unsafe {
             std::fs::File::from_raw_fd(self.0.file.as_raw_fd())
         });
-        borrowed.write_all_at(bytes, pos)?;
-        self.0.pos.set(pos + bytes.len() as u64);
-        Ok(())
+        borrowed.write_all_at(bytes, pos)
+    }
+
+    /// The batch padded with zeros to whole blocks and written through
+    /// io_uring with O_DIRECT (and O_DSYNC: durable once written). A batch
+    /// whose buffer moved while it grew is first copied to an aligned one.
+    async fn write_direct(&self, batch: &mut Batch) -> std::io::Result<()> {
+        use compio::io::AsyncWriteAtExt;
+        let aligned = (batch.buf.as_ptr() as usize + batch.start) % DIRECT_BLOCK_BYTES == 0;
+        if !aligned {
+            let mut copy = Batch::default();
+            copy.push(batch.buf.get(batch.start..).unwrap_or_default(), true);
+            *batch = copy;
+        }
+        let len = (batch.buf.len() - batch.start).next_multiple_of(DIRECT_BLOCK_BYTES);
+        batch.buf.resize(batch.start + len, 0);
+        let pos = self.position(len);
+        let start = batch.start;
+        let buf = std::mem::take(&mut batch.buf);
+        let mut file = &self.0.file;
+        let BufResult(res, slice) = file.write_all_at(buf.slice(start..start + len), pos).await;
+        batch.buf = slice.into_inner();
+        res
     }
 }

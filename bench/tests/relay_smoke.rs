@@ -72,7 +72,7 @@ fn forward_leg_delivers_everything_through_the_forwarder() {
 fn forward_write_leg_delivers_everything_and_cleans_up() {
     let bench = std::path::Path::new(env!("CARGO_BIN_EXE_spate-bench"));
     let work = tempfile::tempdir().unwrap();
-    let r = run_forward_write(&small_load(), bench, Some(work.path())).unwrap();
+    let r = run_forward_write(&small_load(), bench, Some(work.path()), false).unwrap();
     assert_eq!(r.name, FORWARD_WRITE_LEG);
     assert_eq!(r.error, None);
     assert_eq!((r.injected_ok, r.delivered), (300, 300));
@@ -91,6 +91,7 @@ fn the_forwarder_refuses_remote_addresses_and_bad_thread_counts() {
         threads,
         allow_remote,
         write_dir: None,
+        direct: false,
     };
     for (listen, to) in [
         ("127.0.0.1:0", "192.0.2.1:25"),
@@ -115,10 +116,10 @@ fn the_forwarder_refuses_remote_addresses_and_bad_thread_counts() {
 /// sends 200 KB and shuts its sending side; the server reads to the end,
 /// answers with what it counted, and closes; the client reads the answer
 /// and the end.
-/// Sends 200 KiB through a forwarder started with `threads` and
-/// `write_dir`; the server answers with the count after the client's half
-/// close. Returns what was sent.
-fn forward_through(threads: usize, write_dir: Option<&std::path::Path>) -> Vec<u8> {
+/// Sends 200 KiB (no zero byte in it) through a forwarder started with
+/// `threads` and `writes`; the server answers with the count after the
+/// client's half close. Returns what was sent.
+fn forward_through(threads: usize, writes: Option<spate_bench::forward::Writes<'_>>) -> Vec<u8> {
     use std::io::{Read, Write};
     let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let to = server.local_addr().unwrap();
@@ -136,8 +137,8 @@ fn forward_through(threads: usize, write_dir: Option<&std::path::Path>) -> Vec<u
     )
     .parse()
     .unwrap();
-    spate_bench::forward::start(listen, to, threads, write_dir).unwrap();
-    let sent: Vec<u8> = (0..200 * 1024).map(|i| (i % 251) as u8).collect();
+    spate_bench::forward::start(listen, to, threads, writes).unwrap();
+    let sent: Vec<u8> = (0..200 * 1024).map(|i| (i % 251 + 1) as u8).collect();
     let mut c = std::net::TcpStream::connect(listen).unwrap();
     c.set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .unwrap();
@@ -156,22 +157,52 @@ fn the_forwarder_copies_both_ways_and_passes_half_closes_on() {
 }
 
 /// With `--write-dir` the bytes the client sent (and only those: not the
-/// server's answer) are in the thread's file, in order.
+/// server's answer) are stored in the thread's file, in order: at its start
+/// through the page cache; with `--direct` in batches each padded with
+/// zeros to a whole block.
 #[test]
 fn the_writing_forwarder_stores_what_clients_send() {
-    let dir = tempfile::tempdir().unwrap();
-    let sent = forward_through(1, Some(dir.path()));
-    // The writer stores batches behind the forwarding: wait for the last.
-    let file = dir.path().join("forward-0.dat");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while std::fs::metadata(&file).unwrap().len() < sent.len() as u64
-        && std::time::Instant::now() < deadline
-    {
-        std::thread::sleep(std::time::Duration::from_millis(10));
+    use spate_bench::forward::{FORWARD_FILE_BYTES, Writes};
+    for direct in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let sent = forward_through(
+            1,
+            Some(Writes {
+                dir: dir.path(),
+                direct,
+            }),
+        );
+        let file = dir.path().join("forward-0.dat");
+        assert_eq!(std::fs::metadata(&file).unwrap().len(), FORWARD_FILE_BYTES);
+        // The writer stores batches behind the forwarding: wait for the
+        // last. The data has no zero byte, so dropping zeros drops exactly
+        // the unwritten rest and the padding.
+        let head = sent.len() as u64 * 2 + (1 << 20);
+        let stored = || -> Vec<u8> {
+            use std::io::Read;
+            let mut bytes = Vec::new();
+            std::io::Read::take(std::fs::File::open(&file).unwrap(), head)
+                .read_to_end(&mut bytes)
+                .unwrap();
+            bytes
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut data: Vec<u8>;
+        loop {
+            data = stored().into_iter().filter(|&b| b != 0).collect();
+            if data.len() >= sent.len() || std::time::Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(data == sent, "direct {direct}: the file holds other bytes");
+        if !direct {
+            assert!(
+                stored()[..sent.len()] == sent[..],
+                "not at the file's start"
+            );
+        }
     }
-    let stored = std::fs::read(&file).unwrap();
-    assert_eq!(stored.len(), sent.len());
-    assert!(stored == sent, "the file differs from what was sent");
 }
 
 /// The whole machine's CPU over the leg: some busy CPUs, no more than

@@ -682,16 +682,18 @@ pub fn run_raw(load: &Load) -> anyhow::Result<LegResult> {
 /// to the sink and back: a reference for a relay's cost per byte (see
 /// [`crate::forward`]).
 pub fn run_forward(load: &Load, bench: &Path) -> anyhow::Result<LegResult> {
-    run_forwarder(load, bench, None)
+    run_forwarder(load, bench, None, false)
 }
 
 /// [`run_forward`] with the forwarder writing what clients send to files
-/// (`spate-bench forward --write-dir`) in a directory made under
-/// `work_dir` (the system temp dir without one: where spate's spool goes).
+/// (`spate-bench forward --write-dir`, with `--direct` when `direct`) in a
+/// directory made under `work_dir` (the system temp dir without one: where
+/// spate's spool goes).
 pub fn run_forward_write(
     load: &Load,
     bench: &Path,
     work_dir: Option<&Path>,
+    direct: bool,
 ) -> anyhow::Result<LegResult> {
     let mut files = tempfile::Builder::new();
     files.prefix("spate-bench-forward-files");
@@ -700,10 +702,15 @@ pub fn run_forward_write(
         None => files.tempdir(),
     }
     .context("making the forwarder's file directory")?;
-    run_forwarder(load, bench, Some(files.path()))
+    run_forwarder(load, bench, Some(files.path()), direct)
 }
 
-fn run_forwarder(load: &Load, bench: &Path, write_dir: Option<&Path>) -> anyhow::Result<LegResult> {
+fn run_forwarder(
+    load: &Load,
+    bench: &Path,
+    write_dir: Option<&Path>,
+    direct: bool,
+) -> anyhow::Result<LegResult> {
     let tls = leg_certificate(load)?;
     let sink = start_sink(tls.as_ref(), load)?;
     let to = *sink.addrs.first().context("sink has no address")?;
@@ -717,6 +724,9 @@ fn run_forwarder(load: &Load, bench: &Path, write_dir: Option<&Path>) -> anyhow:
     if let Some(dir) = write_dir {
         args.push("--write-dir".into());
         args.push(dir.display().to_string());
+        if direct {
+            args.push("--direct".into());
+        }
     }
     let dir = tempfile::Builder::new()
         .prefix("spate-bench-forward")
@@ -729,10 +739,10 @@ fn run_forwarder(load: &Load, bench: &Path, write_dir: Option<&Path>) -> anyhow:
     )?;
     wait_listening(listen, &mut guard, &log)?;
     let pid = guard.child.id();
-    let name = if write_dir.is_some() {
-        FORWARD_WRITE_LEG
-    } else {
-        FORWARD_LEG
+    let name = match (write_dir, direct) {
+        (None, _) => FORWARD_LEG,
+        (Some(_), false) => FORWARD_WRITE_LEG,
+        (Some(_), true) => FORWARD_DIRECT_LEG,
     };
     let result = inject_and_drain(name, listen, &sink, load, tls.as_ref(), Some(pid));
     guard.terminate(Duration::from_secs(2));
@@ -744,6 +754,9 @@ pub const FORWARD_LEG: &str = "forward (TCP forwarder)";
 
 /// The writing forwarder's leg (`--compare forward-write`).
 pub const FORWARD_WRITE_LEG: &str = "forward-write (forwarder writing a file)";
+
+/// The writing forwarder with O_DIRECT (`--compare forward-direct`).
+pub const FORWARD_DIRECT_LEG: &str = "forward-direct (forwarder writing a file, O_DIRECT)";
 
 /// Writes spate's configuration for one run.
 pub fn spate_config(
@@ -1343,6 +1356,9 @@ pub const FORWARDER_OVER_RAW: &str = "forwarder / raw (a relay that only copies 
 pub const FORWARD_WRITE_OVER_RAW: &str =
     "forward-write / raw (a relay that copies bytes and writes them to disk)";
 
+/// The same for the writing forwarder with O_DIRECT.
+pub const FORWARD_DIRECT_OVER_RAW: &str = "forward-direct / raw (the same, writing with O_DIRECT)";
+
 /// True when a row named `name` is the leg `key`: the name itself or the
 /// name followed by a description ("raw (inject -> sink)"), so that
 /// "forward" is not "forward-write (...)".
@@ -1395,11 +1411,16 @@ pub fn ratios(rows: &[LegResult]) -> Vec<(String, f64)> {
     if let (Some(f), Some(r)) = (rate("forward"), rate("raw")) {
         out.push((FORWARDER_OVER_RAW.to_string(), f / r));
     }
-    if let (Some(f), Some(r)) = (rate("forward-write"), rate("raw")) {
-        out.push((FORWARD_WRITE_OVER_RAW.to_string(), f / r));
-    }
-    if let (Some(s), Some(f)) = (rate("spate"), rate("forward-write")) {
-        out.push(("spate / forward-write".to_string(), s / f));
+    for (leg, label) in [
+        ("forward-write", FORWARD_WRITE_OVER_RAW),
+        ("forward-direct", FORWARD_DIRECT_OVER_RAW),
+    ] {
+        if let (Some(f), Some(r)) = (rate(leg), rate("raw")) {
+            out.push((label.to_string(), f / r));
+        }
+        if let (Some(s), Some(f)) = (rate("spate"), rate(leg)) {
+            out.push((format!("spate / {leg}"), s / f));
+        }
     }
     let machine = |name: &str| {
         find(name)
@@ -1558,9 +1579,16 @@ pub fn run(args: RelayArgs) -> anyhow::Result<()> {
         anyhow::ensure!(
             matches!(
                 leg.as_str(),
-                "raw" | "forward" | "forward-write" | "postfix" | "smtp-source" | "smtp-sink"
+                "raw"
+                    | "forward"
+                    | "forward-write"
+                    | "forward-direct"
+                    | "postfix"
+                    | "smtp-source"
+                    | "smtp-sink"
             ),
-            "unknown --compare leg {leg:?} (raw, forward, forward-write, postfix, smtp-source, smtp-sink)"
+            "unknown --compare leg {leg:?} (raw, forward, forward-write, forward-direct, postfix, \
+             smtp-source, smtp-sink)"
         );
         anyhow::ensure!(
             !(args.tls && leg.starts_with("smtp-")),
@@ -1610,6 +1638,7 @@ fn leg_order(compare: &[String], spate: bool, round: u32) -> Vec<&'static str> {
         "raw",
         "forward",
         "forward-write",
+        "forward-direct",
         "smtp-source",
         "spate",
         "postfix",
@@ -1682,9 +1711,12 @@ fn run_rounds(args: &RelayArgs, load: &Load, compare: &[String], label: &str) ->
                 "forward" => std::env::current_exe()
                     .context("locating spate-bench")
                     .and_then(|bench| run_forward(load, &bench)),
-                "forward-write" => std::env::current_exe()
+                "forward-write" | "forward-direct" => std::env::current_exe()
                     .context("locating spate-bench")
-                    .and_then(|bench| run_forward_write(load, &bench, args.work_dir.as_deref())),
+                    .and_then(|bench| {
+                        let direct = leg == "forward-direct";
+                        run_forward_write(load, &bench, args.work_dir.as_deref(), direct)
+                    }),
                 "smtp-source" => run_smtp_source(load),
                 "spate" => run_spate(
                     load,
