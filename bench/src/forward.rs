@@ -258,7 +258,7 @@ async fn pump(mut from: TcpStream, mut to: TcpStream, store: Option<Store>) {
             _ => break,
         }
         if let Some(store) = &store {
-            store.write(&buf);
+            store.write(&buf).await;
         }
         let BufResult(written, back) = to.write_all(buf).await;
         buf = back;
@@ -286,7 +286,13 @@ struct StoreInner {
     pending: RefCell<Batch>,
     pos: Cell<u64>,
     syncer: Cell<Option<Waker>>,
+    /// Connections waiting for the pending buffer to be taken.
+    room: RefCell<Vec<Waker>>,
 }
+
+/// The most bytes pending before connections wait for the writer, as
+/// spate's spool bounds its pending buffer (`PENDING_BYTES_MAX`).
+const FORWARD_PENDING_BYTES_MAX: usize = spate::spool::PENDING_BYTES_MAX;
 
 /// O_DIRECT's unit: buffer addresses, file positions and lengths are
 /// multiples of it.
@@ -307,8 +313,15 @@ impl Batch {
 
     fn push(&mut self, bytes: &[u8], direct: bool) {
         if direct && self.buf.is_empty() {
-            self.buf
-                .reserve(bytes.len().max(FORWARD_BUFFER_BYTES) + DIRECT_BLOCK_BYTES);
+            // Room for the most that can be pending (bytes are taken while
+            // fewer than the bound are), so the buffer never moves and its
+            // data stays aligned; a buffer keeps its room from batch to
+            // batch, and only the pages used are ever touched.
+            self.buf.reserve(
+                FORWARD_PENDING_BYTES_MAX
+                    + bytes.len().max(FORWARD_BUFFER_BYTES)
+                    + DIRECT_BLOCK_BYTES,
+            );
             self.start = self.buf.as_ptr().align_offset(DIRECT_BLOCK_BYTES);
             self.buf.resize(self.start, 0);
         }
@@ -332,11 +345,22 @@ impl Store {
             pending: RefCell::new(Batch::default()),
             pos: Cell::new(0),
             syncer: Cell::new(None),
+            room: RefCell::new(Vec::new()),
         }))
     }
 
-    /// Queues `bytes` for the next write and wakes the writer.
-    fn write(&self, bytes: &[u8]) {
+    /// Queues `bytes` for the next write and wakes the writer; first waits
+    /// while [`FORWARD_PENDING_BYTES_MAX`] are pending.
+    async fn write(&self, bytes: &[u8]) {
+        std::future::poll_fn(|cx| {
+            if self.0.pending.borrow().buf.len() < FORWARD_PENDING_BYTES_MAX {
+                Poll::Ready(())
+            } else {
+                self.0.room.borrow_mut().push(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await;
         self.0.pending.borrow_mut().push(bytes, self.0.direct);
         if let Some(w) = self.0.syncer.take() {
             w.wake();
@@ -355,6 +379,9 @@ impl Store {
                     Poll::Pending
                 } else {
                     std::mem::swap(&mut *pending, &mut batch);
+                    for w in self.0.room.borrow_mut().drain(..) {
+                        w.wake();
+                    }
                     Poll::Ready(())
                 }
             })
