@@ -19,10 +19,12 @@
 //! in a file of its own as spate's spool does: copied into a pending
 //! buffer, written in batches with one `pwrite` on the thread, each batch
 //! `fdatasync`ed through io_uring before the next is taken (group commit).
-//! That is what storing the mail adds to the least a relay does. It does
-//! not hold back the server's replies until their bytes are synced, so it
-//! is a floor for the CPU of a relay that stores what it forwards, not for
-//! its latency.
+//! That is what storing the mail adds to a plain forwarder: a reference for
+//! a relay that stores what it forwards, not a bound. It holds no reply back
+//! for its sync, its writes may trail the forwarding by up to the pending
+//! bound (so its figures err in its favour), and it stores the commands and
+//! not the replies; but it also forwards every client connection as a
+//! connection of its own, where an MTA answers its clients itself.
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -395,11 +397,11 @@ impl Store {
                 }
             };
             batch.clear();
-            if stored.is_err() {
-                // A benchmark reference: say so and stop storing; the
-                // leg's figures then show it.
-                eprintln!("spate-bench forward: writing the file failed; no more writes");
-                return;
+            if let Err(e) = stored {
+                // A forwarder that stopped storing would measure as a cheap
+                // one: end the process, as a failed thread does.
+                eprintln!("spate-bench forward: storing what clients send failed: {e}");
+                std::process::exit(1);
             }
         }
     }

@@ -196,13 +196,51 @@ fn the_writing_forwarder_stores_what_clients_send() {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         assert!(data == sent, "direct {direct}: the file holds other bytes");
-        if !direct {
+        let bytes = stored();
+        if direct {
+            // Each batch starts on a block: every run of data does.
+            let starts =
+                (0..bytes.len()).filter(|&i| bytes[i] != 0 && (i == 0 || bytes[i - 1] == 0));
+            for i in starts {
+                assert_eq!(
+                    i % spate_bench::forward::DIRECT_BLOCK_BYTES,
+                    0,
+                    "data at {i}"
+                );
+            }
+            // And the file is open with O_DIRECT (the forwarder's threads
+            // are this process's).
             assert!(
-                stored()[..sent.len()] == sent[..],
-                "not at the file's start"
+                open_with_o_direct(&file),
+                "{} not open with O_DIRECT",
+                file.display()
             );
+        } else {
+            assert!(bytes[..sent.len()] == sent[..], "not at the file's start");
+            assert!(!open_with_o_direct(&file));
         }
     }
+}
+
+/// Whether this process holds `path` open with O_DIRECT (from
+/// /proc/self/fdinfo's octal flags).
+fn open_with_o_direct(path: &std::path::Path) -> bool {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .any(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|target| target == path) && {
+                let info = std::fs::read_to_string(format!(
+                    "/proc/self/fdinfo/{}",
+                    fd.file_name().to_string_lossy()
+                ))
+                .unwrap_or_default();
+                info.lines()
+                    .find_map(|l| l.strip_prefix("flags:"))
+                    .and_then(|f| i64::from_str_radix(f.trim(), 8).ok())
+                    .is_some_and(|flags| flags & i64::from(libc::O_DIRECT) != 0)
+            }
+        })
 }
 
 /// The whole machine's CPU over the leg: some busy CPUs, no more than

@@ -753,10 +753,10 @@ fn run_forwarder(
 pub const FORWARD_LEG: &str = "forward (TCP forwarder)";
 
 /// The writing forwarder's leg (`--compare forward-write`).
-pub const FORWARD_WRITE_LEG: &str = "forward-write (forwarder writing a file)";
+pub const FORWARD_WRITE_LEG: &str = "forward-write";
 
 /// The writing forwarder with O_DIRECT (`--compare forward-direct`).
-pub const FORWARD_DIRECT_LEG: &str = "forward-direct (forwarder writing a file, O_DIRECT)";
+pub const FORWARD_DIRECT_LEG: &str = "forward-direct";
 
 /// Writes spate's configuration for one run.
 pub fn spate_config(
@@ -1078,14 +1078,15 @@ fn admin_post(admin: SocketAddr, token: &str, path: &str) -> anyhow::Result<()> 
 /// Arguments of `spate-bench relay`.
 #[derive(clap::Args, Debug)]
 pub struct RelayArgs {
-    /// Extra legs beside spate: raw, forward, forward-write, postfix,
-    /// smtp-source, smtp-sink (comma-separated). `forward` puts `spate-bench
-    /// forward` (a plain TCP forwarder, the least any relay does) between the
-    /// injector and the sink; `forward-write` the same forwarder also
-    /// writing what clients send to a file on spate's disk, fdatasynced
-    /// while data comes (replies not held back: a floor for the CPU of a
-    /// relay that stores mail). `smtp-sink` is this injector into Postfix's
-    /// smtp-sink, which stores nothing: an injection-only reference.
+    /// Extra legs beside spate: raw, forward, forward-write, forward-direct,
+    /// postfix, smtp-source, smtp-sink (comma-separated). `forward` puts
+    /// `spate-bench forward` (a plain TCP forwarder, the least any relay
+    /// does) between the injector and the sink; `forward-write` the same
+    /// forwarder also storing what clients send in a file on spate's disk
+    /// with group commit (replies not held back: a reference for a relay
+    /// that stores mail); `forward-direct` the same with O_DIRECT.
+    /// `smtp-sink` is this injector into Postfix's smtp-sink, which stores
+    /// nothing: an injection-only reference.
     #[arg(long, value_delimiter = ',')]
     pub compare: Vec<String>,
     /// Pause every spate queue before injecting and measure injection only
