@@ -3,7 +3,8 @@
 //! Each accepted connection gets one to `--to`; every byte read from either
 //! side is written to the other, through a user-space buffer, as a relay
 //! that must see the bytes (to parse SMTP, to store them) reads and writes
-//! them. Nothing else: no SMTP, no disk, no queue. `relay --compare forward`
+//! them. Nothing else (unless `--write-dir`, below): no SMTP, no disk, no
+//! queue. `relay --compare forward`
 //! runs it between the same injector and sink as the raw pipeline, as a
 //! reference for the cost per byte of a relay's two socket ends. It is not
 //! an upper bound for an MTA: one that answers its clients itself and
@@ -18,8 +19,9 @@
 //! With `--write-dir`, each thread also stores every byte its clients send
 //! in a file of its own as spate's spool does: copied into a pending
 //! buffer, written in batches with one `pwrite` on the thread, each batch
-//! `fdatasync`ed through io_uring before the next is taken (group commit).
-//! That is what storing the mail adds to a plain forwarder: a reference for
+//! `fdatasync`ed through io_uring before the next is taken (group commit);
+//! with `--direct`, each batch is written with O_DIRECT and O_DSYNC instead
+//! (`relay --compare forward-write` and `forward-direct`). That is what storing the mail adds to a plain forwarder: a reference for
 //! a relay that stores what it forwards, not a bound. It holds no reply back
 //! for its sync, its writes may trail the forwarding by up to the pending
 //! bound (so its figures err in its favour), and it stores the commands and
