@@ -396,11 +396,6 @@ pub struct TreeCpu {
     pub kernel_s: f64,
 }
 
-/// CPU seconds (user+system, children reaped included) of a process tree.
-pub fn tree_cpu_s(root: u32) -> Option<f64> {
-    tree_cpu(root).map(|c| c.total_s)
-}
-
 /// [`TreeCpu`] of the tree under `root`.
 pub fn tree_cpu(root: u32) -> Option<TreeCpu> {
     let ticks = clock_ticks_per_s();
