@@ -4,13 +4,13 @@
 //! side is written to the other, through a user-space buffer, as a relay
 //! that must see the bytes (to parse SMTP, to store them) reads and writes
 //! them. Nothing else (unless `--write-dir`, below): no SMTP, no disk, no
-//! queue. `relay --compare forward`
-//! runs it between the same injector and sink as the raw pipeline, as a
-//! reference for the cost per byte of a relay's two socket ends. It is not
-//! an upper bound for an MTA: one that answers its clients itself and
-//! delivers over fewer, pipelined connections can spend less per message
-//! than a forwarder that mirrors every client connection and puts both hops
-//! into every SMTP round trip (spate matched it at 2 KB / 200 connections).
+//! queue. `relay --compare forward` runs it between the same injector and
+//! sink as the raw pipeline, as a reference for the cost per byte of a
+//! relay's two socket ends. It is not an upper bound for an MTA: one that
+//! answers its clients itself and delivers over fewer, pipelined
+//! connections can spend less per message than a forwarder that mirrors
+//! every client connection and puts both hops into every SMTP round trip
+//! (spate matched it at 2 KB / 200 connections).
 //!
 //! Threads each run a compio (io_uring) runtime with their own listening
 //! socket on the same address (`SO_REUSEPORT`: the kernel spreads the
@@ -21,12 +21,13 @@
 //! buffer, written in batches with one `pwrite` on the thread, each batch
 //! `fdatasync`ed through io_uring before the next is taken (group commit);
 //! with `--direct`, each batch is written with O_DIRECT and O_DSYNC instead
-//! (`relay --compare forward-write` and `forward-direct`). That is what storing the mail adds to a plain forwarder: a reference for
-//! a relay that stores what it forwards, not a bound. It holds no reply back
-//! for its sync, its writes may trail the forwarding by up to the pending
-//! bound (so its figures err in its favour), and it stores the commands and
-//! not the replies; but it also forwards every client connection as a
-//! connection of its own, where an MTA answers its clients itself.
+//! (`relay --compare forward-write` and `forward-direct`). That is what
+//! storing the mail adds to a plain forwarder: a reference for a relay that
+//! stores what it forwards, not a bound. It holds no reply back for its
+//! sync, its writes may trail the forwarding by up to the pending bound (so
+//! its figures err in its favour), and it stores the commands and not the
+//! replies; but it also forwards every client connection as a connection of
+//! its own, where an MTA answers its clients itself.
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -420,19 +421,11 @@ impl Store {
         pos
     }
 
-    /// `pwrite` on this thread (a buffered write into the page cache, as
-    /// spate's spool does).
+    /// `pwrite` on this thread (a buffered write into the page cache), with
+    /// spate's spool's own call.
     fn pwrite(&self, bytes: &[u8]) -> std::io::Result<()> {
-        use std::os::fd::{AsRawFd, FromRawFd};
-        use std::os::unix::fs::FileExt;
         let pos = self.position(bytes.len());
-        // SAFETY: a second `File` over the store's open descriptor, used for
-        // this call only and never dropped (so never closed): the store
-        // keeps owning it.
-        let borrowed = std::mem::ManuallyDrop::new(unsafe {
-            std::fs::File::from_raw_fd(self.0.file.as_raw_fd())
-        });
-        borrowed.write_all_at(bytes, pos)
+        spate::spool::pwrite_all(&self.0.file, bytes, pos)
     }
 
     /// The batch padded with zeros to whole blocks and written through

@@ -49,7 +49,7 @@ use std::path::PathBuf;
 pub use record::{NewMessage, NewRecipient, RecipientState, Ret};
 pub use recovery::{RecoveredMessage, Recovery, RecoveryReport, recover};
 pub use segment::{MessageRef, SegmentShared, SpoolShared};
-pub use writer::Spool;
+pub use writer::{Spool, pwrite_all};
 
 /// Default size of one segment file (config `[spool] segment_size`).
 pub const SEGMENT_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;

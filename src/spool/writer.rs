@@ -1114,8 +1114,9 @@ impl Inner {
 /// Writes `bytes` at `pos` with `pwrite` on the calling thread: a buffered
 /// write into the page cache, which io_uring would hand to a kernel worker
 /// thread on ext4 (no non-blocking buffered writes there), one thread switch
-/// per batch more.
-fn pwrite_all(file: &compio::fs::File, bytes: &[u8], pos: u64) -> std::io::Result<()> {
+/// per batch more. Public for `spate-bench forward`, which stores the same
+/// way as a reference.
+pub fn pwrite_all(file: &compio::fs::File, bytes: &[u8], pos: u64) -> std::io::Result<()> {
     use std::os::fd::{AsRawFd, FromRawFd};
     use std::os::unix::fs::FileExt;
     // SAFETY: a second `File` over `file`'s open descriptor, used for this

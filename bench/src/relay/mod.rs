@@ -1304,11 +1304,7 @@ pub fn mta_cpu_budget_ms(raw_msgs_per_s: f64, cpus: f64, harness_ms: f64) -> Opt
 
 /// [`HalfRawBudget`] of one round's rows, when it ran raw and spate.
 pub fn half_raw_budget(rows: &[LegResult]) -> Option<HalfRawBudget> {
-    let ok = |name: &str| {
-        rows.iter()
-            .find(|r| is_leg(&r.name, name) && r.error.is_none())
-    };
-    let raw = ok("raw")?;
+    let raw = completed_leg(rows, "raw")?;
     // The leg that delivers, not "spate (delivery paused)".
     let spate = rows
         .iter()
@@ -1363,6 +1359,20 @@ fn is_leg(name: &str, key: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with(' '))
 }
 
+/// The row of leg `key` among one round's `rows`, if it did not fail.
+fn completed_leg<'a>(rows: &'a [LegResult], key: &str) -> Option<&'a LegResult> {
+    rows.iter()
+        .find(|r| is_leg(&r.name, key) && r.error.is_none())
+}
+
+/// `rows` split by round, in the order the rounds were first seen.
+fn by_round(rows: &[LegResult]) -> Vec<Vec<LegResult>> {
+    distinct(rows, |r| r.round)
+        .into_iter()
+        .map(|round| rows.iter().filter(|r| r.round == round).cloned().collect())
+        .collect()
+}
+
 /// The label of the CPU ceiling among [`ratios`].
 pub const CPU_CEILING: &str = "CPU ceiling of spate / raw (machine CPU per message, raw / spate)";
 
@@ -1371,10 +1381,7 @@ pub const CPU_CEILING: &str = "CPU ceiling of spate / raw (machine CPU per messa
 /// Postfix and the raw pipeline, and the [`CPU_CEILING`]: what spate / raw
 /// would be if both legs kept every CPU busy (see `cpu.rs`).
 pub fn ratios(rows: &[LegResult]) -> Vec<(String, f64)> {
-    let find = |name: &str| {
-        rows.iter()
-            .find(|r| is_leg(&r.name, name) && r.error.is_none())
-    };
+    let find = |name: &str| completed_leg(rows, name);
     let mut out = Vec::new();
     let inject_rate = |name: &str| {
         find(name)
@@ -1463,8 +1470,7 @@ fn distinct<'a, T: PartialEq>(rows: &'a [LegResult], key: impl Fn(&'a LegResult)
 /// (rows of one load), ratios in the order first seen.
 fn ratios_by_round(rows: &[LegResult]) -> Vec<(String, Vec<f64>)> {
     let mut per_label: Vec<(String, Vec<f64>)> = Vec::new();
-    for round in distinct(rows, |r| r.round) {
-        let these: Vec<LegResult> = rows.iter().filter(|r| r.round == round).cloned().collect();
+    for these in by_round(rows) {
         for (label, ratio) in ratios(&these) {
             match per_label.iter_mut().find(|(l, _)| *l == label) {
                 Some((_, v)) => v.push(ratio),
@@ -1523,12 +1529,9 @@ pub fn print_summary(rows: &[LegResult], rounds: u32) {
             println!("{label} = {m:.2}x median ({lo:.2}-{hi:.2}x over {n} rounds)");
         }
     }
-    let budgets: Vec<HalfRawBudget> = distinct(rows, |r| r.round)
-        .into_iter()
-        .filter_map(|round| {
-            let these: Vec<LegResult> = rows.iter().filter(|r| r.round == round).cloned().collect();
-            half_raw_budget(&these)
-        })
+    let budgets: Vec<HalfRawBudget> = by_round(rows)
+        .iter()
+        .filter_map(|these| half_raw_budget(these))
         .collect();
     let med =
         |f: &dyn Fn(&HalfRawBudget) -> Option<f64>| median(budgets.iter().filter_map(f).collect());
@@ -1572,19 +1575,11 @@ pub fn run(args: RelayArgs) -> anyhow::Result<()> {
         build_spate_if_missing(&args.spate_bin)?;
     }
     for leg in &args.compare {
+        let comparable = || LEGS.into_iter().filter(|l| *l != "spate");
         anyhow::ensure!(
-            matches!(
-                leg.as_str(),
-                "raw"
-                    | "forward"
-                    | "forward-write"
-                    | "forward-direct"
-                    | "postfix"
-                    | "smtp-source"
-                    | "smtp-sink"
-            ),
-            "unknown --compare leg {leg:?} (raw, forward, forward-write, forward-direct, postfix, \
-             smtp-source, smtp-sink)"
+            comparable().any(|l| l == leg),
+            "unknown --compare leg {leg:?} ({})",
+            comparable().collect::<Vec<_>>().join(", ")
         );
         anyhow::ensure!(
             !(args.tls && leg.starts_with("smtp-")),
@@ -1622,6 +1617,19 @@ pub fn run(args: RelayArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Every leg, in the order [`leg_order`] starts from; all but spate can be
+/// asked for with `--compare`.
+const LEGS: [&str; 8] = [
+    "smtp-sink",
+    "raw",
+    "forward",
+    "forward-write",
+    "forward-direct",
+    "smtp-source",
+    "spate",
+    "postfix",
+];
+
 /// The legs of one round, in the order they run: `compare`'s (and spate)
 /// in a balanced (Williams) order. Over N rounds of N legs (2N when N is
 /// odd: a design) each leg runs equally often in every place and right
@@ -1629,25 +1637,16 @@ pub fn run(args: RelayArgs) -> anyhow::Result<()> {
 /// particular leg before it (page cache, a Postfix still exiting) always
 /// fall on the same leg.
 fn leg_order(compare: &[String], spate: bool, round: u32) -> Vec<&'static str> {
-    let legs: Vec<&'static str> = [
-        "smtp-sink",
-        "raw",
-        "forward",
-        "forward-write",
-        "forward-direct",
-        "smtp-source",
-        "spate",
-        "postfix",
-    ]
-    .into_iter()
-    .filter(|leg| {
-        if *leg == "spate" {
-            spate
-        } else {
-            compare.iter().any(|l| l == leg)
-        }
-    })
-    .collect();
+    let legs: Vec<&'static str> = LEGS
+        .into_iter()
+        .filter(|leg| {
+            if *leg == "spate" {
+                spate
+            } else {
+                compare.iter().any(|l| l == leg)
+            }
+        })
+        .collect();
     williams_order(legs.len(), round.saturating_sub(1) as usize)
         .into_iter()
         .map(|i| legs[i])
