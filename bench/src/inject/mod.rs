@@ -451,14 +451,7 @@ pub fn parse_size_dist(text: &str) -> anyhow::Result<Vec<usize>> {
         anyhow::ensure!(weight <= WEIGHT_MAX, "weight too large in --size-dist");
         sizes.push((size, weight));
     }
-    anyhow::ensure!(
-        sizes.len() <= MIX_ENTRIES_MAX,
-        "--size-dist has {} entries, at most {MIX_ENTRIES_MAX}",
-        sizes.len()
-    );
-    let sizes = spread(&sizes);
-    anyhow::ensure!(!sizes.is_empty(), "--size-dist is empty");
-    Ok(sizes)
+    weighted_cycle(&sizes, "--size-dist")
 }
 
 /// Parses `--domains gmail.test:60,yahoo.test:30,other.test:10` (the weight
@@ -485,14 +478,20 @@ pub fn parse_domains(entries: &[String]) -> anyhow::Result<Vec<String>> {
         );
         domains.push((name.to_owned(), weight));
     }
+    weighted_cycle(&domains, "--domains")
+}
+
+/// The [`spread`] cycle of a `flag`'s weighted entries: at most
+/// [`MIX_ENTRIES_MAX`] of them, and not all of weight zero.
+fn weighted_cycle<T: Clone>(entries: &[(T, usize)], flag: &str) -> anyhow::Result<Vec<T>> {
     anyhow::ensure!(
-        domains.len() <= MIX_ENTRIES_MAX,
-        "--domains has {} entries, at most {MIX_ENTRIES_MAX}",
-        domains.len()
+        entries.len() <= MIX_ENTRIES_MAX,
+        "{flag} has {} entries, at most {MIX_ENTRIES_MAX}",
+        entries.len()
     );
-    let domains = spread(&domains);
-    anyhow::ensure!(!domains.is_empty(), "--domains is empty");
-    Ok(domains)
+    let cycle = spread(entries);
+    anyhow::ensure!(!cycle.is_empty(), "{flag} is empty");
+    Ok(cycle)
 }
 
 /// The cycle of weighted `entries` (value, weight), which messages index
