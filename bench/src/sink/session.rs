@@ -277,13 +277,8 @@ impl<'c> Session<'c> {
                 }
                 // No size check: BDAT refused up front any chunk that would
                 // take the message past MESSAGE_BYTES_MAX.
-                if last {
-                    Ok(self.finish_message(out))
-                } else {
-                    self.mode = Mode::Command;
-                    push_reply(out, "250 2.0.0 Chunk accepted");
-                    Ok(Action::Continue)
-                }
+                self.mode = Mode::Command;
+                Ok(self.chunk_done(last, out))
             }
         }
     }
@@ -477,11 +472,7 @@ impl<'c> Session<'c> {
                     // No bytes follow: answered here, as a step that
                     // consumes nothing would leave pipelined commands
                     // unread until the client sent more.
-                    if last {
-                        return self.finish_message(out);
-                    }
-                    push_reply(out, "250 2.0.0 Chunk accepted");
-                    return Action::Continue;
+                    return self.chunk_done(last, out);
                 }
                 self.mode = Mode::Bdat {
                     remaining: size,
@@ -613,6 +604,17 @@ impl<'c> Session<'c> {
             .as_ref()
             .is_some_and(|a| a.user == user && a.password == password);
         if valid { Ok(None) } else { Err(INVALID) }
+    }
+
+    /// A BDAT chunk was read whole: the message ends with the last one,
+    /// any other is acknowledged.
+    fn chunk_done(&mut self, last: bool, out: &mut Vec<u8>) -> Action {
+        if last {
+            self.finish_message(out)
+        } else {
+            push_reply(out, "250 2.0.0 Chunk accepted");
+            Action::Continue
+        }
     }
 
     fn finish_message(&mut self, out: &mut Vec<u8>) -> Action {
